@@ -1,0 +1,92 @@
+//! The agent's REST API, called by the controller. Handlers only translate HTTP to calls on
+//! the VM manager.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
+
+use crate::Agent;
+
+/// An [`ApiError`] as an HTTP response.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, Json(self.0.body())).into_response()
+    }
+}
+
+type R<T> = Result<Json<T>, HttpError>;
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    def: VmDefinition,
+    start: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsoleQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/host", get(host))
+        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms/{name}", get(show).delete(delete))
+        .route("/v1/vms/{name}/actions/{action}", post(action))
+        .route("/v1/vms/{name}/exec", post(exec))
+        .route("/v1/vms/{name}/console", get(console))
+        .with_state(agent)
+}
+
+async fn host(State(a): State<Arc<Agent>>) -> Json<corral_api::agent::Register> {
+    Json(a.registration())
+}
+
+async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<VmStatus>> {
+    Json(a.vms.list())
+}
+
+async fn show(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> R<VmStatus> {
+    Ok(Json(a.vms.get(&name)?))
+}
+
+async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmStatus> {
+    Ok(Json(a.vms.create(b.def, b.start).await?))
+}
+
+async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String, String)>) -> R<VmStatus> {
+    let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
+    Ok(Json(a.vms.action(&name, act).await?))
+}
+
+async fn delete(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
+    a.vms.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
+    Ok(Json(a.vms.exec(&name, &req).await?))
+}
+
+async fn console(State(a): State<Arc<Agent>>, Path(name): Path<String>, Query(q): Query<ConsoleQuery>) -> R<ConsoleChunk> {
+    Ok(Json(a.vms.console(&name, q.offset)?))
+}

@@ -1,0 +1,138 @@
+//! Corral's host agent (`corral agent`). It owns the VMs of one host: it runs them as QEMU
+//! processes driven over QMP, keeps their records on disk, reports capacity and usage to the
+//! controller with a heartbeat, and serves the controller's requests over REST.
+
+pub mod accel;
+pub mod api;
+pub mod guest;
+pub mod hostinfo;
+pub mod qemu;
+pub mod qmp;
+pub mod templates;
+pub mod vm;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use corral_api::agent::{Heartbeat, Register};
+
+/// How the agent is configured (`corral agent --help`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// URL the controller uses to reach this agent (defaults to http://LISTEN).
+    pub advertise: Option<String>,
+    pub controller: String,
+    pub data_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    pub accel: String,
+    pub accel_cache: Option<PathBuf>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub qemu: String,
+    pub heartbeat: Duration,
+    pub boot_timeout: Duration,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub cfg: Config,
+    pub vms: Arc<vm::Manager>,
+    pub accel: accel::Verdict,
+    sampler: Mutex<hostinfo::CpuSampler>,
+}
+
+impl Agent {
+    fn url(&self) -> String {
+        self.cfg.advertise.clone().unwrap_or_else(|| format!("http://{}", self.cfg.listen))
+    }
+
+    /// What the agent tells the controller about itself.
+    pub fn registration(&self) -> Register {
+        Register {
+            name: self.cfg.name.clone(),
+            url: self.url(),
+            accel: self.accel.accel,
+            accel_note: self.accel.note.clone(),
+            capacity: hostinfo::capacity(&self.cfg.data_dir, self.cfg.vcpus, self.cfg.memory_mib),
+            templates: self.vms.templates().into_iter().map(|t| t.info).collect(),
+        }
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        let usage = {
+            let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+            hostinfo::usage(&mut s, &self.cfg.data_dir)
+        };
+        Heartbeat { usage, vms: self.vms.list() }
+    }
+}
+
+/// Runs the agent until the process is killed.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let tpls = templates::scan(&cfg.templates_dir);
+    if tpls.is_empty() {
+        tracing::warn!("no templates in {}: VMs cannot be created until some are added", cfg.templates_dir.display());
+    }
+    let verdict = accel::choose(&cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
+    tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
+    let settings = vm::Settings {
+        data_dir: cfg.data_dir.clone(),
+        qemu: cfg.qemu.clone(),
+        accel: verdict.accel,
+        boot_timeout: cfg.boot_timeout,
+        stop_timeout: Duration::from_secs(20),
+    };
+    let vms = vm::Manager::open(settings, tpls).await?;
+    let agent = Arc::new(Agent { cfg: cfg.clone(), vms, accel: verdict, sampler: Mutex::new(hostinfo::CpuSampler::default()) });
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!("agent {} listening on {}", cfg.name, cfg.listen);
+
+    let mon = agent.clone();
+    tokio::spawn(async move {
+        loop {
+            mon.vms.monitor_once().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    tokio::spawn(heartbeat_loop(agent.clone()));
+    axum::serve(listener, api::router(agent)).await?;
+    Ok(())
+}
+
+/// Registers with the controller, then heartbeats; registers again whenever the controller
+/// does not know this host (for instance after it lost its state).
+async fn heartbeat_loop(agent: Arc<Agent>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let base = agent.cfg.controller.trim_end_matches('/').to_string();
+    let mut registered = false;
+    loop {
+        if !registered {
+            match http.post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!("registered with controller {base}");
+                    registered = true;
+                }
+                Ok(r) => tracing::warn!("controller refused registration: {}", r.status()),
+                Err(e) => tracing::debug!("controller {base} not reachable yet: {e}"),
+            }
+        }
+        if registered {
+            let hb = agent.heartbeat();
+            match http.post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
+                Ok(_) => {}
+                Err(e) => tracing::debug!("heartbeat failed: {e}"),
+            }
+        }
+        tokio::time::sleep(agent.cfg.heartbeat).await;
+    }
+}

@@ -1,0 +1,194 @@
+//! Starting and ending QEMU processes. QEMU runs daemonized (its own session), so it outlives
+//! an agent that crashes; the agent finds it again by the PID file and checks that the PID
+//! still belongs to that VM (its command line carries the VM's UUID) before signalling it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_api::{agent::VmDefinition, Accel};
+
+use crate::templates::Template;
+
+/// Files of one VM in its directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn guest(&self) -> PathBuf {
+        self.dir.join("guest.sock")
+    }
+    pub fn console_sock(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    pub fn saved_state(&self) -> PathBuf {
+        self.dir.join("memory.state")
+    }
+}
+
+/// The tap device name of a VM's NIC (at most 15 characters, unique per VM).
+pub fn tap_name(def: &VmDefinition) -> String {
+    format!("ct{}", &def.uuid.simple().to_string()[..12])
+}
+
+/// The QEMU command line of a VM. `incoming` starts it waiting for a saved or migrated state.
+pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel, incoming: bool) -> Vec<String> {
+    let mut append = format!(
+        "console=ttyS0 root=/dev/vda rw quiet panic=-1 corral.name={} corral.uuid={} corral.workload={}",
+        def.name, def.uuid, def.workload
+    );
+    if let Some(ip) = &def.ip {
+        append.push_str(&format!(" corral.ip={ip}"));
+    }
+    let s = |x: &Path| x.display().to_string();
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        format!("{},process=corral-{}", def.name, def.name),
+        "-uuid".into(),
+        def.uuid.to_string(),
+        "-machine".into(),
+        "pc".into(),
+        "-accel".into(),
+        accel.as_str().into(),
+        "-m".into(),
+        format!("{}M", def.memory_mib),
+        "-smp".into(),
+        def.vcpus.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        s(&t.kernel),
+        "-initrd".into(),
+        s(&t.initrd),
+        "-append".into(),
+        append,
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-chardev".into(),
+        format!("socket,id=guest0,path={},server=on,wait=off", s(&p.guest())),
+        "-device".into(),
+        "virtserialport,chardev=guest0,name=org.corral.guest.0".into(),
+        "-chardev".into(),
+        format!("socket,id=con0,path={},server=on,wait=off,logfile={},logappend=on", s(&p.console_sock()), s(&p.console_log())),
+        "-serial".into(),
+        "chardev:con0".into(),
+        "-netdev".into(),
+        format!("tap,id=net0,ifname={},script=no,downscript=no", tap_name(def)),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=net0,mac={}", def.mac),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", s(&p.qmp())),
+        "-pidfile".into(),
+        s(&p.pidfile()),
+        "-daemonize".into(),
+    ];
+    if incoming {
+        a.push("-incoming".into());
+        a.push("defer".into());
+    }
+    a
+}
+
+/// Starts QEMU daemonized and returns its PID. QEMU's own error message is returned on failure.
+pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, String> {
+    for f in [p.qmp(), p.guest(), p.console_sock(), p.pidfile()] {
+        let _ = std::fs::remove_file(f);
+    }
+    let out = tokio::process::Command::new(qemu)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {qemu}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("QEMU failed to start: {}", err.trim()));
+    }
+    let pid = std::fs::read_to_string(p.pidfile())
+        .map_err(|e| format!("QEMU started but wrote no PID file: {e}"))?
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("QEMU PID file is invalid: {e}"))?;
+    Ok(pid)
+}
+
+/// True if `pid` is alive and is the QEMU process of the VM with this UUID.
+pub fn is_ours(pid: u32, uuid: &uuid::Uuid) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let want = uuid.to_string();
+    // A zombie has an empty command line: it is gone for our purposes.
+    cmd.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
+}
+
+/// Sends a signal to our QEMU process (checked by UUID first).
+pub fn signal(pid: u32, uuid: &uuid::Uuid, sig: nix::sys::signal::Signal) {
+    if is_ours(pid, uuid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    }
+}
+
+/// Waits until the process is gone; false if it is still alive after `timeout`.
+pub async fn wait_exit(pid: u32, uuid: &uuid::Uuid, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !is_ours(pid, uuid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the process for sure (SIGKILL) and waits for it to go.
+pub async fn kill(pid: u32, uuid: &uuid::Uuid) {
+    signal(pid, uuid, nix::sys::signal::Signal::SIGKILL);
+    let _ = wait_exit(pid, uuid, Duration::from_secs(10)).await;
+}
+
+/// Creates the VM's copy-on-write overlay on the template (never a copy of it).
+pub async fn create_overlay(template_disk: &Path, overlay: &Path) -> Result<(), String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(template_disk)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Bytes allocated on disk by a file (sparse-aware).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}

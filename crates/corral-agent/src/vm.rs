@@ -1,0 +1,544 @@
+//! The VMs of one host and their lifecycle. Each VM has a directory holding its record
+//! (`vm.json`), its copy-on-write disk, its sockets, console log and, when suspended, its saved
+//! memory. The record is written before every action, so an agent killed at any point finds
+//! on restart what it was doing, re-attaches to QEMU processes that still run, and settles
+//! transitions that were cut short.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::{Accel, ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction, VmState, VmUsage};
+
+use crate::qemu::{self, VmPaths};
+use crate::templates::Template;
+use crate::{guest, hostinfo, qmp};
+
+/// Settings of the VM manager.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub qemu: String,
+    pub accel: Accel,
+    /// How long a guest may take from QEMU start to reporting ready.
+    pub boot_timeout: Duration,
+    /// How long a graceful stop waits before forcing.
+    pub stop_timeout: Duration,
+}
+
+/// What the agent remembers of a VM across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub def: VmDefinition,
+    pub state: VmState,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    paths: VmPaths,
+    /// Held for the whole of a lifecycle operation: one at a time per VM.
+    op: tokio::sync::Mutex<()>,
+    rec: Mutex<VmRecord>,
+    usage: Mutex<(VmUsage, Option<(u64, Instant)>)>,
+}
+
+/// The VMs of this host.
+#[derive(Debug)]
+pub struct Manager {
+    s: Settings,
+    templates: Mutex<Vec<Template>>,
+    vms: Mutex<BTreeMap<String, Arc<Entry>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// Writes `bytes` to `path` durably (temp file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Entry {
+    fn snapshot(&self) -> VmRecord {
+        lock(&self.rec).clone()
+    }
+    /// Changes the record and writes it to disk before returning.
+    fn update(&self, f: impl FnOnce(&mut VmRecord)) -> Result<VmRecord, ApiError> {
+        let mut r = lock(&self.rec);
+        f(&mut r);
+        let bytes = serde_json::to_vec_pretty(&*r).map_err(internal)?;
+        write_atomic(&self.paths.record(), &bytes).map_err(|e| internal(format!("cannot write VM record: {e}")))?;
+        Ok(r.clone())
+    }
+    fn status(&self) -> VmStatus {
+        let r = self.snapshot();
+        VmStatus {
+            name: r.def.name.clone(),
+            uuid: r.def.uuid,
+            state: r.state,
+            error: r.error.clone(),
+            boot_ms: r.boot_ms,
+            disk: self.paths.disk().display().to_string(),
+            pid: r.pid,
+            usage: lock(&self.usage).0.clone(),
+        }
+    }
+    fn console_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.paths.console_log()).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().rev().take(5).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Manager {
+    /// Loads the VM records under the data directory and re-attaches to running QEMU processes.
+    pub async fn open(s: Settings, templates: Vec<Template>) -> anyhow::Result<Arc<Self>> {
+        let vm_dir = s.data_dir.join("vms");
+        std::fs::create_dir_all(&vm_dir)?;
+        let m = Arc::new(Self { s, templates: Mutex::new(templates), vms: Mutex::new(BTreeMap::new()) });
+        for e in std::fs::read_dir(&vm_dir)?.flatten() {
+            let paths = VmPaths::new(e.path());
+            let rec: VmRecord = match std::fs::read(paths.record()).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::warn!("skipping {}: unreadable VM record: {err}", e.path().display());
+                    continue;
+                }
+            };
+            let name = rec.def.name.clone();
+            let entry = Arc::new(Entry { paths, op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec), usage: Mutex::new((VmUsage::default(), None)) });
+            lock(&m.vms).insert(name, entry.clone());
+            if let Err(err) = m.reattach(&entry).await {
+                tracing::warn!("re-attaching {}: {err}", entry.snapshot().def.name);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Settles a VM found on disk at start-up.
+    async fn reattach(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
+        let r = e.snapshot();
+        let alive = r.pid.is_some_and(|p| qemu::is_ours(p, &r.def.uuid));
+        tracing::info!("found VM {} ({}, QEMU {})", r.def.name, r.state, if alive { "running" } else { "not running" });
+        if r.state == VmState::Deleting {
+            if let Some(p) = r.pid {
+                qemu::kill(p, &r.def.uuid).await;
+            }
+            let _ = std::fs::remove_dir_all(&e.paths.dir);
+            lock(&self.vms).remove(&r.def.name);
+            return Ok(());
+        }
+        if !alive {
+            let saved = e.paths.saved_state().exists();
+            let (state, error) = match r.state {
+                VmState::Suspended | VmState::Resuming if saved => (VmState::Suspended, None),
+                VmState::Inactive | VmState::Stopping => (VmState::Inactive, None),
+                VmState::Error => (VmState::Error, r.error.clone()),
+                other if saved => (VmState::Suspended, Some(format!("agent restarted during {other}; saved state kept"))),
+                _ => (VmState::Inactive, Some("QEMU was not running when the agent restarted".to_string())),
+            };
+            e.update(|r| {
+                r.state = state;
+                r.error = error;
+                r.pid = None;
+            })?;
+            return Ok(());
+        }
+        let pid = r.pid.unwrap_or_default();
+        let status = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
+        match (r.state, status.as_str()) {
+            (VmState::Suspending, "postmigrate") | (VmState::Suspending, "paused") => {
+                // The state may or may not have been fully written: write it again.
+                let me = self.clone();
+                let e2 = e.clone();
+                tokio::spawn(async move {
+                    let _g = e2.op.lock().await;
+                    if let Err(err) = me.save_and_quit(&e2, pid).await {
+                        let _ = e2.update(|r| {
+                            r.state = VmState::Error;
+                            r.error = Some(err.message.clone());
+                        });
+                    }
+                });
+            }
+            (_, "running") => {
+                e.update(|r| {
+                    r.state = VmState::Running;
+                    r.error = None;
+                })?;
+            }
+            (_, "paused") | (_, "postmigrate") => {
+                e.update(|r| r.state = VmState::Paused)?;
+            }
+            (_, "inmigrate") => {
+                // Resume from a saved state was cut short: the saved file is intact, start over.
+                qemu::kill(pid, &r.def.uuid).await;
+                e.update(|r| {
+                    r.state = VmState::Suspended;
+                    r.pid = None;
+                })?;
+            }
+            (_, other) => {
+                tracing::warn!("VM {} QEMU in state {other}; stopping it", r.def.name);
+                qemu::kill(pid, &r.def.uuid).await;
+                e.update(|r| {
+                    r.state = VmState::Inactive;
+                    r.pid = None;
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn templates(&self) -> Vec<Template> {
+        lock(&self.templates).clone()
+    }
+
+    fn template(&self, name: &str) -> Result<Template, ApiError> {
+        lock(&self.templates)
+            .iter()
+            .find(|t| t.info.name == name)
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request(format!("this host has no template {name:?}")))
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, ApiError> {
+        lock(&self.vms).get(name).cloned().ok_or_else(|| ApiError::not_found(format!("no VM named {name:?} on this host")))
+    }
+
+    /// Status of every VM.
+    pub fn list(&self) -> Vec<VmStatus> {
+        lock(&self.vms).values().map(|e| e.status()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<VmStatus, ApiError> {
+        Ok(self.entry(name)?.status())
+    }
+
+    /// vCPUs and memory held by VMs that have a process.
+    pub fn allocated(&self) -> (u32, u64) {
+        lock(&self.vms).values().map(|e| e.snapshot()).filter(|r| r.state.holds_resources()).fold((0, 0), |(v, m), r| (v + r.def.vcpus, m + r.def.memory_mib))
+    }
+
+    /// Defines a VM: writes its record and creates its overlay disk; starts it if asked.
+    pub async fn create(self: &Arc<Self>, def: VmDefinition, start: bool) -> Result<VmStatus, ApiError> {
+        corral_api::names::validate_name("VM", &def.name).map_err(ApiError::bad_request)?;
+        let t = self.template(&def.template)?;
+        let paths = VmPaths::new(self.s.data_dir.join("vms").join(&def.name));
+        let entry = {
+            let mut vms = lock(&self.vms);
+            if let Some(existing) = vms.get(&def.name) {
+                // Creating the same VM again (a retried request) is not an error.
+                if existing.snapshot().def.uuid == def.uuid {
+                    let e = existing.clone();
+                    drop(vms);
+                    return Ok(e.status());
+                }
+                return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
+            }
+            let rec = VmRecord { def: def.clone(), state: VmState::Inactive, error: None, pid: None, boot_ms: None };
+            let e = Arc::new(Entry { paths: paths.clone(), op: tokio::sync::Mutex::new(()), rec: Mutex::new(rec), usage: Mutex::new((VmUsage::default(), None)) });
+            vms.insert(def.name.clone(), e.clone());
+            e
+        };
+        let guard = entry.op.lock().await;
+        let made = async {
+            std::fs::create_dir_all(&paths.dir).map_err(internal)?;
+            entry.update(|_| {})?;
+            if !paths.disk().exists() {
+                qemu::create_overlay(&t.disk, &paths.disk()).await.map_err(ApiError::internal)?;
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        if let Err(err) = made {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            lock(&self.vms).remove(&def.name);
+            return Err(err);
+        }
+        drop(guard);
+        if start {
+            return self.action(&def.name, VmAction::Start).await;
+        }
+        Ok(entry.status())
+    }
+
+    /// Applies a lifecycle action and returns when it has finished.
+    pub async fn action(self: &Arc<Self>, name: &str, action: VmAction) -> Result<VmStatus, ApiError> {
+        let e = self.entry(name)?;
+        let _g = e.op.try_lock().map_err(|_| {
+            ApiError::conflict(format!("VM {name:?} is busy ({}): wait for the current operation to finish", e.snapshot().state))
+        })?;
+        let state = e.snapshot().state;
+        action.check(state).map_err(ApiError::conflict)?;
+        let res = match action {
+            VmAction::Start => self.start(&e, false).await,
+            VmAction::Stop => self.stop(&e).await,
+            VmAction::Pause => self.pause(&e).await,
+            VmAction::Resume if state == VmState::Suspended => self.start(&e, true).await,
+            VmAction::Resume => self.cont(&e).await,
+            VmAction::Suspend => self.suspend(&e).await,
+        };
+        if let Err(err) = &res {
+            let r = e.snapshot();
+            let alive = r.pid.is_some_and(|p| qemu::is_ours(p, &r.def.uuid));
+            let _ = e.update(|r| {
+                r.error = Some(err.message.clone());
+                if !alive {
+                    r.pid = None;
+                    r.state = if e.paths.saved_state().exists() { VmState::Suspended } else { VmState::Error };
+                } else if r.state.has_process() && !matches!(r.state, VmState::Running | VmState::Paused) {
+                    r.state = VmState::Error;
+                }
+            });
+        }
+        res.map(|_| e.status())
+    }
+
+    /// Starts QEMU (fresh, or restoring the saved state) and waits for the guest to be up.
+    async fn start(&self, e: &Entry, restore: bool) -> Result<(), ApiError> {
+        let r = e.snapshot();
+        let t = self.template(&r.def.template)?;
+        e.update(|r| {
+            r.state = if restore { VmState::Resuming } else { VmState::Starting };
+            r.error = None;
+        })?;
+        if !restore {
+            let _ = std::fs::remove_file(e.paths.console_log());
+        }
+        let args = qemu::command_line(&r.def, &t, &e.paths, self.s.accel, restore);
+        let started = Instant::now();
+        let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
+        e.update(|r| r.pid = Some(pid))?;
+        if restore {
+            let src = format!("exec:cat {}", e.paths.saved_state().display());
+            qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;
+            loop {
+                let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
+                match st.as_str() {
+                    "inmigrate" => tokio::time::sleep(Duration::from_millis(50)).await,
+                    "running" => break,
+                    "paused" | "postmigrate" | "prelaunch" => {
+                        qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
+                        break;
+                    }
+                    other => return Err(ApiError::internal(format!("restoring saved state failed: QEMU is {other}"))),
+                }
+            }
+            let _ = std::fs::remove_file(e.paths.saved_state());
+        }
+        self.wait_ready(e, pid, started).await
+    }
+
+    async fn wait_ready(&self, e: &Entry, pid: u32, started: Instant) -> Result<(), ApiError> {
+        let uuid = e.snapshot().def.uuid;
+        let deadline = started + self.s.boot_timeout;
+        loop {
+            if !qemu::is_ours(pid, &uuid) {
+                return Err(ApiError::internal(format!("QEMU exited before the guest was ready; console: {}", e.console_tail())));
+            }
+            if guest::ping(&e.paths.guest(), Duration::from_secs(1)).await.is_ok() {
+                let ms = started.elapsed().as_millis() as u64;
+                e.update(|r| {
+                    r.state = VmState::Running;
+                    r.boot_ms = Some(ms);
+                })?;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                qemu::kill(pid, &uuid).await;
+                e.update(|r| r.pid = None)?;
+                return Err(ApiError::internal(format!(
+                    "the guest did not report ready within {} s; console: {}",
+                    self.s.boot_timeout.as_secs(),
+                    e.console_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Graceful stop: ACPI power button, then forced after the timeout. A suspended VM drops
+    /// its saved memory.
+    async fn stop(&self, e: &Entry) -> Result<(), ApiError> {
+        let r = e.snapshot();
+        e.update(|r| r.state = VmState::Stopping)?;
+        if let Some(pid) = r.pid.filter(|p| qemu::is_ours(*p, &r.def.uuid)) {
+            if r.state == VmState::Paused {
+                let _ = qmp::run(&e.paths.qmp(), "cont", None).await;
+            }
+            let graceful = qmp::run(&e.paths.qmp(), "system_powerdown", None).await.is_ok()
+                && qemu::wait_exit(pid, &r.def.uuid, self.s.stop_timeout).await;
+            if !graceful {
+                tracing::warn!("VM {} did not power off within {:?}; forcing", r.def.name, self.s.stop_timeout);
+                let _ = qmp::run(&e.paths.qmp(), "quit", None).await;
+                if !qemu::wait_exit(pid, &r.def.uuid, Duration::from_secs(5)).await {
+                    qemu::kill(pid, &r.def.uuid).await;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(e.paths.saved_state());
+        e.update(|r| {
+            r.state = VmState::Inactive;
+            r.pid = None;
+            r.error = None;
+        })?;
+        Ok(())
+    }
+
+    async fn pause(&self, e: &Entry) -> Result<(), ApiError> {
+        e.update(|r| r.state = VmState::Pausing)?;
+        qmp::run(&e.paths.qmp(), "stop", None).await.map_err(internal)?;
+        e.update(|r| r.state = VmState::Paused)?;
+        Ok(())
+    }
+
+    async fn cont(&self, e: &Entry) -> Result<(), ApiError> {
+        qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
+        e.update(|r| r.state = VmState::Running)?;
+        Ok(())
+    }
+
+    /// Saves memory and device state to disk and ends the QEMU process.
+    async fn suspend(&self, e: &Entry) -> Result<(), ApiError> {
+        let pid = e.snapshot().pid.ok_or_else(|| ApiError::internal("no QEMU process"))?;
+        e.update(|r| r.state = VmState::Suspending)?;
+        self.save_and_quit(e, pid).await
+    }
+
+    async fn save_and_quit(&self, e: &Entry, pid: u32) -> Result<(), ApiError> {
+        let q = e.paths.qmp();
+        let uuid = e.snapshot().def.uuid;
+        qmp::run(&q, "stop", None).await.map_err(internal)?;
+        let tmp = e.paths.saved_state().with_extension("partial");
+        let dst = format!("exec:cat > {}", tmp.display());
+        qmp::run(&q, "migrate", Some(json!({ "uri": dst }))).await.map_err(internal)?;
+        loop {
+            let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
+            match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let why = st.get("error-desc").and_then(|s| s.as_str()).unwrap_or("unknown");
+                    let _ = qmp::run(&q, "cont", None).await;
+                    e.update(|r| r.state = VmState::Running)?;
+                    return Err(ApiError::internal(format!("saving the VM's memory failed: {why}; it keeps running")));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(internal)?;
+        std::fs::rename(&tmp, e.paths.saved_state()).map_err(internal)?;
+        let _ = qmp::run(&q, "quit", None).await;
+        if !qemu::wait_exit(pid, &uuid, Duration::from_secs(10)).await {
+            qemu::kill(pid, &uuid).await;
+        }
+        e.update(|r| {
+            r.state = VmState::Suspended;
+            r.pid = None;
+        })?;
+        Ok(())
+    }
+
+    /// Deletes a VM: ends its process and removes its directory (disk, saved state, sockets).
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let e = self.entry(name)?;
+        let _g = e.op.try_lock().map_err(|_| ApiError::conflict(format!("VM {name:?} is busy: wait for the current operation to finish")))?;
+        let r = e.update(|r| r.state = VmState::Deleting)?;
+        if let Some(pid) = r.pid {
+            qemu::kill(pid, &r.def.uuid).await;
+        }
+        std::fs::remove_dir_all(&e.paths.dir).map_err(|err| internal(format!("cannot remove {}: {err}", e.paths.dir.display())))?;
+        lock(&self.vms).remove(name);
+        Ok(())
+    }
+
+    /// Runs a command in a running guest.
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
+        let e = self.entry(name)?;
+        let state = e.snapshot().state;
+        if state != VmState::Running {
+            return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {state}, not running")));
+        }
+        if req.argv.is_empty() {
+            return Err(ApiError::bad_request("exec needs a command: corral vm exec NAME -- COMMAND [ARGS...]"));
+        }
+        guest::exec(&e.paths.guest(), &req.argv, req.stdin.as_deref(), req.timeout_ms).await.map_err(|err| ApiError::unavailable(err.to_string()))
+    }
+
+    /// Reads the serial console log from `offset` (at most 64 KiB).
+    pub fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let e = self.entry(name)?;
+        let mut data = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(e.paths.console_log()) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let offset = offset.min(len);
+            f.seek(SeekFrom::Start(offset)).map_err(internal)?;
+            f.take(64 * 1024).read_to_end(&mut data).map_err(internal)?;
+            let next = offset + data.len() as u64;
+            return Ok(ConsoleChunk { offset, next, data: String::from_utf8_lossy(&data).into_owned() });
+        }
+        Ok(ConsoleChunk { offset: 0, next: 0, data: String::new() })
+    }
+
+    /// One pass of the monitor: notices QEMU processes that ended on their own and samples usage.
+    pub async fn monitor_once(&self) {
+        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let hz = hostinfo::clock_ticks() as f64;
+        for e in entries {
+            let Ok(_g) = e.op.try_lock() else { continue };
+            let r = e.snapshot();
+            let Some(pid) = r.pid else {
+                lock(&e.usage).0 = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
+                continue;
+            };
+            if !qemu::is_ours(pid, &r.def.uuid) {
+                tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed)", r.def.name);
+                let _ = e.update(|r| {
+                    r.state = VmState::Inactive;
+                    r.pid = None;
+                    r.error = Some("QEMU exited: the guest powered off or crashed".into());
+                });
+                continue;
+            }
+            let mut u = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
+            if let Some((ticks, rss_kib)) = hostinfo::proc_stat(pid) {
+                u.rss_mib = rss_kib / 1024;
+                let now = Instant::now();
+                let prev = lock(&e.usage).1;
+                if let Some((t0, i0)) = prev {
+                    let dt = now.duration_since(i0).as_secs_f64();
+                    if dt > 0.0 {
+                        u.cpu_pct = 100.0 * (ticks.saturating_sub(t0) as f64 / hz) / dt;
+                    }
+                }
+                lock(&e.usage).1 = Some((ticks, now));
+            }
+            if r.state == VmState::Running {
+                u.guest_mem_used_mib = guest::mem_used_mib(&e.paths.guest()).await;
+            }
+            lock(&e.usage).0 = u;
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Corral's API types: the JSON documents exchanged between the CLI, the controller and the
+//! agents. Everything on the wire is defined here, so the three sides cannot drift apart.
+//!
+//! Conventions: names of states and enums are lower-case on the wire; sizes are MiB unless the
+//! field name says otherwise; times are milliseconds since the Unix epoch (`*_ms` fields).
+
+pub mod agent;
+pub mod error;
+pub mod names;
+pub mod size;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ApiError, ErrorBody};
+
+/// The version prefix of every REST path.
+pub const API_PREFIX: &str = "/v1";
+
+/// The lifecycle states of a VM, as the source documents name them (inactive, active = running,
+/// paused, suspended) plus the transitional states and `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined, disk prepared, no QEMU process.
+    Inactive,
+    /// QEMU started, waiting for the guest to report that it booted.
+    Starting,
+    /// The guest OS is up (it answered the guest agent).
+    Running,
+    /// Pausing: vCPUs being stopped.
+    Pausing,
+    /// vCPUs stopped; memory stays in the QEMU process.
+    Paused,
+    /// Memory and device state being written to disk.
+    Suspending,
+    /// Memory and device state saved in a file; no QEMU process.
+    Suspended,
+    /// Being restored from the saved state.
+    Resuming,
+    /// Guest asked to power off; waiting (then forced).
+    Stopping,
+    /// Being deleted.
+    Deleting,
+    /// Something failed; `error` says what.
+    Error,
+}
+
+impl VmState {
+    /// Lower-case name, as shown to users and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Inactive => "inactive",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Pausing => "pausing",
+            VmState::Paused => "paused",
+            VmState::Suspending => "suspending",
+            VmState::Suspended => "suspended",
+            VmState::Resuming => "resuming",
+            VmState::Stopping => "stopping",
+            VmState::Deleting => "deleting",
+            VmState::Error => "error",
+        }
+    }
+
+    /// True while a QEMU process exists for the VM.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting
+                | VmState::Running
+                | VmState::Pausing
+                | VmState::Paused
+                | VmState::Suspending
+                | VmState::Stopping
+                | VmState::Resuming
+        )
+    }
+
+    /// True for states that hold host resources (memory, vCPUs) for placement purposes.
+    pub fn holds_resources(self) -> bool {
+        !matches!(self, VmState::Suspended | VmState::Inactive | VmState::Error)
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lifecycle action on a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmAction {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+    Suspend,
+}
+
+impl VmAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Stop => "stop",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+            VmAction::Suspend => "suspend",
+        }
+    }
+
+    /// Parses an action name as used in REST paths.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => VmAction::Start,
+            "stop" => VmAction::Stop,
+            "pause" => VmAction::Pause,
+            "resume" => VmAction::Resume,
+            "suspend" => VmAction::Suspend,
+            _ => return None,
+        })
+    }
+
+    /// Whether the action may be applied to a VM in `state`; on refusal, a hint for the user.
+    pub fn check(self, state: VmState) -> Result<(), String> {
+        use VmState::*;
+        let ok = match self {
+            VmAction::Start => matches!(state, Inactive | Error),
+            VmAction::Stop => matches!(state, Running | Paused | Starting | Error | Suspended),
+            VmAction::Pause => state == Running,
+            VmAction::Resume => matches!(state, Paused | Suspended),
+            VmAction::Suspend => matches!(state, Running | Paused),
+        };
+        if ok {
+            return Ok(());
+        }
+        let hint = match (self, state) {
+            (VmAction::Start, Running) => "it is already running".to_string(),
+            (VmAction::Start, Paused) | (VmAction::Start, Suspended) => {
+                "it is paused or suspended: use `corral vm resume`".to_string()
+            }
+            (VmAction::Pause, Paused) => "it is already paused".to_string(),
+            (VmAction::Pause, Inactive) | (VmAction::Suspend, Inactive) => {
+                "it is not running: start it first with `corral vm start`".to_string()
+            }
+            (VmAction::Resume, Running) => "it is already running".to_string(),
+            (VmAction::Resume, Inactive) => {
+                "it is inactive, not paused: use `corral vm start`".to_string()
+            }
+            (VmAction::Stop, Inactive) => "it is already stopped".to_string(),
+            _ => format!("wait until the current `{state}` transition ends"),
+        };
+        Err(format!("cannot {} a VM that is {state}: {hint}", self.as_str()))
+    }
+}
+
+/// The workload the guest runs, for tests of load and migration.
+pub const WORKLOAD_HELP: &str = "idle | cpu | dirty:<MiB/s>[:<MiB>]";
+
+/// Validates a workload spec (`idle`, `cpu`, `dirty:RATE[:SIZE]`).
+pub fn validate_workload(spec: &str) -> Result<(), String> {
+    let bad = || format!("invalid workload {spec:?}: expected {WORKLOAD_HELP}");
+    match spec {
+        "idle" | "cpu" => Ok(()),
+        s if s.starts_with("dirty:") => {
+            let parts: Vec<&str> = s["dirty:".len()..].split(':').collect();
+            if parts.is_empty() || parts.len() > 2 {
+                return Err(bad());
+            }
+            for p in parts {
+                match p.parse::<u64>() {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A request to create a VM (`POST /v1/vms`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVm {
+    pub name: String,
+    pub template: String,
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Host to place it on; the scheduler chooses when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Guest workload; `idle` when absent.
+    #[serde(default)]
+    pub workload: Option<String>,
+    /// Start it right away (default) or leave it inactive.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A VM as the controller reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vm {
+    pub name: String,
+    pub uuid: uuid::Uuid,
+    pub state: VmState,
+    /// The host the VM is placed on.
+    pub host: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub mac: String,
+    /// IPv4 address with prefix, once assigned.
+    #[serde(default)]
+    pub ip: Option<String>,
+    pub workload: String,
+    /// Path of the VM's copy-on-write disk on its host.
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Milliseconds from QEMU start to the guest reporting ready, for the last boot.
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+    /// What went wrong, when `state` is `error`.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub created_ms: u64,
+    /// Usage figures from the host agent (QEMU process) and the guest.
+    #[serde(default)]
+    pub usage: Option<VmUsage>,
+}
+
+/// Per-VM usage, measured by the agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VmUsage {
+    /// CPU used by the QEMU process, percent of one core, over the last interval.
+    pub cpu_pct: f64,
+    /// Resident memory of the QEMU process, MiB.
+    pub rss_mib: u64,
+    /// Guest-reported memory in use, MiB (when the guest agent answers).
+    #[serde(default)]
+    pub guest_mem_used_mib: Option<u64>,
+    /// Allocated bytes of the copy-on-write overlay.
+    #[serde(default)]
+    pub disk_bytes: u64,
+}
+
+/// Host states as shown by `corral host list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostState {
+    /// Heartbeating.
+    Ready,
+    /// Heartbeats missing.
+    Unreachable,
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HostState::Ready => "ready",
+            HostState::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// The accelerator a host's agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What a host offers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_bytes: u64,
+}
+
+/// Live usage of a host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostUsage {
+    /// Busy CPU, percent of all cores.
+    pub cpu_pct: f64,
+    pub mem_used_mib: u64,
+    pub disk_free_bytes: u64,
+}
+
+/// A host as the controller reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    pub name: String,
+    /// The agent's base URL.
+    pub url: String,
+    pub state: HostState,
+    pub accel: Accel,
+    /// Why the accelerator was chosen (e.g. "kvm probe timed out; using tcg").
+    pub accel_note: String,
+    pub capacity: Capacity,
+    /// vCPUs and memory promised to VMs placed here.
+    pub allocated: Capacity,
+    pub usage: HostUsage,
+    pub vms: usize,
+    pub last_heartbeat_ms: u64,
+}
+
+/// A template (disk image with an OS preinstalled).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Template {
+    pub name: String,
+    /// Virtual size of the disk, bytes.
+    pub size_bytes: u64,
+    pub kernel_version: String,
+    pub os: String,
+    /// Hosts that hold this template.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// A command to run in the guest through the guest agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The result of a command run in the guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A chunk of a VM's serial console log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsoleChunk {
+    /// Offset of the first byte of `data` in the log.
+    pub offset: u64,
+    /// Offset to ask for next.
+    pub next: u64,
+    pub data: String,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_lower_case_on_the_wire() {
+        assert_eq!(serde_json::to_string(&VmState::Suspended).ok().as_deref(), Some("\"suspended\""));
+        assert_eq!(VmState::Running.to_string(), "running");
+    }
+
+    #[test]
+    fn pausing_an_inactive_vm_is_refused_with_a_hint() {
+        let err = VmAction::Pause.check(VmState::Inactive).err().unwrap_or_default();
+        assert!(err.contains("cannot pause a VM that is inactive"), "{err}");
+        assert!(err.contains("corral vm start"), "{err}");
+        assert!(VmAction::Pause.check(VmState::Running).is_ok());
+    }
+
+    #[test]
+    fn workloads_are_validated() {
+        for ok in ["idle", "cpu", "dirty:64", "dirty:10:128"] {
+            assert!(validate_workload(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "busy", "dirty:", "dirty:0", "dirty:a", "dirty:1:2:3"] {
+            assert!(validate_workload(bad).is_err(), "{bad}");
+        }
+    }
+}

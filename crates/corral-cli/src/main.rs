@@ -1,0 +1,420 @@
+//! `corral`: one binary for the whole system. `corral controller` and `corral agent` run the
+//! daemons, `corral lab` makes a lab of hosts on one machine, and the other subcommands are the
+//! client of the controller's REST API.
+
+mod client;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template, Vm};
+
+use client::Client;
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "Corral: virtual clusters of real VMs over many hosts")]
+struct Cli {
+    /// Controller URL (default: the local lab's, else http://127.0.0.1:7700).
+    #[arg(long, global = true, env = "CORRAL_URL")]
+    url: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the controller.
+    Controller {
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "/var/lib/corral/controller")]
+        data: PathBuf,
+        /// Seconds without heartbeat before a host is shown unreachable.
+        #[arg(long, default_value_t = 5)]
+        host_timeout: u64,
+        /// vCPUs that may be promised per physical CPU.
+        #[arg(long, default_value_t = 4.0)]
+        cpu_overcommit: f64,
+    },
+    /// Run the agent of this host.
+    Agent(AgentArgs),
+    /// A lab of hosts (network namespaces) on this machine.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+    /// Hosts of the pool.
+    Host {
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
+    /// Templates (disk images with an OS preinstalled).
+    Template {
+        #[command(subcommand)]
+        cmd: TemplateCmd,
+    },
+    /// Virtual machines.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Host name, as shown in `corral host list`.
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    listen: SocketAddr,
+    /// URL the controller uses to reach this agent (default http://LISTEN).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Controller URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    controller: String,
+    #[arg(long, default_value = "/var/lib/corral/agent")]
+    data: PathBuf,
+    /// Directory of templates (default: CORRAL_CACHE/guest).
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Accelerator: auto probes KVM with a bounded test boot and falls back to TCG.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    accel: String,
+    /// File caching the probe's verdict, shared by the agents of one machine.
+    #[arg(long)]
+    accel_cache: Option<PathBuf>,
+    /// vCPUs offered (default: the machine's CPUs).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory offered, MiB (default: the machine's memory).
+    #[arg(long)]
+    memory: Option<u64>,
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 1.0)]
+    heartbeat: f64,
+    /// Seconds a guest may take to report ready.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCmd {
+    /// Make the controller and N hosts, each a network namespace running an agent.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        /// Lab number (1-250): its underlay is 198.18.INDEX.0/24.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+        index: u8,
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+        #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+    },
+    /// Remove every namespace, device, process and file the lab made.
+    Down {
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
+    /// Show the lab.
+    Status {
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// List hosts: state, accelerator, capacity, VMs, usage.
+    List,
+    /// Show one host.
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCmd {
+    /// List templates.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// Create a VM from a template (copy-on-write disk) and start it.
+    Create {
+        name: String,
+        #[arg(long, default_value = "base")]
+        template: String,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Memory, e.g. 256M or 1G.
+        #[arg(long, default_value = "256M")]
+        memory: String,
+        /// Host to place it on (default: the scheduler chooses).
+        #[arg(long)]
+        host: Option<String>,
+        /// Guest workload: idle | cpu | dirty:<MiB/s>[:<MiB>].
+        #[arg(long)]
+        workload: Option<String>,
+        /// Define it but do not start it.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// List VMs.
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Start an inactive VM.
+    Start { name: String },
+    /// Stop a VM gracefully (ACPI power-off, forced after a timeout).
+    Stop { name: String },
+    /// Pause a running VM (vCPUs stop; memory stays).
+    Pause { name: String },
+    /// Resume a paused or suspended VM.
+    Resume { name: String },
+    /// Suspend a VM: memory and device state to disk, process ended.
+    Suspend { name: String },
+    /// Delete a VM and its disk.
+    Delete { name: String },
+    /// Show the VM's serial console.
+    Console {
+        name: String,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Run a command in the guest; its exit code becomes corral's.
+    Exec {
+        name: String,
+        /// Seconds before the command is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+/// Where guest assets and machine-wide caches live: $CORRAL_CACHE, else `.cache` of the
+/// checkout this binary was built in, else /var/cache/corral.
+fn cache_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("CORRAL_CACHE") {
+        return PathBuf::from(c);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // <repo>/target/<profile>/corral
+        if let Some(repo) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            let c = repo.join(".cache");
+            if c.join("guest").exists() {
+                return c;
+            }
+        }
+    }
+    PathBuf::from("/var/cache/corral")
+}
+
+fn default_url() -> String {
+    let dir = std::env::var_os("CORRAL_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/corral/lab"));
+    corral_lab::LabState::load(&dir).ok().flatten().map(|s| s.url).unwrap_or_else(|| "http://127.0.0.1:7700".into())
+}
+
+fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
+    match o {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Table => table(v),
+    }
+    Ok(())
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let o = cli.output;
+    let url = cli.url.clone().unwrap_or_else(default_url);
+    match cli.cmd {
+        Cmd::Controller { listen, data, host_timeout, cpu_overcommit } => {
+            init_logs("info");
+            if !(cpu_overcommit >= 1.0) {
+                bail!("--cpu-overcommit must be at least 1.0");
+            }
+            corral_controller::run(corral_controller::Config {
+                listen,
+                data_dir: data,
+                host_timeout: Duration::from_secs(host_timeout.max(1)),
+                cpu_overcommit,
+            })
+            .await?;
+        }
+        Cmd::Agent(a) => {
+            init_logs("info");
+            let templates = a.templates.unwrap_or_else(|| cache_dir().join("guest"));
+            corral_agent::run(corral_agent::Config {
+                name: a.name,
+                listen: a.listen,
+                advertise: a.advertise,
+                controller: a.controller,
+                data_dir: a.data,
+                templates_dir: templates,
+                accel: a.accel,
+                accel_cache: a.accel_cache,
+                vcpus: a.vcpus,
+                memory_mib: a.memory,
+                qemu: a.qemu,
+                heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
+                boot_timeout: Duration::from_secs(a.boot_timeout),
+            })
+            .await?;
+        }
+        Cmd::Lab { cmd } => return lab(cmd, o).await,
+        Cmd::Host { cmd } => {
+            let c = Client::new(&url)?;
+            match cmd {
+                HostCmd::List => print(o, &c.get::<Vec<Host>>("/v1/hosts").await?, |h| output::hosts(h))?,
+                HostCmd::Show { name } => print(o, &c.get::<Host>(&format!("/v1/hosts/{name}")).await?, output::host)?,
+            }
+        }
+        Cmd::Template { cmd: TemplateCmd::List } => {
+            let c = Client::new(&url)?;
+            print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| output::templates(t))?;
+        }
+        Cmd::Vm { cmd } => return vm(cmd, &Client::new(&url)?, o).await,
+    }
+    Ok(0)
+}
+
+async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
+    init_logs("warn");
+    match cmd {
+        LabCmd::Up { hosts, index, dir, accel } => {
+            let cache = cache_dir();
+            let opts = corral_lab::UpOptions {
+                hosts,
+                index,
+                dir,
+                templates: cache.join("guest"),
+                cache,
+                exe: std::env::current_exe().context("cannot find the corral binary")?,
+                accel,
+            };
+            let s = corral_lab::up(&opts).await?;
+            match o {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Table => {
+                    eprintln!("lab up: controller at {}, {} hosts ({})", s.url, s.hosts.len(), s.dir.display());
+                    println!("{}", s.exports());
+                }
+            }
+        }
+        LabCmd::Down { dir } => {
+            if corral_lab::down(&dir)? {
+                eprintln!("lab down: everything the lab made is removed");
+            } else {
+                eprintln!("no lab in {}", dir.display());
+            }
+        }
+        LabCmd::Status { dir } => match corral_lab::status(&dir).await? {
+            None => {
+                eprintln!("no lab in {}", dir.display());
+                return Ok(1);
+            }
+            Some((s, ok)) => match o {
+                Output::Json => println!("{}", serde_json::json!({"lab": s, "healthy": ok})),
+                Output::Table => {
+                    println!("controller {} ({})", s.url, if ok { "healthy" } else { "NOT healthy: run `corral lab up` again" });
+                    for h in &s.hosts {
+                        println!("{}  {}  netns {}", h.name, h.ip, h.netns);
+                    }
+                    println!("{}", s.exports());
+                }
+            },
+        },
+    }
+    Ok(0)
+}
+
+async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
+    let show = |v: &Vm| print(o, v, output::vm);
+    match cmd {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start } => {
+            let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
+            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start };
+            show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
+        }
+        VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,
+        VmCmd::Show { name } => show(&c.get::<Vm>(&format!("/v1/vms/{name}")).await?)?,
+        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &()).await?)?,
+        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &()).await?)?,
+        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
+        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
+        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Delete { name } => {
+            c.delete(&format!("/v1/vms/{name}")).await?;
+            if o == Output::Json {
+                println!("{}", serde_json::json!({"deleted": name}));
+            } else {
+                eprintln!("deleted {name}");
+            }
+        }
+        VmCmd::Console { name, follow } => {
+            use std::io::Write;
+            let mut offset = 0;
+            loop {
+                let chunk: ConsoleChunk = c.get(&format!("/v1/vms/{name}/console?offset={offset}")).await?;
+                print!("{}", chunk.data);
+                std::io::stdout().flush()?;
+                let more = chunk.next > offset;
+                offset = chunk.next;
+                if !follow && !more {
+                    break;
+                }
+                if !more {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        VmCmd::Exec { name, timeout, argv } => {
+            let req = ExecRequest { argv, stdin: None, timeout_ms: timeout.map(|t| t * 1000) };
+            let r: ExecResult = c.post(&format!("/v1/vms/{name}/exec"), &req).await?;
+            if o == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                use std::io::Write;
+                std::io::stdout().write_all(r.stdout.as_bytes())?;
+                std::io::stderr().write_all(r.stderr.as_bytes())?;
+            }
+            return Ok(r.exit_code);
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,68 @@
+//! The controller's client of the agents' REST API.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::{ApiError, ConsoleChunk, ErrorBody, ExecRequest, ExecResult, VmAction};
+
+/// Talks to one agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+}
+
+impl AgentClient {
+    pub fn new(http: reqwest::Client, host: &str, url: &str) -> Self {
+        Self { http, base: url.trim_end_matches('/').to_string(), host: host.to_string() }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
+        let resp = req.send().await.map_err(|e| {
+            ApiError::unavailable(format!("host {} is unreachable ({e}); check `corral host list`", self.host))
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return serde_json::from_value(serde_json::Value::Null).map_err(|e| ApiError::internal(e.to_string()));
+            }
+            return resp.json().await.map_err(|e| ApiError::internal(format!("host {} sent an invalid answer: {e}", self.host)));
+        }
+        let body: Option<ErrorBody> = resp.json().await.ok();
+        let msg = body.map(|b| b.error).unwrap_or_else(|| status.to_string());
+        Err(match status.as_u16() {
+            400 => ApiError::bad_request(msg),
+            404 => ApiError::not_found(msg),
+            409 => ApiError::conflict(msg),
+            503 => ApiError::unavailable(msg),
+            _ => ApiError::internal(format!("host {}: {msg}", self.host)),
+        })
+    }
+
+    /// Long operations (boot, suspend) wait up to this long.
+    const SLOW: Duration = Duration::from_secs(600);
+
+    pub async fn create(&self, def: &VmDefinition, start: bool) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms", self.base)).timeout(Self::SLOW).json(&json!({"def": def, "start": start}))).await
+    }
+
+    pub async fn action(&self, name: &str, a: VmAction) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/actions/{}", self.base, a.as_str())).timeout(Self::SLOW)).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        self.send::<()>(self.http.delete(format!("{}/v1/vms/{name}", self.base)).timeout(Self::SLOW)).await
+    }
+
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/exec", self.base)).timeout(Self::SLOW).json(req)).await
+    }
+
+    pub async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
+        self.send(self.http.get(format!("{}/v1/vms/{name}/console?offset={offset}", self.base))).await
+    }
+}

@@ -1,0 +1,38 @@
+//! Corral's controller (`corral controller`): the REST API users and agents talk to, the state
+//! store, placement through the scheduler core, and the calls that drive the agents.
+
+pub mod agents;
+pub mod api;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub use service::Controller;
+
+/// How the controller is configured (`corral controller --help`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub host_timeout: Duration,
+    pub cpu_overcommit: f64,
+}
+
+/// Runs the controller until the process is killed.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let store = corral_store::RedbStore::open(&cfg.data_dir.join("state.redb"))?;
+    let c = Arc::new(Controller::new(
+        Arc::new(store),
+        service::Settings { host_timeout: cfg.host_timeout, cpu_overcommit: cfg.cpu_overcommit },
+    ));
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!("controller listening on {}", cfg.listen);
+    axum::serve(listener, api::router(c)).await?;
+    Ok(())
+}

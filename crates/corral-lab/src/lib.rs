@@ -1,0 +1,346 @@
+//! The lab (`corral lab up|down|status`): a Corral deployment on one machine. Each host is a
+//! Linux network namespace joined to an underlay bridge (198.18.<index>.0/24), running the real
+//! agent; the controller runs beside the bridge. The same binaries run a real deployment.
+//!
+//! Every resource is recorded in the lab's state file *before* it is made, so `down` removes
+//! everything even after a crash half-way through `up`. Processes are ended by the PIDs the lab
+//! recorded (checked against their command line), never by name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Options of `corral lab up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub hosts: u32,
+    /// Lab number: selects the underlay subnet 198.18.<index>.0/24 and device names.
+    pub index: u8,
+    pub dir: PathBuf,
+    /// Directory holding the templates (the guest build output).
+    pub templates: PathBuf,
+    /// Machine-wide cache (accelerator probe verdict).
+    pub cache: PathBuf,
+    /// The `corral` binary to run.
+    pub exe: PathBuf,
+    pub accel: String,
+}
+
+/// One lab host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabHost {
+    pub name: String,
+    pub netns: String,
+    pub veth: String,
+    pub ip: String,
+    pub data: PathBuf,
+    #[serde(default)]
+    pub agent_pid: Option<u32>,
+}
+
+/// The lab's state file (`<dir>/lab.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub index: u8,
+    pub dir: PathBuf,
+    pub bridge: String,
+    pub url: String,
+    #[serde(default)]
+    pub controller_pid: Option<u32>,
+    pub hosts: Vec<LabHost>,
+}
+
+impl LabState {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("lab.json")
+    }
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        match std::fs::read(Self::path(dir)) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("lab state {} is corrupt", Self::path(dir).display()))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, Self::path(&self.dir))?;
+        Ok(())
+    }
+    /// The export lines a user pastes into a shell.
+    pub fn exports(&self) -> String {
+        format!("export CORRAL_URL={}", self.url)
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// True if `pid` runs a command line that mentions `marker` (the lab directory).
+fn pid_is_ours(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .unwrap_or(false)
+}
+
+fn kill_pid(pid: u32, marker: &str) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if !pid_is_ours(pid, marker) {
+        return;
+    }
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    let t = Instant::now();
+    while pid_is_ours(pid, marker) && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if pid_is_ours(pid, marker) {
+        let _ = kill(p, Signal::SIGKILL);
+        while pid_is_ours(pid, marker) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spawn_daemon(mut cmd: Command, log: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .context("cannot start process")?;
+    Ok(child.id())
+}
+
+/// Brings a lab up (or reports the one already up). Returns its state.
+pub async fn up(o: &UpOptions) -> Result<LabState> {
+    if o.hosts == 0 || o.hosts > 50 {
+        bail!("--hosts must be between 1 and 50");
+    }
+    if !o.templates.join("base.json").exists() {
+        bail!(
+            "no guest templates in {}: build them first with `make guest` (scripts/build-guest.sh)",
+            o.templates.display()
+        );
+    }
+    if let Some(s) = LabState::load(&o.dir)? {
+        if s.hosts.len() as u32 == o.hosts && healthy(&s).await {
+            return Ok(s);
+        }
+        tracing::info!("a previous lab in {} is incomplete or different; removing it first", o.dir.display());
+        down(&o.dir)?;
+    }
+    let dir = o.dir.canonicalize().unwrap_or_else(|_| o.dir.clone());
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let idx = o.index;
+    let gw = format!("198.18.{idx}.1");
+    let mut s = LabState {
+        index: idx,
+        dir: dir.clone(),
+        bridge: format!("crl{idx}br"),
+        url: format!("http://{gw}:7700"),
+        controller_pid: None,
+        hosts: (1..=o.hosts)
+            .map(|i| LabHost {
+                name: format!("lab-{i}"),
+                netns: format!("corral{idx}-lab-{i}"),
+                veth: format!("crl{idx}h{i}"),
+                ip: format!("198.18.{idx}.{}", 10 + i),
+                data: dir.join(format!("lab-{i}")),
+                agent_pid: None,
+            })
+            .collect(),
+    };
+    if link_exists(&s.bridge) {
+        bail!("device {} already exists but no lab state is in {}: another lab uses index {idx}; choose --index", s.bridge, dir.display());
+    }
+    s.save()?;
+    // Underlay bridge in the root namespace, where the controller and the CLI are.
+    ip(&["link", "add", &s.bridge, "type", "bridge"])?;
+    ip(&["addr", "add", &format!("{gw}/24"), "dev", &s.bridge])?;
+    ip(&["link", "set", &s.bridge, "up"])?;
+    for h in &s.hosts {
+        ip(&["netns", "add", &h.netns])?;
+        ip(&["link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns])?;
+        ip(&["link", "set", &h.veth, "master", &s.bridge, "up"])?;
+        ip(&["-n", &h.netns, "addr", "add", &format!("{}/24", h.ip), "dev", "eth0"])?;
+        ip(&["-n", &h.netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &h.netns, "link", "set", "lo", "up"])?;
+    }
+    let dir_s = dir.display().to_string();
+    let mut c = Command::new(&o.exe);
+    c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{dir_s}/controller")]);
+    s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
+    s.save()?;
+    wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20)).await.context("the controller did not come up; see controller.log in the lab directory")?;
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(4 << 20);
+    let per_host_mib = (mem_total / 1024) * 8 / 10 / u64::from(o.hosts);
+    std::fs::create_dir_all(&o.cache)?;
+    for (i, h) in s.hosts.clone().iter().enumerate() {
+        std::fs::create_dir_all(&h.data)?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.netns]).arg(&o.exe).args([
+            "agent",
+            "--name",
+            &h.name,
+            "--listen",
+            &format!("{}:7701", h.ip),
+            "--controller",
+            &s.url,
+            "--data",
+            &h.data.display().to_string(),
+            "--templates",
+            &o.templates.display().to_string(),
+            "--accel",
+            &o.accel,
+            "--accel-cache",
+            &o.cache.join("accel.json").display().to_string(),
+            "--memory",
+            &format!("{per_host_mib}"),
+        ]);
+        let pid = spawn_daemon(c, &dir.join(format!("{}.log", h.name)))?;
+        s.hosts[i].agent_pid = Some(pid);
+        s.save()?;
+        if i == 0 {
+            // The first agent probes the accelerator; the others reuse its verdict.
+            wait_hosts(&s, 1, Duration::from_secs(60)).await?;
+        }
+    }
+    wait_hosts(&s, o.hosts as usize, Duration::from_secs(60)).await?;
+    Ok(s)
+}
+
+async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if t.elapsed() > timeout {
+            bail!("{url} did not answer within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready_hosts(s: &LabState) -> Option<usize> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let hosts: Vec<corral_api::Host> = http.get(format!("{}/v1/hosts", s.url)).send().await.ok()?.json().await.ok()?;
+    Some(hosts.iter().filter(|h| h.state == corral_api::HostState::Ready).count())
+}
+
+async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        if ready_hosts(s).await.unwrap_or(0) >= n {
+            return Ok(());
+        }
+        if t.elapsed() > timeout {
+            bail!("only {} of {n} lab hosts registered within {timeout:?}; see the lab-N.log files in {}", ready_hosts(s).await.unwrap_or(0), s.dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn healthy(s: &LabState) -> bool {
+    let marker = s.dir.display().to_string();
+    s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
+        && s.hosts.iter().all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && ready_hosts(s).await == Some(s.hosts.len())
+}
+
+/// Status lines of a lab.
+pub async fn status(dir: &Path) -> Result<Option<(LabState, bool)>> {
+    match LabState::load(dir)? {
+        None => Ok(None),
+        Some(s) => {
+            let ok = healthy(&s).await;
+            Ok(Some((s, ok)))
+        }
+    }
+}
+
+/// QEMU processes of a lab host: the PIDs its agent recorded, checked by the VM's UUID.
+fn qemu_pids(host_data: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(host_data.join("vms")) else { return out };
+    for e in rd.flatten() {
+        let pid = std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let uuid = std::fs::read(e.path().join("vm.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.pointer("/def/uuid").and_then(|u| u.as_str()).map(str::to_string));
+        if let (Some(p), Some(u)) = (pid, uuid) {
+            out.push((p, u));
+        }
+    }
+    out
+}
+
+/// Takes a lab down: processes (by recorded PID), namespaces, devices and files. Works on a
+/// lab that crashed half-way; does nothing if there is no lab.
+pub fn down(dir: &Path) -> Result<bool> {
+    let Some(s) = LabState::load(dir)? else { return Ok(false) };
+    let marker = s.dir.display().to_string();
+    for h in &s.hosts {
+        if let Some(p) = h.agent_pid {
+            kill_pid(p, &marker);
+        }
+        for (pid, uuid) in qemu_pids(&h.data) {
+            kill_pid(pid, &uuid);
+        }
+        // Anything else still inside the host's namespace was started there by the lab.
+        if netns_exists(&h.netns) {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.netns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                    kill_pid(pid, "");
+                }
+            }
+        }
+    }
+    if let Some(p) = s.controller_pid {
+        kill_pid(p, &marker);
+    }
+    for h in &s.hosts {
+        if netns_exists(&h.netns) {
+            ip(&["netns", "delete", &h.netns])?;
+        }
+        if link_exists(&h.veth) {
+            ip(&["link", "delete", &h.veth])?;
+        }
+    }
+    if link_exists(&s.bridge) {
+        ip(&["link", "delete", &s.bridge])?;
+    }
+    std::fs::remove_dir_all(&s.dir).with_context(|| format!("cannot remove {}", s.dir.display()))?;
+    Ok(true)
+}

@@ -1,0 +1,80 @@
+//! Corral's state store. The controller keeps its desired state (VMs, hosts, and later clusters,
+//! profiles and address pools) in a key-value [`Store`]: tables of string keys and JSON values.
+//! The trait is the seam between the controller and a backend; [`RedbStore`] keeps state in one
+//! embedded file (the default), and a replicated backend plugs in behind the same trait.
+//!
+//! Every write is durable when the call returns, so the controller writes its intent first
+//! and acts on it afterwards: a crash in between loses nothing.
+
+mod redb_store;
+
+pub use redb_store::RedbStore;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Errors of a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store at {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("state store: {0}")]
+    Backend(String),
+    #[error("state store: value of {table}/{key} is not valid JSON for its type: {message}")]
+    Decode { table: String, key: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put { table: String, key: String, value: Vec<u8> },
+    Delete { table: String, key: String },
+}
+
+/// A key-value store of named tables. Implementations must make each call atomic and durable.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    /// All entries of a table whose key starts with `prefix`, in key order.
+    fn scan(&self, table: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Applies every op of the batch atomically.
+    fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// Sets `key` to `new` only if its current value equals `expected` (None = absent).
+    /// Returns false, writing nothing, when it does not.
+    fn compare_and_swap(&self, table: &str, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool>;
+}
+
+/// Typed helpers over any [`Store`], storing values as JSON.
+pub trait StoreExt: Store {
+    fn get_json<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Option<T>> {
+        match self.get(table, key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Decode {
+                table: table.into(),
+                key: key.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    fn put_json<T: Serialize>(&self, table: &str, key: &str, value: &T) -> Result<()> {
+        let value = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.apply(vec![Op::Put { table: table.into(), key: key.into(), value }])
+    }
+    fn delete(&self, table: &str, key: &str) -> Result<()> {
+        self.apply(vec![Op::Delete { table: table.into(), key: key.into() }])
+    }
+    fn list_json<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>> {
+        self.scan(table, "")?
+            .into_iter()
+            .map(|(key, bytes)| {
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Decode {
+                    table: table.into(),
+                    key,
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
