@@ -284,12 +284,18 @@ impl Manager {
         Ok(entry.status())
     }
 
+    /// Takes the VM's operation lock. The monitor holds it only for an instant, so a short wait
+    /// tells that apart from a lifecycle operation in progress, which is refused.
+    async fn claim<'a>(e: &'a Entry, name: &str) -> Result<tokio::sync::MutexGuard<'a, ()>, ApiError> {
+        tokio::time::timeout(Duration::from_secs(2), e.op.lock()).await.map_err(|_| {
+            ApiError::conflict(format!("VM {name:?} is busy ({}): wait for the current operation to finish", e.snapshot().state))
+        })
+    }
+
     /// Applies a lifecycle action and returns when it has finished.
     pub async fn action(self: &Arc<Self>, name: &str, action: VmAction) -> Result<VmStatus, ApiError> {
         let e = self.entry(name)?;
-        let _g = e.op.try_lock().map_err(|_| {
-            ApiError::conflict(format!("VM {name:?} is busy ({}): wait for the current operation to finish", e.snapshot().state))
-        })?;
+        let _g = Self::claim(&e, name).await?;
         let state = e.snapshot().state;
         action.check(state).map_err(ApiError::conflict)?;
         let res = match action {
@@ -463,7 +469,7 @@ impl Manager {
     /// Deletes a VM: ends its process and removes its directory (disk, saved state, sockets).
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let e = self.entry(name)?;
-        let _g = e.op.try_lock().map_err(|_| ApiError::conflict(format!("VM {name:?} is busy: wait for the current operation to finish")))?;
+        let _g = Self::claim(&e, name).await?;
         let r = e.update(|r| r.state = VmState::Deleting)?;
         if let Some(pid) = r.pid {
             qemu::kill(pid, &r.def.uuid).await;
@@ -507,21 +513,24 @@ impl Manager {
         let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
         let hz = hostinfo::clock_ticks() as f64;
         for e in entries {
-            let Ok(_g) = e.op.try_lock() else { continue };
-            let r = e.snapshot();
+            let r = {
+                let Ok(_g) = e.op.try_lock() else { continue };
+                let r = e.snapshot();
+                if let Some(pid) = r.pid.filter(|p| !qemu::is_ours(*p, &r.def.uuid)) {
+                    tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed)", r.def.name);
+                    let _ = e.update(|r| {
+                        r.state = VmState::Inactive;
+                        r.pid = None;
+                        r.error = Some("QEMU exited: the guest powered off or crashed".into());
+                    });
+                    continue;
+                }
+                r
+            };
             let Some(pid) = r.pid else {
                 lock(&e.usage).0 = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
                 continue;
             };
-            if !qemu::is_ours(pid, &r.def.uuid) {
-                tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed)", r.def.name);
-                let _ = e.update(|r| {
-                    r.state = VmState::Inactive;
-                    r.pid = None;
-                    r.error = Some("QEMU exited: the guest powered off or crashed".into());
-                });
-                continue;
-            }
             let mut u = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
             if let Some((ticks, rss_kib)) = hostinfo::proc_stat(pid) {
                 u.rss_mib = rss_kib / 1024;

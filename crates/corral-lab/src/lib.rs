@@ -120,9 +120,10 @@ fn kill_pid(pid: u32, marker: &str) {
     }
 }
 
+/// Starts a daemon in its own process group, its output appended to `log`.
 fn spawn_daemon(mut cmd: Command, log: &Path) -> Result<u32> {
     use std::os::unix::process::CommandExt;
-    let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot open {}", log.display()))?;
     let err = out.try_clone()?;
     let child = cmd
         .stdin(std::process::Stdio::null())
@@ -145,8 +146,11 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
             o.templates.display()
         );
     }
-    if let Some(s) = LabState::load(&o.dir)? {
-        if s.hosts.len() as u32 == o.hosts && healthy(&s).await {
+    if let Some(mut s) = LabState::load(&o.dir)? {
+        let devices = link_exists(&s.bridge) && s.hosts.iter().all(|h| netns_exists(&h.netns));
+        if s.hosts.len() as u32 == o.hosts && devices {
+            // Same lab: restart whichever daemon is not running (after a crash or a kill).
+            start_daemons(&mut s, o).await?;
             return Ok(s);
         }
         tracing::info!("a previous lab in {} is incomplete or different; removing it first", o.dir.display());
@@ -190,19 +194,34 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
         ip(&["-n", &h.netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &h.netns, "link", "set", "lo", "up"])?;
     }
-    let dir_s = dir.display().to_string();
-    let mut c = Command::new(&o.exe);
-    c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{dir_s}/controller")]);
-    s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
-    s.save()?;
+    start_daemons(&mut s, o).await?;
+    Ok(s)
+}
+
+/// Starts the controller and the agents that are not running, recording their PIDs first.
+async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
+    let dir = s.dir.clone();
+    let marker = dir.display().to_string();
+    let gw = format!("198.18.{}.1", s.index);
+    if !s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+        let mut c = Command::new(&o.exe);
+        c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{marker}/controller")]);
+        s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
+        s.save()?;
+    }
     wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20)).await.context("the controller did not come up; see controller.log in the lab directory")?;
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
         .unwrap_or(4 << 20);
-    let per_host_mib = (mem_total / 1024) * 8 / 10 / u64::from(o.hosts);
+    let n = s.hosts.len() as u64;
+    let per_host_mib = (mem_total / 1024) * 8 / 10 / n;
     std::fs::create_dir_all(&o.cache)?;
-    for (i, h) in s.hosts.clone().iter().enumerate() {
+    for i in 0..s.hosts.len() {
+        let h = s.hosts[i].clone();
+        if h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+            continue;
+        }
         std::fs::create_dir_all(&h.data)?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &h.netns]).arg(&o.exe).args([
@@ -224,16 +243,14 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
             "--memory",
             &format!("{per_host_mib}"),
         ]);
-        let pid = spawn_daemon(c, &dir.join(format!("{}.log", h.name)))?;
-        s.hosts[i].agent_pid = Some(pid);
+        s.hosts[i].agent_pid = Some(spawn_daemon(c, &dir.join(format!("{}.log", h.name)))?);
         s.save()?;
         if i == 0 {
             // The first agent probes the accelerator; the others reuse its verdict.
-            wait_hosts(&s, 1, Duration::from_secs(60)).await?;
+            wait_hosts(s, 1, Duration::from_secs(60)).await?;
         }
     }
-    wait_hosts(&s, o.hosts as usize, Duration::from_secs(60)).await?;
-    Ok(s)
+    wait_hosts(s, s.hosts.len(), Duration::from_secs(60)).await
 }
 
 async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
@@ -330,16 +347,24 @@ pub fn down(dir: &Path) -> Result<bool> {
     if let Some(p) = s.controller_pid {
         kill_pid(p, &marker);
     }
+    // Keep going past a failure so one stuck device does not leave the rest behind.
+    let mut errors = Vec::new();
     for h in &s.hosts {
         if netns_exists(&h.netns) {
-            ip(&["netns", "delete", &h.netns])?;
+            if let Err(e) = ip(&["netns", "delete", &h.netns]) {
+                errors.push(e.to_string());
+            }
         }
-        if link_exists(&h.veth) {
-            ip(&["link", "delete", &h.veth])?;
+        // Deleting the namespace removes the veth pair, asynchronously: gone is fine.
+        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth) {
+            errors.push(format!("cannot delete device {}", h.veth));
         }
     }
-    if link_exists(&s.bridge) {
-        ip(&["link", "delete", &s.bridge])?;
+    if link_exists(&s.bridge) && ip(&["link", "delete", &s.bridge]).is_err() && link_exists(&s.bridge) {
+        errors.push(format!("cannot delete bridge {}", s.bridge));
+    }
+    if !errors.is_empty() {
+        bail!("lab down left something behind ({}); run `corral lab down` again", errors.join("; "));
     }
     std::fs::remove_dir_all(&s.dir).with_context(|| format!("cannot remove {}", s.dir.display()))?;
     Ok(true)
