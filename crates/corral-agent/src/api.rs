@@ -73,20 +73,35 @@ async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmS
     Ok(Json(a.vms.create(b.def, b.start).await?))
 }
 
-async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String, String)>) -> R<VmStatus> {
-    let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
+async fn action(
+    State(a): State<Arc<Agent>>,
+    Path((name, action)): Path<(String, String)>,
+) -> R<VmStatus> {
+    let act = VmAction::parse(&action)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
     Ok(Json(a.vms.action(&name, act).await?))
 }
 
-async fn delete(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
+async fn delete(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, HttpError> {
     a.vms.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
+async fn exec(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> R<ExecResult> {
     Ok(Json(a.vms.exec(&name, &req).await?))
 }
 
-async fn console(State(a): State<Arc<Agent>>, Path(name): Path<String>, Query(q): Query<ConsoleQuery>) -> R<ConsoleChunk> {
+async fn console(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> R<ConsoleChunk> {
     Ok(Json(a.vms.console(&name, q.offset)?))
 }

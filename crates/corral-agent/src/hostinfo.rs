@@ -41,8 +41,8 @@ pub fn meminfo() -> Option<(u64, u64)> {
 pub fn disk_space(path: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => {
-            let frag = s.fragment_size() as u64;
-            (s.blocks_available() as u64 * frag, s.blocks() as u64 * frag)
+            let frag = s.fragment_size();
+            (s.blocks_available() * frag, s.blocks() * frag)
         }
         Err(_) => (0, 0),
     }
@@ -50,7 +50,9 @@ pub fn disk_space(path: &Path) -> (u64, u64) {
 
 /// The host's capacity, with optional operator overrides (a lab host gets a share of the machine).
 pub fn capacity(data_dir: &Path, vcpus: Option<u32>, memory_mib: Option<u64>) -> Capacity {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let mem = meminfo().map(|(t, _)| t / 1024).unwrap_or(0);
     Capacity {
         vcpus: vcpus.unwrap_or(cpus),
@@ -104,7 +106,11 @@ pub fn proc_stat(pid: u32) -> Option<(u64, u64)> {
 
 /// Clock ticks per second for /proc times.
 pub fn clock_ticks() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map(|v| v as u64).unwrap_or(100)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map(|v| v as u64)
+        .unwrap_or(100)
 }
 
 #[cfg(test)]

@@ -50,7 +50,10 @@ pub struct Agent {
 
 impl Agent {
     fn url(&self) -> String {
-        self.cfg.advertise.clone().unwrap_or_else(|| format!("http://{}", self.cfg.listen))
+        self.cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.cfg.listen))
     }
 
     /// What the agent tells the controller about itself.
@@ -70,18 +73,32 @@ impl Agent {
             let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
             hostinfo::usage(&mut s, &self.cfg.data_dir)
         };
-        Heartbeat { usage, vms: self.vms.list() }
+        Heartbeat {
+            usage,
+            vms: self.vms.list(),
+        }
     }
 }
 
 /// Runs the agent until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let tpls = templates::scan(&cfg.templates_dir);
     if tpls.is_empty() {
-        tracing::warn!("no templates in {}: VMs cannot be created until some are added", cfg.templates_dir.display());
+        tracing::warn!(
+            "no templates in {}: VMs cannot be created until some are added",
+            cfg.templates_dir.display()
+        );
     }
-    let verdict = accel::choose(&cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
+    let verdict = accel::choose(
+        &cfg.accel,
+        &cfg.qemu,
+        tpls.first(),
+        cfg.accel_cache.as_deref(),
+        &cfg.data_dir,
+    )
+    .await;
     tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
     let settings = vm::Settings {
         data_dir: cfg.data_dir.clone(),
@@ -91,9 +108,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_timeout: Duration::from_secs(20),
     };
     let vms = vm::Manager::open(settings, tpls).await?;
-    let agent = Arc::new(Agent { cfg: cfg.clone(), vms, accel: verdict, sampler: Mutex::new(hostinfo::CpuSampler::default()) });
+    let agent = Arc::new(Agent {
+        cfg: cfg.clone(),
+        vms,
+        accel: verdict,
+        sampler: Mutex::new(hostinfo::CpuSampler::default()),
+    });
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("agent {} listening on {}", cfg.name, cfg.listen);
 
     let mon = agent.clone();
@@ -111,12 +135,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// Registers with the controller, then heartbeats; registers again whenever the controller
 /// does not know this host (for instance after it lost its state).
 async fn heartbeat_loop(agent: Arc<Agent>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
     let base = agent.cfg.controller.trim_end_matches('/').to_string();
     let mut registered = false;
     loop {
         if !registered {
-            match http.post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
+            match http
+                .post(format!("{base}/v1/agents/register"))
+                .json(&agent.registration())
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!("registered with controller {base}");
                     registered = true;
@@ -127,7 +159,12 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         }
         if registered {
             let hb = agent.heartbeat();
-            match http.post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
+            match http
+                .post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name))
+                .json(&hb)
+                .send()
+                .await
+            {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
                 Ok(_) => {}
                 Err(e) => tracing::debug!("heartbeat failed: {e}"),

@@ -51,7 +51,13 @@ pub fn tap_name(def: &VmDefinition) -> String {
 }
 
 /// The QEMU command line of a VM. `incoming` starts it waiting for a saved or migrated state.
-pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel, incoming: bool) -> Vec<String> {
+pub fn command_line(
+    def: &VmDefinition,
+    t: &Template,
+    p: &VmPaths,
+    accel: Accel,
+    incoming: bool,
+) -> Vec<String> {
     let mut append = format!(
         "console=ttyS0 root=/dev/vda rw quiet panic=-1 corral.name={} corral.uuid={} corral.workload={}",
         def.name, def.uuid, def.workload
@@ -85,7 +91,10 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-append".into(),
         append,
         "-drive".into(),
-        format!("file={},if=virtio,format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+        format!(
+            "file={},if=virtio,format=qcow2,cache=writeback,discard=unmap",
+            s(&p.disk())
+        ),
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
@@ -93,11 +102,18 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-device".into(),
         "virtserialport,chardev=guest0,name=org.corral.guest.0".into(),
         "-chardev".into(),
-        format!("socket,id=con0,path={},server=on,wait=off,logfile={},logappend=on", s(&p.console_sock()), s(&p.console_log())),
+        format!(
+            "socket,id=con0,path={},server=on,wait=off,logfile={},logappend=on",
+            s(&p.console_sock()),
+            s(&p.console_log())
+        ),
         "-serial".into(),
         "chardev:con0".into(),
         "-netdev".into(),
-        format!("tap,id=net0,ifname={},script=no,downscript=no", tap_name(def)),
+        format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            tap_name(def)
+        ),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={}", def.mac),
         "-qmp".into(),
@@ -138,7 +154,9 @@ pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, Stri
 
 /// True if `pid` is alive and is the QEMU process of the VM with this UUID.
 pub fn is_ours(pid: u32, uuid: &uuid::Uuid) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let want = uuid.to_string();
     // A zombie has an empty command line: it is gone for our purposes.
     cmd.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
@@ -183,12 +201,17 @@ pub async fn create_overlay(template_disk: &Path, overlay: &Path) -> Result<(), 
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 /// Bytes allocated on disk by a file (sparse-aware).
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }

@@ -43,18 +43,29 @@ pub fn scan(dir: &Path) -> Vec<Template> {
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<Meta>(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Meta>(&b).map_err(|e| e.to_string()))
+        {
             Ok(m) => {
                 let t = Template {
                     kernel: dir.join(&m.kernel),
                     initrd: dir.join(&m.initrd),
                     disk: dir.join(&m.disk),
-                    info: TemplateInfo { name: m.name, size_bytes: m.size_bytes, kernel_version: m.kernel_version, os: m.os },
+                    info: TemplateInfo {
+                        name: m.name,
+                        size_bytes: m.size_bytes,
+                        kernel_version: m.kernel_version,
+                        os: m.os,
+                    },
                 };
                 if t.kernel.exists() && t.initrd.exists() && t.disk.exists() {
                     out.push(t);
                 } else {
-                    tracing::warn!("template {} is missing its kernel, initrd or disk; skipped", p.display());
+                    tracing::warn!(
+                        "template {} is missing its kernel, initrd or disk; skipped",
+                        p.display()
+                    );
                 }
             }
             Err(e) => tracing::warn!("template metadata {} is invalid: {e}; skipped", p.display()),

@@ -23,7 +23,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into() }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(400, "bad_request", m)
@@ -44,6 +48,9 @@ impl ApiError {
         Self::new(500, "internal", m)
     }
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { kind: self.kind.to_string(), error: self.message.clone() }
+        ErrorBody {
+            kind: self.kind.to_string(),
+            error: self.message.clone(),
+        }
     }
 }

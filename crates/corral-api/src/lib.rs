@@ -79,7 +79,10 @@ impl VmState {
 
     /// True for states that hold host resources (memory, vCPUs) for placement purposes.
     pub fn holds_resources(self) -> bool {
-        !matches!(self, VmState::Suspended | VmState::Inactive | VmState::Error)
+        !matches!(
+            self,
+            VmState::Suspended | VmState::Inactive | VmState::Error
+        )
     }
 }
 
@@ -152,7 +155,10 @@ impl VmAction {
             (VmAction::Stop, Inactive) => "it is already stopped".to_string(),
             _ => format!("wait until the current `{state}` transition ends"),
         };
-        Err(format!("cannot {} a VM that is {state}: {hint}", self.as_str()))
+        Err(format!(
+            "cannot {} a VM that is {state}: {hint}",
+            self.as_str()
+        ))
     }
 }
 
@@ -376,13 +382,19 @@ mod tests {
 
     #[test]
     fn states_are_lower_case_on_the_wire() {
-        assert_eq!(serde_json::to_string(&VmState::Suspended).ok().as_deref(), Some("\"suspended\""));
+        assert_eq!(
+            serde_json::to_string(&VmState::Suspended).ok().as_deref(),
+            Some("\"suspended\"")
+        );
         assert_eq!(VmState::Running.to_string(), "running");
     }
 
     #[test]
     fn pausing_an_inactive_vm_is_refused_with_a_hint() {
-        let err = VmAction::Pause.check(VmState::Inactive).err().unwrap_or_default();
+        let err = VmAction::Pause
+            .check(VmState::Inactive)
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("cannot pause a VM that is inactive"), "{err}");
         assert!(err.contains("corral vm start"), "{err}");
         assert!(VmAction::Pause.check(VmState::Running).is_ok());

@@ -18,7 +18,11 @@ use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template
 use client::Client;
 
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about = "Corral: virtual clusters of real VMs over many hosts")]
+#[command(
+    name = "corral",
+    version,
+    about = "Corral: virtual clusters of real VMs over many hosts"
+)]
 struct Cli {
     /// Controller URL (default: the local lab's, else http://127.0.0.1:7700).
     #[arg(long, global = true, env = "CORRAL_URL")]
@@ -230,8 +234,14 @@ fn cache_dir() -> PathBuf {
 }
 
 fn default_url() -> String {
-    let dir = std::env::var_os("CORRAL_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/corral/lab"));
-    corral_lab::LabState::load(&dir).ok().flatten().map(|s| s.url).unwrap_or_else(|| "http://127.0.0.1:7700".into())
+    let dir = std::env::var_os("CORRAL_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/corral/lab"));
+    corral_lab::LabState::load(&dir)
+        .ok()
+        .flatten()
+        .map(|s| s.url)
+        .unwrap_or_else(|| "http://127.0.0.1:7700".into())
 }
 
 fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
@@ -243,8 +253,12 @@ fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
 }
 
 fn init_logs(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[tokio::main]
@@ -263,9 +277,14 @@ async fn run(cli: Cli) -> Result<i32> {
     let o = cli.output;
     let url = cli.url.clone().unwrap_or_else(default_url);
     match cli.cmd {
-        Cmd::Controller { listen, data, host_timeout, cpu_overcommit } => {
+        Cmd::Controller {
+            listen,
+            data,
+            host_timeout,
+            cpu_overcommit,
+        } => {
             init_logs("info");
-            if !(cpu_overcommit >= 1.0) {
+            if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
                 bail!("--cpu-overcommit must be at least 1.0");
             }
             corral_controller::run(corral_controller::Config {
@@ -300,13 +319,23 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Host { cmd } => {
             let c = Client::new(&url)?;
             match cmd {
-                HostCmd::List => print(o, &c.get::<Vec<Host>>("/v1/hosts").await?, |h| output::hosts(h))?,
-                HostCmd::Show { name } => print(o, &c.get::<Host>(&format!("/v1/hosts/{name}")).await?, output::host)?,
+                HostCmd::List => print(o, &c.get::<Vec<Host>>("/v1/hosts").await?, |h| {
+                    output::hosts(h)
+                })?,
+                HostCmd::Show { name } => print(
+                    o,
+                    &c.get::<Host>(&format!("/v1/hosts/{name}")).await?,
+                    output::host,
+                )?,
             }
         }
-        Cmd::Template { cmd: TemplateCmd::List } => {
+        Cmd::Template {
+            cmd: TemplateCmd::List,
+        } => {
             let c = Client::new(&url)?;
-            print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| output::templates(t))?;
+            print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| {
+                output::templates(t)
+            })?;
         }
         Cmd::Vm { cmd } => return vm(cmd, &Client::new(&url)?, o).await,
     }
@@ -316,7 +345,12 @@ async fn run(cli: Cli) -> Result<i32> {
 async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
     init_logs("warn");
     match cmd {
-        LabCmd::Up { hosts, index, dir, accel } => {
+        LabCmd::Up {
+            hosts,
+            index,
+            dir,
+            accel,
+        } => {
             let cache = cache_dir();
             let opts = corral_lab::UpOptions {
                 hosts,
@@ -331,7 +365,12 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
             match o {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Output::Table => {
-                    eprintln!("lab up: controller at {}, {} hosts ({})", s.url, s.hosts.len(), s.dir.display());
+                    eprintln!(
+                        "lab up: controller at {}, {} hosts ({})",
+                        s.url,
+                        s.hosts.len(),
+                        s.dir.display()
+                    );
                     println!("{}", s.exports());
                 }
             }
@@ -351,7 +390,15 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
             Some((s, ok)) => match o {
                 Output::Json => println!("{}", serde_json::json!({"lab": s, "healthy": ok})),
                 Output::Table => {
-                    println!("controller {} ({})", s.url, if ok { "healthy" } else { "NOT healthy: run `corral lab up` again" });
+                    println!(
+                        "controller {} ({})",
+                        s.url,
+                        if ok {
+                            "healthy"
+                        } else {
+                            "NOT healthy: run `corral lab up` again"
+                        }
+                    );
                     for h in &s.hosts {
                         println!("{}  {}  netns {}", h.name, h.ip, h.netns);
                     }
@@ -366,18 +413,49 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
 async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start } => {
+        VmCmd::Create {
+            name,
+            template,
+            vcpus,
+            memory,
+            host,
+            workload,
+            no_start,
+        } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
-            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start };
+            let req = CreateVm {
+                name,
+                template,
+                vcpus,
+                memory_mib,
+                host,
+                workload,
+                start: !no_start,
+            };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,
         VmCmd::Show { name } => show(&c.get::<Vm>(&format!("/v1/vms/{name}")).await?)?,
-        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &()).await?)?,
-        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &()).await?)?,
-        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
-        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
-        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Start { name } => show(
+            &c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &())
+                .await?,
+        )?,
+        VmCmd::Stop { name } => show(
+            &c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &())
+                .await?,
+        )?,
+        VmCmd::Pause { name } => show(
+            &c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &())
+                .await?,
+        )?,
+        VmCmd::Resume { name } => show(
+            &c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &())
+                .await?,
+        )?,
+        VmCmd::Suspend { name } => show(
+            &c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &())
+                .await?,
+        )?,
         VmCmd::Delete { name } => {
             c.delete(&format!("/v1/vms/{name}")).await?;
             if o == Output::Json {
@@ -390,7 +468,9 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             use std::io::Write;
             let mut offset = 0;
             loop {
-                let chunk: ConsoleChunk = c.get(&format!("/v1/vms/{name}/console?offset={offset}")).await?;
+                let chunk: ConsoleChunk = c
+                    .get(&format!("/v1/vms/{name}/console?offset={offset}"))
+                    .await?;
                 print!("{}", chunk.data);
                 std::io::stdout().flush()?;
                 let more = chunk.next > offset;
@@ -403,8 +483,16 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
                 }
             }
         }
-        VmCmd::Exec { name, timeout, argv } => {
-            let req = ExecRequest { argv, stdin: None, timeout_ms: timeout.map(|t| t * 1000) };
+        VmCmd::Exec {
+            name,
+            timeout,
+            argv,
+        } => {
+            let req = ExecRequest {
+                argv,
+                stdin: None,
+                timeout_ms: timeout.map(|t| t * 1000),
+            };
             let r: ExecResult = c.post(&format!("/v1/vms/{name}/exec"), &req).await?;
             if o == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -11,7 +11,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -21,7 +25,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn mib(m: u64) -> String {
-    if m >= 1024 && m % 1024 == 0 {
+    if m >= 1024 && m.is_multiple_of(1024) {
         format!("{}G", m / 1024)
     } else {
         format!("{m}M")
@@ -34,7 +38,9 @@ fn opt(s: &Option<String>) -> String {
 
 pub fn hosts(hs: &[Host]) {
     table(
-        &["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED"],
+        &[
+            "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED",
+        ],
         hs.iter()
             .map(|h| {
                 vec![
@@ -42,7 +48,11 @@ pub fn hosts(hs: &[Host]) {
                     h.state.to_string(),
                     h.accel.as_str().into(),
                     format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
-                    format!("{}/{}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib)),
+                    format!(
+                        "{}/{}",
+                        mib(h.allocated.memory_mib),
+                        mib(h.capacity.memory_mib)
+                    ),
                     h.vms.to_string(),
                     format!("{:.0}", h.usage.cpu_pct),
                     mib(h.usage.mem_used_mib),
@@ -57,10 +67,25 @@ pub fn host(h: &Host) {
     println!("state:       {}", h.state);
     println!("agent:       {}", h.url);
     println!("accelerator: {} ({})", h.accel.as_str(), h.accel_note);
-    println!("vcpus:       {} allocated of {}", h.allocated.vcpus, h.capacity.vcpus);
-    println!("memory:      {} allocated of {}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib));
-    println!("disk:        {} GiB free of {} GiB", h.usage.disk_free_bytes >> 30, h.capacity.disk_bytes >> 30);
-    println!("usage:       cpu {:.1}%, memory {} used", h.usage.cpu_pct, mib(h.usage.mem_used_mib));
+    println!(
+        "vcpus:       {} allocated of {}",
+        h.allocated.vcpus, h.capacity.vcpus
+    );
+    println!(
+        "memory:      {} allocated of {}",
+        mib(h.allocated.memory_mib),
+        mib(h.capacity.memory_mib)
+    );
+    println!(
+        "disk:        {} GiB free of {} GiB",
+        h.usage.disk_free_bytes >> 30,
+        h.capacity.disk_bytes >> 30
+    );
+    println!(
+        "usage:       cpu {:.1}%, memory {} used",
+        h.usage.cpu_pct,
+        mib(h.usage.mem_used_mib)
+    );
     println!("vms:         {}", h.vms);
 }
 
@@ -68,14 +93,24 @@ pub fn templates(ts: &[Template]) {
     table(
         &["NAME", "SIZE", "KERNEL", "OS", "HOSTS"],
         ts.iter()
-            .map(|t| vec![t.name.clone(), mib(t.size_bytes >> 20), t.kernel_version.clone(), t.os.clone(), t.hosts.join(",")])
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    mib(t.size_bytes >> 20),
+                    t.kernel_version.clone(),
+                    t.os.clone(),
+                    t.hosts.join(","),
+                ]
+            })
             .collect(),
     );
 }
 
 pub fn vms(vs: &[Vm]) {
     table(
-        &["NAME", "STATE", "HOST", "VCPUS", "MEMORY", "IP", "MAC", "BOOT"],
+        &[
+            "NAME", "STATE", "HOST", "VCPUS", "MEMORY", "IP", "MAC", "BOOT",
+        ],
         vs.iter()
             .map(|v| {
                 vec![
@@ -86,7 +121,9 @@ pub fn vms(vs: &[Vm]) {
                     mib(v.memory_mib),
                     opt(&v.ip),
                     v.mac.clone(),
-                    v.boot_ms.map(|b| format!("{:.1}s", b as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
+                    v.boot_ms
+                        .map(|b| format!("{:.1}s", b as f64 / 1000.0))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect(),
@@ -108,8 +145,18 @@ pub fn vm(v: &Vm) {
     println!("ip:        {}", opt(&v.ip));
     println!("workload:  {}", v.workload);
     println!("disk:      {}", opt(&v.disk));
-    println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
+    println!(
+        "boot time: {}",
+        v.boot_ms
+            .map(|b| format!("{b} ms"))
+            .unwrap_or_else(|| "-".into())
+    );
     if let Some(u) = &v.usage {
-        println!("usage:     cpu {:.1}%, rss {} MiB, disk {} KiB allocated", u.cpu_pct, u.rss_mib, u.disk_bytes / 1024);
+        println!(
+            "usage:     cpu {:.1}%, rss {} MiB, disk {} KiB allocated",
+            u.cpu_pct,
+            u.rss_mib,
+            u.disk_bytes / 1024
+        );
     }
 }

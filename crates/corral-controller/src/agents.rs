@@ -18,19 +18,29 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(http: reqwest::Client, host: &str, url: &str) -> Self {
-        Self { http, base: url.trim_end_matches('/').to_string(), host: host.to_string() }
+        Self {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+            host: host.to_string(),
+        }
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
         let resp = req.send().await.map_err(|e| {
-            ApiError::unavailable(format!("host {} is unreachable ({e}); check `corral host list`", self.host))
+            ApiError::unavailable(format!(
+                "host {} is unreachable ({e}); check `corral host list`",
+                self.host
+            ))
         })?;
         let status = resp.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
-                return serde_json::from_value(serde_json::Value::Null).map_err(|e| ApiError::internal(e.to_string()));
+                return serde_json::from_value(serde_json::Value::Null)
+                    .map_err(|e| ApiError::internal(e.to_string()));
             }
-            return resp.json().await.map_err(|e| ApiError::internal(format!("host {} sent an invalid answer: {e}", self.host)));
+            return resp.json().await.map_err(|e| {
+                ApiError::internal(format!("host {} sent an invalid answer: {e}", self.host))
+            });
         }
         let body: Option<ErrorBody> = resp.json().await.ok();
         let msg = body.map(|b| b.error).unwrap_or_else(|| status.to_string());
@@ -47,22 +57,52 @@ impl AgentClient {
     const SLOW: Duration = Duration::from_secs(600);
 
     pub async fn create(&self, def: &VmDefinition, start: bool) -> Result<VmStatus, ApiError> {
-        self.send(self.http.post(format!("{}/v1/vms", self.base)).timeout(Self::SLOW).json(&json!({"def": def, "start": start}))).await
+        self.send(
+            self.http
+                .post(format!("{}/v1/vms", self.base))
+                .timeout(Self::SLOW)
+                .json(&json!({"def": def, "start": start})),
+        )
+        .await
     }
 
     pub async fn action(&self, name: &str, a: VmAction) -> Result<VmStatus, ApiError> {
-        self.send(self.http.post(format!("{}/v1/vms/{name}/actions/{}", self.base, a.as_str())).timeout(Self::SLOW)).await
+        self.send(
+            self.http
+                .post(format!(
+                    "{}/v1/vms/{name}/actions/{}",
+                    self.base,
+                    a.as_str()
+                ))
+                .timeout(Self::SLOW),
+        )
+        .await
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
-        self.send::<()>(self.http.delete(format!("{}/v1/vms/{name}", self.base)).timeout(Self::SLOW)).await
+        self.send::<()>(
+            self.http
+                .delete(format!("{}/v1/vms/{name}", self.base))
+                .timeout(Self::SLOW),
+        )
+        .await
     }
 
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
-        self.send(self.http.post(format!("{}/v1/vms/{name}/exec", self.base)).timeout(Self::SLOW).json(req)).await
+        self.send(
+            self.http
+                .post(format!("{}/v1/vms/{name}/exec", self.base))
+                .timeout(Self::SLOW)
+                .json(req),
+        )
+        .await
     }
 
     pub async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
-        self.send(self.http.get(format!("{}/v1/vms/{name}/console?offset={offset}", self.base))).await
+        self.send(self.http.get(format!(
+            "{}/v1/vms/{name}/console?offset={offset}",
+            self.base
+        )))
+        .await
     }
 }

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use corral_api::agent::{Heartbeat, Register};
-use corral_api::{ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
+use corral_api::{
+    ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template, Vm, VmAction,
+};
 
 use crate::service::Controller;
 
@@ -61,7 +63,11 @@ async fn register(State(c): C, Json(r): Json<Register>) -> Result<StatusCode, Ht
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn heartbeat(State(c): C, Path(name): Path<String>, Json(hb): Json<Heartbeat>) -> Result<StatusCode, HttpError> {
+async fn heartbeat(
+    State(c): C,
+    Path(name): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Result<StatusCode, HttpError> {
     c.heartbeat(&name, hb)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -86,13 +92,19 @@ async fn vm(State(c): C, Path(name): Path<String>) -> R<Vm> {
     Ok(Json(c.vm(&name)?))
 }
 
-async fn create(State(c): C, Json(req): Json<CreateVm>) -> Result<(StatusCode, Json<Vm>), HttpError> {
+async fn create(
+    State(c): C,
+    Json(req): Json<CreateVm>,
+) -> Result<(StatusCode, Json<Vm>), HttpError> {
     Ok((StatusCode::CREATED, Json(c.create_vm(req).await?)))
 }
 
 async fn action(State(c): C, Path((name, action)): Path<(String, String)>) -> R<Vm> {
-    let a = VmAction::parse(&action)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}: use start, stop, pause, resume or suspend")))?;
+    let a = VmAction::parse(&action).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown action {action:?}: use start, stop, pause, resume or suspend"
+        ))
+    })?;
     Ok(Json(c.vm_action(&name, a).await?))
 }
 
@@ -101,10 +113,18 @@ async fn delete(State(c): C, Path(name): Path<String>) -> Result<StatusCode, Htt
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(State(c): C, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
+async fn exec(
+    State(c): C,
+    Path(name): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> R<ExecResult> {
     Ok(Json(c.exec(&name, &req).await?))
 }
 
-async fn console(State(c): C, Path(name): Path<String>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
+async fn console(
+    State(c): C,
+    Path(name): Path<String>,
+    Query(q): Query<Offset>,
+) -> R<ConsoleChunk> {
     Ok(Json(c.console(&name, q.offset).await?))
 }

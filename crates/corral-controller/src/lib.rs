@@ -25,13 +25,19 @@ pub struct Config {
 
 /// Runs the controller until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let store = corral_store::RedbStore::open(&cfg.data_dir.join("state.redb"))?;
     let c = Arc::new(Controller::new(
         Arc::new(store),
-        service::Settings { host_timeout: cfg.host_timeout, cpu_overcommit: cfg.cpu_overcommit },
+        service::Settings {
+            host_timeout: cfg.host_timeout,
+            cpu_overcommit: cfg.cpu_overcommit,
+        },
     ));
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("controller listening on {}", cfg.listen);
     axum::serve(listener, api::router(c)).await?;
     Ok(())

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use corral_api::agent::{Heartbeat, Register, VmDefinition, VmStatus};
 use corral_api::{
-    now_ms, ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, HostState, HostUsage, Template, Vm, VmAction,
-    VmState,
+    now_ms, ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, HostState, HostUsage,
+    Template, Vm, VmAction, VmState, VmUsage,
 };
 use corral_sched::{place_one, HostView, PlaceError, Request};
 use corral_store::{Store, StoreExt};
@@ -41,6 +41,8 @@ pub struct Controller {
     settings: Settings,
     http: reqwest::Client,
     live: Mutex<BTreeMap<String, Live>>,
+    /// Latest usage of each VM, from heartbeats: live data, never stored.
+    vm_usage: Mutex<BTreeMap<String, VmUsage>>,
     /// VMs with an operation in flight: heartbeats do not overwrite their state meanwhile.
     busy: Mutex<HashSet<String>>,
     /// Serialises placement so two concurrent creations see each other's reservations.
@@ -76,17 +78,28 @@ impl Drop for BusyGuard<'_> {
 /// A locally administered, unicast MAC derived from the VM's UUID.
 fn mac_for(uuid: &uuid::Uuid, salt: u8) -> String {
     let b = uuid.as_bytes();
-    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0] ^ salt, b[1], b[2], b[3], b[4])
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0] ^ salt,
+        b[1],
+        b[2],
+        b[3],
+        b[4]
+    )
 }
 
 impl Controller {
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
         Self {
             store,
             settings,
             http,
             live: Mutex::new(BTreeMap::new()),
+            vm_usage: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             placing: tokio::sync::Mutex::new(()),
         }
@@ -94,9 +107,14 @@ impl Controller {
 
     fn busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
         if !lock(&self.busy).insert(name.to_string()) {
-            return Err(ApiError::conflict(format!("VM {name:?} is busy with another operation: wait for it to finish")));
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is busy with another operation: wait for it to finish"
+            )));
         }
-        Ok(BusyGuard { c: self, name: name.to_string() })
+        Ok(BusyGuard {
+            c: self,
+            name: name.to_string(),
+        })
     }
 
     // ---- hosts -------------------------------------------------------------------------
@@ -104,27 +122,54 @@ impl Controller {
     pub fn register(&self, r: Register) -> Result<(), ApiError> {
         corral_api::names::validate_name("host", &r.name).map_err(ApiError::bad_request)?;
         self.store.put_json(HOSTS, &r.name, &r).map_err(store_err)?;
-        lock(&self.live).insert(r.name.clone(), Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default() });
-        tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
+        lock(&self.live).insert(
+            r.name.clone(),
+            Live {
+                last: Instant::now(),
+                last_ms: now_ms(),
+                usage: Default::default(),
+            },
+        );
+        tracing::info!(
+            "host {} registered ({}, {})",
+            r.name,
+            r.url,
+            r.accel.as_str()
+        );
         Ok(())
     }
 
     /// Records a heartbeat and brings VM states in line with what the agent reports.
     pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<(), ApiError> {
         if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
-            return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
+            return Err(ApiError::not_found(format!(
+                "unknown host {host:?}: register first"
+            )));
         }
-        lock(&self.live).insert(host.to_string(), Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage });
+        lock(&self.live).insert(
+            host.to_string(),
+            Live {
+                last: Instant::now(),
+                last_ms: now_ms(),
+                usage: hb.usage,
+            },
+        );
         for st in hb.vms {
             if lock(&self.busy).contains(&st.name) {
                 continue;
             }
-            let Some(mut vm) = self.store.get_json::<Vm>(VMS, &st.name).map_err(store_err)? else { continue };
+            let Some(mut vm) = self
+                .store
+                .get_json::<Vm>(VMS, &st.name)
+                .map_err(store_err)?
+            else {
+                continue;
+            };
             if vm.host != host || vm.uuid != st.uuid {
                 continue;
             }
+            lock(&self.vm_usage).insert(st.name.clone(), st.usage.clone());
             let changed = vm.state != st.state || vm.error != st.error || vm.boot_ms != st.boot_ms;
-            vm.usage = Some(st.usage.clone());
             if changed {
                 apply_status(&mut vm, &st);
                 self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
@@ -135,7 +180,9 @@ impl Controller {
 
     fn host_state(&self, name: &str) -> (HostState, u64, HostUsage) {
         match lock(&self.live).get(name) {
-            Some(l) if l.last.elapsed() < self.settings.host_timeout => (HostState::Ready, l.last_ms, l.usage.clone()),
+            Some(l) if l.last.elapsed() < self.settings.host_timeout => {
+                (HostState::Ready, l.last_ms, l.usage.clone())
+            }
             Some(l) => (HostState::Unreachable, l.last_ms, l.usage.clone()),
             None => (HostState::Unreachable, 0, HostUsage::default()),
         }
@@ -143,7 +190,7 @@ impl Controller {
 
     pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
         let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-        let vms: Vec<Vm> = self.store.list_json(VMS).map_err(store_err)?;
+        let vms = self.vms()?;
         Ok(regs
             .into_iter()
             .map(|r| {
@@ -153,7 +200,11 @@ impl Controller {
                 let allocated = corral_api::Capacity {
                     vcpus: held.clone().map(|v| v.vcpus).sum(),
                     memory_mib: held.map(|v| v.memory_mib).sum(),
-                    disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
+                    disk_bytes: mine
+                        .iter()
+                        .filter_map(|v| v.usage.as_ref())
+                        .map(|u| u.disk_bytes)
+                        .sum(),
                 };
                 Host {
                     name: r.name,
@@ -175,7 +226,9 @@ impl Controller {
         self.hosts()?
             .into_iter()
             .find(|h| h.name == name)
-            .ok_or_else(|| ApiError::not_found(format!("no host named {name:?}: see `corral host list`")))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no host named {name:?}: see `corral host list`"))
+            })
     }
 
     fn agent(&self, host: &str) -> Result<AgentClient, ApiError> {
@@ -209,15 +262,25 @@ impl Controller {
 
     // ---- VMs ---------------------------------------------------------------------------
 
+    /// Adds the live usage figures to a stored VM record.
+    fn with_usage(&self, mut vm: Vm) -> Vm {
+        vm.usage = lock(&self.vm_usage).get(&vm.name).cloned();
+        vm
+    }
+
     pub fn vms(&self) -> Result<Vec<Vm>, ApiError> {
-        self.store.list_json(VMS).map_err(store_err)
+        let vms: Vec<Vm> = self.store.list_json(VMS).map_err(store_err)?;
+        Ok(vms.into_iter().map(|v| self.with_usage(v)).collect())
     }
 
     pub fn vm(&self, name: &str) -> Result<Vm, ApiError> {
         self.store
             .get_json(VMS, name)
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}: see `corral vm list`")))
+            .map(|v| self.with_usage(v))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no VM named {name:?}: see `corral vm list`"))
+            })
     }
 
     fn validate(&self, req: &CreateVm) -> Result<(), ApiError> {
@@ -226,7 +289,10 @@ impl Controller {
             return Err(ApiError::bad_request("a VM needs at least 1 vCPU"));
         }
         if req.memory_mib < 32 {
-            return Err(ApiError::bad_request(format!("{} MiB of memory is too little: a guest needs at least 32 MiB", req.memory_mib)));
+            return Err(ApiError::bad_request(format!(
+                "{} MiB of memory is too little: a guest needs at least 32 MiB",
+                req.memory_mib
+            )));
         }
         if let Some(w) = &req.workload {
             corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
@@ -250,7 +316,9 @@ impl Controller {
             .into_iter()
             .map(|r| {
                 let (state, _, usage) = self.host_state(&r.name);
-                let held = vms.iter().filter(|v| v.host == r.name && v.state.holds_resources());
+                let held = vms
+                    .iter()
+                    .filter(|v| v.host == r.name && v.state.holds_resources());
                 HostView {
                     name: r.name.clone(),
                     schedulable: state == HostState::Ready,
@@ -271,7 +339,10 @@ impl Controller {
         let vm = {
             let _p = self.placing.lock().await;
             if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
-                return Err(ApiError::conflict(format!("a VM named {:?} already exists: choose another name or delete it first", req.name)));
+                return Err(ApiError::conflict(format!(
+                    "a VM named {:?} already exists: choose another name or delete it first",
+                    req.name
+                )));
             }
             let request = Request {
                 vcpus: req.vcpus,
@@ -287,11 +358,18 @@ impl Controller {
             })?;
             let uuid = uuid::Uuid::new_v4();
             let taken: HashSet<String> = self.vms()?.into_iter().map(|v| v.mac).collect();
-            let mac = (0u8..=255).map(|salt| mac_for(&uuid, salt)).find(|m| !taken.contains(m)).unwrap_or_else(|| mac_for(&uuid, 0));
+            let mac = (0u8..=255)
+                .map(|salt| mac_for(&uuid, salt))
+                .find(|m| !taken.contains(m))
+                .unwrap_or_else(|| mac_for(&uuid, 0));
             let vm = Vm {
                 name: req.name.clone(),
                 uuid,
-                state: if req.start { VmState::Starting } else { VmState::Inactive },
+                state: if req.start {
+                    VmState::Starting
+                } else {
+                    VmState::Inactive
+                },
                 host,
                 template: req.template.clone(),
                 vcpus: req.vcpus,
@@ -333,9 +411,10 @@ impl Controller {
         let mut vm = self.vm(name)?;
         match res {
             Ok(st) => {
+                lock(&self.vm_usage).insert(name.to_string(), st.usage.clone());
                 apply_status(&mut vm, &st);
                 self.store.put_json(VMS, name, &vm).map_err(store_err)?;
-                Ok(vm)
+                Ok(self.with_usage(vm))
             }
             Err(e) => {
                 if e.status != 409 && e.status != 503 {
@@ -366,6 +445,7 @@ impl Controller {
             Err(e) => return Err(e),
         }
         self.store.delete(VMS, name).map_err(store_err)?;
+        lock(&self.vm_usage).remove(name);
         tracing::info!("deleted VM {name}");
         Ok(())
     }
@@ -373,7 +453,10 @@ impl Controller {
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
         let vm = self.vm(name)?;
         if vm.state != VmState::Running {
-            return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {}, not running", vm.state)));
+            return Err(ApiError::conflict(format!(
+                "cannot exec in VM {name:?}: it is {}, not running",
+                vm.state
+            )));
         }
         self.agent(&vm.host)?.exec(name, req).await
     }
@@ -389,7 +472,8 @@ fn apply_status(vm: &mut Vm, st: &VmStatus) {
     vm.error = st.error.clone();
     vm.boot_ms = st.boot_ms.or(vm.boot_ms);
     vm.disk = Some(st.disk.clone());
-    vm.usage = Some(st.usage.clone());
+    // Usage is live data, kept in memory, not in the stored record.
+    vm.usage = None;
 }
 
 #[cfg(test)]

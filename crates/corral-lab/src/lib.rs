@@ -59,7 +59,9 @@ impl LabState {
     }
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         match std::fs::read(Self::path(dir)) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("lab state {} is corrupt", Self::path(dir).display()))?)),
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!("lab state {} is corrupt", Self::path(dir).display())
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -78,9 +80,16 @@ impl LabState {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -123,7 +132,11 @@ fn kill_pid(pid: u32, marker: &str) {
 /// Starts a daemon in its own process group, its output appended to `log`.
 fn spawn_daemon(mut cmd: Command, log: &Path) -> Result<u32> {
     use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot open {}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
     let err = out.try_clone()?;
     let child = cmd
         .stdin(std::process::Stdio::null())
@@ -153,7 +166,10 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
             start_daemons(&mut s, o).await?;
             return Ok(s);
         }
-        tracing::info!("a previous lab in {} is incomplete or different; removing it first", o.dir.display());
+        tracing::info!(
+            "a previous lab in {} is incomplete or different; removing it first",
+            o.dir.display()
+        );
         down(&o.dir)?;
     }
     let dir = o.dir.canonicalize().unwrap_or_else(|_| o.dir.clone());
@@ -188,9 +204,19 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
     ip(&["link", "set", &s.bridge, "up"])?;
     for h in &s.hosts {
         ip(&["netns", "add", &h.netns])?;
-        ip(&["link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns])?;
+        ip(&[
+            "link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns,
+        ])?;
         ip(&["link", "set", &h.veth, "master", &s.bridge, "up"])?;
-        ip(&["-n", &h.netns, "addr", "add", &format!("{}/24", h.ip), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &h.netns,
+            "addr",
+            "add",
+            &format!("{}/24", h.ip),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &h.netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &h.netns, "link", "set", "lo", "up"])?;
     }
@@ -205,14 +231,27 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     let gw = format!("198.18.{}.1", s.index);
     if !s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
         let mut c = Command::new(&o.exe);
-        c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{marker}/controller")]);
+        c.args([
+            "controller",
+            "--listen",
+            &format!("{gw}:7700"),
+            "--data",
+            &format!("{marker}/controller"),
+        ]);
         s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
         s.save()?;
     }
-    wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20)).await.context("the controller did not come up; see controller.log in the lab directory")?;
+    wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20))
+        .await
+        .context("the controller did not come up; see controller.log in the lab directory")?;
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .unwrap_or(4 << 20);
     let n = s.hosts.len() as u64;
     let per_host_mib = (mem_total / 1024) * 8 / 10 / n;
@@ -254,7 +293,9 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
 }
 
 async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let t = Instant::now();
     loop {
         if let Ok(r) = http.get(url).send().await {
@@ -270,9 +311,24 @@ async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
 }
 
 async fn ready_hosts(s: &LabState) -> Option<usize> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
-    let hosts: Vec<corral_api::Host> = http.get(format!("{}/v1/hosts", s.url)).send().await.ok()?.json().await.ok()?;
-    Some(hosts.iter().filter(|h| h.state == corral_api::HostState::Ready).count())
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let hosts: Vec<corral_api::Host> = http
+        .get(format!("{}/v1/hosts", s.url))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        hosts
+            .iter()
+            .filter(|h| h.state == corral_api::HostState::Ready)
+            .count(),
+    )
 }
 
 async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
@@ -291,7 +347,9 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
 async fn healthy(s: &LabState) -> bool {
     let marker = s.dir.display().to_string();
     s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
-        && s.hosts.iter().all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && s.hosts
+            .iter()
+            .all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
         && ready_hosts(s).await == Some(s.hosts.len())
 }
 
@@ -309,13 +367,21 @@ pub async fn status(dir: &Path) -> Result<Option<(LabState, bool)>> {
 /// QEMU processes of a lab host: the PIDs its agent recorded, checked by the VM's UUID.
 fn qemu_pids(host_data: &Path) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(host_data.join("vms")) else { return out };
+    let Ok(rd) = std::fs::read_dir(host_data.join("vms")) else {
+        return out;
+    };
     for e in rd.flatten() {
-        let pid = std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        let pid = std::fs::read_to_string(e.path().join("qemu.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
         let uuid = std::fs::read(e.path().join("vm.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.pointer("/def/uuid").and_then(|u| u.as_str()).map(str::to_string));
+            .and_then(|v| {
+                v.pointer("/def/uuid")
+                    .and_then(|u| u.as_str())
+                    .map(str::to_string)
+            });
         if let (Some(p), Some(u)) = (pid, uuid) {
             out.push((p, u));
         }
@@ -326,7 +392,9 @@ fn qemu_pids(host_data: &Path) -> Vec<(u32, String)> {
 /// Takes a lab down: processes (by recorded PID), namespaces, devices and files. Works on a
 /// lab that crashed half-way; does nothing if there is no lab.
 pub fn down(dir: &Path) -> Result<bool> {
-    let Some(s) = LabState::load(dir)? else { return Ok(false) };
+    let Some(s) = LabState::load(dir)? else {
+        return Ok(false);
+    };
     let marker = s.dir.display().to_string();
     for h in &s.hosts {
         if let Some(p) = h.agent_pid {
@@ -337,8 +405,14 @@ pub fn down(dir: &Path) -> Result<bool> {
         }
         // Anything else still inside the host's namespace was started there by the lab.
         if netns_exists(&h.netns) {
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.netns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &h.netns])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                {
                     kill_pid(pid, "");
                 }
             }
@@ -356,16 +430,24 @@ pub fn down(dir: &Path) -> Result<bool> {
             }
         }
         // Deleting the namespace removes the veth pair, asynchronously: gone is fine.
-        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth) {
+        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth)
+        {
             errors.push(format!("cannot delete device {}", h.veth));
         }
     }
-    if link_exists(&s.bridge) && ip(&["link", "delete", &s.bridge]).is_err() && link_exists(&s.bridge) {
+    if link_exists(&s.bridge)
+        && ip(&["link", "delete", &s.bridge]).is_err()
+        && link_exists(&s.bridge)
+    {
         errors.push(format!("cannot delete bridge {}", s.bridge));
     }
     if !errors.is_empty() {
-        bail!("lab down left something behind ({}); run `corral lab down` again", errors.join("; "));
+        bail!(
+            "lab down left something behind ({}); run `corral lab down` again",
+            errors.join("; ")
+        );
     }
-    std::fs::remove_dir_all(&s.dir).with_context(|| format!("cannot remove {}", s.dir.display()))?;
+    std::fs::remove_dir_all(&s.dir)
+        .with_context(|| format!("cannot remove {}", s.dir.display()))?;
     Ok(true)
 }

@@ -46,13 +46,29 @@ pub enum PlaceError {
     #[error("host {0:?} is not taking new VMs (unreachable or in maintenance): choose another host or leave --host out")]
     HostUnschedulable(String),
     #[error("host {host:?} lacks room: the VM needs {need_vcpus} vCPUs and {need_mib} MiB, the host has {free_vcpus} vCPUs and {free_mib} MiB free")]
-    HostFull { host: String, need_vcpus: u32, need_mib: u64, free_vcpus: u32, free_mib: u64 },
+    HostFull {
+        host: String,
+        need_vcpus: u32,
+        need_mib: u64,
+        free_vcpus: u32,
+        free_mib: u64,
+    },
     #[error("no host is taking new VMs: check `corral host list`")]
     NoHosts,
     #[error("the VM needs {need_vcpus} vCPUs and {need_mib} MiB but the largest host has {max_vcpus} vCPUs and {max_mib} MiB: ask for less")]
-    TooBig { need_vcpus: u32, need_mib: u64, max_vcpus: u32, max_mib: u64 },
+    TooBig {
+        need_vcpus: u32,
+        need_mib: u64,
+        max_vcpus: u32,
+        max_mib: u64,
+    },
     #[error("no host has room for {need_vcpus} vCPUs and {need_mib} MiB right now (most free memory: {best_free_mib} MiB on {best_host}): stop or delete VMs, or add hosts")]
-    NoRoom { need_vcpus: u32, need_mib: u64, best_free_mib: u64, best_host: String },
+    NoRoom {
+        need_vcpus: u32,
+        need_mib: u64,
+        best_free_mib: u64,
+        best_host: String,
+    },
     #[error("no host holds template {0:?}")]
     NoTemplate(String),
 }
@@ -73,7 +89,10 @@ fn score(h: &HostView, r: &Request) -> (f64, f64) {
 /// least loaded. Deterministic: ties break by host name.
 pub fn place_one(hosts: &[HostView], r: &Request) -> Result<String, PlaceError> {
     if let Some(want) = &r.host {
-        let h = hosts.iter().find(|h| &h.name == want).ok_or_else(|| PlaceError::UnknownHost(want.clone()))?;
+        let h = hosts
+            .iter()
+            .find(|h| &h.name == want)
+            .ok_or_else(|| PlaceError::UnknownHost(want.clone()))?;
         if !h.schedulable {
             return Err(PlaceError::HostUnschedulable(want.clone()));
         }
@@ -92,30 +111,46 @@ pub fn place_one(hosts: &[HostView], r: &Request) -> Result<String, PlaceError> 
     if live.is_empty() {
         return Err(PlaceError::NoHosts);
     }
-    let with_template: Vec<&HostView> = live.iter().copied().filter(|h| h.templates.iter().any(|t| t == &r.template)).collect();
+    let with_template: Vec<&HostView> = live
+        .iter()
+        .copied()
+        .filter(|h| h.templates.iter().any(|t| t == &r.template))
+        .collect();
     if with_template.is_empty() {
         return Err(PlaceError::NoTemplate(r.template.clone()));
     }
-    let max_mib = with_template.iter().map(|h| h.memory_mib).max().unwrap_or(0);
-    let max_vcpus = with_template.iter().map(|h| (f64::from(h.vcpus) * r.cpu_overcommit) as u32).max().unwrap_or(0);
-    if r.memory_mib > max_mib || r.vcpus > max_vcpus {
-        return Err(PlaceError::TooBig { need_vcpus: r.vcpus, need_mib: r.memory_mib, max_vcpus, max_mib });
-    }
-    let best = with_template
+    let max_mib = with_template
         .iter()
-        .filter(|h| fits(h, r))
-        .min_by(|a, b| {
-            score(a, r)
-                .partial_cmp(&score(b, r))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| a.name.cmp(&b.name))
+        .map(|h| h.memory_mib)
+        .max()
+        .unwrap_or(0);
+    let max_vcpus = with_template
+        .iter()
+        .map(|h| (f64::from(h.vcpus) * r.cpu_overcommit) as u32)
+        .max()
+        .unwrap_or(0);
+    if r.memory_mib > max_mib || r.vcpus > max_vcpus {
+        return Err(PlaceError::TooBig {
+            need_vcpus: r.vcpus,
+            need_mib: r.memory_mib,
+            max_vcpus,
+            max_mib,
         });
+    }
+    let best = with_template.iter().filter(|h| fits(h, r)).min_by(|a, b| {
+        score(a, r)
+            .partial_cmp(&score(b, r))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     match best {
         Some(h) => Ok(h.name.clone()),
         None => {
-            let roomiest = with_template
-                .iter()
-                .max_by(|a, b| a.free_memory().cmp(&b.free_memory()).then_with(|| b.name.cmp(&a.name)));
+            let roomiest = with_template.iter().max_by(|a, b| {
+                a.free_memory()
+                    .cmp(&b.free_memory())
+                    .then_with(|| b.name.cmp(&a.name))
+            });
             Err(PlaceError::NoRoom {
                 need_vcpus: r.vcpus,
                 need_mib: r.memory_mib,
@@ -144,12 +179,22 @@ mod tests {
         }
     }
     fn req(v: u32, m: u64) -> Request {
-        Request { vcpus: v, memory_mib: m, template: "base".into(), host: None, cpu_overcommit: 4.0 }
+        Request {
+            vcpus: v,
+            memory_mib: m,
+            template: "base".into(),
+            host: None,
+            cpu_overcommit: 4.0,
+        }
     }
 
     #[test]
     fn picks_the_least_loaded_host() {
-        let hs = [host("a", 4, 4096, 0, 2048), host("b", 4, 4096, 0, 512), host("c", 4, 4096, 0, 1024)];
+        let hs = [
+            host("a", 4, 4096, 0, 2048),
+            host("b", 4, 4096, 0, 512),
+            host("c", 4, 4096, 0, 1024),
+        ];
         assert_eq!(place_one(&hs, &req(1, 256)), Ok("b".into()));
     }
 
@@ -162,9 +207,21 @@ mod tests {
     #[test]
     fn too_big_and_no_room_are_told_apart() {
         let hs = [host("a", 2, 1024, 0, 900)];
-        assert!(matches!(place_one(&hs, &req(1, 4096)), Err(PlaceError::TooBig { .. })));
-        assert!(matches!(place_one(&hs, &req(1, 512)), Err(PlaceError::NoRoom { best_free_mib: 124, .. })));
-        assert!(matches!(place_one(&hs, &req(64, 128)), Err(PlaceError::TooBig { .. })));
+        assert!(matches!(
+            place_one(&hs, &req(1, 4096)),
+            Err(PlaceError::TooBig { .. })
+        ));
+        assert!(matches!(
+            place_one(&hs, &req(1, 512)),
+            Err(PlaceError::NoRoom {
+                best_free_mib: 124,
+                ..
+            })
+        ));
+        assert!(matches!(
+            place_one(&hs, &req(64, 128)),
+            Err(PlaceError::TooBig { .. })
+        ));
     }
 
     #[test]
@@ -172,12 +229,21 @@ mod tests {
         let mut hs = vec![host("a", 2, 1024, 0, 0), host("b", 2, 1024, 0, 1000)];
         let mut r = req(1, 256);
         r.host = Some("b".into());
-        assert!(matches!(place_one(&hs, &r), Err(PlaceError::HostFull { .. })));
+        assert!(matches!(
+            place_one(&hs, &r),
+            Err(PlaceError::HostFull { .. })
+        ));
         r.host = Some("zz".into());
-        assert!(matches!(place_one(&hs, &r), Err(PlaceError::UnknownHost(_))));
+        assert!(matches!(
+            place_one(&hs, &r),
+            Err(PlaceError::UnknownHost(_))
+        ));
         hs[0].schedulable = false;
         r.host = Some("a".into());
-        assert!(matches!(place_one(&hs, &r), Err(PlaceError::HostUnschedulable(_))));
+        assert!(matches!(
+            place_one(&hs, &r),
+            Err(PlaceError::HostUnschedulable(_))
+        ));
     }
 
     #[test]
@@ -185,7 +251,10 @@ mod tests {
         let hs = [host("a", 2, 1024, 0, 0)];
         let mut r = req(1, 128);
         r.template = "nope".into();
-        assert_eq!(place_one(&hs, &r), Err(PlaceError::NoTemplate("nope".into())));
+        assert_eq!(
+            place_one(&hs, &r),
+            Err(PlaceError::NoTemplate("nope".into()))
+        );
     }
 
     proptest! {
