@@ -328,6 +328,7 @@ impl Controller {
                     used_memory_mib: held.map(|v| v.memory_mib).sum(),
                     cpu_load: usage.cpu_pct / 100.0,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
+                    labels: Default::default(),
                 }
             })
             .collect())

@@ -1,7 +1,7 @@
 //! Placement of a single VM: filter the hosts that can take it, then choose the least loaded.
 
 /// What the scheduler knows about one host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostView {
     pub name: String,
     /// False for hosts that must take no new VMs (unreachable, in maintenance, in standby).
@@ -15,6 +15,8 @@ pub struct HostView {
     pub cpu_load: f64,
     /// Templates present on the host.
     pub templates: Vec<String>,
+    /// Operator-given labels (e.g. `rack=r1`, `ssd=true`), matched by placement constraints.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl HostView {
@@ -176,6 +178,7 @@ mod tests {
             used_memory_mib: used_m,
             cpu_load: 0.0,
             templates: vec!["base".into()],
+            labels: Default::default(),
         }
     }
     fn req(v: u32, m: u64) -> Request {
