@@ -28,25 +28,12 @@ pub async fn choose(
     scratch: &Path,
 ) -> Verdict {
     match mode {
-        "tcg" => {
-            return Verdict {
-                accel: Accel::Tcg,
-                note: "tcg chosen by --accel".into(),
-            }
-        }
-        "kvm" => {
-            return Verdict {
-                accel: Accel::Kvm,
-                note: "kvm chosen by --accel (not probed)".into(),
-            }
-        }
+        "tcg" => return Verdict { accel: Accel::Tcg, note: "tcg chosen by --accel".into() },
+        "kvm" => return Verdict { accel: Accel::Kvm, note: "kvm chosen by --accel (not probed)".into() },
         _ => {}
     }
     if let Some(c) = cache {
-        if let Some(v) = std::fs::read(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Verdict>(&b).ok())
-        {
+        if let Some(v) = std::fs::read(c).ok().and_then(|b| serde_json::from_slice::<Verdict>(&b).ok()) {
             return v;
         }
     }
@@ -65,38 +52,21 @@ pub async fn choose(
 async fn probe(qemu: &str, template: Option<&Template>, scratch: &Path) -> Verdict {
     let tcg = |why: String| {
         tracing::warn!("accelerator: {why}; using TCG (software emulation)");
-        Verdict {
-            accel: Accel::Tcg,
-            note: format!("{why}; using tcg"),
-        }
+        Verdict { accel: Accel::Tcg, note: format!("{why}; using tcg") }
     };
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         return tcg("/dev/kvm is not usable".into());
     }
     let Some(t) = template else {
         return tcg("no template to test-boot KVM with".into());
     };
+    tracing::info!("accelerator: test-booting the guest kernel under KVM (at most {} s)", PROBE_TIMEOUT.as_secs());
     let log = scratch.join("accel-probe.log");
     let _ = std::fs::remove_file(&log);
     // Kernel and initramfs with no root disk: a working guest reaches the initramfs, finds no
     // disk, prints its message and powers off. A hanging one never gets there.
     let mut child = match tokio::process::Command::new(qemu)
-        .args([
-            "-accel",
-            "kvm",
-            "-m",
-            "128",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-accel", "kvm", "-m", "128", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .arg("-kernel")
         .arg(&t.kernel)
         .arg("-initrd")
@@ -118,22 +88,13 @@ async fn probe(qemu: &str, template: Option<&Template>, scratch: &Path) -> Verdi
     let _ = std::fs::remove_file(&log);
     match exited {
         Ok(_) if out.contains("corral-initramfs") => {
-            tracing::info!(
-                "accelerator: KVM test boot finished in {:?}; using KVM",
-                start.elapsed()
-            );
-            Verdict {
-                accel: Accel::Kvm,
-                note: format!("kvm test boot passed in {} ms", start.elapsed().as_millis()),
-            }
+            tracing::info!("accelerator: KVM test boot finished in {:?}; using KVM", start.elapsed());
+            Verdict { accel: Accel::Kvm, note: format!("kvm test boot passed in {} ms", start.elapsed().as_millis()) }
         }
         Ok(_) => tcg("kvm test boot ended without reaching the guest's initramfs".into()),
         Err(_) => {
             let _ = child.kill().await;
-            tcg(format!(
-                "kvm test boot hung (no result within {} s)",
-                PROBE_TIMEOUT.as_secs()
-            ))
+            tcg(format!("kvm test boot hung (no result within {} s)", PROBE_TIMEOUT.as_secs()))
         }
     }
 }

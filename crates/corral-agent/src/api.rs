@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -13,23 +12,9 @@ use serde::Deserialize;
 use corral_api::agent::{VmDefinition, VmStatus};
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
 
+use corral_http::HttpError;
+
 use crate::Agent;
-
-/// An [`ApiError`] as an HTTP response.
-pub struct HttpError(pub ApiError);
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(self.0.body())).into_response()
-    }
-}
 
 type R<T> = Result<Json<T>, HttpError>;
 
@@ -37,6 +22,11 @@ type R<T> = Result<Json<T>, HttpError>;
 struct CreateBody {
     def: VmDefinition,
     start: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullBody {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +44,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/actions/{action}", post(action))
         .route("/v1/vms/{name}/exec", post(exec))
         .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/templates/pull", post(pull))
+        .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
         .with_state(agent)
 }
 
@@ -73,28 +65,27 @@ async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmS
     Ok(Json(a.vms.create(b.def, b.start).await?))
 }
 
-async fn action(
-    State(a): State<Arc<Agent>>,
-    Path((name, action)): Path<(String, String)>,
-) -> R<VmStatus> {
-    let act = VmAction::parse(&action)
-        .ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
+async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String, String)>) -> R<VmStatus> {
+    let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
     Ok(Json(a.vms.action(&name, act).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    /// Delete only if the VM has this UUID (protects a newer VM of the same name).
+    uuid: Option<uuid::Uuid>,
 }
 
 async fn delete(
     State(a): State<Arc<Agent>>,
     Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, HttpError> {
-    a.vms.delete(&name).await?;
+    a.vms.delete(&name, q.uuid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(
-    State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
-    Json(req): Json<ExecRequest>,
-) -> R<ExecResult> {
+async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
     Ok(Json(a.vms.exec(&name, &req).await?))
 }
 
@@ -104,4 +95,11 @@ async fn console(
     Query(q): Query<ConsoleQuery>,
 ) -> R<ConsoleChunk> {
     Ok(Json(a.vms.console(&name, q.offset)?))
+}
+
+/// The controller sends a template: fetch it from its library, answer with the new inventory.
+async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullBody>) -> R<corral_api::agent::Register> {
+    corral_api::names::validate_name("template", &b.name).map_err(ApiError::bad_request)?;
+    a.pull_template(&b.name).await?;
+    Ok(Json(a.registration()))
 }

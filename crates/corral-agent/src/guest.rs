@@ -16,12 +16,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 fn next_id() -> u64 {
     // Start from the clock so ids never repeat across agent restarts.
-    let _ = NEXT_ID.compare_exchange(
-        0,
-        corral_api::now_ms() * 1000,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let _ = NEXT_ID.compare_exchange(0, corral_api::now_ms() * 1000, Ordering::SeqCst, Ordering::SeqCst);
     NEXT_ID.fetch_add(1, Ordering::SeqCst)
 }
 
@@ -41,23 +36,14 @@ pub async fn call(sock: &Path, mut req: Value, timeout: Duration) -> Result<Valu
     let id = next_id();
     req["id"] = json!(id);
     let fut = async {
-        let stream = UnixStream::connect(sock)
-            .await
-            .map_err(|e| GuestError::Unreachable(e.to_string()))?;
+        let stream = UnixStream::connect(sock).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
         let mut stream = BufReader::new(stream);
         let mut line = req.to_string();
         line.push('\n');
-        stream
-            .get_mut()
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| GuestError::Unreachable(e.to_string()))?;
+        stream.get_mut().write_all(line.as_bytes()).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
         loop {
             let mut buf = String::new();
-            let n = stream
-                .read_line(&mut buf)
-                .await
-                .map_err(|e| GuestError::Unreachable(e.to_string()))?;
+            let n = stream.read_line(&mut buf).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
             if n == 0 {
                 return Err(GuestError::Unreachable("connection closed".into()));
             }
@@ -70,16 +56,11 @@ pub async fn call(sock: &Path, mut req: Value, timeout: Duration) -> Result<Valu
             if v.get("ok").and_then(Value::as_bool) == Some(true) {
                 return Ok(v);
             }
-            let e = v
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("request failed");
+            let e = v.get("error").and_then(Value::as_str).unwrap_or("request failed");
             return Err(GuestError::Failed(e.to_string()));
         }
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| GuestError::Timeout(timeout))?
+    tokio::time::timeout(timeout, fut).await.map_err(|_| GuestError::Timeout(timeout))?
 }
 
 /// Asks the guest agent whether the guest is up.
@@ -106,24 +87,14 @@ pub async fn exec(
     let v = call(sock, req, wait).await?;
     Ok(ExecResult {
         exit_code: v.get("exit_code").and_then(Value::as_i64).unwrap_or(-1) as i32,
-        stdout: v
-            .get("stdout")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        stderr: v
-            .get("stderr")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        stdout: v.get("stdout").and_then(Value::as_str).unwrap_or_default().to_string(),
+        stderr: v.get("stderr").and_then(Value::as_str).unwrap_or_default().to_string(),
     })
 }
 
 /// Guest-reported memory use, MiB.
 pub async fn mem_used_mib(sock: &Path) -> Option<u64> {
-    let v = call(sock, json!({"op": "usage"}), Duration::from_millis(500))
-        .await
-        .ok()?;
+    let v = call(sock, json!({"op": "usage"}), Duration::from_millis(500)).await.ok()?;
     let total = v.get("mem_total_kib")?.as_u64()?;
     let avail = v.get("mem_available_kib")?.as_u64()?;
     Some(total.saturating_sub(avail) / 1024)

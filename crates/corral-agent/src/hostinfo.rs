@@ -50,15 +50,9 @@ pub fn disk_space(path: &Path) -> (u64, u64) {
 
 /// The host's capacity, with optional operator overrides (a lab host gets a share of the machine).
 pub fn capacity(data_dir: &Path, vcpus: Option<u32>, memory_mib: Option<u64>) -> Capacity {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mem = meminfo().map(|(t, _)| t / 1024).unwrap_or(0);
-    Capacity {
-        vcpus: vcpus.unwrap_or(cpus),
-        memory_mib: memory_mib.unwrap_or(mem),
-        disk_bytes: disk_space(data_dir).1,
-    }
+    Capacity { vcpus: vcpus.unwrap_or(cpus), memory_mib: memory_mib.unwrap_or(mem), disk_bytes: disk_space(data_dir).1 }
 }
 
 /// Samples host CPU between calls.
@@ -106,11 +100,7 @@ pub fn proc_stat(pid: u32) -> Option<(u64, u64)> {
 
 /// Clock ticks per second for /proc times.
 pub fn clock_ticks() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map(|v| v as u64)
-        .unwrap_or(100)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map(|v| v as u64).unwrap_or(100)
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct Config {
     pub qemu: String,
     pub heartbeat: Duration,
     pub boot_timeout: Duration,
+    /// API token: required on requests to this agent, and sent to the controller.
+    pub token: Option<String>,
 }
 
 /// A running agent.
@@ -46,14 +48,14 @@ pub struct Agent {
     pub vms: Arc<vm::Manager>,
     pub accel: accel::Verdict,
     sampler: Mutex<hostinfo::CpuSampler>,
+    http: reqwest::Client,
+    /// One template transfer at a time.
+    pulling: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
     fn url(&self) -> String {
-        self.cfg
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.cfg.listen))
+        self.cfg.advertise.clone().unwrap_or_else(|| format!("http://{}", self.cfg.listen))
     }
 
     /// What the agent tells the controller about itself.
@@ -68,15 +70,30 @@ impl Agent {
         }
     }
 
+    /// Fetches a template from the controller's library into this host's template directory.
+    pub async fn pull_template(&self, name: &str) -> Result<(), corral_api::ApiError> {
+        let _one = self.pulling.lock().await;
+        if !self.vms.templates().iter().any(|t| t.info.name == name) {
+            let started = std::time::Instant::now();
+            templates::pull(&self.http, &self.cfg.controller, self.cfg.token.as_deref(), name, &self.cfg.templates_dir)
+                .await
+                .map_err(|e| {
+                    corral_api::ApiError::unavailable(format!(
+                        "fetching template {name} from the controller failed: {e}"
+                    ))
+                })?;
+            tracing::info!("template {name} received in {:?}", started.elapsed());
+            self.vms.set_templates(templates::scan(&self.cfg.templates_dir));
+        }
+        Ok(())
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         let usage = {
             let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
             hostinfo::usage(&mut s, &self.cfg.data_dir)
         };
-        Heartbeat {
-            usage,
-            vms: self.vms.list(),
-        }
+        Heartbeat { usage, vms: self.vms.list() }
     }
 }
 
@@ -86,19 +103,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let tpls = templates::scan(&cfg.templates_dir);
     if tpls.is_empty() {
-        tracing::warn!(
-            "no templates in {}: VMs cannot be created until some are added",
-            cfg.templates_dir.display()
-        );
+        tracing::warn!("no templates in {}: VMs cannot be created until some are added", cfg.templates_dir.display());
     }
-    let verdict = accel::choose(
-        &cfg.accel,
-        &cfg.qemu,
-        tpls.first(),
-        cfg.accel_cache.as_deref(),
-        &cfg.data_dir,
-    )
-    .await;
+    let verdict = accel::choose(&cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
     tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
     let settings = vm::Settings {
         data_dir: cfg.data_dir.clone(),
@@ -108,16 +115,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_timeout: Duration::from_secs(20),
     };
     let vms = vm::Manager::open(settings, tpls).await?;
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
     let agent = Arc::new(Agent {
         cfg: cfg.clone(),
         vms,
         accel: verdict,
         sampler: Mutex::new(hostinfo::CpuSampler::default()),
+        http,
+        pulling: tokio::sync::Mutex::new(()),
     });
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("agent {} listening on {}", cfg.name, cfg.listen);
 
     let mon = agent.clone();
@@ -135,20 +144,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// Registers with the controller, then heartbeats; registers again whenever the controller
 /// does not know this host (for instance after it lost its state).
 async fn heartbeat_loop(agent: Arc<Agent>) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let base = agent.cfg.controller.trim_end_matches('/').to_string();
+    let post = |url: String| {
+        let r = http.post(url);
+        match &agent.cfg.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
     let mut registered = false;
     loop {
         if !registered {
-            match http
-                .post(format!("{base}/v1/agents/register"))
-                .json(&agent.registration())
-                .send()
-                .await
-            {
+            match post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!("registered with controller {base}");
                     registered = true;
@@ -159,12 +167,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         }
         if registered {
             let hb = agent.heartbeat();
-            match http
-                .post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name))
-                .json(&hb)
-                .send()
-                .await
-            {
+            match post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
                 Ok(_) => {}
                 Err(e) => tracing::debug!("heartbeat failed: {e}"),

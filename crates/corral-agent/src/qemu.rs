@@ -51,13 +51,7 @@ pub fn tap_name(def: &VmDefinition) -> String {
 }
 
 /// The QEMU command line of a VM. `incoming` starts it waiting for a saved or migrated state.
-pub fn command_line(
-    def: &VmDefinition,
-    t: &Template,
-    p: &VmPaths,
-    accel: Accel,
-    incoming: bool,
-) -> Vec<String> {
+pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel, incoming: bool) -> Vec<String> {
     let mut append = format!(
         "console=ttyS0 root=/dev/vda rw quiet panic=-1 corral.name={} corral.uuid={} corral.workload={}",
         def.name, def.uuid, def.workload
@@ -91,10 +85,7 @@ pub fn command_line(
         "-append".into(),
         append,
         "-drive".into(),
-        format!(
-            "file={},if=virtio,format=qcow2,cache=writeback,discard=unmap",
-            s(&p.disk())
-        ),
+        format!("file={},if=virtio,format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
@@ -110,10 +101,7 @@ pub fn command_line(
         "-serial".into(),
         "chardev:con0".into(),
         "-netdev".into(),
-        format!(
-            "tap,id=net0,ifname={},script=no,downscript=no",
-            tap_name(def)
-        ),
+        format!("tap,id=net0,ifname={},script=no,downscript=no", tap_name(def)),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={}", def.mac),
         "-qmp".into(),
@@ -189,29 +177,24 @@ pub async fn kill(pid: u32, uuid: &uuid::Uuid) {
     let _ = wait_exit(pid, uuid, Duration::from_secs(10)).await;
 }
 
-/// Creates the VM's copy-on-write overlay on the template (never a copy of it).
-pub async fn create_overlay(template_disk: &Path, overlay: &Path) -> Result<(), String> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(template_disk)
-        .arg(overlay)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+/// Creates the VM's copy-on-write overlay on the template (never a copy of it), of the
+/// template's size or `size_mib` when given (a larger virtual disk costs nothing up front).
+pub async fn create_overlay(template_disk: &Path, overlay: &Path, size_mib: Option<u64>) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(template_disk).arg(overlay);
+    if let Some(m) = size_mib {
+        cmd.arg(format!("{m}M"));
+    }
+    let out = cmd.output().await.map_err(|e| format!("cannot run qemu-img: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "qemu-img create failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
 /// Bytes allocated on disk by a file (sparse-aware).
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
 }

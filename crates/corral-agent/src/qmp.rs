@@ -12,10 +12,7 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("cannot connect to QMP socket {path}: {source}")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
+    Connect { path: String, source: std::io::Error },
     #[error("QMP I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("QMP connection closed by QEMU")]
@@ -51,20 +48,11 @@ impl QmpClient {
         let timeout = Duration::from_secs(30);
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| QmpError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let mut c = Self {
-            stream: BufReader::new(stream),
-            timeout,
-        };
+            .map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
+        let mut c = Self { stream: BufReader::new(stream), timeout };
         let greeting = c.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Command {
-                command: "greeting".into(),
-                desc: greeting.to_string(),
-            });
+            return Err(QmpError::Command { command: "greeting".into(), desc: greeting.to_string() });
         }
         c.execute("qmp_capabilities", None).await?;
         Ok(c)
@@ -100,15 +88,8 @@ impl Monitor for QmpClient {
                 return Ok(r.clone());
             }
             if let Some(e) = m.get("error") {
-                let desc = e
-                    .get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown error")
-                    .to_string();
-                return Err(QmpError::Command {
-                    command: command.into(),
-                    desc,
-                });
+                let desc = e.get("desc").and_then(Value::as_str).unwrap_or("unknown error").to_string();
+                return Err(QmpError::Command { command: command.into(), desc });
             }
         }
     }
@@ -123,8 +104,5 @@ pub async fn run(path: &Path, command: &str, args: Option<Value>) -> Result<Valu
 /// QEMU's run state (`query-status`), e.g. "running", "paused", "inmigrate", "postmigrate".
 pub async fn status(path: &Path) -> Result<String, QmpError> {
     let r = run(path, "query-status", None).await?;
-    Ok(r.get("status")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_string())
+    Ok(r.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string())
 }

@@ -1,76 +1,71 @@
-//! The templates a host holds: each is a `<name>.json` metadata file next to its kernel, initrd
-//! and qcow2 disk in the template directory.
+//! The templates this host holds, in its template directory (format: [`corral_api::template_dir`]),
+//! and fetching a template from the controller's library when the controller sends one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use corral_api::agent::TemplateInfo;
-use serde::Deserialize;
+pub use corral_api::template_dir::{Meta, Template};
 
-/// A template's metadata file, as the guest build writes it.
-#[derive(Debug, Clone, Deserialize)]
-struct Meta {
-    name: String,
-    kernel: String,
-    initrd: String,
-    disk: String,
-    #[serde(default)]
-    kernel_version: String,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    size_bytes: u64,
-}
-
-/// A template with absolute paths to its parts.
-#[derive(Debug, Clone)]
-pub struct Template {
-    pub info: TemplateInfo,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub disk: PathBuf,
-}
-
-/// Loads every template in `dir`. Unreadable entries are reported and skipped.
+/// Loads every template in `dir`; broken entries are logged and skipped.
 pub fn scan(dir: &Path) -> Vec<Template> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        tracing::warn!("template directory {} cannot be read", dir.display());
-        return out;
-    };
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        match std::fs::read(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Meta>(&b).map_err(|e| e.to_string()))
-        {
-            Ok(m) => {
-                let t = Template {
-                    kernel: dir.join(&m.kernel),
-                    initrd: dir.join(&m.initrd),
-                    disk: dir.join(&m.disk),
-                    info: TemplateInfo {
-                        name: m.name,
-                        size_bytes: m.size_bytes,
-                        kernel_version: m.kernel_version,
-                        os: m.os,
-                    },
-                };
-                if t.kernel.exists() && t.initrd.exists() && t.disk.exists() {
-                    out.push(t);
-                } else {
-                    tracing::warn!(
-                        "template {} is missing its kernel, initrd or disk; skipped",
-                        p.display()
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("template metadata {} is invalid: {e}; skipped", p.display()),
-        }
+    let (ok, broken) = corral_api::template_dir::scan(dir);
+    for b in broken {
+        tracing::warn!("template skipped: {b}");
     }
-    out.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-    out
+    ok
+}
+
+/// Downloads template `name` from the controller into `dir`: the parts first, each through a
+/// temporary file, and the metadata last, so a cut transfer never looks like a template.
+pub async fn pull(
+    http: &reqwest::Client,
+    controller: &str,
+    token: Option<&str>,
+    name: &str,
+    dir: &Path,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let base = format!("{}/v1/templates/{name}", controller.trim_end_matches('/'));
+    let get = |part: &str| {
+        let mut r = http.get(format!("{base}/files/{part}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    };
+    let meta: Meta = get("meta")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .error_for_status()
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = Meta {
+        kernel: format!("{name}.vmlinuz"),
+        initrd: format!("{name}.initrd"),
+        disk: format!("{name}.qcow2"),
+        ..meta
+    };
+    for (part, file) in [("kernel", &local.kernel), ("initrd", &local.initrd), ("disk", &local.disk)] {
+        let mut resp = get(part)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .error_for_status()
+            .map_err(|e| format!("{part}: {e}"))?;
+        let tmp = dir.join(format!("{file}.partial"));
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
+        use tokio::io::AsyncWriteExt;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        f.sync_all().await.map_err(|e| e.to_string())?;
+        tokio::fs::rename(&tmp, dir.join(file)).await.map_err(|e| e.to_string())?;
+    }
+    let bytes = serde_json::to_vec_pretty(&local).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("{name}.json.partial"));
+    std::fs::write(&tmp, bytes).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.json"))).map_err(|e| e.to_string())?;
+    Ok(())
 }

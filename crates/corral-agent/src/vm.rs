@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use corral_api::agent::{VmDefinition, VmStatus};
-use corral_api::{
-    Accel, ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction, VmState, VmUsage,
-};
+use corral_api::{Accel, ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction, VmState, VmUsage};
 
 use crate::qemu::{self, VmPaths};
 use crate::templates::Template;
@@ -90,8 +88,7 @@ impl Entry {
         let mut r = lock(&self.rec);
         f(&mut r);
         let bytes = serde_json::to_vec_pretty(&*r).map_err(internal)?;
-        write_atomic(&self.paths.record(), &bytes)
-            .map_err(|e| internal(format!("cannot write VM record: {e}")))?;
+        write_atomic(&self.paths.record(), &bytes).map_err(|e| internal(format!("cannot write VM record: {e}")))?;
         Ok(r.clone())
     }
     fn status(&self) -> VmStatus {
@@ -119,11 +116,7 @@ impl Manager {
     pub async fn open(s: Settings, templates: Vec<Template>) -> anyhow::Result<Arc<Self>> {
         let vm_dir = s.data_dir.join("vms");
         std::fs::create_dir_all(&vm_dir)?;
-        let m = Arc::new(Self {
-            s,
-            templates: Mutex::new(templates),
-            vms: Mutex::new(BTreeMap::new()),
-        });
+        let m = Arc::new(Self { s, templates: Mutex::new(templates), vms: Mutex::new(BTreeMap::new()) });
         for e in std::fs::read_dir(&vm_dir)?.flatten() {
             let paths = VmPaths::new(e.path());
             let rec: VmRecord = match std::fs::read(paths.record())
@@ -132,10 +125,7 @@ impl Manager {
             {
                 Ok(r) => r,
                 Err(err) => {
-                    tracing::warn!(
-                        "skipping {}: unreadable VM record: {err}",
-                        e.path().display()
-                    );
+                    tracing::warn!("skipping {}: unreadable VM record: {err}", e.path().display());
                     continue;
                 }
             };
@@ -158,12 +148,7 @@ impl Manager {
     async fn reattach(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
         let r = e.snapshot();
         let alive = r.pid.is_some_and(|p| qemu::is_ours(p, &r.def.uuid));
-        tracing::info!(
-            "found VM {} ({}, QEMU {})",
-            r.def.name,
-            r.state,
-            if alive { "running" } else { "not running" }
-        );
+        tracing::info!("found VM {} ({}, QEMU {})", r.def.name, r.state, if alive { "running" } else { "not running" });
         if r.state == VmState::Deleting {
             if let Some(p) = r.pid {
                 qemu::kill(p, &r.def.uuid).await;
@@ -178,14 +163,10 @@ impl Manager {
                 VmState::Suspended | VmState::Resuming if saved => (VmState::Suspended, None),
                 VmState::Inactive | VmState::Stopping => (VmState::Inactive, None),
                 VmState::Error => (VmState::Error, r.error.clone()),
-                other if saved => (
-                    VmState::Suspended,
-                    Some(format!("agent restarted during {other}; saved state kept")),
-                ),
-                _ => (
-                    VmState::Inactive,
-                    Some("QEMU was not running when the agent restarted".to_string()),
-                ),
+                other if saved => {
+                    (VmState::Suspended, Some(format!("agent restarted during {other}; saved state kept")))
+                }
+                _ => (VmState::Inactive, Some("QEMU was not running when the agent restarted".to_string())),
             };
             e.update(|r| {
                 r.state = state;
@@ -244,6 +225,10 @@ impl Manager {
         lock(&self.templates).clone()
     }
 
+    pub fn set_templates(&self, t: Vec<Template>) {
+        *lock(&self.templates) = t;
+    }
+
     fn template(&self, name: &str) -> Result<Template, ApiError> {
         lock(&self.templates)
             .iter()
@@ -278,11 +263,7 @@ impl Manager {
     }
 
     /// Defines a VM: writes its record and creates its overlay disk; starts it if asked.
-    pub async fn create(
-        self: &Arc<Self>,
-        def: VmDefinition,
-        start: bool,
-    ) -> Result<VmStatus, ApiError> {
+    pub async fn create(self: &Arc<Self>, def: VmDefinition, start: bool) -> Result<VmStatus, ApiError> {
         corral_api::names::validate_name("VM", &def.name).map_err(ApiError::bad_request)?;
         let t = self.template(&def.template)?;
         let paths = VmPaths::new(self.s.data_dir.join("vms").join(&def.name));
@@ -295,18 +276,9 @@ impl Manager {
                     drop(vms);
                     return Ok(e.status());
                 }
-                return Err(ApiError::conflict(format!(
-                    "a VM named {:?} already exists on this host",
-                    def.name
-                )));
+                return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
             }
-            let rec = VmRecord {
-                def: def.clone(),
-                state: VmState::Inactive,
-                error: None,
-                pid: None,
-                boot_ms: None,
-            };
+            let rec = VmRecord { def: def.clone(), state: VmState::Inactive, error: None, pid: None, boot_ms: None };
             let e = Arc::new(Entry {
                 paths: paths.clone(),
                 op: tokio::sync::Mutex::new(()),
@@ -321,9 +293,9 @@ impl Manager {
             std::fs::create_dir_all(&paths.dir).map_err(internal)?;
             entry.update(|_| {})?;
             if !paths.disk().exists() {
-                qemu::create_overlay(&t.disk, &paths.disk())
-                    .await
-                    .map_err(ApiError::internal)?;
+                let tmp = paths.dir.join("disk.qcow2.partial");
+                qemu::create_overlay(&t.disk, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
+                std::fs::rename(&tmp, paths.disk()).map_err(internal)?;
             }
             Ok::<(), ApiError>(())
         }
@@ -342,26 +314,17 @@ impl Manager {
 
     /// Takes the VM's operation lock. The monitor holds it only for an instant, so a short wait
     /// tells that apart from a lifecycle operation in progress, which is refused.
-    async fn claim<'a>(
-        e: &'a Entry,
-        name: &str,
-    ) -> Result<tokio::sync::MutexGuard<'a, ()>, ApiError> {
-        tokio::time::timeout(Duration::from_secs(2), e.op.lock())
-            .await
-            .map_err(|_| {
-                ApiError::conflict(format!(
-                    "VM {name:?} is busy ({}): wait for the current operation to finish",
-                    e.snapshot().state
-                ))
-            })
+    async fn claim<'a>(e: &'a Entry, name: &str) -> Result<tokio::sync::MutexGuard<'a, ()>, ApiError> {
+        tokio::time::timeout(Duration::from_secs(2), e.op.lock()).await.map_err(|_| {
+            ApiError::conflict(format!(
+                "VM {name:?} is busy ({}): wait for the current operation to finish",
+                e.snapshot().state
+            ))
+        })
     }
 
     /// Applies a lifecycle action and returns when it has finished.
-    pub async fn action(
-        self: &Arc<Self>,
-        name: &str,
-        action: VmAction,
-    ) -> Result<VmStatus, ApiError> {
+    pub async fn action(self: &Arc<Self>, name: &str, action: VmAction) -> Result<VmStatus, ApiError> {
         let e = self.entry(name)?;
         let _g = Self::claim(&e, name).await?;
         let state = e.snapshot().state;
@@ -381,14 +344,8 @@ impl Manager {
                 r.error = Some(err.message.clone());
                 if !alive {
                     r.pid = None;
-                    r.state = if e.paths.saved_state().exists() {
-                        VmState::Suspended
-                    } else {
-                        VmState::Error
-                    };
-                } else if r.state.has_process()
-                    && !matches!(r.state, VmState::Running | VmState::Paused)
-                {
+                    r.state = if e.paths.saved_state().exists() { VmState::Suspended } else { VmState::Error };
+                } else if r.state.has_process() && !matches!(r.state, VmState::Running | VmState::Paused) {
                     r.state = VmState::Error;
                 }
             });
@@ -401,11 +358,7 @@ impl Manager {
         let r = e.snapshot();
         let t = self.template(&r.def.template)?;
         e.update(|r| {
-            r.state = if restore {
-                VmState::Resuming
-            } else {
-                VmState::Starting
-            };
+            r.state = if restore { VmState::Resuming } else { VmState::Starting };
             r.error = None;
         })?;
         if !restore {
@@ -413,35 +366,21 @@ impl Manager {
         }
         let args = qemu::command_line(&r.def, &t, &e.paths, self.s.accel, restore);
         let started = Instant::now();
-        let pid = qemu::spawn(&self.s.qemu, &args, &e.paths)
-            .await
-            .map_err(ApiError::internal)?;
+        let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
         e.update(|r| r.pid = Some(pid))?;
         if restore {
             let src = format!("exec:cat {}", e.paths.saved_state().display());
-            qmp::run(
-                &e.paths.qmp(),
-                "migrate-incoming",
-                Some(json!({ "uri": src })),
-            )
-            .await
-            .map_err(internal)?;
+            qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;
             loop {
                 let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
                 match st.as_str() {
                     "inmigrate" => tokio::time::sleep(Duration::from_millis(50)).await,
                     "running" => break,
                     "paused" | "postmigrate" | "prelaunch" => {
-                        qmp::run(&e.paths.qmp(), "cont", None)
-                            .await
-                            .map_err(internal)?;
+                        qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
                         break;
                     }
-                    other => {
-                        return Err(ApiError::internal(format!(
-                            "restoring saved state failed: QEMU is {other}"
-                        )))
-                    }
+                    other => return Err(ApiError::internal(format!("restoring saved state failed: QEMU is {other}"))),
                 }
             }
             let _ = std::fs::remove_file(e.paths.saved_state());
@@ -459,10 +398,7 @@ impl Manager {
                     e.console_tail()
                 )));
             }
-            if guest::ping(&e.paths.guest(), Duration::from_secs(1))
-                .await
-                .is_ok()
-            {
+            if guest::ping(&e.paths.guest(), Duration::from_secs(1)).await.is_ok() {
                 let ms = started.elapsed().as_millis() as u64;
                 e.update(|r| {
                     r.state = VmState::Running;
@@ -492,16 +428,10 @@ impl Manager {
             if r.state == VmState::Paused {
                 let _ = qmp::run(&e.paths.qmp(), "cont", None).await;
             }
-            let graceful = qmp::run(&e.paths.qmp(), "system_powerdown", None)
-                .await
-                .is_ok()
+            let graceful = qmp::run(&e.paths.qmp(), "system_powerdown", None).await.is_ok()
                 && qemu::wait_exit(pid, &r.def.uuid, self.s.stop_timeout).await;
             if !graceful {
-                tracing::warn!(
-                    "VM {} did not power off within {:?}; forcing",
-                    r.def.name,
-                    self.s.stop_timeout
-                );
+                tracing::warn!("VM {} did not power off within {:?}; forcing", r.def.name, self.s.stop_timeout);
                 let _ = qmp::run(&e.paths.qmp(), "quit", None).await;
                 if !qemu::wait_exit(pid, &r.def.uuid, Duration::from_secs(5)).await {
                     qemu::kill(pid, &r.def.uuid).await;
@@ -519,27 +449,20 @@ impl Manager {
 
     async fn pause(&self, e: &Entry) -> Result<(), ApiError> {
         e.update(|r| r.state = VmState::Pausing)?;
-        qmp::run(&e.paths.qmp(), "stop", None)
-            .await
-            .map_err(internal)?;
+        qmp::run(&e.paths.qmp(), "stop", None).await.map_err(internal)?;
         e.update(|r| r.state = VmState::Paused)?;
         Ok(())
     }
 
     async fn cont(&self, e: &Entry) -> Result<(), ApiError> {
-        qmp::run(&e.paths.qmp(), "cont", None)
-            .await
-            .map_err(internal)?;
+        qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
         e.update(|r| r.state = VmState::Running)?;
         Ok(())
     }
 
     /// Saves memory and device state to disk and ends the QEMU process.
     async fn suspend(&self, e: &Entry) -> Result<(), ApiError> {
-        let pid = e
-            .snapshot()
-            .pid
-            .ok_or_else(|| ApiError::internal("no QEMU process"))?;
+        let pid = e.snapshot().pid.ok_or_else(|| ApiError::internal("no QEMU process"))?;
         e.update(|r| r.state = VmState::Suspending)?;
         self.save_and_quit(e, pid).await
     }
@@ -550,32 +473,21 @@ impl Manager {
         qmp::run(&q, "stop", None).await.map_err(internal)?;
         let tmp = e.paths.saved_state().with_extension("partial");
         let dst = format!("exec:cat > {}", tmp.display());
-        qmp::run(&q, "migrate", Some(json!({ "uri": dst })))
-            .await
-            .map_err(internal)?;
+        qmp::run(&q, "migrate", Some(json!({ "uri": dst }))).await.map_err(internal)?;
         loop {
-            let st = qmp::run(&q, "query-migrate", None)
-                .await
-                .map_err(internal)?;
+            let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
             match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
                 "completed" => break,
                 "failed" | "cancelled" => {
-                    let why = st
-                        .get("error-desc")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("unknown");
+                    let why = st.get("error-desc").and_then(|s| s.as_str()).unwrap_or("unknown");
                     let _ = qmp::run(&q, "cont", None).await;
                     e.update(|r| r.state = VmState::Running)?;
-                    return Err(ApiError::internal(format!(
-                        "saving the VM's memory failed: {why}; it keeps running"
-                    )));
+                    return Err(ApiError::internal(format!("saving the VM's memory failed: {why}; it keeps running")));
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(internal)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(internal)?;
         std::fs::rename(&tmp, e.paths.saved_state()).map_err(internal)?;
         let _ = qmp::run(&q, "quit", None).await;
         if !qemu::wait_exit(pid, &uuid, Duration::from_secs(10)).await {
@@ -589,8 +501,11 @@ impl Manager {
     }
 
     /// Deletes a VM: ends its process and removes its directory (disk, saved state, sockets).
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, name: &str, uuid: Option<uuid::Uuid>) -> Result<(), ApiError> {
         let e = self.entry(name)?;
+        if uuid.is_some_and(|u| u != e.snapshot().def.uuid) {
+            return Err(ApiError::conflict(format!("VM {name:?} on this host is another VM than the one to delete")));
+        }
         let _g = Self::claim(&e, name).await?;
         let r = e.update(|r| r.state = VmState::Deleting)?;
         if let Some(pid) = r.pid {
@@ -607,23 +522,14 @@ impl Manager {
         let e = self.entry(name)?;
         let state = e.snapshot().state;
         if state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "cannot exec in VM {name:?}: it is {state}, not running"
-            )));
+            return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {state}, not running")));
         }
         if req.argv.is_empty() {
-            return Err(ApiError::bad_request(
-                "exec needs a command: corral vm exec NAME -- COMMAND [ARGS...]",
-            ));
+            return Err(ApiError::bad_request("exec needs a command: corral vm exec NAME -- COMMAND [ARGS...]"));
         }
-        guest::exec(
-            &e.paths.guest(),
-            &req.argv,
-            req.stdin.as_deref(),
-            req.timeout_ms,
-        )
-        .await
-        .map_err(|err| ApiError::unavailable(err.to_string()))
+        guest::exec(&e.paths.guest(), &req.argv, req.stdin.as_deref(), req.timeout_ms)
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))
     }
 
     /// Reads the serial console log from `offset` (at most 64 KiB).
@@ -637,17 +543,9 @@ impl Manager {
             f.seek(SeekFrom::Start(offset)).map_err(internal)?;
             f.take(64 * 1024).read_to_end(&mut data).map_err(internal)?;
             let next = offset + data.len() as u64;
-            return Ok(ConsoleChunk {
-                offset,
-                next,
-                data: String::from_utf8_lossy(&data).into_owned(),
-            });
+            return Ok(ConsoleChunk { offset, next, data: String::from_utf8_lossy(&data).into_owned() });
         }
-        Ok(ConsoleChunk {
-            offset: 0,
-            next: 0,
-            data: String::new(),
-        })
+        Ok(ConsoleChunk { offset: 0, next: 0, data: String::new() })
     }
 
     /// One pass of the monitor: notices QEMU processes that ended on their own and samples usage.
@@ -659,10 +557,7 @@ impl Manager {
                 let Ok(_g) = e.op.try_lock() else { continue };
                 let r = e.snapshot();
                 if let Some(pid) = r.pid.filter(|p| !qemu::is_ours(*p, &r.def.uuid)) {
-                    tracing::info!(
-                        "VM {}: QEMU process {pid} ended (guest powered off or crashed)",
-                        r.def.name
-                    );
+                    tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed)", r.def.name);
                     let _ = e.update(|r| {
                         r.state = VmState::Inactive;
                         r.pid = None;
@@ -673,16 +568,10 @@ impl Manager {
                 r
             };
             let Some(pid) = r.pid else {
-                lock(&e.usage).0 = VmUsage {
-                    disk_bytes: qemu::allocated_bytes(&e.paths.disk()),
-                    ..Default::default()
-                };
+                lock(&e.usage).0 = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
                 continue;
             };
-            let mut u = VmUsage {
-                disk_bytes: qemu::allocated_bytes(&e.paths.disk()),
-                ..Default::default()
-            };
+            let mut u = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
             if let Some((ticks, rss_kib)) = hostinfo::proc_stat(pid) {
                 u.rss_mib = rss_kib / 1024;
                 let now = Instant::now();

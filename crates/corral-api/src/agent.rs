@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Accel, Capacity, HostUsage, VmState, VmUsage};
 
 /// Everything an agent needs to create and run a VM. The controller assigns identity.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VmDefinition {
     pub name: String,
     pub uuid: uuid::Uuid,
@@ -17,11 +17,14 @@ pub struct VmDefinition {
     #[serde(default)]
     pub ip: Option<String>,
     pub workload: String,
+    /// Virtual disk size, MiB, when larger than the template's.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 /// `POST /v1/agents/register`: an agent announces itself (at start, and whenever the controller
 /// answers a heartbeat with "unknown host").
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Register {
     pub name: String,
     /// Base URL the controller uses to reach this agent.
@@ -33,7 +36,7 @@ pub struct Register {
 }
 
 /// A template as an agent holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TemplateInfo {
     pub name: String,
     pub size_bytes: u64,
@@ -42,7 +45,7 @@ pub struct TemplateInfo {
 }
 
 /// The runtime status of one VM on an agent.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VmStatus {
     pub name: String,
     pub uuid: uuid::Uuid,
@@ -59,7 +62,7 @@ pub struct VmStatus {
 }
 
 /// `POST /v1/agents/{name}/heartbeat`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Heartbeat {
     pub usage: HostUsage,
     pub vms: Vec<VmStatus>,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The JSON body of an error response: what went wrong, and what to do about it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A machine-readable kind: `bad_request`, `not_found`, `conflict`, `no_capacity`,
     /// `unavailable`, `internal`.
@@ -23,11 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
+        Self { status, kind, message: message.into() }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(400, "bad_request", m)
@@ -48,9 +44,6 @@ impl ApiError {
         Self::new(500, "internal", m)
     }
     pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            kind: self.kind.to_string(),
-            error: self.message.clone(),
-        }
+        ErrorBody { kind: self.kind.to_string(), error: self.message.clone() }
     }
 }

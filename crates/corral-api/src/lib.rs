@@ -5,9 +5,11 @@
 //! field name says otherwise; times are milliseconds since the Unix epoch (`*_ms` fields).
 
 pub mod agent;
+pub mod cluster;
 pub mod error;
 pub mod names;
 pub mod size;
+pub mod template_dir;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +20,7 @@ pub const API_PREFIX: &str = "/v1";
 
 /// The lifecycle states of a VM, as the source documents name them (inactive, active = running,
 /// paused, suspended) plus the transitional states and `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     /// Defined, disk prepared, no QEMU process.
@@ -79,10 +81,7 @@ impl VmState {
 
     /// True for states that hold host resources (memory, vCPUs) for placement purposes.
     pub fn holds_resources(self) -> bool {
-        !matches!(
-            self,
-            VmState::Suspended | VmState::Inactive | VmState::Error
-        )
+        !matches!(self, VmState::Suspended | VmState::Inactive | VmState::Error)
     }
 }
 
@@ -93,7 +92,7 @@ impl std::fmt::Display for VmState {
 }
 
 /// A lifecycle action on a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmAction {
     Start,
@@ -149,16 +148,11 @@ impl VmAction {
                 "it is not running: start it first with `corral vm start`".to_string()
             }
             (VmAction::Resume, Running) => "it is already running".to_string(),
-            (VmAction::Resume, Inactive) => {
-                "it is inactive, not paused: use `corral vm start`".to_string()
-            }
+            (VmAction::Resume, Inactive) => "it is inactive, not paused: use `corral vm start`".to_string(),
             (VmAction::Stop, Inactive) => "it is already stopped".to_string(),
             _ => format!("wait until the current `{state}` transition ends"),
         };
-        Err(format!(
-            "cannot {} a VM that is {state}: {hint}",
-            self.as_str()
-        ))
+        Err(format!("cannot {} a VM that is {state}: {hint}", self.as_str()))
     }
 }
 
@@ -188,7 +182,7 @@ pub fn validate_workload(spec: &str) -> Result<(), String> {
 }
 
 /// A request to create a VM (`POST /v1/vms`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateVm {
     pub name: String,
     pub template: String,
@@ -211,7 +205,7 @@ fn yes() -> bool {
 }
 
 /// A VM as the controller reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Vm {
     pub name: String,
     pub uuid: uuid::Uuid,
@@ -239,10 +233,31 @@ pub struct Vm {
     /// Usage figures from the host agent (QEMU process) and the guest.
     #[serde(default)]
     pub usage: Option<VmUsage>,
+    /// The virtual cluster this VM is a member of, and its member number.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub index: Option<u32>,
+    /// Work the controller still owes this VM (it survives controller restarts).
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// Virtual disk size, MiB, when larger than the template's.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+}
+
+/// Work the controller still owes a VM; the reconciler finishes it after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    /// Make it on its host; start it when `start` (the VM's target is running).
+    Create { start: bool },
+    /// Remove it from its host, then forget it and free its address.
+    Delete,
 }
 
 /// Per-VM usage, measured by the agent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct VmUsage {
     /// CPU used by the QEMU process, percent of one core, over the last interval.
     pub cpu_pct: f64,
@@ -257,7 +272,7 @@ pub struct VmUsage {
 }
 
 /// Host states as shown by `corral host list`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     /// Heartbeating.
@@ -276,7 +291,7 @@ impl std::fmt::Display for HostState {
 }
 
 /// The accelerator a host's agent uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,
@@ -293,7 +308,7 @@ impl Accel {
 }
 
 /// What a host offers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Capacity {
     pub vcpus: u32,
     pub memory_mib: u64,
@@ -301,7 +316,7 @@ pub struct Capacity {
 }
 
 /// Live usage of a host.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct HostUsage {
     /// Busy CPU, percent of all cores.
     pub cpu_pct: f64,
@@ -310,7 +325,7 @@ pub struct HostUsage {
 }
 
 /// A host as the controller reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Host {
     pub name: String,
     /// The agent's base URL.
@@ -325,10 +340,18 @@ pub struct Host {
     pub usage: HostUsage,
     pub vms: usize,
     pub last_heartbeat_ms: u64,
+    /// A cordoned host takes no new VMs.
+    #[serde(default)]
+    pub cordoned: bool,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Templates the host holds.
+    #[serde(default)]
+    pub templates: Vec<String>,
 }
 
 /// A template (disk image with an OS preinstalled).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Template {
     pub name: String,
     /// Virtual size of the disk, bytes.
@@ -341,7 +364,7 @@ pub struct Template {
 }
 
 /// A command to run in the guest through the guest agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
     #[serde(default)]
@@ -351,7 +374,7 @@ pub struct ExecRequest {
 }
 
 /// The result of a command run in the guest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ExecResult {
     pub exit_code: i32,
     pub stdout: String,
@@ -359,7 +382,7 @@ pub struct ExecResult {
 }
 
 /// A chunk of a VM's serial console log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsoleChunk {
     /// Offset of the first byte of `data` in the log.
     pub offset: u64,
@@ -370,10 +393,7 @@ pub struct ConsoleChunk {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -382,19 +402,13 @@ mod tests {
 
     #[test]
     fn states_are_lower_case_on_the_wire() {
-        assert_eq!(
-            serde_json::to_string(&VmState::Suspended).ok().as_deref(),
-            Some("\"suspended\"")
-        );
+        assert_eq!(serde_json::to_string(&VmState::Suspended).ok().as_deref(), Some("\"suspended\""));
         assert_eq!(VmState::Running.to_string(), "running");
     }
 
     #[test]
     fn pausing_an_inactive_vm_is_refused_with_a_hint() {
-        let err = VmAction::Pause
-            .check(VmState::Inactive)
-            .err()
-            .unwrap_or_default();
+        let err = VmAction::Pause.check(VmState::Inactive).err().unwrap_or_default();
         assert!(err.contains("cannot pause a VM that is inactive"), "{err}");
         assert!(err.contains("corral vm start"), "{err}");
         assert!(VmAction::Pause.check(VmState::Running).is_ok());

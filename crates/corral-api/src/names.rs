@@ -8,9 +8,7 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -30,16 +28,7 @@ mod tests {
         for ok in ["web1", "a", "db-2", "x".repeat(63).as_str()] {
             assert!(validate_name("VM", ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "Web1",
-            "1web",
-            "web_1",
-            "web-",
-            "web 1",
-            "x".repeat(64).as_str(),
-            "wéb",
-        ] {
+        for bad in ["", "Web1", "1web", "web_1", "web-", "web 1", "x".repeat(64).as_str(), "wéb"] {
             assert!(validate_name("VM", bad).is_err(), "{bad}");
         }
     }

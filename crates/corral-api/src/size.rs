@@ -4,9 +4,7 @@
 /// `i`/`iB`/`B`, any case) are powers of 1024. Sizes that are not a whole number of MiB are refused.
 pub fn parse_mib(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let bad = || {
-        format!("invalid memory size {s:?}: write a number of MiB or use a unit, e.g. 256M or 2G")
-    };
+    let bad = || format!("invalid memory size {s:?}: write a number of MiB or use a unit, e.g. 256M or 2G");
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -21,9 +19,7 @@ pub fn parse_mib(s: &str) -> Result<u64, String> {
     }
     .ok_or_else(bad)?;
     if kib % 1024 != 0 {
-        return Err(format!(
-            "invalid memory size {s:?}: it must be a whole number of MiB"
-        ));
+        return Err(format!("invalid memory size {s:?}: it must be a whole number of MiB"));
     }
     Ok(kib / 1024)
 }

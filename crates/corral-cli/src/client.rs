@@ -11,20 +11,20 @@ use corral_api::ErrorBody;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()?;
-        Ok(Self {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-        })
+    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build()?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_string(), token })
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| {
             let why = if e.is_connect() { "connection refused or no route".to_string() } else { e.to_string() };
             anyhow!(
@@ -48,17 +48,18 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<()> {
-        self.send(self.http.delete(format!("{}{path}", self.base)))
-            .await
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
     }
 }

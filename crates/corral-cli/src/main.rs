@@ -3,6 +3,7 @@
 //! client of the controller's REST API.
 
 mod client;
+mod clusters;
 mod output;
 
 use std::net::SocketAddr;
@@ -18,15 +19,14 @@ use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template
 use client::Client;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "corral",
-    version,
-    about = "Corral: virtual clusters of real VMs over many hosts"
-)]
+#[command(name = "corral", version, about = "Corral: virtual clusters of real VMs over many hosts")]
 struct Cli {
     /// Controller URL (default: the local lab's, else http://127.0.0.1:7700).
     #[arg(long, global = true, env = "CORRAL_URL")]
     url: Option<String>,
+    /// API token (default: the local lab's).
+    #[arg(long, global = true, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -54,6 +54,15 @@ enum Cmd {
         /// vCPUs that may be promised per physical CPU.
         #[arg(long, default_value_t = 4.0)]
         cpu_overcommit: f64,
+        /// Memory that may be promised per MiB of a host (1.0: no overcommit).
+        #[arg(long, default_value_t = 1.0)]
+        memory_overcommit: f64,
+        /// Template library, sent to hosts that lack a template (default: CORRAL_CACHE/guest).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// File holding the API token; made with a fresh random token if missing.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -77,6 +86,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VmCmd,
     },
+    /// Profiles: pre-edited VM configurations (TOML).
+    Profile {
+        #[command(subcommand)]
+        cmd: clusters::ProfileCmd,
+    },
+    /// Virtual clusters: groups of VMs deployed, scaled, suspended and resumed as one.
+    Cluster {
+        #[command(subcommand)]
+        cmd: clusters::ClusterCmd,
+    },
+    /// Long operations (cluster deployments and the like).
+    Operation {
+        #[command(subcommand)]
+        cmd: clusters::OpCmd,
+    },
+    /// The event log.
+    Events,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +143,9 @@ struct AgentArgs {
     /// Seconds a guest may take to report ready.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
+    /// File holding the API token shared with the controller.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +180,12 @@ enum HostCmd {
     List,
     /// Show one host.
     Show { name: String },
+    /// Take no new VMs on this host.
+    Cordon { name: String },
+    /// Take new VMs on this host again.
+    Uncordon { name: String },
+    /// Set the host's labels (replacing them): corral host label lab-1 rack=r1 ssd=true
+    Label { name: String, labels: Vec<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,15 +268,43 @@ fn cache_dir() -> PathBuf {
     PathBuf::from("/var/cache/corral")
 }
 
+fn local_lab() -> Option<corral_lab::LabState> {
+    let dir =
+        std::env::var_os("CORRAL_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/corral/lab"));
+    corral_lab::LabState::load(&dir).ok().flatten()
+}
+
 fn default_url() -> String {
-    let dir = std::env::var_os("CORRAL_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/corral/lab"));
-    corral_lab::LabState::load(&dir)
-        .ok()
-        .flatten()
-        .map(|s| s.url)
-        .unwrap_or_else(|| "http://127.0.0.1:7700".into())
+    local_lab().map(|s| s.url).unwrap_or_else(|| "http://127.0.0.1:7700".into())
+}
+
+fn default_token() -> Option<String> {
+    local_lab().and_then(|s| std::fs::read_to_string(s.token_file()).ok()).map(|t| t.trim().to_string())
+}
+
+/// Reads a token file, or makes one with a fresh random token (readable by root only).
+fn token_from_file(path: &Path, create: bool) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ if create => {
+            let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot write token file {}", path.display()))?;
+            f.write_all(t.as_bytes())?;
+            Ok(t)
+        }
+        _ => bail!("token file {} is missing or empty", path.display()),
+    }
 }
 
 fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
@@ -255,10 +318,7 @@ fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 #[tokio::main]
@@ -276,22 +336,26 @@ async fn main() {
 async fn run(cli: Cli) -> Result<i32> {
     let o = cli.output;
     let url = cli.url.clone().unwrap_or_else(default_url);
+    let token = cli.token.clone().or_else(default_token);
+    let client = || Client::new(&url, token.clone());
     match cli.cmd {
-        Cmd::Controller {
-            listen,
-            data,
-            host_timeout,
-            cpu_overcommit,
-        } => {
+        Cmd::Controller { listen, data, host_timeout, cpu_overcommit, memory_overcommit, templates, token_file } => {
             init_logs("info");
             if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
                 bail!("--cpu-overcommit must be at least 1.0");
             }
+            if memory_overcommit.is_nan() || memory_overcommit < 1.0 {
+                bail!("--memory-overcommit must be at least 1.0");
+            }
+            let token = token_file.map(|f| token_from_file(&f, true)).transpose()?;
             corral_controller::run(corral_controller::Config {
                 listen,
                 data_dir: data,
                 host_timeout: Duration::from_secs(host_timeout.max(1)),
                 cpu_overcommit,
+                memory_overcommit,
+                templates_dir: Some(templates.unwrap_or_else(|| cache_dir().join("guest"))),
+                token,
             })
             .await?;
         }
@@ -312,32 +376,44 @@ async fn run(cli: Cli) -> Result<i32> {
                 qemu: a.qemu,
                 heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
                 boot_timeout: Duration::from_secs(a.boot_timeout),
+                token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
             })
             .await?;
         }
         Cmd::Lab { cmd } => return lab(cmd, o).await,
         Cmd::Host { cmd } => {
-            let c = Client::new(&url)?;
+            let c = client()?;
             match cmd {
-                HostCmd::List => print(o, &c.get::<Vec<Host>>("/v1/hosts").await?, |h| {
-                    output::hosts(h)
-                })?,
-                HostCmd::Show { name } => print(
-                    o,
-                    &c.get::<Host>(&format!("/v1/hosts/{name}")).await?,
-                    output::host,
-                )?,
+                HostCmd::List => print(o, &c.get::<Vec<Host>>("/v1/hosts").await?, |h| output::hosts(h))?,
+                HostCmd::Show { name } => print(o, &c.get::<Host>(&format!("/v1/hosts/{name}")).await?, output::host)?,
+                HostCmd::Cordon { name } => {
+                    print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/cordon"), &()).await?, output::host)?
+                }
+                HostCmd::Uncordon { name } => {
+                    print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/uncordon"), &()).await?, output::host)?
+                }
+                HostCmd::Label { name, labels } => {
+                    let mut map = std::collections::BTreeMap::new();
+                    for l in labels {
+                        let (k, v) = l.split_once('=').with_context(|| format!("label {l:?} must be KEY=VALUE"))?;
+                        map.insert(k.to_string(), v.to_string());
+                    }
+                    print(o, &c.put::<_, Host>(&format!("/v1/hosts/{name}/labels"), &map).await?, output::host)?
+                }
             }
         }
-        Cmd::Template {
-            cmd: TemplateCmd::List,
-        } => {
-            let c = Client::new(&url)?;
-            print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| {
-                output::templates(t)
-            })?;
+        Cmd::Template { cmd: TemplateCmd::List } => {
+            let c = client()?;
+            print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| output::templates(t))?;
         }
-        Cmd::Vm { cmd } => return vm(cmd, &Client::new(&url)?, o).await,
+        Cmd::Vm { cmd } => return vm(cmd, &client()?, o).await,
+        Cmd::Profile { cmd } => clusters::profile(cmd, &client()?, o == Output::Json).await?,
+        Cmd::Cluster { cmd } => return clusters::cluster(cmd, &client()?, o == Output::Json).await,
+        Cmd::Operation { cmd } => return clusters::operation(cmd, &client()?, o == Output::Json).await,
+        Cmd::Events => {
+            let ev: Vec<corral_api::cluster::Event> = client()?.get("/v1/events").await?;
+            print(o, &ev, |ev| output::events(ev))?;
+        }
     }
     Ok(0)
 }
@@ -345,12 +421,7 @@ async fn run(cli: Cli) -> Result<i32> {
 async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
     init_logs("warn");
     match cmd {
-        LabCmd::Up {
-            hosts,
-            index,
-            dir,
-            accel,
-        } => {
+        LabCmd::Up { hosts, index, dir, accel } => {
             let cache = cache_dir();
             let opts = corral_lab::UpOptions {
                 hosts,
@@ -365,13 +436,8 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
             match o {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Output::Table => {
-                    eprintln!(
-                        "lab up: controller at {}, {} hosts ({})",
-                        s.url,
-                        s.hosts.len(),
-                        s.dir.display()
-                    );
-                    println!("{}", s.exports());
+                    eprintln!("lab up: controller at {}, {} hosts ({})", s.url, s.hosts.len(), s.dir.display());
+                    println!("{}", s.exports()?);
                 }
             }
         }
@@ -393,16 +459,12 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
                     println!(
                         "controller {} ({})",
                         s.url,
-                        if ok {
-                            "healthy"
-                        } else {
-                            "NOT healthy: run `corral lab up` again"
-                        }
+                        if ok { "healthy" } else { "NOT healthy: run `corral lab up` again" }
                     );
                     for h in &s.hosts {
                         println!("{}  {}  netns {}", h.name, h.ip, h.netns);
                     }
-                    println!("{}", s.exports());
+                    println!("{}", s.exports()?);
                 }
             },
         },
@@ -413,51 +475,20 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
 async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create {
-            name,
-            template,
-            vcpus,
-            memory,
-            host,
-            workload,
-            no_start,
-        } => {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
-            let req = CreateVm {
-                name,
-                template,
-                vcpus,
-                memory_mib,
-                host,
-                workload,
-                start: !no_start,
-            };
+            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,
         VmCmd::Show { name } => show(&c.get::<Vm>(&format!("/v1/vms/{name}")).await?)?,
-        VmCmd::Start { name } => show(
-            &c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &())
-                .await?,
-        )?,
-        VmCmd::Stop { name } => show(
-            &c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &())
-                .await?,
-        )?,
-        VmCmd::Pause { name } => show(
-            &c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &())
-                .await?,
-        )?,
-        VmCmd::Resume { name } => show(
-            &c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &())
-                .await?,
-        )?,
-        VmCmd::Suspend { name } => show(
-            &c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &())
-                .await?,
-        )?,
+        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &()).await?)?,
+        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &()).await?)?,
+        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
+        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
+        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
         VmCmd::Delete { name } => {
-            c.delete(&format!("/v1/vms/{name}")).await?;
+            c.delete::<()>(&format!("/v1/vms/{name}")).await?;
             if o == Output::Json {
                 println!("{}", serde_json::json!({"deleted": name}));
             } else {
@@ -468,9 +499,7 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             use std::io::Write;
             let mut offset = 0;
             loop {
-                let chunk: ConsoleChunk = c
-                    .get(&format!("/v1/vms/{name}/console?offset={offset}"))
-                    .await?;
+                let chunk: ConsoleChunk = c.get(&format!("/v1/vms/{name}/console?offset={offset}")).await?;
                 print!("{}", chunk.data);
                 std::io::stdout().flush()?;
                 let more = chunk.next > offset;
@@ -483,16 +512,8 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
                 }
             }
         }
-        VmCmd::Exec {
-            name,
-            timeout,
-            argv,
-        } => {
-            let req = ExecRequest {
-                argv,
-                stdin: None,
-                timeout_ms: timeout.map(|t| t * 1000),
-            };
+        VmCmd::Exec { name, timeout, argv } => {
+            let req = ExecRequest { argv, stdin: None, timeout_ms: timeout.map(|t| t * 1000) };
             let r: ExecResult = c.post(&format!("/v1/vms/{name}/exec"), &req).await?;
             if o == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

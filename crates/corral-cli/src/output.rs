@@ -11,11 +11,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect();
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -38,9 +34,7 @@ fn opt(s: &Option<String>) -> String {
 
 pub fn hosts(hs: &[Host]) {
     table(
-        &[
-            "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED",
-        ],
+        &["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED"],
         hs.iter()
             .map(|h| {
                 vec![
@@ -48,11 +42,7 @@ pub fn hosts(hs: &[Host]) {
                     h.state.to_string(),
                     h.accel.as_str().into(),
                     format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
-                    format!(
-                        "{}/{}",
-                        mib(h.allocated.memory_mib),
-                        mib(h.capacity.memory_mib)
-                    ),
+                    format!("{}/{}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib)),
                     h.vms.to_string(),
                     format!("{:.0}", h.usage.cpu_pct),
                     mib(h.usage.mem_used_mib),
@@ -67,25 +57,10 @@ pub fn host(h: &Host) {
     println!("state:       {}", h.state);
     println!("agent:       {}", h.url);
     println!("accelerator: {} ({})", h.accel.as_str(), h.accel_note);
-    println!(
-        "vcpus:       {} allocated of {}",
-        h.allocated.vcpus, h.capacity.vcpus
-    );
-    println!(
-        "memory:      {} allocated of {}",
-        mib(h.allocated.memory_mib),
-        mib(h.capacity.memory_mib)
-    );
-    println!(
-        "disk:        {} GiB free of {} GiB",
-        h.usage.disk_free_bytes >> 30,
-        h.capacity.disk_bytes >> 30
-    );
-    println!(
-        "usage:       cpu {:.1}%, memory {} used",
-        h.usage.cpu_pct,
-        mib(h.usage.mem_used_mib)
-    );
+    println!("vcpus:       {} allocated of {}", h.allocated.vcpus, h.capacity.vcpus);
+    println!("memory:      {} allocated of {}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib));
+    println!("disk:        {} GiB free of {} GiB", h.usage.disk_free_bytes >> 30, h.capacity.disk_bytes >> 30);
+    println!("usage:       cpu {:.1}%, memory {} used", h.usage.cpu_pct, mib(h.usage.mem_used_mib));
     println!("vms:         {}", h.vms);
 }
 
@@ -94,13 +69,7 @@ pub fn templates(ts: &[Template]) {
         &["NAME", "SIZE", "KERNEL", "OS", "HOSTS"],
         ts.iter()
             .map(|t| {
-                vec![
-                    t.name.clone(),
-                    mib(t.size_bytes >> 20),
-                    t.kernel_version.clone(),
-                    t.os.clone(),
-                    t.hosts.join(","),
-                ]
+                vec![t.name.clone(), mib(t.size_bytes >> 20), t.kernel_version.clone(), t.os.clone(), t.hosts.join(",")]
             })
             .collect(),
     );
@@ -108,9 +77,7 @@ pub fn templates(ts: &[Template]) {
 
 pub fn vms(vs: &[Vm]) {
     table(
-        &[
-            "NAME", "STATE", "HOST", "VCPUS", "MEMORY", "IP", "MAC", "BOOT",
-        ],
+        &["NAME", "STATE", "HOST", "VCPUS", "MEMORY", "IP", "MAC", "BOOT"],
         vs.iter()
             .map(|v| {
                 vec![
@@ -121,9 +88,7 @@ pub fn vms(vs: &[Vm]) {
                     mib(v.memory_mib),
                     opt(&v.ip),
                     v.mac.clone(),
-                    v.boot_ms
-                        .map(|b| format!("{:.1}s", b as f64 / 1000.0))
-                        .unwrap_or_else(|| "-".into()),
+                    v.boot_ms.map(|b| format!("{:.1}s", b as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect(),
@@ -145,18 +110,125 @@ pub fn vm(v: &Vm) {
     println!("ip:        {}", opt(&v.ip));
     println!("workload:  {}", v.workload);
     println!("disk:      {}", opt(&v.disk));
-    println!(
-        "boot time: {}",
-        v.boot_ms
-            .map(|b| format!("{b} ms"))
-            .unwrap_or_else(|| "-".into())
-    );
+    println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
     if let Some(u) = &v.usage {
-        println!(
-            "usage:     cpu {:.1}%, rss {} MiB, disk {} KiB allocated",
-            u.cpu_pct,
-            u.rss_mib,
-            u.disk_bytes / 1024
-        );
+        println!("usage:     cpu {:.1}%, rss {} MiB, disk {} KiB allocated", u.cpu_pct, u.rss_mib, u.disk_bytes / 1024);
     }
+}
+
+pub fn profiles(ps: &[corral_api::cluster::Profile]) {
+    table(
+        &["NAME", "TEMPLATE", "VCPUS", "MEMORY", "POLICY", "ANTI-AFFINITY"],
+        ps.iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.template.clone(),
+                    p.vcpus.to_string(),
+                    mib(p.memory_mib),
+                    p.placement.policy.as_str().into(),
+                    p.placement.anti_affinity.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn profile(p: &corral_api::cluster::Profile) {
+    println!("# profile {}", p.name);
+    print!("{}", p.source);
+    if !p.source.ends_with('\n') {
+        println!();
+    }
+}
+
+pub fn clusters(cs: &[corral_api::cluster::ClusterView]) {
+    table(
+        &["NAME", "STATE", "SIZE", "RUNNING", "PROFILE", "SUBNET", "HOSTS"],
+        cs.iter()
+            .map(|c| {
+                vec![
+                    c.cluster.name.clone(),
+                    c.cluster.state.to_string(),
+                    c.cluster.size.to_string(),
+                    c.members.iter().filter(|m| m.state == corral_api::VmState::Running).count().to_string(),
+                    c.cluster.profile.name.clone(),
+                    c.cluster.subnet.clone(),
+                    c.hosts.join(","),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn cluster(c: &corral_api::cluster::ClusterView) {
+    let k = &c.cluster;
+    println!("name:    {}", k.name);
+    println!("state:   {}", k.state);
+    println!(
+        "profile: {} ({} vCPU, {} per VM, {})",
+        k.profile.name,
+        k.profile.vcpus,
+        mib(k.profile.memory_mib),
+        k.policy.as_str()
+    );
+    println!("subnet:  {}", k.subnet);
+    println!("size:    {} ({} members)", k.size, c.members.len());
+    println!("hosts:   {}", c.hosts.join(", "));
+    println!();
+    table(
+        &["MEMBER", "STATE", "HOST", "IP", "MAC", "UUID"],
+        c.members
+            .iter()
+            .map(|m| {
+                vec![m.name.clone(), m.state.to_string(), m.host.clone(), opt(&m.ip), m.mac.clone(), m.uuid.to_string()]
+            })
+            .collect(),
+    );
+}
+
+pub fn operations(ops: &[corral_api::cluster::Operation]) {
+    table(
+        &["ID", "KIND", "TARGET", "STATE", "DONE"],
+        ops.iter()
+            .map(|o| {
+                vec![
+                    o.id.clone(),
+                    o.kind.clone(),
+                    o.target.clone(),
+                    format!("{:?}", o.state).to_lowercase(),
+                    format!("{}/{}", o.done, o.total),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub fn operation(o: &corral_api::cluster::Operation) {
+    let total = o.finished_ms.unwrap_or_else(corral_api::now_ms).saturating_sub(o.started_ms);
+    println!(
+        "{} {}: {} — {} VMs on {} hosts ({}), {:.1} s",
+        o.kind,
+        o.target,
+        format!("{:?}", o.state).to_lowercase(),
+        o.vms,
+        o.hosts.len(),
+        o.hosts.join(", "),
+        total as f64 / 1000.0
+    );
+    for s in &o.steps {
+        println!("  {:<10} {:>8.3} s", s.name, s.ms as f64 / 1000.0);
+    }
+    for m in &o.messages {
+        println!("  ! {m}");
+    }
+}
+
+pub fn events(ev: &[corral_api::cluster::Event]) {
+    table(
+        &["TIME", "KIND", "SUBJECT", "MESSAGE"],
+        ev.iter()
+            .map(|e| vec![format!("{:.3}", e.ms as f64 / 1000.0), e.kind.clone(), e.subject.clone(), e.message.clone()])
+            .collect(),
+    );
 }

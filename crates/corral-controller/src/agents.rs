@@ -14,33 +14,31 @@ pub struct AgentClient {
     http: reqwest::Client,
     base: String,
     host: String,
+    token: Option<String>,
 }
 
 impl AgentClient {
-    pub fn new(http: reqwest::Client, host: &str, url: &str) -> Self {
-        Self {
-            http,
-            base: url.trim_end_matches('/').to_string(),
-            host: host.to_string(),
-        }
+    pub fn new(http: reqwest::Client, host: &str, url: &str, token: Option<String>) -> Self {
+        Self { http, base: url.trim_end_matches('/').to_string(), host: host.to_string(), token }
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| {
-            ApiError::unavailable(format!(
-                "host {} is unreachable ({e}); check `corral host list`",
-                self.host
-            ))
+            ApiError::unavailable(format!("host {} is unreachable ({e}); check `corral host list`", self.host))
         })?;
         let status = resp.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
-                return serde_json::from_value(serde_json::Value::Null)
-                    .map_err(|e| ApiError::internal(e.to_string()));
+                return serde_json::from_value(serde_json::Value::Null).map_err(|e| ApiError::internal(e.to_string()));
             }
-            return resp.json().await.map_err(|e| {
-                ApiError::internal(format!("host {} sent an invalid answer: {e}", self.host))
-            });
+            return resp
+                .json()
+                .await
+                .map_err(|e| ApiError::internal(format!("host {} sent an invalid answer: {e}", self.host)));
         }
         let body: Option<ErrorBody> = resp.json().await.ok();
         let msg = body.map(|b| b.error).unwrap_or_else(|| status.to_string());
@@ -66,43 +64,37 @@ impl AgentClient {
         .await
     }
 
-    pub async fn action(&self, name: &str, a: VmAction) -> Result<VmStatus, ApiError> {
-        self.send(
-            self.http
-                .post(format!(
-                    "{}/v1/vms/{name}/actions/{}",
-                    self.base,
-                    a.as_str()
-                ))
-                .timeout(Self::SLOW),
-        )
-        .await
+    pub async fn get(&self, name: &str) -> Result<VmStatus, ApiError> {
+        self.send(self.http.get(format!("{}/v1/vms/{name}", self.base))).await
     }
 
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
-        self.send::<()>(
-            self.http
-                .delete(format!("{}/v1/vms/{name}", self.base))
-                .timeout(Self::SLOW),
-        )
-        .await
+    pub async fn action(&self, name: &str, a: VmAction) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/actions/{}", self.base, a.as_str())).timeout(Self::SLOW))
+            .await
+    }
+
+    /// Deletes the VM `name` if it is the one with `uuid`; gone already counts as done.
+    pub async fn delete(&self, name: &str, uuid: &uuid::Uuid) -> Result<(), ApiError> {
+        let url = format!("{}/v1/vms/{name}?uuid={uuid}", self.base);
+        match self.send::<()>(self.http.delete(url).timeout(Self::SLOW)).await {
+            Err(e) if e.status == 404 => Ok(()),
+            r => r,
+        }
     }
 
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/exec", self.base)).timeout(Self::SLOW).json(req)).await
+    }
+
+    /// Asks the agent to fetch a template from the controller's library; returns its new inventory.
+    pub async fn pull_template(&self, name: &str) -> Result<corral_api::agent::Register, ApiError> {
         self.send(
-            self.http
-                .post(format!("{}/v1/vms/{name}/exec", self.base))
-                .timeout(Self::SLOW)
-                .json(req),
+            self.http.post(format!("{}/v1/templates/pull", self.base)).timeout(Self::SLOW).json(&json!({"name": name})),
         )
         .await
     }
 
     pub async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
-        self.send(self.http.get(format!(
-            "{}/v1/vms/{name}/console?offset={offset}",
-            self.base
-        )))
-        .await
+        self.send(self.http.get(format!("{}/v1/vms/{name}/console?offset={offset}", self.base))).await
     }
 }

@@ -1,40 +1,49 @@
-//! The controller's REST API (`/v1/...`). Handlers are thin: they decode the request, call the
-//! [`Controller`], and encode the answer or the error document.
+//! The controller's REST API (`/v1/...`), with its OpenAPI 3 document at `/v1/openapi.json`
+//! generated from the same handlers. Handlers are thin: decode, call the [`Controller`],
+//! encode the answer or the error document. Long operations answer with an [`Operation`] to
+//! poll (`GET /v1/operations/{id}`) or wait on (`?wait=SECONDS`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use corral_api::agent::{Heartbeat, Register};
-use corral_api::{
-    ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, Template, Vm, VmAction,
-};
+use corral_api::cluster::{ClusterView, CreateCluster, Event, Operation, Profile, ProfileSource, ScaleCluster};
+use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
+use corral_http::HttpError;
 
 use crate::service::Controller;
 
-/// An [`ApiError`] as an HTTP response.
-pub struct HttpError(ApiError);
-
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(self.0.body())).into_response()
-    }
-}
-
 type R<T> = Result<Json<T>, HttpError>;
 type C = State<Arc<Controller>>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Corral", description = "Virtual clusters of real VMs over many hosts"),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct Offset {
@@ -42,89 +51,256 @@ struct Offset {
     offset: u64,
 }
 
-pub fn router(c: Arc<Controller>) -> Router {
-    Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
-        .route("/v1/agents/register", post(register))
-        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
-        .route("/v1/hosts", get(hosts))
-        .route("/v1/hosts/{name}", get(host))
-        .route("/v1/templates", get(templates))
-        .route("/v1/vms", get(vms).post(create))
-        .route("/v1/vms/{name}", get(vm).delete(delete))
-        .route("/v1/vms/{name}/exec", post(exec))
-        .route("/v1/vms/{name}/console", get(console))
-        .route("/v1/vms/{name}/{action}", post(action))
-        .with_state(c)
+#[derive(Debug, Deserialize)]
+struct Wait {
+    /// Seconds to wait for the operation to end.
+    #[serde(default)]
+    wait: Option<u64>,
 }
 
+/// The router, and the OpenAPI document of everything it serves.
+pub fn router(c: Arc<Controller>) -> axum::Router {
+    let token = c.token.clone();
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(register))
+        .routes(routes!(heartbeat))
+        .routes(routes!(hosts))
+        .routes(routes!(host))
+        .routes(routes!(cordon))
+        .routes(routes!(uncordon))
+        .routes(routes!(labels))
+        .routes(routes!(templates))
+        .routes(routes!(vms, create))
+        .routes(routes!(vm, delete))
+        .routes(routes!(exec))
+        .routes(routes!(console))
+        .routes(routes!(action))
+        .routes(routes!(profiles, create_profile))
+        .routes(routes!(profile, replace_profile, delete_profile))
+        .routes(routes!(clusters, create_cluster))
+        .routes(routes!(cluster, delete_cluster))
+        .routes(routes!(scale_cluster))
+        .routes(routes!(suspend_cluster))
+        .routes(routes!(resume_cluster))
+        .routes(routes!(operations))
+        .routes(routes!(operation))
+        .routes(routes!(events))
+        .with_state(c.clone())
+        .split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route("/v1/openapi.json", axum::routing::get(move || async move { Json((*api).clone()) }))
+        .route("/v1/templates/{name}/files/{part}", axum::routing::get(template_file).with_state(c))
+        .layer(axum::middleware::from_fn_with_state(token, corral_http::require_token))
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, description = "the controller is up")))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(post, path = "/v1/agents/register", tag = "agents", request_body = Register,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn register(State(c): C, Json(r): Json<Register>) -> Result<StatusCode, HttpError> {
     c.register(r)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn heartbeat(
-    State(c): C,
-    Path(name): Path<String>,
-    Json(hb): Json<Heartbeat>,
-) -> Result<StatusCode, HttpError> {
+#[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Heartbeat,
+    responses((status = 204), (status = 404, body = ErrorBody, description = "unknown host: register")))]
+async fn heartbeat(State(c): C, Path(name): Path<String>, Json(hb): Json<Heartbeat>) -> Result<StatusCode, HttpError> {
     c.heartbeat(&name, hb)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<Host>)))]
 async fn hosts(State(c): C) -> R<Vec<Host>> {
     Ok(Json(c.hosts()?))
 }
 
+#[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
 async fn host(State(c): C, Path(name): Path<String>) -> R<Host> {
     Ok(Json(c.host(&name)?))
 }
 
+#[utoipa::path(post, path = "/v1/hosts/{name}/cordon", tag = "hosts", responses((status = 200, body = Host)))]
+async fn cordon(State(c): C, Path(name): Path<String>) -> R<Host> {
+    Ok(Json(c.set_cordon(&name, true)?))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/uncordon", tag = "hosts", responses((status = 200, body = Host)))]
+async fn uncordon(State(c): C, Path(name): Path<String>) -> R<Host> {
+    Ok(Json(c.set_cordon(&name, false)?))
+}
+
+#[utoipa::path(put, path = "/v1/hosts/{name}/labels", tag = "hosts", request_body = BTreeMap<String, String>,
+    responses((status = 200, body = Host)))]
+async fn labels(State(c): C, Path(name): Path<String>, Json(l): Json<BTreeMap<String, String>>) -> R<Host> {
+    Ok(Json(c.set_labels(&name, l)?))
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, body = Vec<Template>)))]
 async fn templates(State(c): C) -> R<Vec<Template>> {
     Ok(Json(c.templates()?))
 }
 
+/// A part of a library template (`meta`, `kernel`, `initrd`, `disk`), streamed to an agent.
+async fn template_file(State(c): C, Path((name, part)): Path<(String, String)>) -> Result<Response, HttpError> {
+    let t = c
+        .library()
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("the library has no template {name:?}")))?;
+    let path = match part.as_str() {
+        "meta" => return Ok(Json(t.t.meta.clone()).into_response()),
+        "kernel" => t.t.kernel,
+        "initrd" => t.t.initrd,
+        "disk" => t.t.disk,
+        _ => return Err(ApiError::not_found(format!("no template part {part:?}")).into()),
+    };
+    let f = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()).into())
+}
+
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = Vec<Vm>)))]
 async fn vms(State(c): C) -> R<Vec<Vm>> {
     Ok(Json(c.vms()?))
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
 async fn vm(State(c): C, Path(name): Path<String>) -> R<Vm> {
     Ok(Json(c.vm(&name)?))
 }
 
-async fn create(
-    State(c): C,
-    Json(req): Json<CreateVm>,
-) -> Result<(StatusCode, Json<Vm>), HttpError> {
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateVm,
+    responses((status = 201, body = Vm, description = "created (and running unless start was false)"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create(State(c): C, Json(req): Json<CreateVm>) -> Result<(StatusCode, Json<Vm>), HttpError> {
     Ok((StatusCode::CREATED, Json(c.create_vm(req).await?)))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/{action}", tag = "vms",
+    params(("action" = String, Path, description = "start | stop | pause | resume | suspend")),
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
 async fn action(State(c): C, Path((name, action)): Path<(String, String)>) -> R<Vm> {
     let a = VmAction::parse(&action).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "unknown action {action:?}: use start, stop, pause, resume or suspend"
-        ))
+        ApiError::bad_request(format!("unknown action {action:?}: use start, stop, pause, resume or suspend"))
     })?;
     Ok(Json(c.vm_action(&name, a).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete(State(c): C, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
     c.delete_vm(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(
-    State(c): C,
-    Path(name): Path<String>,
-    Json(req): Json<ExecRequest>,
-) -> R<ExecResult> {
+#[utoipa::path(post, path = "/v1/vms/{name}/exec", tag = "vms", request_body = ExecRequest, responses((status = 200, body = ExecResult)))]
+async fn exec(State(c): C, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
     Ok(Json(c.exec(&name, &req).await?))
 }
 
-async fn console(
+#[utoipa::path(get, path = "/v1/vms/{name}/console", tag = "vms",
+    params(("offset" = Option<u64>, Query, description = "byte offset to read from")), responses((status = 200, body = ConsoleChunk)))]
+async fn console(State(c): C, Path(name): Path<String>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
+    Ok(Json(c.console(&name, q.offset).await?))
+}
+
+#[utoipa::path(get, path = "/v1/profiles", tag = "profiles", responses((status = 200, body = Vec<Profile>)))]
+async fn profiles(State(c): C) -> R<Vec<Profile>> {
+    Ok(Json(c.profiles()?))
+}
+
+#[utoipa::path(post, path = "/v1/profiles", tag = "profiles", request_body = ProfileSource,
+    responses((status = 201, body = Profile), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_profile(State(c): C, Json(src): Json<ProfileSource>) -> Result<(StatusCode, Json<Profile>), HttpError> {
+    Ok((StatusCode::CREATED, Json(c.create_profile(src, false)?)))
+}
+
+#[utoipa::path(get, path = "/v1/profiles/{name}", tag = "profiles", responses((status = 200, body = Profile), (status = 404, body = ErrorBody)))]
+async fn profile(State(c): C, Path(name): Path<String>) -> R<Profile> {
+    Ok(Json(c.profile(&name)?))
+}
+
+#[utoipa::path(put, path = "/v1/profiles/{name}", tag = "profiles", request_body = ProfileSource,
+    responses((status = 200, body = Profile), (status = 400, body = ErrorBody)))]
+async fn replace_profile(State(c): C, Path(name): Path<String>, Json(mut src): Json<ProfileSource>) -> R<Profile> {
+    src.name = name;
+    Ok(Json(c.create_profile(src, true)?))
+}
+
+#[utoipa::path(delete, path = "/v1/profiles/{name}", tag = "profiles", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_profile(State(c): C, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
+    c.delete_profile(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/clusters", tag = "clusters", responses((status = 200, body = Vec<ClusterView>)))]
+async fn clusters(State(c): C) -> R<Vec<ClusterView>> {
+    Ok(Json(c.clusters()?))
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{name}", tag = "clusters", responses((status = 200, body = ClusterView), (status = 404, body = ErrorBody)))]
+async fn cluster(State(c): C, Path(name): Path<String>) -> R<ClusterView> {
+    Ok(Json(c.cluster_view(&name)?))
+}
+
+#[utoipa::path(post, path = "/v1/clusters", tag = "clusters", request_body = CreateCluster,
+    responses((status = 202, body = Operation, description = "deployment started: poll the operation"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_cluster(
+    State(c): C,
+    Json(req): Json<CreateCluster>,
+) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.create_cluster(req).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{name}/scale", tag = "clusters", request_body = ScaleCluster,
+    responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
+async fn scale_cluster(
     State(c): C,
     Path(name): Path<String>,
-    Query(q): Query<Offset>,
-) -> R<ConsoleChunk> {
-    Ok(Json(c.console(&name, q.offset).await?))
+    Json(req): Json<ScaleCluster>,
+) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.scale_cluster(&name, req.size).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{name}/suspend", tag = "clusters", responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
+async fn suspend_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.suspend_or_resume_cluster(&name, true).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/clusters/{name}/resume", tag = "clusters", responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
+async fn resume_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.suspend_or_resume_cluster(&name, false).await?)))
+}
+
+#[utoipa::path(delete, path = "/v1/clusters/{name}", tag = "clusters", responses((status = 202, body = Operation), (status = 404, body = ErrorBody)))]
+async fn delete_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.delete_cluster(&name).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", responses((status = 200, body = Vec<Operation>)))]
+async fn operations(State(c): C) -> Json<Vec<Operation>> {
+    Json(c.operations())
+}
+
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations",
+    params(("wait" = Option<u64>, Query, description = "seconds to wait for it to end")),
+    responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
+async fn operation(State(c): C, Path(id): Path<String>, Query(w): Query<Wait>) -> R<Operation> {
+    Ok(Json(match w.wait {
+        Some(s) => c.wait_operation(&id, s).await?,
+        None => c.operation(&id)?,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "meta", responses((status = 200, body = Vec<Event>)))]
+async fn events(State(c): C) -> R<Vec<Event>> {
+    Ok(Json(c.events()?))
 }

@@ -1,9 +1,13 @@
 //! Corral's controller (`corral controller`): the REST API users and agents talk to, the state
-//! store, placement through the scheduler core, and the calls that drive the agents.
+//! store, placement through the scheduler core, virtual clusters, and the reconciler that
+//! drives the agents toward the stored desired state.
 
 pub mod agents;
 pub mod api;
+pub mod clusters;
+pub mod deploy;
 pub mod service;
+pub mod templates;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +25,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub host_timeout: Duration,
     pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    /// Template library sent to hosts that lack a template.
+    pub templates_dir: Option<PathBuf>,
+    /// API token every request must carry (None: no check).
+    pub token: Option<String>,
 }
 
 /// Runs the controller until the process is killed.
@@ -33,12 +42,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         service::Settings {
             host_timeout: cfg.host_timeout,
             cpu_overcommit: cfg.cpu_overcommit,
+            memory_overcommit: cfg.memory_overcommit,
+            templates_dir: cfg.templates_dir.clone(),
         },
+        cfg.token.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("controller listening on {}", cfg.listen);
+    let r = c.clone();
+    tokio::spawn(async move {
+        // Give agents a heartbeat's time to report before judging what hosts run.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        loop {
+            r.reconcile_once().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
     axum::serve(listener, api::router(c)).await?;
     Ok(())
 }

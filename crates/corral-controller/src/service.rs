@@ -1,22 +1,28 @@
-//! The controller's operations. Desired state is written to the store before an agent is asked
-//! to act, and the answer (or the next heartbeat) brings the actual state back.
+//! The controller's core: the store, what it knows of live hosts, VM records, and the small
+//! mechanisms the operations share (busy marks, template shipping, events).
+//!
+//! Desired state is written to the store before an agent is asked to act; agents' answers and
+//! heartbeats bring the actual state back, and the reconciler (`deploy.rs`) closes the gap.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral_api::agent::{Heartbeat, Register, VmDefinition, VmStatus};
+use corral_api::cluster::Event;
 use corral_api::{
-    now_ms, ApiError, ConsoleChunk, CreateVm, ExecRequest, ExecResult, Host, HostState, HostUsage,
-    Template, Vm, VmAction, VmState, VmUsage,
+    now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Host, HostState, HostUsage, Template, Vm, VmState, VmUsage,
 };
-use corral_sched::{place_one, HostView, PlaceError, Request};
+use corral_sched::HostView;
 use corral_store::{Store, StoreExt};
 
 use crate::agents::AgentClient;
 
-const VMS: &str = "vms";
-const HOSTS: &str = "hosts";
+pub(crate) const VMS: &str = "vms";
+pub(crate) const HOSTS: &str = "hosts";
+pub(crate) const HOST_FLAGS: &str = "host_flags";
+pub(crate) const EVENTS: &str = "events";
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -25,28 +31,51 @@ pub struct Settings {
     pub host_timeout: Duration,
     /// vCPUs that may be promised per physical CPU.
     pub cpu_overcommit: f64,
+    /// Memory that may be promised per MiB of a host (1.0: none).
+    pub memory_overcommit: f64,
+    /// The template library hosts receive templates from.
+    pub templates_dir: Option<PathBuf>,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
 #[derive(Debug, Clone)]
-struct Live {
-    last: Instant,
-    last_ms: u64,
-    usage: HostUsage,
+pub(crate) struct Live {
+    pub last: Instant,
+    pub last_ms: u64,
+    pub usage: HostUsage,
+    /// The VMs the agent reported last.
+    pub vms: Vec<VmStatus>,
 }
+
+/// Operator flags of a host, kept apart from what the agent registers.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct HostFlags {
+    /// No new VMs are placed on a cordoned host.
+    #[serde(default)]
+    pub cordoned: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
 
 /// The controller: store, live host data, and the agents.
 pub struct Controller {
     pub store: Arc<dyn Store>,
-    settings: Settings,
-    http: reqwest::Client,
+    pub(crate) settings: Settings,
+    pub(crate) http: reqwest::Client,
+    pub(crate) token: Option<String>,
     live: Mutex<BTreeMap<String, Live>>,
     /// Latest usage of each VM, from heartbeats: live data, never stored.
     vm_usage: Mutex<BTreeMap<String, VmUsage>>,
-    /// VMs with an operation in flight: heartbeats do not overwrite their state meanwhile.
+    /// VMs with an operation in flight: heartbeats and the reconciler leave them alone.
     busy: Mutex<HashSet<String>>,
-    /// Serialises placement so two concurrent creations see each other's reservations.
-    placing: tokio::sync::Mutex<()>,
+    /// Serialises decisions that read and then write shared state (placement, addresses).
+    pub(crate) placing: tokio::sync::Mutex<()>,
+    /// One template transfer per (host, template), shared by everyone who needs it.
+    sends: Mutex<HashMap<(String, String), TemplateSend>>,
+    pub(crate) ops: Mutex<BTreeMap<String, corral_api::cluster::Operation>>,
+    pub(crate) backoff: crate::deploy::Backoff,
 }
 
 impl std::fmt::Debug for Controller {
@@ -55,66 +84,93 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn store_err(e: corral_store::StoreError) -> ApiError {
+pub(crate) fn store_err(e: corral_store::StoreError) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
 /// Removes a VM name from the busy set when dropped.
-struct BusyGuard<'a> {
-    c: &'a Controller,
+pub(crate) struct BusyGuard {
+    c: Arc<Controller>,
     name: String,
 }
 
-impl Drop for BusyGuard<'_> {
+impl Drop for BusyGuard {
     fn drop(&mut self) {
         lock(&self.c.busy).remove(&self.name);
     }
 }
 
 /// A locally administered, unicast MAC derived from the VM's UUID.
-fn mac_for(uuid: &uuid::Uuid, salt: u8) -> String {
+pub(crate) fn mac_for(uuid: &uuid::Uuid, salt: u8) -> String {
     let b = uuid.as_bytes();
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        b[0] ^ salt,
-        b[1],
-        b[2],
-        b[3],
-        b[4]
-    )
+    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0] ^ salt, b[1], b[2], b[3], b[4])
+}
+
+/// The definition an agent needs to run a VM.
+pub(crate) fn definition(vm: &Vm) -> VmDefinition {
+    VmDefinition {
+        name: vm.name.clone(),
+        uuid: vm.uuid,
+        template: vm.template.clone(),
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        mac: vm.mac.clone(),
+        ip: vm.ip.clone(),
+        workload: vm.workload.clone(),
+        disk_mib: vm.disk_mib,
+    }
 }
 
 impl Controller {
-    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_default();
-        Self {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        let c = Self {
             store,
             settings,
             http,
+            token,
             live: Mutex::new(BTreeMap::new()),
             vm_usage: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             placing: tokio::sync::Mutex::new(()),
-        }
+            sends: Mutex::new(HashMap::new()),
+            ops: Mutex::new(BTreeMap::new()),
+            backoff: Default::default(),
+        };
+        c.load_ops();
+        c
     }
 
-    fn busy(&self, name: &str) -> Result<BusyGuard<'_>, ApiError> {
+    /// Marks a VM busy for the life of the guard; refuses if it already is.
+    pub(crate) fn busy(self: &Arc<Self>, name: &str) -> Result<BusyGuard, ApiError> {
         if !lock(&self.busy).insert(name.to_string()) {
             return Err(ApiError::conflict(format!(
                 "VM {name:?} is busy with another operation: wait for it to finish"
             )));
         }
-        Ok(BusyGuard {
-            c: self,
-            name: name.to_string(),
-        })
+        Ok(BusyGuard { c: self.clone(), name: name.to_string() })
+    }
+
+    pub(crate) fn is_busy(&self, name: &str) -> bool {
+        lock(&self.busy).contains(name)
+    }
+
+    /// Appends to the event log.
+    pub(crate) fn event(&self, kind: &str, subject: &str, message: impl Into<String>) {
+        let e = Event { ms: now_ms(), kind: kind.into(), subject: subject.into(), message: message.into() };
+        tracing::info!("event {}: {} {}", e.kind, e.subject, e.message);
+        let key = format!("{:013}-{}", e.ms, uuid::Uuid::new_v4().simple());
+        if let Err(err) = self.store.put_json(EVENTS, &key, &e) {
+            tracing::warn!("cannot record event: {err}");
+        }
+    }
+
+    pub fn events(&self) -> Result<Vec<Event>, ApiError> {
+        self.store.list_json(EVENTS).map_err(store_err)
     }
 
     // ---- hosts -------------------------------------------------------------------------
@@ -124,75 +180,97 @@ impl Controller {
         self.store.put_json(HOSTS, &r.name, &r).map_err(store_err)?;
         lock(&self.live).insert(
             r.name.clone(),
-            Live {
-                last: Instant::now(),
-                last_ms: now_ms(),
-                usage: Default::default(),
-            },
+            Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![] },
         );
-        tracing::info!(
-            "host {} registered ({}, {})",
-            r.name,
-            r.url,
-            r.accel.as_str()
-        );
+        tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
         Ok(())
     }
 
     /// Records a heartbeat and brings VM states in line with what the agent reports.
     pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<(), ApiError> {
         if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "unknown host {host:?}: register first"
-            )));
+            return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
         }
-        lock(&self.live).insert(
-            host.to_string(),
-            Live {
-                last: Instant::now(),
-                last_ms: now_ms(),
-                usage: hb.usage,
-            },
-        );
-        for st in hb.vms {
-            if lock(&self.busy).contains(&st.name) {
+        for st in &hb.vms {
+            if self.is_busy(&st.name) {
                 continue;
             }
-            let Some(mut vm) = self
-                .store
-                .get_json::<Vm>(VMS, &st.name)
-                .map_err(store_err)?
-            else {
-                continue;
-            };
+            let Some(mut vm) = self.store.get_json::<Vm>(VMS, &st.name).map_err(store_err)? else { continue };
             if vm.host != host || vm.uuid != st.uuid {
                 continue;
             }
             lock(&self.vm_usage).insert(st.name.clone(), st.usage.clone());
             let changed = vm.state != st.state || vm.error != st.error || vm.boot_ms != st.boot_ms;
             if changed {
-                apply_status(&mut vm, &st);
+                apply_status(&mut vm, st);
                 self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
             }
         }
+        lock(&self.live)
+            .insert(host.to_string(), Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms });
         Ok(())
+    }
+
+    pub(crate) fn host_ready(&self, name: &str) -> bool {
+        lock(&self.live).get(name).is_some_and(|l| l.last.elapsed() < self.settings.host_timeout)
+    }
+
+    /// VMs a ready host reported in its last heartbeat (None if the host is not ready).
+    pub(crate) fn reported(&self, host: &str) -> Option<Vec<VmStatus>> {
+        let live = lock(&self.live);
+        let l = live.get(host)?;
+        (l.last.elapsed() < self.settings.host_timeout).then(|| l.vms.clone())
+    }
+
+    pub(crate) fn ready_hosts(&self) -> Vec<String> {
+        lock(&self.live)
+            .iter()
+            .filter(|(_, l)| l.last.elapsed() < self.settings.host_timeout)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn host_state(&self, name: &str) -> (HostState, u64, HostUsage) {
         match lock(&self.live).get(name) {
-            Some(l) if l.last.elapsed() < self.settings.host_timeout => {
-                (HostState::Ready, l.last_ms, l.usage.clone())
-            }
+            Some(l) if l.last.elapsed() < self.settings.host_timeout => (HostState::Ready, l.last_ms, l.usage.clone()),
             Some(l) => (HostState::Unreachable, l.last_ms, l.usage.clone()),
             None => (HostState::Unreachable, 0, HostUsage::default()),
         }
     }
 
+    pub(crate) fn flags(&self, host: &str) -> Result<HostFlags, ApiError> {
+        Ok(self.store.get_json(HOST_FLAGS, host).map_err(store_err)?.unwrap_or_default())
+    }
+
+    /// Cordons (no new VMs) or uncordons a host.
+    pub fn set_cordon(&self, host: &str, cordoned: bool) -> Result<Host, ApiError> {
+        self.host(host)?;
+        let mut f = self.flags(host)?;
+        f.cordoned = cordoned;
+        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
+        self.host(host)
+    }
+
+    /// Sets a host's labels (used by placement constraints).
+    pub fn set_labels(&self, host: &str, labels: BTreeMap<String, String>) -> Result<Host, ApiError> {
+        self.host(host)?;
+        for (k, v) in &labels {
+            if k.is_empty() || k.contains(['=', ',']) || v.contains(['=', ',']) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid label {k:?}={v:?}: keys are non-empty and neither may hold '=' or ','"
+                )));
+            }
+        }
+        let mut f = self.flags(host)?;
+        f.labels = labels;
+        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
+        self.host(host)
+    }
+
     pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
         let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
         let vms = self.vms()?;
-        Ok(regs
-            .into_iter()
+        regs.into_iter()
             .map(|r| {
                 let (state, last, usage) = self.host_state(&r.name);
                 let mine: Vec<&Vm> = vms.iter().filter(|v| v.host == r.name).collect();
@@ -200,13 +278,10 @@ impl Controller {
                 let allocated = corral_api::Capacity {
                     vcpus: held.clone().map(|v| v.vcpus).sum(),
                     memory_mib: held.map(|v| v.memory_mib).sum(),
-                    disk_bytes: mine
-                        .iter()
-                        .filter_map(|v| v.usage.as_ref())
-                        .map(|u| u.disk_bytes)
-                        .sum(),
+                    disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
                 };
-                Host {
+                let flags = self.flags(&r.name)?;
+                Ok(Host {
                     name: r.name,
                     url: r.url,
                     state,
@@ -217,32 +292,77 @@ impl Controller {
                     usage,
                     vms: mine.len(),
                     last_heartbeat_ms: last,
-                }
+                    cordoned: flags.cordoned,
+                    labels: flags.labels,
+                    templates: r.templates.into_iter().map(|t| t.name).collect(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub fn host(&self, name: &str) -> Result<Host, ApiError> {
         self.hosts()?
             .into_iter()
             .find(|h| h.name == name)
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no host named {name:?}: see `corral host list`"))
-            })
+            .ok_or_else(|| ApiError::not_found(format!("no host named {name:?}: see `corral host list`")))
     }
 
-    fn agent(&self, host: &str) -> Result<AgentClient, ApiError> {
+    pub(crate) fn agent(&self, host: &str) -> Result<AgentClient, ApiError> {
         let r: Register = self
             .store
             .get_json(HOSTS, host)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::unavailable(format!("host {host:?} is not registered")))?;
-        Ok(AgentClient::new(self.http.clone(), &r.name, &r.url))
+        Ok(AgentClient::new(self.http.clone(), &r.name, &r.url, self.token.clone()))
+    }
+
+    /// What the scheduler core needs to know of every host.
+    pub(crate) fn host_views(&self) -> Result<Vec<HostView>, ApiError> {
+        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let vms = self.vms()?;
+        regs.into_iter()
+            .map(|r| {
+                let (state, _, usage) = self.host_state(&r.name);
+                let flags = self.flags(&r.name)?;
+                let held =
+                    vms.iter().filter(|v| v.host == r.name && (v.state.holds_resources() || v.pending.is_some()));
+                Ok(HostView {
+                    name: r.name.clone(),
+                    schedulable: state == HostState::Ready && !flags.cordoned,
+                    vcpus: r.capacity.vcpus,
+                    memory_mib: r.capacity.memory_mib,
+                    used_vcpus: held.clone().map(|v| v.vcpus).sum(),
+                    used_memory_mib: held.map(|v| v.memory_mib).sum(),
+                    cpu_load: usage.cpu_pct / 100.0,
+                    templates: r.templates.into_iter().map(|t| t.name).collect(),
+                    labels: flags.labels,
+                })
+            })
+            .collect()
+    }
+
+    // ---- templates ---------------------------------------------------------------------
+
+    /// Templates of the controller's library.
+    pub(crate) fn library(&self) -> Vec<crate::templates::LibraryTemplate> {
+        self.settings.templates_dir.as_deref().map(crate::templates::scan).unwrap_or_default()
     }
 
     pub fn templates(&self) -> Result<Vec<Template>, ApiError> {
         let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
         let mut out: BTreeMap<String, Template> = BTreeMap::new();
+        for t in self.library() {
+            out.insert(
+                t.name.clone(),
+                Template {
+                    name: t.name.clone(),
+                    size_bytes: t.size_bytes,
+                    kernel_version: t.kernel_version.clone(),
+                    os: t.os.clone(),
+                    hosts: vec![],
+                },
+            );
+        }
         for r in regs {
             for t in r.templates {
                 out.entry(t.name.clone())
@@ -258,6 +378,60 @@ impl Controller {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// Checks that a template exists somewhere (library or a host).
+    pub(crate) fn check_template(&self, name: &str) -> Result<Template, ApiError> {
+        let all = self.templates()?;
+        let have: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+        all.into_iter().find(|t| t.name == name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown template {name:?}: available templates are [{}] (see `corral template list`)",
+                have.join(", ")
+            ))
+        })
+    }
+
+    /// Makes sure `host` holds `template`, sending it from the library if not. Concurrent
+    /// callers for the same host and template share one transfer.
+    pub(crate) async fn ensure_template(&self, host: &str, template: &str) -> Result<(), ApiError> {
+        let has = |c: &Self| -> Result<bool, ApiError> {
+            let r: Option<Register> = c.store.get_json(HOSTS, host).map_err(store_err)?;
+            Ok(r.is_some_and(|r| r.templates.iter().any(|t| t.name == template)))
+        };
+        if has(self)? {
+            return Ok(());
+        }
+        let key = (host.to_string(), template.to_string());
+        let cell = lock(&self.sends).entry(key.clone()).or_default().clone();
+        let res = cell
+            .get_or_init(|| async {
+                if has(self).unwrap_or(false) {
+                    return Ok(());
+                }
+                if !self.library().iter().any(|t| t.name == template) {
+                    return Err(format!(
+                        "host {host} lacks template {template:?} and the controller's library does not hold it"
+                    ));
+                }
+                let started = Instant::now();
+                let reg =
+                    self.agent(host).map_err(|e| e.message)?.pull_template(template).await.map_err(|e| e.message)?;
+                self.store.put_json(HOSTS, host, &reg).map_err(|e| e.to_string())?;
+                self.event(
+                    "template.sent",
+                    host,
+                    format!("template {template} sent in {} ms", started.elapsed().as_millis()),
+                );
+                Ok(())
+            })
+            .await
+            .clone();
+        if res.is_err() {
+            // Let a later attempt try again.
+            lock(&self.sends).remove(&key);
+        }
+        res.map_err(ApiError::unavailable)
     }
 
     // ---- VMs ---------------------------------------------------------------------------
@@ -278,186 +452,32 @@ impl Controller {
             .get_json(VMS, name)
             .map_err(store_err)?
             .map(|v| self.with_usage(v))
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no VM named {name:?}: see `corral vm list`"))
-            })
+            .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}: see `corral vm list`")))
     }
 
-    fn validate(&self, req: &CreateVm) -> Result<(), ApiError> {
-        corral_api::names::validate_name("VM", &req.name).map_err(ApiError::bad_request)?;
-        if req.vcpus == 0 {
-            return Err(ApiError::bad_request("a VM needs at least 1 vCPU"));
-        }
-        if req.memory_mib < 32 {
-            return Err(ApiError::bad_request(format!(
-                "{} MiB of memory is too little: a guest needs at least 32 MiB",
-                req.memory_mib
-            )));
-        }
-        if let Some(w) = &req.workload {
-            corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
-        }
-        let templates = self.templates()?;
-        if !templates.iter().any(|t| t.name == req.template) {
-            let have: Vec<String> = templates.into_iter().map(|t| t.name).collect();
-            return Err(ApiError::bad_request(format!(
-                "unknown template {:?}: available templates are [{}] (see `corral template list`)",
-                req.template,
-                have.join(", ")
-            )));
-        }
-        Ok(())
-    }
-
-    fn host_views(&self) -> Result<Vec<HostView>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-        let vms = self.vms()?;
-        Ok(regs
-            .into_iter()
-            .map(|r| {
-                let (state, _, usage) = self.host_state(&r.name);
-                let held = vms
-                    .iter()
-                    .filter(|v| v.host == r.name && v.state.holds_resources());
-                HostView {
-                    name: r.name.clone(),
-                    schedulable: state == HostState::Ready,
-                    vcpus: r.capacity.vcpus,
-                    memory_mib: r.capacity.memory_mib,
-                    used_vcpus: held.clone().map(|v| v.vcpus).sum(),
-                    used_memory_mib: held.map(|v| v.memory_mib).sum(),
-                    cpu_load: usage.cpu_pct / 100.0,
-                    templates: r.templates.into_iter().map(|t| t.name).collect(),
-                    labels: Default::default(),
-                }
-            })
-            .collect())
-    }
-
-    /// Creates a VM: validate, place, record, then ask the chosen host to build and start it.
-    pub async fn create_vm(&self, req: CreateVm) -> Result<Vm, ApiError> {
-        self.validate(&req)?;
-        let vm = {
-            let _p = self.placing.lock().await;
-            if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
-                return Err(ApiError::conflict(format!(
-                    "a VM named {:?} already exists: choose another name or delete it first",
-                    req.name
-                )));
-            }
-            let request = Request {
-                vcpus: req.vcpus,
-                memory_mib: req.memory_mib,
-                template: req.template.clone(),
-                host: req.host.clone(),
-                cpu_overcommit: self.settings.cpu_overcommit,
-            };
-            let host = place_one(&self.host_views()?, &request).map_err(|e| match e {
-                PlaceError::UnknownHost(_) => ApiError::bad_request(e.to_string()),
-                PlaceError::NoTemplate(_) => ApiError::bad_request(e.to_string()),
-                _ => ApiError::no_capacity(e.to_string()),
-            })?;
-            let uuid = uuid::Uuid::new_v4();
-            let taken: HashSet<String> = self.vms()?.into_iter().map(|v| v.mac).collect();
-            let mac = (0u8..=255)
-                .map(|salt| mac_for(&uuid, salt))
-                .find(|m| !taken.contains(m))
-                .unwrap_or_else(|| mac_for(&uuid, 0));
-            let vm = Vm {
-                name: req.name.clone(),
-                uuid,
-                state: if req.start {
-                    VmState::Starting
-                } else {
-                    VmState::Inactive
-                },
-                host,
-                template: req.template.clone(),
-                vcpus: req.vcpus,
-                memory_mib: req.memory_mib,
-                mac,
-                ip: None,
-                workload: req.workload.clone().unwrap_or_else(|| "idle".into()),
-                disk: None,
-                boot_ms: None,
-                error: None,
-                created_ms: now_ms(),
-                usage: None,
-            };
-            // Intent first: the record exists before the host is asked to do anything.
-            self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
-            vm
-        };
-        let _b = self.busy(&vm.name)?;
-        tracing::info!("creating VM {} on {}", vm.name, vm.host);
-        let def = VmDefinition {
-            name: vm.name.clone(),
-            uuid: vm.uuid,
-            template: vm.template.clone(),
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            mac: vm.mac.clone(),
-            ip: vm.ip.clone(),
-            workload: vm.workload.clone(),
-        };
-        let res = match self.agent(&vm.host) {
-            Ok(a) => a.create(&def, req.start).await,
-            Err(e) => Err(e),
-        };
-        self.settle(&vm.name, res)
+    pub(crate) fn put_vm(&self, vm: &Vm) -> Result<(), ApiError> {
+        let mut v = vm.clone();
+        v.usage = None;
+        self.store.put_json(VMS, &v.name, &v).map_err(store_err)
     }
 
     /// Writes an agent's answer back to the VM's record.
-    fn settle(&self, name: &str, res: Result<VmStatus, ApiError>) -> Result<Vm, ApiError> {
+    pub(crate) fn settle(&self, name: &str, st: &VmStatus) -> Result<Vm, ApiError> {
         let mut vm = self.vm(name)?;
-        match res {
-            Ok(st) => {
-                lock(&self.vm_usage).insert(name.to_string(), st.usage.clone());
-                apply_status(&mut vm, &st);
-                self.store.put_json(VMS, name, &vm).map_err(store_err)?;
-                Ok(self.with_usage(vm))
-            }
-            Err(e) => {
-                if e.status != 409 && e.status != 503 {
-                    vm.state = VmState::Error;
-                    vm.error = Some(e.message.clone());
-                    self.store.put_json(VMS, name, &vm).map_err(store_err)?;
-                }
-                Err(e)
-            }
-        }
+        lock(&self.vm_usage).insert(name.to_string(), st.usage.clone());
+        apply_status(&mut vm, st);
+        self.put_vm(&vm)?;
+        Ok(self.with_usage(vm))
     }
 
-    pub async fn vm_action(&self, name: &str, action: VmAction) -> Result<Vm, ApiError> {
-        let vm = self.vm(name)?;
-        action.check(vm.state).map_err(ApiError::conflict)?;
-        let agent = self.agent(&vm.host)?;
-        let _b = self.busy(name)?;
-        let res = agent.action(name, action).await;
-        self.settle(name, res)
-    }
-
-    pub async fn delete_vm(&self, name: &str) -> Result<(), ApiError> {
-        let vm = self.vm(name)?;
-        let _b = self.busy(name)?;
-        match self.agent(&vm.host)?.delete(name).await {
-            Ok(()) => {}
-            Err(e) if e.status == 404 => {}
-            Err(e) => return Err(e),
-        }
-        self.store.delete(VMS, name).map_err(store_err)?;
+    pub(crate) fn forget_usage(&self, name: &str) {
         lock(&self.vm_usage).remove(name);
-        tracing::info!("deleted VM {name}");
-        Ok(())
     }
 
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
         let vm = self.vm(name)?;
         if vm.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "cannot exec in VM {name:?}: it is {}, not running",
-                vm.state
-            )));
+            return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {}, not running", vm.state)));
         }
         self.agent(&vm.host)?.exec(name, req).await
     }
@@ -468,7 +488,7 @@ impl Controller {
     }
 }
 
-fn apply_status(vm: &mut Vm, st: &VmStatus) {
+pub(crate) fn apply_status(vm: &mut Vm, st: &VmStatus) {
     vm.state = st.state;
     vm.error = st.error.clone();
     vm.boot_ms = st.boot_ms.or(vm.boot_ms);

@@ -98,19 +98,11 @@ fn kill_tree(child: &mut Child) {
 /// Runs `argv`, writing `stdin` (if any) to it, and waits at most `timeout`.
 pub fn run(argv: &[String], stdin: Option<&str>, timeout: Option<Duration>) -> Outcome {
     let Some((prog, args)) = argv.split_first() else {
-        return Outcome {
-            exit_code: EXIT_NOTFOUND,
-            stdout: String::new(),
-            stderr: "empty argv".into(),
-        };
+        return Outcome { exit_code: EXIT_NOTFOUND, stdout: String::new(), stderr: "empty argv".into() };
     };
     let mut cmd = Command::new(prog);
     cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -122,11 +114,7 @@ pub fn run(argv: &[String], stdin: Option<&str>, timeout: Option<Duration>) -> O
                 io::ErrorKind::PermissionDenied => (EXIT_NOEXEC, "permission denied".to_string()),
                 _ => (EXIT_NOEXEC, e.to_string()),
             };
-            return Outcome {
-                exit_code,
-                stdout: String::new(),
-                stderr: format!("corral-guest: {prog}: {what}\n"),
-            };
+            return Outcome { exit_code, stdout: String::new(), stderr: format!("corral-guest: {prog}: {what}\n") };
         }
     };
 
@@ -163,16 +151,8 @@ pub fn run(argv: &[String], stdin: Option<&str>, timeout: Option<Duration>) -> O
     let drain_deadline = Instant::now() + DRAIN_GRACE;
     let stdout = collect(out_rx, drain_deadline);
     let stderr = collect(err_rx, drain_deadline);
-    let exit_code = if timed_out {
-        EXIT_TIMEOUT
-    } else {
-        status.map(exit_code).unwrap_or(255)
-    };
-    Outcome {
-        exit_code,
-        stdout,
-        stderr,
-    }
+    let exit_code = if timed_out { EXIT_TIMEOUT } else { status.map(exit_code).unwrap_or(255) };
+    Outcome { exit_code, stdout, stderr }
 }
 
 #[cfg(test)]
@@ -185,28 +165,13 @@ mod tests {
 
     #[test]
     fn runs_and_captures() {
-        let o = run(
-            &argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
-            None,
-            None,
-        );
-        assert_eq!(
-            o,
-            Outcome {
-                exit_code: 3,
-                stdout: "out\n".into(),
-                stderr: "err\n".into()
-            }
-        );
+        let o = run(&argv(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None, None);
+        assert_eq!(o, Outcome { exit_code: 3, stdout: "out\n".into(), stderr: "err\n".into() });
     }
 
     #[test]
     fn feeds_stdin() {
-        let o = run(
-            &argv(&["cat"]),
-            Some("hello\n"),
-            Some(Duration::from_secs(10)),
-        );
+        let o = run(&argv(&["cat"]), Some("hello\n"), Some(Duration::from_secs(10)));
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.stdout, "hello\n");
     }
@@ -224,11 +189,7 @@ mod tests {
         let o = run(&argv(&["sh", "-c", "echo hi; sleep 30 &"]), None, None);
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.stdout, "hi\n");
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     }
 
     #[test]
@@ -240,17 +201,9 @@ mod tests {
     #[test]
     fn timeout_is_124_and_kills_grandchildren() {
         let start = Instant::now();
-        let o = run(
-            &argv(&["sh", "-c", "sleep 30 & sleep 30"]),
-            None,
-            Some(Duration::from_millis(200)),
-        );
+        let o = run(&argv(&["sh", "-c", "sleep 30 & sleep 30"]), None, Some(Duration::from_millis(200)));
         assert_eq!(o.exit_code, EXIT_TIMEOUT);
         // Faster than DRAIN_GRACE: the grandchild was killed and closed the pipes.
-        assert!(
-            start.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
     }
 }

@@ -137,10 +137,7 @@ fn serve(ctx: &Arc<Ctx>, port: &Path) -> io::Result<()> {
         }
         let req = std::mem::take(&mut line);
         let (ctx, writer) = (Arc::clone(ctx), Arc::clone(&writer));
-        if let Err(e) = thread::Builder::new()
-            .name("request".into())
-            .spawn(move || handle(ctx, writer, req))
-        {
+        if let Err(e) = thread::Builder::new().name("request".into()).spawn(move || handle(ctx, writer, req)) {
             log(&format!("cannot spawn request thread: {e}"));
         }
     }
@@ -149,33 +146,31 @@ fn serve(ctx: &Arc<Ctx>, port: &Path) -> io::Result<()> {
 fn start_counter(ctx: &Arc<Ctx>) {
     let counter = Arc::clone(&ctx.counter);
     let file = ctx.counter_file.clone();
-    let spawned = thread::Builder::new()
-        .name("counter".into())
-        .spawn(move || {
-            let start = Instant::now();
-            let mut next = start;
-            let mut warned = false;
-            loop {
-                next += TICK;
-                let now = Instant::now();
-                if next > now {
-                    thread::sleep(next - now);
-                } else if now - next > TICK * 10 {
-                    // We were descheduled for a long time (e.g. VM paused):
-                    // don't try to catch up, just keep ticking from here.
-                    next = now;
-                }
-                let value = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                if let Some(path) = &file {
-                    if let Err(e) = fs::write(path, format!("{value}\n")) {
-                        if !warned {
-                            log(&format!("cannot write {}: {e}", path.display()));
-                            warned = true;
-                        }
+    let spawned = thread::Builder::new().name("counter".into()).spawn(move || {
+        let start = Instant::now();
+        let mut next = start;
+        let mut warned = false;
+        loop {
+            next += TICK;
+            let now = Instant::now();
+            if next > now {
+                thread::sleep(next - now);
+            } else if now - next > TICK * 10 {
+                // We were descheduled for a long time (e.g. VM paused):
+                // don't try to catch up, just keep ticking from here.
+                next = now;
+            }
+            let value = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(path) = &file {
+                if let Err(e) = fs::write(path, format!("{value}\n")) {
+                    if !warned {
+                        log(&format!("cannot write {}: {e}", path.display()));
+                        warned = true;
                     }
                 }
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         log(&format!("cannot start counter thread: {e}"));
     }
@@ -183,9 +178,7 @@ fn start_counter(ctx: &Arc<Ctx>) {
 
 fn main() {
     let cmdline = procfs::read_cmdline();
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let name = match procfs::cmdline_value(&cmdline, "corral.name") {
         Some(n) if hostname.is_empty() || hostname == "(none)" => n.to_string(),
         _ => hostname,

@@ -33,20 +33,14 @@ pub fn parse_stat(text: &str) -> Result<CpuTimes, String> {
     let fields: Vec<u64> = line
         .split_whitespace()
         .skip(1)
-        .map(|f| {
-            f.parse::<u64>()
-                .map_err(|e| format!("bad /proc/stat field {f:?}: {e}"))
-        })
+        .map(|f| f.parse::<u64>().map_err(|e| format!("bad /proc/stat field {f:?}: {e}")))
         .collect::<Result<_, _>>()?;
     if fields.len() < 4 {
         return Err(format!("short cpu line in /proc/stat: {line:?}"));
     }
     let total_jiffies = fields.iter().take(8).sum();
     let idle_jiffies = fields[3] + fields.get(4).copied().unwrap_or(0);
-    Ok(CpuTimes {
-        total_jiffies,
-        idle_jiffies,
-    })
+    Ok(CpuTimes { total_jiffies, idle_jiffies })
 }
 
 /// Parses `MemTotal` and `MemAvailable` from `/proc/meminfo`.
@@ -76,10 +70,7 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
     }
     let total_kib = total.ok_or_else(|| "no MemTotal in /proc/meminfo".to_string())?;
     let available_kib = available.unwrap_or(free + buffers + cached);
-    Ok(MemInfo {
-        total_kib,
-        available_kib,
-    })
+    Ok(MemInfo { total_kib, available_kib })
 }
 
 /// Parses the first field (seconds since boot) of `/proc/uptime`.
@@ -102,10 +93,7 @@ pub fn parse_loadavg(text: &str) -> Result<f64, String> {
 
 /// Returns the value of `key=` on a kernel command line, if present.
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().find_map(|tok| {
-        tok.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix('='))
-    })
+    cmdline.split_whitespace().find_map(|tok| tok.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
 fn read(path: &str) -> Result<String, String> {
@@ -152,10 +140,7 @@ HugePages_Total:       0\n";
     #[test]
     fn stat_parses_aggregate_line() {
         let t = parse_stat(STAT).expect("parse");
-        assert_eq!(
-            t.total_jiffies,
-            10132153 + 290696 + 3084719 + 46828483 + 16683 + 25195
-        );
+        assert_eq!(t.total_jiffies, 10132153 + 290696 + 3084719 + 46828483 + 16683 + 25195);
         assert_eq!(t.idle_jiffies, 46828483 + 16683);
     }
 
@@ -176,19 +161,12 @@ HugePages_Total:       0\n";
     #[test]
     fn meminfo_parses_total_and_available() {
         let m = parse_meminfo(MEMINFO).expect("parse");
-        assert_eq!(
-            m,
-            MemInfo {
-                total_kib: 238544,
-                available_kib: 201234
-            }
-        );
+        assert_eq!(m, MemInfo { total_kib: 238544, available_kib: 201234 });
     }
 
     #[test]
     fn meminfo_without_available_falls_back() {
-        let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 1 kB\n")
-            .expect("parse");
+        let m = parse_meminfo("MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 1 kB\n").expect("parse");
         assert_eq!(m.available_kib, 111);
         assert!(parse_meminfo("MemFree: 1 kB\n").is_err());
     }

@@ -75,39 +75,20 @@ pub fn dispatch(ctx: &Ctx, line: &str) -> Option<(String, After)> {
     }
     let req: Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => {
-            return Some((
-                error_response(Value::Null, &format!("invalid JSON: {e}")),
-                After::Nothing,
-            ))
-        }
+        Err(e) => return Some((error_response(Value::Null, &format!("invalid JSON: {e}")), After::Nothing)),
     };
     let Some(obj) = req.as_object() else {
-        return Some((
-            error_response(Value::Null, "request must be a JSON object"),
-            After::Nothing,
-        ));
+        return Some((error_response(Value::Null, "request must be a JSON object"), After::Nothing));
     };
     let id = match obj.get("id") {
         Some(Value::Number(n)) if n.is_u64() => Value::Number(n.clone()),
         Some(other) => {
-            return Some((
-                error_response(other.clone(), "\"id\" must be an unsigned integer"),
-                After::Nothing,
-            ))
+            return Some((error_response(other.clone(), "\"id\" must be an unsigned integer"), After::Nothing))
         }
-        None => {
-            return Some((
-                error_response(Value::Null, "missing \"id\""),
-                After::Nothing,
-            ))
-        }
+        None => return Some((error_response(Value::Null, "missing \"id\""), After::Nothing)),
     };
     let Some(op) = obj.get("op").and_then(Value::as_str) else {
-        return Some((
-            error_response(id, "missing or non-string \"op\""),
-            After::Nothing,
-        ));
+        return Some((error_response(id, "missing or non-string \"op\""), After::Nothing));
     };
     let (result, after) = match op {
         "ping" => (Ok(ping(ctx)), After::Nothing),
@@ -189,9 +170,9 @@ fn exec_op(req: &Map<String, Value>) -> Result<Map<String, Value>, String> {
     };
     let timeout = match req.get("timeout_ms") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Duration::from_millis(v.as_u64().ok_or_else(|| {
-            "exec \"timeout_ms\" must be an unsigned integer".to_string()
-        })?)),
+        Some(v) => Some(Duration::from_millis(
+            v.as_u64().ok_or_else(|| "exec \"timeout_ms\" must be an unsigned integer".to_string())?,
+        )),
     };
     let out = exec::run(&argv, stdin, timeout);
     Ok(fields(json!({
@@ -224,10 +205,7 @@ mod tests {
     fn call(ctx: &Ctx, line: &str) -> (Value, After) {
         let (resp, after) = dispatch(ctx, line).expect("a response");
         assert!(!resp.contains('\n'), "response must be one line: {resp}");
-        (
-            serde_json::from_str(&resp).expect("response is JSON"),
-            after,
-        )
+        (serde_json::from_str(&resp).expect("response is JSON"), after)
     }
 
     #[test]
@@ -256,10 +234,7 @@ mod tests {
     #[test]
     fn unknown_op() {
         let (v, _) = call(&ctx(), r#"{"id":7,"op":"frobnicate"}"#);
-        assert_eq!(
-            v,
-            json!({"id":7,"ok":false,"error":"unknown op frobnicate"})
-        );
+        assert_eq!(v, json!({"id":7,"ok":false,"error":"unknown op frobnicate"}));
     }
 
     #[test]
@@ -268,10 +243,7 @@ mod tests {
         let (v, _) = call(&c, "{not json");
         assert_eq!(v["ok"], false);
         assert_eq!(v["id"], Value::Null);
-        assert!(v["error"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("invalid JSON"));
+        assert!(v["error"].as_str().unwrap_or("").starts_with("invalid JSON"));
 
         let (v, _) = call(&c, "[1,2]");
         assert_eq!(v["ok"], false);
@@ -293,19 +265,10 @@ mod tests {
     #[test]
     fn exec_ok_and_exit_codes() {
         let c = ctx();
-        let (v, _) = call(
-            &c,
-            r#"{"id":2,"op":"exec","argv":["sh","-c","printf hi; exit 3"]}"#,
-        );
-        assert_eq!(
-            v,
-            json!({"id":2,"ok":true,"exit_code":3,"stdout":"hi","stderr":""})
-        );
+        let (v, _) = call(&c, r#"{"id":2,"op":"exec","argv":["sh","-c","printf hi; exit 3"]}"#);
+        assert_eq!(v, json!({"id":2,"ok":true,"exit_code":3,"stdout":"hi","stderr":""}));
 
-        let (v, _) = call(
-            &c,
-            r#"{"id":2,"op":"exec","argv":["cat"],"stdin":"abc","timeout_ms":5000}"#,
-        );
+        let (v, _) = call(&c, r#"{"id":2,"op":"exec","argv":["cat"],"stdin":"abc","timeout_ms":5000}"#);
         assert_eq!(v["stdout"], "abc");
         assert_eq!(v["exit_code"], 0);
 
@@ -313,10 +276,7 @@ mod tests {
         assert_eq!(v["ok"], true);
         assert_eq!(v["exit_code"], 127);
 
-        let (v, _) = call(
-            &c,
-            r#"{"id":2,"op":"exec","argv":["sleep","5"],"timeout_ms":100}"#,
-        );
+        let (v, _) = call(&c, r#"{"id":2,"op":"exec","argv":["sleep","5"],"timeout_ms":100}"#);
         assert_eq!(v["exit_code"], 124);
     }
 
@@ -351,19 +311,10 @@ mod tests {
         let c = ctx();
         let (v, _) = call(&c, r#"{"id":5,"op":"workload","spec":"dirty:1:1"}"#);
         assert_eq!(v["ok"], true);
-        assert_eq!(
-            c.workloads.current(),
-            Some(workload::Spec::Dirty {
-                rate_mib_s: 1,
-                size_mib: 1
-            })
-        );
+        assert_eq!(c.workloads.current(), Some(workload::Spec::Dirty { rate_mib_s: 1, size_mib: 1 }));
         let (v, _) = call(&c, r#"{"id":5,"op":"workload","spec":"bogus"}"#);
         assert_eq!(v["ok"], false);
-        assert!(v["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("invalid workload spec"));
+        assert!(v["error"].as_str().unwrap_or("").contains("invalid workload spec"));
         let (v, _) = call(&c, r#"{"id":5,"op":"workload","spec":"idle"}"#);
         assert_eq!(v["ok"], true);
     }
@@ -378,9 +329,6 @@ mod tests {
     #[test]
     fn ready_event_shape() {
         let v: Value = serde_json::from_str(&ctx().ready_event()).expect("json");
-        assert_eq!(
-            v,
-            json!({"event":"ready","name":"vm1","uuid":"1234-abcd","counter":42})
-        );
+        assert_eq!(v, json!({"event":"ready","name":"vm1","uuid":"1234-abcd","counter":42}));
     }
 }

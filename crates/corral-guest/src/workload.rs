@@ -37,10 +37,7 @@ impl fmt::Display for Spec {
         match self {
             Spec::Idle => f.write_str("idle"),
             Spec::Cpu => f.write_str("cpu"),
-            Spec::Dirty {
-                rate_mib_s,
-                size_mib,
-            } => write!(f, "dirty:{rate_mib_s}:{size_mib}"),
+            Spec::Dirty { rate_mib_s, size_mib } => write!(f, "dirty:{rate_mib_s}:{size_mib}"),
         }
     }
 }
@@ -62,33 +59,26 @@ pub fn parse_spec(s: &str) -> Result<Spec, String> {
         _ => {}
     }
     let Some(rest) = s.strip_prefix("dirty:") else {
-        return Err(format!(
-            "invalid workload spec {s:?}: expected idle, cpu, dirty:<MiB/s> or dirty:<MiB/s>:<MiB>"
-        ));
+        return Err(format!("invalid workload spec {s:?}: expected idle, cpu, dirty:<MiB/s> or dirty:<MiB/s>:<MiB>"));
     };
     let mut parts = rest.split(':');
     let rate = parts.next().unwrap_or_default();
-    let rate_mib_s = rate.parse::<u64>().map_err(|_| {
-        format!("invalid workload spec {s:?}: dirty rate {rate:?} is not a whole number of MiB/s")
-    })?;
+    let rate_mib_s = rate
+        .parse::<u64>()
+        .map_err(|_| format!("invalid workload spec {s:?}: dirty rate {rate:?} is not a whole number of MiB/s"))?;
     let size_mib = match parts.next() {
         None => DEFAULT_DIRTY_MIB,
-        Some(size) => size.parse::<u64>().map_err(|_| {
-            format!("invalid workload spec {s:?}: size {size:?} is not a whole number of MiB")
-        })?,
+        Some(size) => size
+            .parse::<u64>()
+            .map_err(|_| format!("invalid workload spec {s:?}: size {size:?} is not a whole number of MiB"))?,
     };
     if parts.next().is_some() {
         return Err(format!("invalid workload spec {s:?}: too many fields"));
     }
     if size_mib == 0 || size_mib > MAX_DIRTY_MIB {
-        return Err(format!(
-            "invalid workload spec {s:?}: size must be between 1 and {MAX_DIRTY_MIB} MiB"
-        ));
+        return Err(format!("invalid workload spec {s:?}: size must be between 1 and {MAX_DIRTY_MIB} MiB"));
     }
-    Ok(Spec::Dirty {
-        rate_mib_s,
-        size_mib,
-    })
+    Ok(Spec::Dirty { rate_mib_s, size_mib })
 }
 
 /// Owns the currently running workload.
@@ -150,10 +140,7 @@ impl Workloads {
                     spin(alive)
                 })
                 .map(drop),
-            Spec::Dirty {
-                rate_mib_s,
-                size_mib,
-            } => thread::Builder::new()
+            Spec::Dirty { rate_mib_s, size_mib } => thread::Builder::new()
                 .name("workload-dirty".into())
                 .spawn(move || {
                     let _guard = guard;
@@ -233,27 +220,9 @@ mod tests {
         assert_eq!(parse_spec("idle"), Ok(Spec::Idle));
         assert_eq!(parse_spec("cpu"), Ok(Spec::Cpu));
         assert_eq!(parse_spec(" cpu\n"), Ok(Spec::Cpu));
-        assert_eq!(
-            parse_spec("dirty:10"),
-            Ok(Spec::Dirty {
-                rate_mib_s: 10,
-                size_mib: 64
-            })
-        );
-        assert_eq!(
-            parse_spec("dirty:5:128"),
-            Ok(Spec::Dirty {
-                rate_mib_s: 5,
-                size_mib: 128
-            })
-        );
-        assert_eq!(
-            parse_spec("dirty:0"),
-            Ok(Spec::Dirty {
-                rate_mib_s: 0,
-                size_mib: 64
-            })
-        );
+        assert_eq!(parse_spec("dirty:10"), Ok(Spec::Dirty { rate_mib_s: 10, size_mib: 64 }));
+        assert_eq!(parse_spec("dirty:5:128"), Ok(Spec::Dirty { rate_mib_s: 5, size_mib: 128 }));
+        assert_eq!(parse_spec("dirty:0"), Ok(Spec::Dirty { rate_mib_s: 0, size_mib: 64 }));
     }
 
     #[test]
@@ -292,10 +261,7 @@ mod tests {
         w.switch(Spec::Cpu);
         assert_eq!(w.current(), Some(Spec::Cpu));
         assert_eq!(w.running_threads(), 1);
-        w.switch(Spec::Dirty {
-            rate_mib_s: 100,
-            size_mib: 1,
-        });
+        w.switch(Spec::Dirty { rate_mib_s: 100, size_mib: 1 });
         thread::sleep(Duration::from_millis(50));
         w.switch(Spec::Idle);
         assert_eq!(w.current(), Some(Spec::Idle));

@@ -59,9 +59,10 @@ impl LabState {
     }
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         match std::fs::read(Self::path(dir)) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-                format!("lab state {} is corrupt", Self::path(dir).display())
-            })?)),
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("lab state {} is corrupt", Self::path(dir).display()))?,
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -74,22 +75,25 @@ impl LabState {
         Ok(())
     }
     /// The export lines a user pastes into a shell.
-    pub fn exports(&self) -> String {
-        format!("export CORRAL_URL={}", self.url)
+    pub fn exports(&self) -> Result<String> {
+        let token = std::fs::read_to_string(self.token_file())
+            .context("the lab's token file is missing: run `corral lab up` again")?;
+        Ok(format!("export CORRAL_URL={}\nexport CORRAL_TOKEN={}", self.url, token.trim()))
+    }
+    /// The API token shared by the lab's controller, agents and CLI.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+    /// The controller's template library.
+    pub fn library(&self) -> PathBuf {
+        self.dir.join("library")
     }
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (install iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -104,9 +108,7 @@ fn netns_exists(name: &str) -> bool {
 
 /// True if `pid` runs a command line that mentions `marker` (the lab directory).
 fn pid_is_ours(pid: u32, marker: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(marker))
-        .unwrap_or(false)
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
 }
 
 fn kill_pid(pid: u32, marker: &str) {
@@ -127,6 +129,29 @@ fn kill_pid(pid: u32, marker: &str) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Puts every template of `from` into `to`, as hard links (copies across filesystems).
+fn link_templates(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let (templates, _) = corral_api::template_dir::scan(from);
+    for t in templates {
+        let meta = from.join(format!("{}.json", t.info.name));
+        for f in [&meta, &t.kernel, &t.initrd, &t.disk] {
+            let name = f.file_name().context("template file without a name")?;
+            let dst = tmp.join(name);
+            if dst.exists() {
+                continue;
+            }
+            if std::fs::hard_link(f, &dst).is_err() {
+                std::fs::copy(f, &dst).with_context(|| format!("cannot copy {}", f.display()))?;
+            }
+        }
+    }
+    std::fs::rename(&tmp, to)?;
+    Ok(())
 }
 
 /// Starts a daemon in its own process group, its output appended to `log`.
@@ -166,10 +191,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
             start_daemons(&mut s, o).await?;
             return Ok(s);
         }
-        tracing::info!(
-            "a previous lab in {} is incomplete or different; removing it first",
-            o.dir.display()
-        );
+        tracing::info!("a previous lab in {} is incomplete or different; removing it first", o.dir.display());
         down(&o.dir)?;
     }
     let dir = o.dir.canonicalize().unwrap_or_else(|_| o.dir.clone());
@@ -195,7 +217,11 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
             .collect(),
     };
     if link_exists(&s.bridge) {
-        bail!("device {} already exists but no lab state is in {}: another lab uses index {idx}; choose --index", s.bridge, dir.display());
+        bail!(
+            "device {} already exists but no lab state is in {}: another lab uses index {idx}; choose --index",
+            s.bridge,
+            dir.display()
+        );
     }
     s.save()?;
     // Underlay bridge in the root namespace, where the controller and the CLI are.
@@ -204,19 +230,9 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
     ip(&["link", "set", &s.bridge, "up"])?;
     for h in &s.hosts {
         ip(&["netns", "add", &h.netns])?;
-        ip(&[
-            "link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns,
-        ])?;
+        ip(&["link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns])?;
         ip(&["link", "set", &h.veth, "master", &s.bridge, "up"])?;
-        ip(&[
-            "-n",
-            &h.netns,
-            "addr",
-            "add",
-            &format!("{}/24", h.ip),
-            "dev",
-            "eth0",
-        ])?;
+        ip(&["-n", &h.netns, "addr", "add", &format!("{}/24", h.ip), "dev", "eth0"])?;
         ip(&["-n", &h.netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &h.netns, "link", "set", "lo", "up"])?;
     }
@@ -229,15 +245,13 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     let dir = s.dir.clone();
     let marker = dir.display().to_string();
     let gw = format!("198.18.{}.1", s.index);
+    if !s.library().exists() {
+        link_templates(&o.templates, &s.library())?;
+    }
     if !s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
         let mut c = Command::new(&o.exe);
-        c.args([
-            "controller",
-            "--listen",
-            &format!("{gw}:7700"),
-            "--data",
-            &format!("{marker}/controller"),
-        ]);
+        c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{marker}/controller")]);
+        c.arg("--templates").arg(s.library()).arg("--token-file").arg(s.token_file());
         s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
         s.save()?;
     }
@@ -246,12 +260,7 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
         .context("the controller did not come up; see controller.log in the lab directory")?;
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
         .unwrap_or(4 << 20);
     let n = s.hosts.len() as u64;
     let per_host_mib = (mem_total / 1024) * 8 / 10 / n;
@@ -262,6 +271,12 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
             continue;
         }
         std::fs::create_dir_all(&h.data)?;
+        let host_templates = h.data.join("templates");
+        if !host_templates.exists() {
+            // A host comes installed with the templates the lab started with; others are sent
+            // by the controller when needed.
+            link_templates(&s.library(), &host_templates)?;
+        }
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &h.netns]).arg(&o.exe).args([
             "agent",
@@ -274,7 +289,9 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
             "--data",
             &h.data.display().to_string(),
             "--templates",
-            &o.templates.display().to_string(),
+            &host_templates.display().to_string(),
+            "--token-file",
+            &s.token_file().display().to_string(),
             "--accel",
             &o.accel,
             "--accel-cache",
@@ -286,16 +303,14 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
         s.save()?;
         if i == 0 {
             // The first agent probes the accelerator; the others reuse its verdict.
-            wait_hosts(s, 1, Duration::from_secs(60)).await?;
+            wait_hosts(s, 1, Duration::from_secs(120)).await?;
         }
     }
-    wait_hosts(s, s.hosts.len(), Duration::from_secs(60)).await
+    wait_hosts(s, s.hosts.len(), Duration::from_secs(120)).await
 }
 
 async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let t = Instant::now();
     loop {
         if let Ok(r) = http.get(url).send().await {
@@ -311,24 +326,11 @@ async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
 }
 
 async fn ready_hosts(s: &LabState) -> Option<usize> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let hosts: Vec<corral_api::Host> = http
-        .get(format!("{}/v1/hosts", s.url))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(
-        hosts
-            .iter()
-            .filter(|h| h.state == corral_api::HostState::Ready)
-            .count(),
-    )
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let token = std::fs::read_to_string(s.token_file()).ok()?;
+    let resp = http.get(format!("{}/v1/hosts", s.url)).bearer_auth(token.trim()).send().await.ok()?;
+    let hosts: Vec<corral_api::Host> = resp.json().await.ok()?;
+    Some(hosts.iter().filter(|h| h.state == corral_api::HostState::Ready).count())
 }
 
 async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
@@ -338,7 +340,11 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if t.elapsed() > timeout {
-            bail!("only {} of {n} lab hosts registered within {timeout:?}; see the lab-N.log files in {}", ready_hosts(s).await.unwrap_or(0), s.dir.display());
+            bail!(
+                "only {} of {n} lab hosts registered within {timeout:?}; see the lab-N.log files in {}",
+                ready_hosts(s).await.unwrap_or(0),
+                s.dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -347,9 +353,7 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
 async fn healthy(s: &LabState) -> bool {
     let marker = s.dir.display().to_string();
     s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
-        && s.hosts
-            .iter()
-            .all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && s.hosts.iter().all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
         && ready_hosts(s).await == Some(s.hosts.len())
 }
 
@@ -371,17 +375,11 @@ fn qemu_pids(host_data: &Path) -> Vec<(u32, String)> {
         return out;
     };
     for e in rd.flatten() {
-        let pid = std::fs::read_to_string(e.path().join("qemu.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok());
+        let pid = std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
         let uuid = std::fs::read(e.path().join("vm.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                v.pointer("/def/uuid")
-                    .and_then(|u| u.as_str())
-                    .map(str::to_string)
-            });
+            .and_then(|v| v.pointer("/def/uuid").and_then(|u| u.as_str()).map(str::to_string));
         if let (Some(p), Some(u)) = (pid, uuid) {
             out.push((p, u));
         }
@@ -405,13 +403,8 @@ pub fn down(dir: &Path) -> Result<bool> {
         }
         // Anything else still inside the host's namespace was started there by the lab.
         if netns_exists(&h.netns) {
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &h.netns])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok())
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.netns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok())
                 {
                     kill_pid(pid, "");
                 }
@@ -430,24 +423,16 @@ pub fn down(dir: &Path) -> Result<bool> {
             }
         }
         // Deleting the namespace removes the veth pair, asynchronously: gone is fine.
-        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth)
-        {
+        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth) {
             errors.push(format!("cannot delete device {}", h.veth));
         }
     }
-    if link_exists(&s.bridge)
-        && ip(&["link", "delete", &s.bridge]).is_err()
-        && link_exists(&s.bridge)
-    {
+    if link_exists(&s.bridge) && ip(&["link", "delete", &s.bridge]).is_err() && link_exists(&s.bridge) {
         errors.push(format!("cannot delete bridge {}", s.bridge));
     }
     if !errors.is_empty() {
-        bail!(
-            "lab down left something behind ({}); run `corral lab down` again",
-            errors.join("; ")
-        );
+        bail!("lab down left something behind ({}); run `corral lab down` again", errors.join("; "));
     }
-    std::fs::remove_dir_all(&s.dir)
-        .with_context(|| format!("cannot remove {}", s.dir.display()))?;
+    std::fs::remove_dir_all(&s.dir).with_context(|| format!("cannot remove {}", s.dir.display()))?;
     Ok(true)
 }

@@ -2,7 +2,15 @@
 //! decides where VMs go. It does no I/O and keeps no state, so the controller and the
 //! trace-driven simulator run exactly the same code, and every decision is deterministic for
 //! the same input (ties break on host name).
+//!
+//! [`place_one`] places a single VM; [`place_group`] places a whole virtual cluster at once,
+//! all or nothing, spread or packed, with anti-affinity and label constraints.
 
+pub mod group;
 pub mod place;
+mod slot;
 
+pub use group::{
+    place_group, GroupError, GroupRequest, Overcommit, ParsePolicyError, Placement, Policy, Shortfall, VmReq,
+};
 pub use place::{place_one, HostView, PlaceError, Request};

@@ -1,4 +1,9 @@
 //! Placement of a single VM: filter the hosts that can take it, then choose the least loaded.
+//! It scores hosts with the same arithmetic as [`crate::place_group`] under the spread policy
+//! (memory is not overcommitted here), but unlike group placement it still only considers
+//! hosts that already hold the VM's template.
+
+use crate::slot::{capacity, ordered, Slot};
 
 /// What the scheduler knows about one host.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,15 +24,6 @@ pub struct HostView {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-impl HostView {
-    fn free_memory(&self) -> u64 {
-        self.memory_mib.saturating_sub(self.used_memory_mib)
-    }
-    fn free_vcpus(&self, overcommit: f64) -> f64 {
-        f64::from(self.vcpus) * overcommit - f64::from(self.used_vcpus)
-    }
-}
-
 /// What one VM needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -45,122 +41,117 @@ pub struct Request {
 pub enum PlaceError {
     #[error("unknown host {0:?}: see `corral host list`")]
     UnknownHost(String),
-    #[error("host {0:?} is not taking new VMs (unreachable or in maintenance): choose another host or leave --host out")]
+    #[error(
+        "host {0:?} is not taking new VMs (unreachable or in maintenance): choose another host or leave --host out"
+    )]
     HostUnschedulable(String),
     #[error("host {host:?} lacks room: the VM needs {need_vcpus} vCPUs and {need_mib} MiB, the host has {free_vcpus} vCPUs and {free_mib} MiB free")]
-    HostFull {
-        host: String,
-        need_vcpus: u32,
-        need_mib: u64,
-        free_vcpus: u32,
-        free_mib: u64,
-    },
+    HostFull { host: String, need_vcpus: u32, need_mib: u64, free_vcpus: u32, free_mib: u64 },
     #[error("no host is taking new VMs: check `corral host list`")]
     NoHosts,
     #[error("the VM needs {need_vcpus} vCPUs and {need_mib} MiB but the largest host has {max_vcpus} vCPUs and {max_mib} MiB: ask for less")]
-    TooBig {
-        need_vcpus: u32,
-        need_mib: u64,
-        max_vcpus: u32,
-        max_mib: u64,
-    },
+    TooBig { need_vcpus: u32, need_mib: u64, max_vcpus: u32, max_mib: u64 },
     #[error("no host has room for {need_vcpus} vCPUs and {need_mib} MiB right now (most free memory: {best_free_mib} MiB on {best_host}): stop or delete VMs, or add hosts")]
-    NoRoom {
-        need_vcpus: u32,
-        need_mib: u64,
-        best_free_mib: u64,
-        best_host: String,
-    },
+    NoRoom { need_vcpus: u32, need_mib: u64, best_free_mib: u64, best_host: String },
     #[error("no host holds template {0:?}")]
     NoTemplate(String),
+    #[error("the CPU overcommit must be a positive finite number, not {0}: fix the controller's setting")]
+    InvalidOvercommit(f64),
 }
 
+fn slot(h: &HostView, r: &Request) -> Slot {
+    Slot::new(0, 0, h, r.cpu_overcommit, 1.0)
+}
+
+#[cfg(test)]
 fn fits(h: &HostView, r: &Request) -> bool {
-    h.free_memory() >= r.memory_mib && h.free_vcpus(r.cpu_overcommit) >= f64::from(r.vcpus)
-}
-
-/// Load score after placing `r` on `h`: the larger of the committed memory and vCPU shares,
-/// then measured CPU. Lower is better.
-fn score(h: &HostView, r: &Request) -> (f64, f64) {
-    let mem = (h.used_memory_mib + r.memory_mib) as f64 / h.memory_mib.max(1) as f64;
-    let cpu = f64::from(h.used_vcpus + r.vcpus) / (f64::from(h.vcpus.max(1)) * r.cpu_overcommit);
-    (mem.max(cpu), h.cpu_load)
+    slot(h, r).fits(u64::from(r.vcpus), r.memory_mib)
 }
 
 /// Chooses a host for one VM: the user's host if given and it fits, else the host that ends up
-/// least loaded. Deterministic: ties break by host name.
+/// least loaded (dominant share of memory and overcommitted vCPUs after placing, then measured
+/// CPU load). Only hosts that hold the template are candidates. Deterministic: ties break by
+/// host name. One pass over `hosts`, no allocation besides the answer.
 pub fn place_one(hosts: &[HostView], r: &Request) -> Result<String, PlaceError> {
+    if !(r.cpu_overcommit.is_finite() && r.cpu_overcommit > 0.0) {
+        return Err(PlaceError::InvalidOvercommit(r.cpu_overcommit));
+    }
+    let (need_v, need_m) = (u64::from(r.vcpus), r.memory_mib);
     if let Some(want) = &r.host {
-        let h = hosts
-            .iter()
-            .find(|h| &h.name == want)
-            .ok_or_else(|| PlaceError::UnknownHost(want.clone()))?;
+        let h = hosts.iter().find(|h| &h.name == want).ok_or_else(|| PlaceError::UnknownHost(want.clone()))?;
         if !h.schedulable {
             return Err(PlaceError::HostUnschedulable(want.clone()));
         }
-        if !fits(h, r) {
+        let s = slot(h, r);
+        if !s.fits(need_v, need_m) {
             return Err(PlaceError::HostFull {
                 host: want.clone(),
                 need_vcpus: r.vcpus,
                 need_mib: r.memory_mib,
-                free_vcpus: h.free_vcpus(r.cpu_overcommit).max(0.0) as u32,
-                free_mib: h.free_memory(),
+                free_vcpus: u32::try_from(s.free_vcpus()).unwrap_or(u32::MAX),
+                free_mib: s.free_mib(),
             });
         }
         return Ok(want.clone());
     }
-    let live: Vec<&HostView> = hosts.iter().filter(|h| h.schedulable).collect();
-    if live.is_empty() {
+    let has_template = |h: &HostView| h.templates.iter().any(|t| t == &r.template);
+    // Fast pass: the best host. The template check (pointer-chasing) is made only for hosts
+    // that would beat the best so far.
+    let mut best: Option<((u64, u64), &HostView)> = None;
+    for h in hosts {
+        if !h.schedulable {
+            continue;
+        }
+        let s = slot(h, r);
+        if !s.fits(need_v, need_m) {
+            continue;
+        }
+        let key = (ordered(s.share_after(need_v, need_m)), s.load);
+        if best.is_none_or(|(k, b)| key < k || (key == k && h.name < b.name)) && has_template(h) {
+            best = Some((key, h));
+        }
+    }
+    if let Some((_, h)) = best {
+        return Ok(h.name.clone());
+    }
+    // Nothing fits: say why.
+    let mut any_live = false;
+    let mut any_template = false;
+    let (mut max_vcpus, mut max_mib) = (0u64, 0u64);
+    let mut roomiest: Option<(u64, &HostView)> = None;
+    for h in hosts.iter().filter(|h| h.schedulable) {
+        any_live = true;
+        if !has_template(h) {
+            continue;
+        }
+        any_template = true;
+        max_vcpus = max_vcpus.max(capacity(u64::from(h.vcpus), r.cpu_overcommit));
+        max_mib = max_mib.max(h.memory_mib);
+        let free = slot(h, r).free_mib();
+        if roomiest.is_none_or(|(f, b)| free > f || (free == f && h.name < b.name)) {
+            roomiest = Some((free, h));
+        }
+    }
+    if !any_live {
         return Err(PlaceError::NoHosts);
     }
-    let with_template: Vec<&HostView> = live
-        .iter()
-        .copied()
-        .filter(|h| h.templates.iter().any(|t| t == &r.template))
-        .collect();
-    if with_template.is_empty() {
+    if !any_template {
         return Err(PlaceError::NoTemplate(r.template.clone()));
     }
-    let max_mib = with_template
-        .iter()
-        .map(|h| h.memory_mib)
-        .max()
-        .unwrap_or(0);
-    let max_vcpus = with_template
-        .iter()
-        .map(|h| (f64::from(h.vcpus) * r.cpu_overcommit) as u32)
-        .max()
-        .unwrap_or(0);
-    if r.memory_mib > max_mib || r.vcpus > max_vcpus {
+    if need_m > max_mib || need_v > max_vcpus {
         return Err(PlaceError::TooBig {
             need_vcpus: r.vcpus,
             need_mib: r.memory_mib,
-            max_vcpus,
+            max_vcpus: u32::try_from(max_vcpus).unwrap_or(u32::MAX),
             max_mib,
         });
     }
-    let best = with_template.iter().filter(|h| fits(h, r)).min_by(|a, b| {
-        score(a, r)
-            .partial_cmp(&score(b, r))
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    match best {
-        Some(h) => Ok(h.name.clone()),
-        None => {
-            let roomiest = with_template.iter().max_by(|a, b| {
-                a.free_memory()
-                    .cmp(&b.free_memory())
-                    .then_with(|| b.name.cmp(&a.name))
-            });
-            Err(PlaceError::NoRoom {
-                need_vcpus: r.vcpus,
-                need_mib: r.memory_mib,
-                best_free_mib: roomiest.map(|h| h.free_memory()).unwrap_or(0),
-                best_host: roomiest.map(|h| h.name.clone()).unwrap_or_default(),
-            })
-        }
-    }
+    Err(PlaceError::NoRoom {
+        need_vcpus: r.vcpus,
+        need_mib: r.memory_mib,
+        best_free_mib: roomiest.map_or(0, |(f, _)| f),
+        best_host: roomiest.map(|(_, h)| h.name.clone()).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -182,22 +173,12 @@ mod tests {
         }
     }
     fn req(v: u32, m: u64) -> Request {
-        Request {
-            vcpus: v,
-            memory_mib: m,
-            template: "base".into(),
-            host: None,
-            cpu_overcommit: 4.0,
-        }
+        Request { vcpus: v, memory_mib: m, template: "base".into(), host: None, cpu_overcommit: 4.0 }
     }
 
     #[test]
     fn picks_the_least_loaded_host() {
-        let hs = [
-            host("a", 4, 4096, 0, 2048),
-            host("b", 4, 4096, 0, 512),
-            host("c", 4, 4096, 0, 1024),
-        ];
+        let hs = [host("a", 4, 4096, 0, 2048), host("b", 4, 4096, 0, 512), host("c", 4, 4096, 0, 1024)];
         assert_eq!(place_one(&hs, &req(1, 256)), Ok("b".into()));
     }
 
@@ -210,21 +191,9 @@ mod tests {
     #[test]
     fn too_big_and_no_room_are_told_apart() {
         let hs = [host("a", 2, 1024, 0, 900)];
-        assert!(matches!(
-            place_one(&hs, &req(1, 4096)),
-            Err(PlaceError::TooBig { .. })
-        ));
-        assert!(matches!(
-            place_one(&hs, &req(1, 512)),
-            Err(PlaceError::NoRoom {
-                best_free_mib: 124,
-                ..
-            })
-        ));
-        assert!(matches!(
-            place_one(&hs, &req(64, 128)),
-            Err(PlaceError::TooBig { .. })
-        ));
+        assert!(matches!(place_one(&hs, &req(1, 4096)), Err(PlaceError::TooBig { .. })));
+        assert!(matches!(place_one(&hs, &req(1, 512)), Err(PlaceError::NoRoom { best_free_mib: 124, .. })));
+        assert!(matches!(place_one(&hs, &req(64, 128)), Err(PlaceError::TooBig { .. })));
     }
 
     #[test]
@@ -232,21 +201,12 @@ mod tests {
         let mut hs = vec![host("a", 2, 1024, 0, 0), host("b", 2, 1024, 0, 1000)];
         let mut r = req(1, 256);
         r.host = Some("b".into());
-        assert!(matches!(
-            place_one(&hs, &r),
-            Err(PlaceError::HostFull { .. })
-        ));
+        assert!(matches!(place_one(&hs, &r), Err(PlaceError::HostFull { .. })));
         r.host = Some("zz".into());
-        assert!(matches!(
-            place_one(&hs, &r),
-            Err(PlaceError::UnknownHost(_))
-        ));
+        assert!(matches!(place_one(&hs, &r), Err(PlaceError::UnknownHost(_))));
         hs[0].schedulable = false;
         r.host = Some("a".into());
-        assert!(matches!(
-            place_one(&hs, &r),
-            Err(PlaceError::HostUnschedulable(_))
-        ));
+        assert!(matches!(place_one(&hs, &r), Err(PlaceError::HostUnschedulable(_))));
     }
 
     #[test]
@@ -254,10 +214,7 @@ mod tests {
         let hs = [host("a", 2, 1024, 0, 0)];
         let mut r = req(1, 128);
         r.template = "nope".into();
-        assert_eq!(
-            place_one(&hs, &r),
-            Err(PlaceError::NoTemplate("nope".into()))
-        );
+        assert_eq!(place_one(&hs, &r), Err(PlaceError::NoTemplate("nope".into())));
     }
 
     proptest! {

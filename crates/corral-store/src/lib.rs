@@ -20,11 +20,7 @@ pub enum StoreError {
     #[error("state store: {0}")]
     Backend(String),
     #[error("state store: value of {table}/{key} is not valid JSON for its type: {message}")]
-    Decode {
-        table: String,
-        key: String,
-        message: String,
-    },
+    Decode { table: String, key: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -32,15 +28,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// One write of a batch.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Put {
-        table: String,
-        key: String,
-        value: Vec<u8>,
-    },
-    Delete {
-        table: String,
-        key: String,
-    },
+    Put { table: String, key: String, value: Vec<u8> },
+    Delete { table: String, key: String },
 }
 
 /// A key-value store of named tables. Implementations must make each call atomic and durable.
@@ -52,13 +41,7 @@ pub trait Store: Send + Sync + 'static {
     fn apply(&self, ops: Vec<Op>) -> Result<()>;
     /// Sets `key` to `new` only if its current value equals `expected` (None = absent).
     /// Returns false, writing nothing, when it does not.
-    fn compare_and_swap(
-        &self,
-        table: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool>;
+    fn compare_and_swap(&self, table: &str, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool>;
 }
 
 /// Typed helpers over any [`Store`], storing values as JSON.
@@ -66,30 +49,19 @@ pub trait StoreExt: Store {
     fn get_json<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Option<T>> {
         match self.get(table, key)? {
             None => Ok(None),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::Decode {
-                        table: table.into(),
-                        key: key.into(),
-                        message: e.to_string(),
-                    })
-            }
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Decode {
+                table: table.into(),
+                key: key.into(),
+                message: e.to_string(),
+            }),
         }
     }
     fn put_json<T: Serialize>(&self, table: &str, key: &str, value: &T) -> Result<()> {
         let value = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.apply(vec![Op::Put {
-            table: table.into(),
-            key: key.into(),
-            value,
-        }])
+        self.apply(vec![Op::Put { table: table.into(), key: key.into(), value }])
     }
     fn delete(&self, table: &str, key: &str) -> Result<()> {
-        self.apply(vec![Op::Delete {
-            table: table.into(),
-            key: key.into(),
-        }])
+        self.apply(vec![Op::Delete { table: table.into(), key: key.into() }])
     }
     fn list_json<T: DeserializeOwned>(&self, table: &str) -> Result<Vec<T>> {
         self.scan(table, "")?

@@ -77,13 +77,7 @@ impl Store for RedbStore {
         txn.commit().map_err(backend)
     }
 
-    fn compare_and_swap(
-        &self,
-        table: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool> {
+    fn compare_and_swap(&self, table: &str, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut t = txn.open_table(def(table)).map_err(backend)?;

@@ -1,0 +1,203 @@
+//! Profiles, virtual clusters and long-running operations.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a group is spread over hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPolicy {
+    /// Balance load across hosts.
+    #[default]
+    Spread,
+    /// Use the fewest hosts.
+    Pack,
+}
+
+impl PlacementPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementPolicy::Spread => "spread",
+            PlacementPolicy::Pack => "pack",
+        }
+    }
+}
+
+/// Placement hints of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default)]
+    pub policy: PlacementPolicy,
+    /// At most one member of a cluster per host.
+    #[serde(default)]
+    pub anti_affinity: bool,
+    /// Hosts must carry these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A profile as stored and shown: a pre-edited VM configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub name: String,
+    pub template: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Virtual size of each VM's disk, MiB (at least the template's); None keeps the template's.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    pub workload: String,
+    /// Network kind; `overlay` (a private network per cluster) is the default.
+    pub network: String,
+    pub placement: Placement,
+    /// Higher restarts first after a host failure.
+    pub restart_priority: i32,
+    /// The TOML the profile was made from, as the user wrote it.
+    pub source: String,
+}
+
+/// `POST /v1/profiles` and `PUT /v1/profiles/{name}`: the profile's TOML text.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProfileSource {
+    pub name: String,
+    pub toml: String,
+}
+
+/// A cluster's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Members deployed (or being deployed) and running.
+    Active,
+    /// Being saved to disk.
+    Suspending,
+    /// All members saved to disk; their host resources are free for others.
+    Suspended,
+    /// Being restored.
+    Resuming,
+    /// Being deleted.
+    Deleting,
+}
+
+impl std::fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClusterState::Active => "active",
+            ClusterState::Suspending => "suspending",
+            ClusterState::Suspended => "suspended",
+            ClusterState::Resuming => "resuming",
+            ClusterState::Deleting => "deleting",
+        })
+    }
+}
+
+/// A virtual cluster as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Cluster {
+    pub name: String,
+    pub profile: Profile,
+    /// Desired number of members.
+    pub size: u32,
+    pub subnet: String,
+    pub policy: PlacementPolicy,
+    pub state: ClusterState,
+    /// Member numbers are never reused: the next member is `<name>-<next_index>`.
+    pub next_index: u32,
+    pub created_ms: u64,
+}
+
+/// One member as `cluster show` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Member {
+    pub name: String,
+    pub index: u32,
+    pub state: crate::VmState,
+    pub host: String,
+    pub ip: Option<String>,
+    pub mac: String,
+    pub uuid: uuid::Uuid,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A cluster with its members (`GET /v1/clusters/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    #[serde(flatten)]
+    pub cluster: Cluster,
+    pub members: Vec<Member>,
+    pub hosts: Vec<String>,
+}
+
+/// `POST /v1/clusters`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateCluster {
+    pub name: String,
+    pub profile: String,
+    pub size: u32,
+    /// Overrides the profile's placement policy.
+    #[serde(default)]
+    pub policy: Option<PlacementPolicy>,
+    /// IPv4 subnet (CIDR); one is chosen from 100.64.0.0/16 when absent.
+    #[serde(default)]
+    pub subnet: Option<String>,
+}
+
+/// `POST /v1/clusters/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleCluster {
+    pub size: u32,
+}
+
+/// State of a long operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One timed step of an operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpStep {
+    pub name: String,
+    pub ms: u64,
+}
+
+/// A long operation (`GET /v1/operations/{id}`): poll it or wait on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Operation {
+    pub id: String,
+    /// e.g. `cluster.create`, `cluster.scale`, `cluster.suspend`.
+    pub kind: String,
+    pub target: String,
+    pub state: OpState,
+    /// What is being done now.
+    pub phase: String,
+    pub done: u32,
+    pub total: u32,
+    pub steps: Vec<OpStep>,
+    /// Failures and other things the user should read.
+    pub messages: Vec<String>,
+    /// VMs in place when it ended and the hosts they use.
+    #[serde(default)]
+    pub vms: u32,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+}
+
+/// Something that happened, for the event log (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    pub ms: u64,
+    /// e.g. `template.sent`, `vm.retry`, `vm.orphan-removed`.
+    pub kind: String,
+    pub subject: String,
+    pub message: String,
+}

@@ -1,0 +1,361 @@
+//! Bringing VMs up on hosts and taking them down, for single VMs and cluster members alike,
+//! and the reconciler that finishes whatever a crash interrupted.
+//!
+//! A VM's record carries the work still owed to it (`pending`), written before any host is
+//! asked to act. Bringing a VM up is two steps: *prepare* (the host gets the template if it
+//! lacks it, the agent makes the copy-on-write disk) and *execute* (start it and wait until the
+//! guest is up). A cluster member that fails on one host is cleaned up there and placed on
+//! another. The reconciler runs the same steps for every VM whose work is still pending, and
+//! removes VMs that hosts run but the store does not know (orphans of interrupted attempts).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_api::{ApiError, CreateVm, Pending, Vm, VmAction, VmState};
+use corral_sched::{place_one, PlaceError, Request};
+use corral_store::{Op, StoreExt};
+
+use crate::clusters::{ipam_key, IPAM};
+use crate::service::{definition, lock, mac_for, store_err, Controller, VMS};
+
+/// How many hosts a cluster member is tried on before the deployment gives up on it.
+const MAX_HOSTS_TRIED: usize = 3;
+
+/// Retry pacing of the reconciler, per VM.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    next: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl Backoff {
+    fn due(&self, name: &str) -> bool {
+        lock(&self.next).get(name).is_none_or(|(_, at)| Instant::now() >= *at)
+    }
+    fn failed(&self, name: &str) {
+        let mut m = lock(&self.next);
+        let n = m.get(name).map(|(n, _)| n + 1).unwrap_or(1);
+        let wait = Duration::from_secs(2u64.saturating_pow(n.min(6)));
+        m.insert(name.to_string(), (n, Instant::now() + wait));
+    }
+    fn clear(&self, name: &str) {
+        lock(&self.next).remove(name);
+    }
+}
+
+impl Controller {
+    fn validate_create(&self, req: &CreateVm) -> Result<(), ApiError> {
+        corral_api::names::validate_name("VM", &req.name).map_err(ApiError::bad_request)?;
+        if req.vcpus == 0 {
+            return Err(ApiError::bad_request("a VM needs at least 1 vCPU"));
+        }
+        if req.memory_mib < 32 {
+            return Err(ApiError::bad_request(format!(
+                "{} MiB of memory is too little: a guest needs at least 32 MiB",
+                req.memory_mib
+            )));
+        }
+        if let Some(w) = &req.workload {
+            corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
+        }
+        self.check_template(&req.template)?;
+        Ok(())
+    }
+
+    /// Creates a single VM: validate, place, record (with its pending work), then bring it up.
+    pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<Vm, ApiError> {
+        self.validate_create(&req)?;
+        let vm = {
+            let _p = self.placing.lock().await;
+            if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
+                return Err(ApiError::conflict(format!(
+                    "a VM named {:?} already exists: choose another name or delete it first",
+                    req.name
+                )));
+            }
+            let request = Request {
+                vcpus: req.vcpus,
+                memory_mib: req.memory_mib,
+                template: req.template.clone(),
+                host: req.host.clone(),
+                cpu_overcommit: self.settings.cpu_overcommit,
+            };
+            let host = place_one(&self.host_views()?, &request).map_err(place_error)?;
+            let uuid = uuid::Uuid::new_v4();
+            let vm = Vm {
+                name: req.name.clone(),
+                uuid,
+                state: if req.start { VmState::Starting } else { VmState::Inactive },
+                host,
+                template: req.template.clone(),
+                vcpus: req.vcpus,
+                memory_mib: req.memory_mib,
+                mac: self.unique_mac(&uuid)?,
+                ip: None,
+                workload: req.workload.clone().unwrap_or_else(|| "idle".into()),
+                disk: None,
+                boot_ms: None,
+                error: None,
+                created_ms: corral_api::now_ms(),
+                usage: None,
+                cluster: None,
+                index: None,
+                pending: Some(Pending::Create { start: req.start }),
+                disk_mib: None,
+            };
+            // Intent first: the record exists before the host is asked to do anything.
+            self.put_vm(&vm)?;
+            vm
+        };
+        let _b = self.busy(&vm.name)?;
+        tracing::info!("creating VM {} on {}", vm.name, vm.host);
+        match self.bring_up(&vm.name, false).await {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                self.give_up(&vm.name, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A MAC no other VM has.
+    pub(crate) fn unique_mac(&self, uuid: &uuid::Uuid) -> Result<String, ApiError> {
+        let taken: std::collections::HashSet<String> = self.vms()?.into_iter().map(|v| v.mac).collect();
+        (0u8..=255)
+            .map(|salt| mac_for(uuid, salt))
+            .find(|m| !taken.contains(m))
+            .ok_or_else(|| ApiError::internal("no free MAC address for this UUID"))
+    }
+
+    /// Step one: the host holds the template and the agent has made the VM's disk.
+    pub(crate) async fn prepare(&self, name: &str) -> Result<Vm, ApiError> {
+        let vm = self.vm(name)?;
+        if !matches!(vm.pending, Some(Pending::Create { .. })) {
+            return Ok(vm);
+        }
+        self.ensure_template(&vm.host, &vm.template).await?;
+        let agent = self.agent(&vm.host)?;
+        let st = match agent.create(&definition(&vm), false).await {
+            Err(e) if e.status == 409 && e.message.contains("already exists") => {
+                // A stale copy from an earlier attempt holds the name on this host.
+                let stale = agent.get(name).await?;
+                agent.delete(name, &stale.uuid).await?;
+                agent.create(&definition(&vm), false).await?
+            }
+            r => r?,
+        };
+        self.settle(name, &st)
+    }
+
+    /// Step two: start it if it is meant to run, and wait until the guest is up. The VM's
+    /// pending work is done when this returns.
+    pub(crate) async fn execute(&self, name: &str) -> Result<Vm, ApiError> {
+        let mut vm = self.vm(name)?;
+        let Some(Pending::Create { start }) = vm.pending else { return Ok(vm) };
+        if start && vm.state != VmState::Running {
+            let st = self.agent(&vm.host)?.action(name, VmAction::Start).await?;
+            vm = self.settle(name, &st)?;
+        }
+        vm.pending = None;
+        self.put_vm(&vm)?;
+        Ok(vm)
+    }
+
+    /// Prepare and execute; a relocatable VM that fails on its host is cleaned up there and
+    /// tried on another, up to [`MAX_HOSTS_TRIED`] hosts.
+    pub(crate) async fn bring_up(&self, name: &str, relocatable: bool) -> Result<Vm, ApiError> {
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let res = async {
+                self.prepare(name).await?;
+                self.execute(name).await
+            }
+            .await;
+            let err = match res {
+                Ok(vm) => return Ok(vm),
+                Err(e) => e,
+            };
+            let vm = self.vm(name)?;
+            tried.push(vm.host.clone());
+            if !relocatable || tried.len() >= MAX_HOSTS_TRIED {
+                return Err(err);
+            }
+            // Leave nothing behind on the failed host (if it is down, the orphan sweep will).
+            if let Ok(a) = self.agent(&vm.host) {
+                let _ = a.delete(name, &vm.uuid).await;
+            }
+            let to = self.relocate(name, &tried).await.map_err(|e| ApiError {
+                message: format!("{}; no other host can take it: {}", err.message, e.message),
+                ..err.clone()
+            })?;
+            self.event("vm.retry", name, format!("failed on {}: {}; retrying on {to}", vm.host, err.message));
+        }
+    }
+
+    /// Places a VM again, avoiding `avoid`, and records the new host.
+    async fn relocate(&self, name: &str, avoid: &[String]) -> Result<String, ApiError> {
+        let _p = self.placing.lock().await;
+        let mut vm = self.vm(name)?;
+        let mut views = self.host_views()?;
+        for v in views.iter_mut() {
+            if avoid.contains(&v.name) {
+                v.schedulable = false;
+            }
+        }
+        let to = self.place_member(&vm, &views)?;
+        vm.host = to.clone();
+        vm.state = VmState::Starting;
+        vm.disk = None;
+        vm.error = None;
+        self.put_vm(&vm)?;
+        Ok(to)
+    }
+
+    /// The end of the road for a VM that could not be brought up: a cluster member is removed
+    /// (nothing half-made stays), a single VM stays visible in `error` with the reason.
+    pub(crate) async fn give_up(&self, name: &str, err: &ApiError) {
+        let Ok(mut vm) = self.vm(name) else { return };
+        if vm.cluster.is_some() {
+            self.event("vm.failed", name, format!("not deployed: {}", err.message));
+            if let Err(e) = self.remove(name).await {
+                tracing::warn!("cleaning up {name}: {}", e.message);
+            }
+        } else {
+            vm.pending = None;
+            if err.status != 409 {
+                vm.state = VmState::Error;
+                vm.error = Some(err.message.clone());
+            }
+            let _ = self.put_vm(&vm);
+        }
+    }
+
+    /// Removes a VM from its host, then forgets it and frees its address. The intent is
+    /// recorded first, so the reconciler finishes the job after a crash.
+    pub(crate) async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        let mut vm = self.vm(name)?;
+        if vm.pending != Some(Pending::Delete) {
+            vm.pending = Some(Pending::Delete);
+            vm.state = VmState::Deleting;
+            self.put_vm(&vm)?;
+        }
+        self.agent(&vm.host)?.delete(name, &vm.uuid).await?;
+        let mut ops = vec![Op::Delete { table: VMS.into(), key: name.into() }];
+        if let Some(ip) = &vm.ip {
+            ops.push(Op::Delete { table: IPAM.into(), key: ipam_key(ip) });
+        }
+        self.store.apply(ops).map_err(store_err)?;
+        self.forget_usage(name);
+        tracing::info!("deleted VM {name}");
+        Ok(())
+    }
+
+    pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+        let vm = self.vm(name)?;
+        if let Some(c) = &vm.cluster {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is a member of cluster {c:?}: use `corral cluster scale {c} --size N` or `corral cluster delete {c}`"
+            )));
+        }
+        let _b = self.busy(name)?;
+        self.remove(name).await
+    }
+
+    pub async fn vm_action(self: &Arc<Self>, name: &str, action: VmAction) -> Result<Vm, ApiError> {
+        let vm = self.vm(name)?;
+        action.check(vm.state).map_err(ApiError::conflict)?;
+        let agent = self.agent(&vm.host)?;
+        let _b = self.busy(name)?;
+        let res = agent.action(name, action).await;
+        match res {
+            Ok(st) => self.settle(name, &st),
+            Err(e) => {
+                if e.status != 409 && e.status != 503 {
+                    let mut vm = self.vm(name)?;
+                    vm.state = VmState::Error;
+                    vm.error = Some(e.message.clone());
+                    self.put_vm(&vm)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One pass of the reconciler: finish pending work, remove orphans, finish cluster deletes.
+    pub async fn reconcile_once(self: &Arc<Self>) {
+        let Ok(vms) = self.vms() else { return };
+        for vm in &vms {
+            let Some(p) = vm.pending else {
+                self.backoff.clear(&vm.name);
+                continue;
+            };
+            if !self.host_ready(&vm.host) || !self.backoff.due(&vm.name) {
+                continue;
+            }
+            let Ok(guard) = self.busy(&vm.name) else { continue };
+            let me = self.clone();
+            let name = vm.name.clone();
+            let relocatable = vm.cluster.is_some();
+            tokio::spawn(async move {
+                let _g = guard;
+                let res = match p {
+                    Pending::Create { .. } => me.bring_up(&name, relocatable).await.map(|_| ()),
+                    Pending::Delete => me.remove(&name).await,
+                };
+                match res {
+                    Ok(()) => me.event("vm.reconciled", &name, format!("finished pending {p:?}")),
+                    Err(e) => {
+                        tracing::warn!("reconciling {name}: {}", e.message);
+                        me.backoff.failed(&name);
+                        if matches!(p, Pending::Create { .. }) && e.status != 503 {
+                            me.give_up(&name, &e).await;
+                        }
+                    }
+                }
+            });
+        }
+        // Orphans: VMs a host runs that the store does not know there (same name, UUID, host).
+        for host in self.ready_hosts() {
+            let Some(reported) = self.reported(&host) else { continue };
+            for st in reported {
+                if self.is_busy(&st.name) {
+                    continue;
+                }
+                let ours = vms.iter().any(|v| v.name == st.name && v.uuid == st.uuid && v.host == host);
+                if ours {
+                    continue;
+                }
+                let Ok(guard) = self.busy(&st.name) else { continue };
+                let me = self.clone();
+                let host = host.clone();
+                tokio::spawn(async move {
+                    let _g = guard;
+                    // Check again under the busy mark: the record may have appeared meanwhile.
+                    let known = me.store.get_json::<Vm>(VMS, &st.name).ok().flatten();
+                    if known.is_some_and(|v| v.uuid == st.uuid && v.host == host) {
+                        return;
+                    }
+                    if let Ok(a) = me.agent(&host) {
+                        match a.delete(&st.name, &st.uuid).await {
+                            Ok(()) => me.event(
+                                "vm.orphan-removed",
+                                &st.name,
+                                format!("removed from {host}: the store has no such VM there"),
+                            ),
+                            Err(e) => tracing::warn!("removing orphan {} from {host}: {}", st.name, e.message),
+                        }
+                    }
+                });
+            }
+        }
+        self.finish_cluster_deletes();
+    }
+}
+
+/// Maps a placement failure to an API error.
+pub(crate) fn place_error(e: PlaceError) -> ApiError {
+    match e {
+        PlaceError::UnknownHost(_) | PlaceError::NoTemplate(_) => ApiError::bad_request(e.to_string()),
+        _ => ApiError::no_capacity(e.to_string()),
+    }
+}
