@@ -45,6 +45,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/exec", post(exec))
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/templates/pull", post(pull))
+        .route("/v1/vms/import", post(import))
+        .route("/v1/vms/{name}/files/{part}", get(file))
         .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
         .with_state(agent)
 }
@@ -102,4 +104,27 @@ async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullBody>) -> R<corral_
     corral_api::names::validate_name("template", &b.name).map_err(ApiError::bad_request)?;
     a.pull_template(&b.name).await?;
     Ok(Json(a.registration()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportBody {
+    def: VmDefinition,
+    /// Base URL of the agent that holds the VM now.
+    source: String,
+}
+
+/// Takes over a stopped or suspended VM from another host.
+async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportBody>) -> R<VmStatus> {
+    Ok(Json(a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await?))
+}
+
+/// A stopped or suspended VM's disk or saved memory, for the host taking it over.
+async fn file(
+    State(a): State<Arc<Agent>>,
+    Path((name, part)): Path<(String, String)>,
+) -> Result<axum::response::Response, HttpError> {
+    let p = a.vms.file(&name, &part)?;
+    let f = tokio::fs::File::open(&p).await.map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    Ok(axum::response::Response::new(body))
 }

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod fetch;
 pub mod guest;
 pub mod hostinfo;
 pub mod qemu;
@@ -48,7 +49,7 @@ pub struct Agent {
     pub vms: Arc<vm::Manager>,
     pub accel: accel::Verdict,
     sampler: Mutex<hostinfo::CpuSampler>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// One template transfer at a time.
     pulling: tokio::sync::Mutex<()>,
 }

@@ -193,6 +193,23 @@ pub async fn create_overlay(template_disk: &Path, overlay: &Path, size_mib: Opti
     }
 }
 
+/// Points an overlay at another copy of its template, without touching the data (the
+/// template's contents are the same on every host).
+pub async fn rebase(overlay: &Path, template_disk: &Path) -> Result<(), String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(template_disk)
+        .arg(overlay)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("qemu-img rebase failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// Bytes allocated on disk by a file (sparse-aware).
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;

@@ -24,15 +24,12 @@ pub async fn pull(
     dir: &Path,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let base = format!("{}/v1/templates/{name}", controller.trim_end_matches('/'));
-    let get = |part: &str| {
-        let mut r = http.get(format!("{base}/files/{part}"));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r
-    };
-    let meta: Meta = get("meta")
+    let base = format!("{}/v1/templates/{name}/files", controller.trim_end_matches('/'));
+    let mut req = http.get(format!("{base}/meta"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let meta: Meta = req
         .send()
         .await
         .map_err(|e| e.to_string())?
@@ -48,20 +45,7 @@ pub async fn pull(
         ..meta
     };
     for (part, file) in [("kernel", &local.kernel), ("initrd", &local.initrd), ("disk", &local.disk)] {
-        let mut resp = get(part)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .error_for_status()
-            .map_err(|e| format!("{part}: {e}"))?;
-        let tmp = dir.join(format!("{file}.partial"));
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
-        use tokio::io::AsyncWriteExt;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        f.sync_all().await.map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, dir.join(file)).await.map_err(|e| e.to_string())?;
+        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file)).await?;
     }
     let bytes = serde_json::to_vec_pretty(&local).map_err(|e| e.to_string())?;
     let tmp = dir.join(format!("{name}.json.partial"));

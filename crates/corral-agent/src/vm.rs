@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -515,6 +516,87 @@ impl Manager {
             .map_err(|err| internal(format!("cannot remove {}: {err}", e.paths.dir.display())))?;
         lock(&self.vms).remove(name);
         Ok(())
+    }
+
+    /// The file of a VM that another host may fetch (`disk` or `state`): only while no QEMU
+    /// process uses it.
+    pub fn file(&self, name: &str, part: &str) -> Result<PathBuf, ApiError> {
+        let e = self.entry(name)?;
+        let state = e.snapshot().state;
+        if !matches!(state, VmState::Suspended | VmState::Inactive) {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is {state}: its files can be copied only while it is suspended or inactive"
+            )));
+        }
+        let p = match part {
+            "disk" => e.paths.disk(),
+            "state" => e.paths.saved_state(),
+            _ => return Err(ApiError::not_found(format!("no VM file {part:?}: use disk or state"))),
+        };
+        if !p.exists() {
+            return Err(ApiError::not_found(format!("VM {name:?} has no {part} file")));
+        }
+        Ok(p)
+    }
+
+    /// Takes over a VM from another host: fetches its disk (and saved memory, if suspended)
+    /// from `source` (that host's agent), points the disk at this host's copy of the template
+    /// and records it here. The VM keeps its identity.
+    pub async fn import(
+        &self,
+        def: VmDefinition,
+        source: &str,
+        http: &reqwest::Client,
+        token: Option<&str>,
+    ) -> Result<VmStatus, ApiError> {
+        let t = self.template(&def.template)?;
+        let paths = VmPaths::new(self.s.data_dir.join("vms").join(&def.name));
+        let entry = {
+            let mut vms = lock(&self.vms);
+            if let Some(existing) = vms.get(&def.name) {
+                if existing.snapshot().def.uuid == def.uuid && existing.snapshot().state != VmState::Deleting {
+                    let e = existing.clone();
+                    drop(vms);
+                    return Ok(e.status());
+                }
+                return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
+            }
+            let rec = VmRecord { def: def.clone(), state: VmState::Resuming, error: None, pid: None, boot_ms: None };
+            let e = Arc::new(Entry {
+                paths: paths.clone(),
+                op: tokio::sync::Mutex::new(()),
+                rec: Mutex::new(rec),
+                usage: Mutex::new((VmUsage::default(), None)),
+            });
+            vms.insert(def.name.clone(), e.clone());
+            e
+        };
+        let _g = entry.op.lock().await;
+        let base = format!("{}/v1/vms/{}/files", source.trim_end_matches('/'), def.name);
+        let fetched = async {
+            std::fs::create_dir_all(&paths.dir).map_err(internal)?;
+            entry.update(|_| {})?;
+            crate::fetch::download(http, &format!("{base}/disk"), token, &paths.disk())
+                .await
+                .map_err(ApiError::unavailable)?;
+            let has_state =
+                match crate::fetch::download(http, &format!("{base}/state"), token, &paths.saved_state()).await {
+                    Ok(_) => true,
+                    Err(e) if e.contains("404") => false,
+                    Err(e) => return Err(ApiError::unavailable(e)),
+                };
+            qemu::rebase(&paths.disk(), &t.disk).await.map_err(ApiError::internal)?;
+            entry.update(|r| r.state = if has_state { VmState::Suspended } else { VmState::Inactive })?;
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        if let Err(err) = fetched {
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            lock(&self.vms).remove(&def.name);
+            return Err(err);
+        }
+        tracing::info!("VM {} imported from {source}", def.name);
+        Ok(entry.status())
     }
 
     /// Runs a command in a running guest.

@@ -414,6 +414,11 @@ fn lab_down_leaves_nothing() -> Result<(), Failed> {
 /// Removes whatever a trial left behind (also when it failed), so each trial starts on empty
 /// hosts.
 fn clean_slate() {
+    if let Ok(hs) = json(&["host", "list"]) {
+        for h in hs.as_array().into_iter().flatten().filter(|h| h["cordoned"] == true) {
+            let _ = corral(&["host", "uncordon", h["name"].as_str().unwrap_or_default()]);
+        }
+    }
     if let Ok(cs) = json(&["cluster", "list"]) {
         for c in cs.as_array().into_iter().flatten() {
             if let Some(n) = c["name"].as_str() {

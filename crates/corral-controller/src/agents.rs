@@ -64,6 +64,17 @@ impl AgentClient {
         .await
     }
 
+    /// The agent's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Asks this agent to take over a stopped or suspended VM from the agent at `source`.
+    pub async fn import(&self, def: &VmDefinition, source: &str) -> Result<VmStatus, ApiError> {
+        let body = json!({"def": def, "source": source});
+        self.send(self.http.post(format!("{}/v1/vms/import", self.base)).timeout(Self::SLOW).json(&body)).await
+    }
+
     pub async fn get(&self, name: &str) -> Result<VmStatus, ApiError> {
         self.send(self.http.get(format!("{}/v1/vms/{name}", self.base))).await
     }

@@ -420,7 +420,8 @@ impl Controller {
     }
 
     /// Places one member (or a single VM) with its cluster's placement rules.
-    pub(crate) fn place_member(&self, vm: &Vm, views: &[HostView]) -> Result<String, ApiError> {
+    /// With `pin`, only that host is considered (the answer says whether it can take the VM).
+    pub(crate) fn place_member(&self, vm: &Vm, views: &[HostView], pin: Option<&str>) -> Result<String, ApiError> {
         let (pol, anti, labels, existing) = match vm.cluster.as_deref().map(|c| self.cluster(c)).transpose()? {
             Some(c) => {
                 let others: Vec<String> =
@@ -430,7 +431,12 @@ impl Controller {
             None => (PlacementPolicy::Spread, false, BTreeMap::new(), vec![]),
         };
         let req = GroupRequest {
-            vms: vec![VmReq { name: vm.name.clone(), vcpus: vm.vcpus, memory_mib: vm.memory_mib, host: None }],
+            vms: vec![VmReq {
+                name: vm.name.clone(),
+                vcpus: vm.vcpus,
+                memory_mib: vm.memory_mib,
+                host: pin.map(String::from),
+            }],
             policy: policy(pol),
             anti_affinity: anti,
             labels,
@@ -733,6 +739,50 @@ impl Controller {
         }
     }
 
+    /// Resumes a suspended VM on its host if that host can take it back; otherwise places it on
+    /// another host and moves its disk and saved memory there first.
+    async fn resume_member(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+        let vm = self.vm(name)?;
+        let elsewhere = {
+            let _p = self.placing.lock().await;
+            let mut views = self.host_views()?;
+            match self.place_member(&vm, &views, Some(&vm.host)) {
+                Ok(_) => None,
+                Err(_) => {
+                    for v in views.iter_mut().filter(|v| v.name == vm.host) {
+                        v.schedulable = false;
+                    }
+                    Some(self.place_member(&vm, &views, None)?)
+                }
+            }
+        };
+        if let Some(to) = elsewhere {
+            self.move_stopped(name, &to).await?;
+        }
+        self.vm_action(name, VmAction::Resume).await.map(|_| ())
+    }
+
+    /// Moves a suspended or stopped VM to another host: the new host fetches its files, the
+    /// record switches to the new host, then the old copy is removed (if that fails, the
+    /// reconciler removes it as an orphan).
+    pub(crate) async fn move_stopped(self: &Arc<Self>, name: &str, to: &str) -> Result<(), ApiError> {
+        let _b = self.busy(name)?;
+        let mut vm = self.vm(name)?;
+        let from = vm.host.clone();
+        let started = Instant::now();
+        self.ensure_template(to, &vm.template).await?;
+        let src = self.agent(&from)?;
+        let st = self.agent(to)?.import(&crate::service::definition(&vm), src.url()).await?;
+        vm.host = to.to_string();
+        vm.disk = Some(st.disk.clone());
+        self.put_vm(&vm)?;
+        if let Err(e) = src.delete(name, &vm.uuid).await {
+            tracing::warn!("removing the old copy of {name} from {from}: {}", e.message);
+        }
+        self.event("vm.moved", name, format!("moved from {from} to {to} in {} ms", started.elapsed().as_millis()));
+        Ok(())
+    }
+
     fn set_cluster_state(&self, name: &str, s: ClusterState) -> Result<(), ApiError> {
         let mut c = self.cluster(name)?;
         c.state = s;
@@ -782,7 +832,11 @@ impl Controller {
                     } else {
                         m.state == VmState::Suspended
                     };
-                    let r = if wanted { me.vm_action(&m.name, action).await.map(|_| ()) } else { Ok(()) };
+                    let r = match (wanted, suspend) {
+                        (false, _) => Ok(()),
+                        (true, true) => me.vm_action(&m.name, action).await.map(|_| ()),
+                        (true, false) => me.resume_member(&m.name).await,
+                    };
                     if let Err(e) = &r {
                         h.message(format!("{}: {}", m.name, e.message));
                     }

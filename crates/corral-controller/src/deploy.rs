@@ -202,7 +202,7 @@ impl Controller {
                 v.schedulable = false;
             }
         }
-        let to = self.place_member(&vm, &views)?;
+        let to = self.place_member(&vm, &views, None)?;
         vm.host = to.clone();
         vm.state = VmState::Starting;
         vm.disk = None;

@@ -224,9 +224,22 @@ pub fn suspend_and_resume_a_cluster() -> Result<(), Failed> {
         msg.contains("suspended") && msg.contains("resume"),
         format!("scaling a suspended cluster is refused: {msg}"),
     )?;
+    // The first member's host goes into maintenance meanwhile: that member must resume
+    // elsewhere, with its memory and disk.
+    let moved_from = before[0]["host"].as_str().unwrap_or_default().to_string();
+    let o = corral(&["host", "cordon", &moved_from]);
+    check(o.status.success(), format!("cordon: {}", text(&o)))?;
     op(&["resume", "c-susp"])?;
+    let o = corral(&["host", "uncordon", &moved_from]);
+    check(o.status.success(), format!("uncordon: {}", text(&o)))?;
     let v = show("c-susp")?;
     check(v["state"] == "active", "cluster active again")?;
+    let first = &members(&v)[0];
+    check(first["host"] != moved_from.as_str(), format!("the member on the cordoned host resumed elsewhere: {first}"))?;
+    check(
+        !agent_disks().get(first["name"].as_str().unwrap_or_default()).is_some_and(|h| h.contains(&moved_from)),
+        "no copy left on the old host",
+    )?;
     for (m, b) in members(&v).iter().zip(&before) {
         let n = m["name"].as_str().unwrap_or_default();
         check(m["state"] == "running", format!("{n} running"))?;
@@ -287,7 +300,7 @@ pub fn controller_killed_mid_deployment_finishes() -> Result<(), Failed> {
     wait_for("some members running", Duration::from_secs(120), || {
         let v = show("c-crash").ok()?;
         let n = members(&v).iter().filter(|m| m["state"] == "running").count();
-        (n >= 1 && n < 10).then_some(())
+        (1..10).contains(&n).then_some(())
     })?;
     let cpid = lab().state()["controller_pid"].as_u64().ok_or("controller pid")?;
     kill9(cpid);
