@@ -13,10 +13,13 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 step "Bring up a lab: a controller and 3 hosts (network namespaces), each running a real agent"
 eval "$("$C" lab up --hosts 3)"
 echo "export CORRAL_URL=$CORRAL_URL"
+echo "export CORRAL_TOKEN=$CORRAL_TOKEN"
 run "$C" host list
 run "$C" template list
 
 step "Deploy VMs from the template (copy-on-write disks); the scheduler places them"
+"$C" cluster delete hpc >/dev/null 2>&1 || true
+"$C" profile delete small >/dev/null 2>&1 || true
 for vm in web1 web2 db1; do
   "$C" vm delete "$vm" >/dev/null 2>&1 || true
 done
@@ -36,13 +39,31 @@ run "$C" vm suspend web2 | grep state
 run "$C" vm resume web2 | grep state
 run "$C" vm show web1
 
+step "A virtual cluster from a profile: configure, place, prepare, execute"
+PROFILE=$(mktemp)
+trap 'rm -f "$PROFILE"' EXIT
+printf 'template = "base"\nvcpus = 1\nmemory = "128M"\n\n[placement]\npolicy = "spread"\n' >"$PROFILE"
+cat "$PROFILE"
+run "$C" profile create small --file "$PROFILE" >/dev/null
+run "$C" cluster create hpc --profile small --size 6
+run "$C" cluster show hpc
+run "$C" vm exec hpc-2 -- sh -c 'hostname; ip -4 -o addr show eth0'
+
+step "Switch environments: suspend the whole cluster to disk, then resume it"
+run "$C" cluster suspend hpc
+run "$C" host list
+run "$C" cluster resume hpc
+run "$C" cluster scale hpc --size 4
+
 cat <<EOT
 
 The lab is still up. Go on by hand:
-  export CORRAL_URL=$CORRAL_URL
+  export CORRAL_URL=$CORRAL_URL CORRAL_TOKEN=$CORRAL_TOKEN
   $C vm console web1
   $C vm exec web1 -- cat /proc/uptime
   $C vm stop web1; $C vm start web1
+  $C cluster scale hpc --size 8
+  $C events
 Take it all down with:
   $C lab down
 EOT

@@ -46,6 +46,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/templates/pull", post(pull))
         .route("/v1/vms/import", post(import))
+        .route("/v1/networks/{vni}", axum::routing::put(put_network).delete(delete_network))
         .route("/v1/vms/{name}/files/{part}", get(file))
         .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
         .with_state(agent)
@@ -127,4 +128,35 @@ async fn file(
     let f = tokio::fs::File::open(&p).await.map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
     Ok(axum::response::Response::new(body))
+}
+
+fn net(a: &Agent) -> Result<&crate::netdev::Net, ApiError> {
+    a.net.as_ref().ok_or_else(|| ApiError::unavailable("this host cannot manage network devices (netlink unavailable)"))
+}
+
+/// Makes a virtual network exist on this host exactly as given.
+async fn put_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>, Json(spec): Json<corral_api::agent::NetworkSpec>) -> Result<StatusCode, HttpError> {
+    if spec.vni != vni {
+        return Err(ApiError::bad_request("the VNI in the path and the body differ").into());
+    }
+    let local = a.underlay().ok_or_else(|| ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)"))?;
+    let n = net(&a)?;
+    n.ensure(&spec, local).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    // Local NICs of the network belong on its bridge, whatever happened to it before.
+    for tap in a.vms.taps_on(vni) {
+        if n.index(&tap).await.ok().flatten().is_some() {
+            n.attach(&tap, vni, spec.mtu).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a virtual network's devices from this host.
+async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Result<StatusCode, HttpError> {
+    let users = a.vms.taps_on(vni);
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!("network {vni} is in use by {} running VM NIC(s) on this host", users.len())).into());
+    }
+    net(&a)?.remove(vni).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,14 @@
 //! Client of Corral's guest agent (`corral-guest`), which answers JSON lines on a virtio-serial
-//! port. QEMU exposes the port as a Unix socket on the host; the agent opens one connection per
-//! call and matches answers to requests by id, ignoring stale answers and unsolicited events.
+//! port. QEMU exposes the port as a Unix socket on the host; the agent keeps one connection per
+//! guest and matches answers to requests by id, ignoring stale answers and unsolicited events.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -31,36 +35,90 @@ pub enum GuestError {
     Failed(String),
 }
 
+/// One persistent connection to a guest agent's port, shared by every caller: requests are
+/// written as they come and answers are routed back by id. Connecting and disconnecting for
+/// each call would make the guest reopen its port each time, and an answer written while no one
+/// is connected would be lost.
+struct Channel {
+    writer: tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
+    pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    alive: std::sync::atomic::AtomicBool,
+}
+
+type Channels = std::sync::Mutex<HashMap<PathBuf, Arc<Channel>>>;
+
+fn channels() -> &'static Channels {
+    static C: OnceLock<Channels> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// The live channel for a socket, connecting (again) if there is none.
+async fn channel(sock: &Path) -> Result<Arc<Channel>, GuestError> {
+    let existing = channels().lock().unwrap_or_else(|p| p.into_inner()).get(sock).cloned();
+    if let Some(c) = existing.filter(|c| c.alive.load(Ordering::SeqCst)) {
+        return Ok(c);
+    }
+    let stream = UnixStream::connect(sock).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
+    let (read, write) = stream.into_split();
+    let c = Arc::new(Channel {
+        writer: tokio::sync::Mutex::new(write),
+        pending: Default::default(),
+        alive: std::sync::atomic::AtomicBool::new(true),
+    });
+    let reader = c.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(v) = serde_json::from_str::<Value>(line.trim()) else { continue };
+            let Some(id) = v.get("id").and_then(Value::as_u64) else { continue };
+            let tx = reader.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            if let Some(tx) = tx {
+                let _ = tx.send(v);
+            }
+        }
+        // QEMU went away (or restarted): fail whoever waits, and connect anew next time.
+        reader.alive.store(false, Ordering::SeqCst);
+        reader.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    });
+    channels().lock().unwrap_or_else(|p| p.into_inner()).insert(sock.to_path_buf(), c.clone());
+    Ok(c)
+}
+
 /// Sends one request and waits for its answer.
 pub async fn call(sock: &Path, mut req: Value, timeout: Duration) -> Result<Value, GuestError> {
     let id = next_id();
     req["id"] = json!(id);
     let fut = async {
-        let stream = UnixStream::connect(sock).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
-        let mut stream = BufReader::new(stream);
+        let c = channel(sock).await?;
+        let (tx, rx) = oneshot::channel();
+        c.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         let mut line = req.to_string();
         line.push('\n');
-        stream.get_mut().write_all(line.as_bytes()).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
-        loop {
-            let mut buf = String::new();
-            let n = stream.read_line(&mut buf).await.map_err(|e| GuestError::Unreachable(e.to_string()))?;
-            if n == 0 {
-                return Err(GuestError::Unreachable("connection closed".into()));
-            }
-            let Ok(v) = serde_json::from_str::<Value>(&buf) else {
-                continue;
-            };
-            if v.get("id").and_then(Value::as_u64) != Some(id) {
-                continue;
-            }
-            if v.get("ok").and_then(Value::as_bool) == Some(true) {
-                return Ok(v);
-            }
-            let e = v.get("error").and_then(Value::as_str).unwrap_or("request failed");
-            return Err(GuestError::Failed(e.to_string()));
+        let written = c.writer.lock().await.write_all(line.as_bytes()).await;
+        if let Err(e) = written {
+            c.alive.store(false, Ordering::SeqCst);
+            c.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(GuestError::Unreachable(e.to_string()));
         }
+        let v = rx.await.map_err(|_| GuestError::Unreachable("connection closed".into()))?;
+        if v.get("ok").and_then(Value::as_bool) == Some(true) {
+            return Ok(v);
+        }
+        let e = v.get("error").and_then(Value::as_str).unwrap_or("request failed");
+        Err(GuestError::Failed(e.to_string()))
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| GuestError::Timeout(timeout))?
+    let r = tokio::time::timeout(timeout, fut).await.map_err(|_| GuestError::Timeout(timeout))?;
+    if r.is_err() {
+        if let Some(c) = channels().lock().unwrap_or_else(|p| p.into_inner()).get(sock) {
+            c.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+    }
+    r
+}
+
+/// Forgets the channel of a socket (its QEMU is gone).
+pub fn forget(sock: &Path) {
+    channels().lock().unwrap_or_else(|p| p.into_inner()).remove(sock);
 }
 
 /// Asks the guest agent whether the guest is up.

@@ -5,8 +5,10 @@
 pub mod accel;
 pub mod api;
 pub mod fetch;
+pub mod filter;
 pub mod guest;
 pub mod hostinfo;
+pub mod netdev;
 pub mod qemu;
 pub mod qmp;
 pub mod templates;
@@ -50,6 +52,7 @@ pub struct Agent {
     pub accel: accel::Verdict,
     sampler: Mutex<hostinfo::CpuSampler>,
     pub(crate) http: reqwest::Client,
+    pub net: Option<netdev::Net>,
     /// One template transfer at a time.
     pulling: tokio::sync::Mutex<()>,
 }
@@ -68,6 +71,15 @@ impl Agent {
             accel_note: self.accel.note.clone(),
             capacity: hostinfo::capacity(&self.cfg.data_dir, self.cfg.vcpus, self.cfg.memory_mib),
             templates: self.vms.templates().into_iter().map(|t| t.info).collect(),
+            underlay: self.underlay(),
+        }
+    }
+
+    /// The underlay address VXLAN tunnels end at: the address the agent listens on.
+    pub fn underlay(&self) -> Option<std::net::Ipv4Addr> {
+        match self.cfg.listen.ip() {
+            std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+            _ => None,
         }
     }
 
@@ -94,7 +106,7 @@ impl Agent {
             let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
             hostinfo::usage(&mut s, &self.cfg.data_dir)
         };
-        Heartbeat { usage, vms: self.vms.list() }
+        Heartbeat { usage, vms: self.vms.list(), networks: netdev::Net::present() }
     }
 }
 
@@ -108,7 +120,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let verdict = accel::choose(&cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
     tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
+    let net = match netdev::Net::open() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!("virtual networks unavailable: {e}");
+            None
+        }
+    };
     let settings = vm::Settings {
+        net: net.clone(),
         data_dir: cfg.data_dir.clone(),
         qemu: cfg.qemu.clone(),
         accel: verdict.accel,
@@ -116,6 +136,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_timeout: Duration::from_secs(20),
     };
     let vms = vm::Manager::open(settings, tpls).await?;
+    vms.refresh_filter().await;
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
     let agent = Arc::new(Agent {
         cfg: cfg.clone(),
@@ -123,6 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         accel: verdict,
         sampler: Mutex::new(hostinfo::CpuSampler::default()),
         http,
+        net,
         pulling: tokio::sync::Mutex::new(()),
     });
 

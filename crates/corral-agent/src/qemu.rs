@@ -59,6 +59,9 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
     if let Some(ip) = &def.ip {
         append.push_str(&format!(" corral.ip={ip}"));
     }
+    if let Some(n) = def.network {
+        append.push_str(&format!(" corral.mtu={}", n.mtu));
+    }
     let s = |x: &Path| x.display().to_string();
     let mut a: Vec<String> = vec![
         "-name".into(),
@@ -68,7 +71,11 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-machine".into(),
         "pc".into(),
         "-accel".into(),
-        accel.as_str().into(),
+        // TCG's translation cache defaults to 1 GiB; a small guest needs far less.
+        match accel {
+            Accel::Tcg => "tcg,tb-size=64".into(),
+            Accel::Kvm => "kvm".into(),
+        },
         "-m".into(),
         format!("{}M", def.memory_mib),
         "-smp".into(),

@@ -31,6 +31,8 @@ pub struct Settings {
     pub boot_timeout: Duration,
     /// How long a graceful stop waits before forcing.
     pub stop_timeout: Duration,
+    /// Netlink, for attaching NICs to their networks (None: NICs stay unattached).
+    pub net: Option<crate::netdev::Net>,
 }
 
 /// What the agent remembers of a VM across restarts.
@@ -351,7 +353,36 @@ impl Manager {
                 }
             });
         }
+        self.refresh_filter().await;
         res.map(|_| e.status())
+    }
+
+    /// Taps of the VMs running here on network `vni`.
+    pub fn taps_on(&self, vni: u32) -> Vec<String> {
+        lock(&self.vms)
+            .values()
+            .map(|e| e.snapshot())
+            .filter(|r| r.pid.is_some() && r.def.network.is_some_and(|n| n.vni == vni))
+            .map(|r| qemu::tap_name(&r.def))
+            .collect()
+    }
+
+    /// Rewrites the anti-spoofing rules for the NICs of the VMs that run here.
+    pub async fn refresh_filter(&self) {
+        let nics: Vec<crate::filter::Nic> = lock(&self.vms)
+            .values()
+            .map(|e| e.snapshot())
+            .filter(|r| r.state.has_process() && r.def.network.is_some())
+            .filter_map(|r| {
+                let ip = r.def.ip.as_deref()?.split('/').next()?.to_string();
+                Some(crate::filter::Nic { tap: qemu::tap_name(&r.def), mac: r.def.mac.clone(), ip })
+            })
+            .collect();
+        if self.s.net.is_some() {
+            if let Err(e) = crate::filter::apply(&nics).await {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     /// Starts QEMU (fresh, or restoring the saved state) and waits for the guest to be up.
@@ -366,9 +397,14 @@ impl Manager {
             let _ = std::fs::remove_file(e.paths.console_log());
         }
         let args = qemu::command_line(&r.def, &t, &e.paths, self.s.accel, restore);
+        guest::forget(&e.paths.guest());
         let started = Instant::now();
         let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
         e.update(|r| r.pid = Some(pid))?;
+        if let (Some(n), Some(net)) = (r.def.network, &self.s.net) {
+            net.attach(&qemu::tap_name(&r.def), n.vni, n.mtu).await.map_err(|err| ApiError::internal(err.to_string()))?;
+        }
+        self.refresh_filter().await;
         if restore {
             let src = format!("exec:cat {}", e.paths.saved_state().display());
             qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;
@@ -515,6 +551,7 @@ impl Manager {
         std::fs::remove_dir_all(&e.paths.dir)
             .map_err(|err| internal(format!("cannot remove {}: {err}", e.paths.dir.display())))?;
         lock(&self.vms).remove(name);
+        self.refresh_filter().await;
         Ok(())
     }
 
@@ -633,6 +670,7 @@ impl Manager {
     /// One pass of the monitor: notices QEMU processes that ended on their own and samples usage.
     pub async fn monitor_once(&self) {
         let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let mut ended = false;
         let hz = hostinfo::clock_ticks() as f64;
         for e in entries {
             let r = {
@@ -645,6 +683,7 @@ impl Manager {
                         r.pid = None;
                         r.error = Some("QEMU exited: the guest powered off or crashed".into());
                     });
+                    ended = true;
                     continue;
                 }
                 r
@@ -670,6 +709,9 @@ impl Manager {
                 u.guest_mem_used_mib = guest::mem_used_mib(&e.paths.guest()).await;
             }
             lock(&e.usage).0 = u;
+        }
+        if ended {
+            self.refresh_filter().await;
         }
     }
 }

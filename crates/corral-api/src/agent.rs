@@ -20,6 +20,29 @@ pub struct VmDefinition {
     /// Virtual disk size, MiB, when larger than the template's.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// The virtual network the VM's NIC joins.
+    #[serde(default)]
+    pub network: Option<NetAttach>,
+}
+
+/// Which virtual network a NIC joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetAttach {
+    pub vni: u32,
+    pub mtu: u32,
+}
+
+/// `PUT /v1/networks/{vni}` on an agent: a network as this host must have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkSpec {
+    pub vni: u32,
+    pub mtu: u32,
+    /// Underlay addresses of the other hosts with members (the flood list).
+    #[schema(value_type = Vec<String>)]
+    pub peers: Vec<std::net::Ipv4Addr>,
+    /// MAC of each VM on another host → that host's underlay address.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub macs: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 /// `POST /v1/agents/register`: an agent announces itself (at start, and whenever the controller
@@ -33,6 +56,10 @@ pub struct Register {
     pub accel_note: String,
     pub capacity: Capacity,
     pub templates: Vec<TemplateInfo>,
+    /// The host's underlay address, the end of its VXLAN tunnels.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub underlay: Option<std::net::Ipv4Addr>,
 }
 
 /// A template as an agent holds it.
@@ -66,4 +93,7 @@ pub struct VmStatus {
 pub struct Heartbeat {
     pub usage: HostUsage,
     pub vms: Vec<VmStatus>,
+    /// VNIs of the virtual networks whose devices exist on the host.
+    #[serde(default)]
+    pub networks: Vec<u32>,
 }

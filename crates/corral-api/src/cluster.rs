@@ -106,6 +106,27 @@ pub struct Cluster {
     /// Member numbers are never reused: the next member is `<name>-<next_index>`.
     pub next_index: u32,
     pub created_ms: u64,
+    /// The cluster's virtual network: VXLAN network identifier and MTU the guests use.
+    #[serde(default)]
+    pub vni: u32,
+    #[serde(default)]
+    pub mtu: u32,
+}
+
+/// A cluster's virtual network (`corral network list|show`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Network {
+    /// The cluster it belongs to.
+    pub name: String,
+    pub vni: u32,
+    pub subnet: String,
+    /// First address of the subnet, kept free.
+    pub gateway: String,
+    pub mtu: u32,
+    /// Hosts with members, which hold the network's bridge and VXLAN device.
+    pub hosts: Vec<String>,
+    /// Members: name, IP, MAC, host.
+    pub members: Vec<Member>,
 }
 
 /// One member as `cluster show` lists it.
@@ -143,6 +164,12 @@ pub struct CreateCluster {
     /// IPv4 subnet (CIDR); one is chosen from 100.64.0.0/16 when absent.
     #[serde(default)]
     pub subnet: Option<String>,
+    /// VXLAN network identifier (1..16777215); the smallest free one from 100 when absent.
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// MTU of the guests' NICs (576..1450, the underlay's 1500 less VXLAN's 50); 1450 when absent.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 /// `POST /v1/clusters/{name}/scale`.

@@ -244,6 +244,9 @@ pub struct Vm {
     /// Virtual disk size, MiB, when larger than the template's.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// The virtual network its NIC joins.
+    #[serde(default)]
+    pub network: Option<agent::NetAttach>,
 }
 
 /// Work the controller still owes a VM; the reconciler finishes it after a crash.
@@ -348,6 +351,23 @@ pub struct Host {
     /// Templates the host holds.
     #[serde(default)]
     pub templates: Vec<String>,
+    /// Underlay address (VXLAN tunnel end).
+    #[serde(default)]
+    pub underlay: Option<String>,
+    /// Virtual networks present on the host: VNI and bridge.
+    #[serde(default)]
+    pub networks: Vec<HostNetwork>,
+}
+
+/// A virtual network's devices on a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostNetwork {
+    pub vni: u32,
+    pub bridge: String,
+    pub vxlan: String,
+    /// The cluster the network belongs to, if the controller knows it.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// A template (disk image with an OS preinstalled).

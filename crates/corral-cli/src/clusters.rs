@@ -55,6 +55,12 @@ pub enum ClusterCmd {
         /// The cluster's IPv4 subnet (default: a free /24 of 100.64.0.0/16).
         #[arg(long)]
         subnet: Option<String>,
+        /// VXLAN network identifier of the cluster's network (default: the smallest free from 100).
+        #[arg(long)]
+        vni: Option<u32>,
+        /// MTU of the members' NICs (default 1450: the underlay's 1500 less VXLAN's 50).
+        #[arg(long)]
+        mtu: Option<u32>,
         /// Return at once with the operation id.
         #[arg(long)]
         no_wait: bool,
@@ -203,7 +209,7 @@ async fn start(c: &Client, op: Operation, no_wait: bool, json: bool) -> Result<i
 
 pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
     match cmd {
-        ClusterCmd::Create { name, profile, size, spread, pack, subnet, no_wait } => {
+        ClusterCmd::Create { name, profile, size, spread, pack, subnet, vni, mtu, no_wait } => {
             let policy = if pack {
                 Some(PlacementPolicy::Pack)
             } else if spread {
@@ -211,7 +217,7 @@ pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
             } else {
                 None
             };
-            let op: Operation = c.post("/v1/clusters", &CreateCluster { name, profile, size, policy, subnet }).await?;
+            let op: Operation = c.post("/v1/clusters", &CreateCluster { name, profile, size, policy, subnet, vni, mtu }).await?;
             start(c, op, no_wait, json).await
         }
         ClusterCmd::List => {
@@ -276,4 +282,34 @@ pub async fn operation(cmd: OpCmd, c: &Client, json: bool) -> Result<i32> {
             follow(c, op, json).await
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// List the clusters' virtual networks.
+    List,
+    /// Show a network: VNI, subnet, MTU, hosts, members.
+    Show { name: String },
+}
+
+pub async fn network(cmd: NetworkCmd, c: &Client, json: bool) -> Result<()> {
+    match cmd {
+        NetworkCmd::List => {
+            let ns: Vec<corral_api::cluster::Network> = c.get("/v1/networks").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ns)?);
+            } else {
+                output::networks(&ns);
+            }
+        }
+        NetworkCmd::Show { name } => {
+            let n: corral_api::cluster::Network = c.get(&format!("/v1/networks/{name}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&n)?);
+            } else {
+                output::network(&n);
+            }
+        }
+    }
+    Ok(())
 }

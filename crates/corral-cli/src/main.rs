@@ -101,6 +101,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: clusters::OpCmd,
     },
+    /// Virtual networks (one overlay per cluster).
+    Network {
+        #[command(subcommand)]
+        cmd: clusters::NetworkCmd,
+    },
     /// The event log.
     Events,
 }
@@ -232,6 +237,12 @@ enum VmCmd {
     Suspend { name: String },
     /// Delete a VM and its disk.
     Delete { name: String },
+    /// Move a stopped or suspended VM to another host (identity, disk and memory go with it).
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
     /// Show the VM's serial console.
     Console {
         name: String,
@@ -407,6 +418,7 @@ async fn run(cli: Cli) -> Result<i32> {
             print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| output::templates(t))?;
         }
         Cmd::Vm { cmd } => return vm(cmd, &client()?, o).await,
+        Cmd::Network { cmd } => clusters::network(cmd, &client()?, o == Output::Json).await?,
         Cmd::Profile { cmd } => clusters::profile(cmd, &client()?, o == Output::Json).await?,
         Cmd::Cluster { cmd } => return clusters::cluster(cmd, &client()?, o == Output::Json).await,
         Cmd::Operation { cmd } => return clusters::operation(cmd, &client()?, o == Output::Json).await,
@@ -487,6 +499,9 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
         VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
         VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
         VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Move { name, to } => {
+            show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/move"), &serde_json::json!({ "to": to })).await?)?
+        }
         VmCmd::Delete { name } => {
             c.delete::<()>(&format!("/v1/vms/{name}")).await?;
             if o == Output::Json {

@@ -62,6 +62,17 @@ pub fn host(h: &Host) {
     println!("disk:        {} GiB free of {} GiB", h.usage.disk_free_bytes >> 30, h.capacity.disk_bytes >> 30);
     println!("usage:       cpu {:.1}%, memory {} used", h.usage.cpu_pct, mib(h.usage.mem_used_mib));
     println!("vms:         {}", h.vms);
+    println!("underlay:    {}", h.underlay.clone().unwrap_or_else(|| "-".into()));
+    println!("cordoned:    {}", h.cordoned);
+    if !h.labels.is_empty() {
+        let l: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("labels:      {}", l.join(", "));
+    }
+    println!("templates:   {}", h.templates.join(", "));
+    println!("networks:");
+    for n in &h.networks {
+        println!("  VNI {:<8} bridge {:<12} vxlan {:<12} cluster {}", n.vni, n.bridge, n.vxlan, n.cluster.clone().unwrap_or_else(|| "-".into()));
+    }
 }
 
 pub fn templates(ts: &[Template]) {
@@ -230,5 +241,27 @@ pub fn events(ev: &[corral_api::cluster::Event]) {
         ev.iter()
             .map(|e| vec![format!("{:.3}", e.ms as f64 / 1000.0), e.kind.clone(), e.subject.clone(), e.message.clone()])
             .collect(),
+    );
+}
+
+pub fn networks(ns: &[corral_api::cluster::Network]) {
+    table(
+        &["NAME", "VNI", "SUBNET", "MTU", "MEMBERS", "HOSTS"],
+        ns.iter()
+            .map(|n| vec![n.name.clone(), n.vni.to_string(), n.subnet.clone(), n.mtu.to_string(), n.members.len().to_string(), n.hosts.join(",")])
+            .collect(),
+    );
+}
+
+pub fn network(n: &corral_api::cluster::Network) {
+    println!("name:    {}", n.name);
+    println!("vni:     {}", n.vni);
+    println!("subnet:  {} (gateway {} kept free)", n.subnet, n.gateway);
+    println!("mtu:     {}", n.mtu);
+    println!("hosts:   {}", n.hosts.join(", "));
+    println!();
+    table(
+        &["MEMBER", "STATE", "HOST", "IP", "MAC"],
+        n.members.iter().map(|m| vec![m.name.clone(), m.state.to_string(), m.host.clone(), opt(&m.ip), m.mac.clone()]).collect(),
     );
 }

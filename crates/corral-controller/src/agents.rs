@@ -64,6 +64,16 @@ impl AgentClient {
         .await
     }
 
+    /// Sets a virtual network on the host as given.
+    pub async fn put_network(&self, spec: &corral_api::agent::NetworkSpec) -> Result<(), ApiError> {
+        self.send::<()>(self.http.put(format!("{}/v1/networks/{}", self.base, spec.vni)).json(spec)).await
+    }
+
+    /// Removes a virtual network's devices from the host.
+    pub async fn delete_network(&self, vni: u32) -> Result<(), ApiError> {
+        self.send::<()>(self.http.delete(format!("{}/v1/networks/{vni}", self.base))).await
+    }
+
     /// The agent's base URL.
     pub fn url(&self) -> &str {
         &self.base

@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use corral_api::agent::{Heartbeat, Register};
-use corral_api::cluster::{ClusterView, CreateCluster, Event, Operation, Profile, ProfileSource, ScaleCluster};
+use corral_api::cluster::{ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster};
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
 use corral_http::HttpError;
 
@@ -86,6 +86,9 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(operations))
         .routes(routes!(operation))
         .routes(routes!(events))
+        .routes(routes!(networks))
+        .routes(routes!(network))
+        .routes(routes!(move_vm))
         .with_state(c.clone())
         .split_for_parts();
     let api = Arc::new(api);
@@ -303,4 +306,26 @@ async fn operation(State(c): C, Path(id): Path<String>, Query(w): Query<Wait>) -
 #[utoipa::path(get, path = "/v1/events", tag = "meta", responses((status = 200, body = Vec<Event>)))]
 async fn events(State(c): C) -> R<Vec<Event>> {
     Ok(Json(c.events()?))
+}
+
+#[utoipa::path(get, path = "/v1/networks", tag = "networks", responses((status = 200, body = Vec<Network>)))]
+async fn networks(State(c): C) -> R<Vec<Network>> {
+    Ok(Json(c.networks()?))
+}
+
+#[utoipa::path(get, path = "/v1/networks/{name}", tag = "networks", responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
+async fn network(State(c): C, Path(name): Path<String>) -> R<Network> {
+    Ok(Json(c.network(&name)?))
+}
+
+/// Where to move a VM.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct MoveTo {
+    to: String,
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/move", tag = "vms", request_body = MoveTo,
+    responses((status = 200, body = Vm, description = "moved: same identity, disk and (if suspended) memory"), (status = 409, body = ErrorBody)))]
+async fn move_vm(State(c): C, Path(name): Path<String>, Json(m): Json<MoveTo>) -> R<Vm> {
+    Ok(Json(c.move_vm(&name, &m.to).await?))
 }

@@ -493,6 +493,7 @@ impl Controller {
                 index: Some(i),
                 pending: Some(Pending::Create { start: true }),
                 disk_mib: p.disk_mib,
+                network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
             });
         }
         let configure_ms = t0.elapsed().as_millis() as u64;
@@ -543,7 +544,10 @@ impl Controller {
                 return Err(ApiError::conflict(format!("a cluster named {:?} already exists", req.name)));
             }
             let net = self.choose_subnet(req.subnet.as_deref(), req.size)?;
+            let (vni, mtu) = self.choose_vni_mtu(req.vni, req.mtu)?;
             let c = Cluster {
+                vni,
+                mtu,
                 name: req.name.clone(),
                 policy: req.policy.unwrap_or(profile.placement.policy),
                 profile,
@@ -587,6 +591,8 @@ impl Controller {
         let t = Instant::now();
         let prepared = futures::future::join_all(mine.iter().map(|n| self.prepare(n))).await;
         op.step("prepare", t);
+        // The hosts' network devices are set before the guests boot.
+        self.sync_networks().await;
         op.phase("execute");
         let t = Instant::now();
         let results = futures::future::join_all(mine.iter().zip(prepared).map(|(n, p)| {
@@ -611,6 +617,9 @@ impl Controller {
         .await;
         op.step("execute", t);
         drop(guards);
+        // Peers find each other by name as soon as the deployment reports done.
+        self.sync_networks().await;
+        self.sync_hosts_files().await;
         let ok = results.iter().all(|r| *r);
         self.finish_op(&op, &cluster, ok);
     }
@@ -700,6 +709,8 @@ impl Controller {
             if then.is_some() {
                 me.finish_cluster_deletes();
             }
+            me.sync_networks().await;
+            me.sync_hosts_files().await;
             me.finish_op(&op, &cluster, res.iter().all(|r| *r));
         });
     }

@@ -102,6 +102,7 @@ impl Controller {
                 index: None,
                 pending: Some(Pending::Create { start: req.start }),
                 disk_mib: None,
+                network: None,
             };
             // Intent first: the record exists before the host is asked to do anything.
             self.put_vm(&vm)?;
@@ -349,6 +350,35 @@ impl Controller {
             }
         }
         self.finish_cluster_deletes();
+        self.sync_networks().await;
+        self.sync_hosts_files().await;
+    }
+
+    /// Moves a stopped or suspended VM to another host (cold move): it keeps its identity,
+    /// disk and, if suspended, its memory.
+    pub async fn move_vm(self: &Arc<Self>, name: &str, to: &str) -> Result<Vm, ApiError> {
+        let vm = self.vm(name)?;
+        if !matches!(vm.state, VmState::Inactive | VmState::Suspended) {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is {}: stop or suspend it first (live migration comes with `corral vm migrate`)",
+                vm.state
+            )));
+        }
+        if vm.host == to {
+            return Err(ApiError::bad_request(format!("VM {name:?} is already on {to}")));
+        }
+        {
+            let _p = self.placing.lock().await;
+            let views = self.host_views()?;
+            if !views.iter().any(|v| v.name == to) {
+                return Err(ApiError::bad_request(format!("unknown host {to:?}: see `corral host list`")));
+            }
+            self.place_member(&vm, &views, Some(to))?;
+        }
+        self.move_stopped(name, to).await?;
+        self.forget_pushed(name);
+        self.sync_networks().await;
+        self.vm(name)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod clusters;
 pub mod deploy;
+pub mod network;
 pub mod service;
 pub mod templates;
 

@@ -45,6 +45,8 @@ pub(crate) struct Live {
     pub usage: HostUsage,
     /// The VMs the agent reported last.
     pub vms: Vec<VmStatus>,
+    /// VNIs of the networks present on the host.
+    pub networks: Vec<u32>,
 }
 
 /// Operator flags of a host, kept apart from what the agent registers.
@@ -76,6 +78,7 @@ pub struct Controller {
     sends: Mutex<HashMap<(String, String), TemplateSend>>,
     pub(crate) ops: Mutex<BTreeMap<String, corral_api::cluster::Operation>>,
     pub(crate) backoff: crate::deploy::Backoff,
+    pub(crate) pushed: crate::network::Pushed,
 }
 
 impl std::fmt::Debug for Controller {
@@ -122,6 +125,7 @@ pub(crate) fn definition(vm: &Vm) -> VmDefinition {
         ip: vm.ip.clone(),
         workload: vm.workload.clone(),
         disk_mib: vm.disk_mib,
+        network: vm.network,
     }
 }
 
@@ -140,6 +144,7 @@ impl Controller {
             sends: Mutex::new(HashMap::new()),
             ops: Mutex::new(BTreeMap::new()),
             backoff: Default::default(),
+            pushed: Default::default(),
         };
         c.load_ops();
         c
@@ -180,7 +185,7 @@ impl Controller {
         self.store.put_json(HOSTS, &r.name, &r).map_err(store_err)?;
         lock(&self.live).insert(
             r.name.clone(),
-            Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![] },
+            Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![], networks: vec![] },
         );
         tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
         Ok(())
@@ -206,8 +211,10 @@ impl Controller {
                 self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
             }
         }
-        lock(&self.live)
-            .insert(host.to_string(), Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms });
+        lock(&self.live).insert(
+            host.to_string(),
+            Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms, networks: hb.networks },
+        );
         Ok(())
     }
 
@@ -220,6 +227,11 @@ impl Controller {
         let live = lock(&self.live);
         let l = live.get(host)?;
         (l.last.elapsed() < self.settings.host_timeout).then(|| l.vms.clone())
+    }
+
+    /// VNIs a ready host reported in its last heartbeat.
+    pub(crate) fn reported_networks(&self, host: &str) -> Vec<u32> {
+        lock(&self.live).get(host).filter(|l| l.last.elapsed() < self.settings.host_timeout).map(|l| l.networks.clone()).unwrap_or_default()
     }
 
     pub(crate) fn ready_hosts(&self) -> Vec<String> {
@@ -270,6 +282,8 @@ impl Controller {
     pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
         let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
         let vms = self.vms()?;
+        let clusters: Vec<corral_api::cluster::Cluster> =
+            self.store.list_json(crate::clusters::CLUSTERS).map_err(store_err)?;
         regs.into_iter()
             .map(|r| {
                 let (state, last, usage) = self.host_state(&r.name);
@@ -281,6 +295,7 @@ impl Controller {
                     disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
                 };
                 let flags = self.flags(&r.name)?;
+                let nets = self.reported_networks(&r.name);
                 Ok(Host {
                     name: r.name,
                     url: r.url,
@@ -295,6 +310,16 @@ impl Controller {
                     cordoned: flags.cordoned,
                     labels: flags.labels,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
+                    underlay: r.underlay.map(|u| u.to_string()),
+                    networks: nets
+                        .into_iter()
+                        .map(|vni| corral_api::HostNetwork {
+                            vni,
+                            bridge: format!("cbr{vni}"),
+                            vxlan: format!("cvx{vni}"),
+                            cluster: clusters.iter().find(|c| c.vni == vni).map(|c| c.name.clone()),
+                        })
+                        .collect(),
                 })
             })
             .collect()

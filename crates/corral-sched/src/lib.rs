@@ -4,8 +4,11 @@
 //! the same input (ties break on host name).
 //!
 //! [`place_one`] places a single VM; [`place_group`] places a whole virtual cluster at once,
-//! all or nothing, spread or packed, with anti-affinity and label constraints.
+//! all or nothing, spread or packed, with anti-affinity and label constraints. [`drs::plan`]
+//! balances load and consolidates: which VMs to live-migrate where, which hosts to wake and
+//! which to put in standby.
 
+pub mod drs;
 pub mod group;
 pub mod place;
 mod slot;

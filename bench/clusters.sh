@@ -1,0 +1,682 @@
+#!/usr/bin/env bash
+# Virtual-cluster deployment and REST API benchmarks. Writes bench/results/clusters.{json,md}
+# and bench/results/api.{json,md}, only when every part succeeded.
+#
+#   1. deploy   a 20-VM cluster (1 vCPU, 128 MiB, spread) on a 3-host lab: request -> every
+#               guest ready, from the operation's started_ms/finished_ms, the wall time of
+#               `corral cluster create`, and its steps (configure/place/prepare/execute).
+#               Against the FLOOR: the same 20 guests started by this script with nothing but
+#               `qemu-img create` + `qemu-system-x86_64` in the same host namespaces, 7/7/6, all
+#               at once, ready when the console says `corral-guest: ready`. The floor's QEMU
+#               command line is the one Corral ran (read from /proc/PID/cmdline of a member),
+#               with the VM's identity and paths swapped and the console on `-serial file:`.
+#               BENCH_RUNS runs of each, alternating (corral, floor, corral, floor, ...).
+#   2. api      on a fresh 3-host lab, with corral-load (crates/corral-bench): create
+#               BENCH_API_VMS inactive VMs (POST /v1/vms, start=false: a qcow2 overlay each, no
+#               boot) BENCH_API_CONCURRENCY at a time, then BENCH_API_LISTS x GET /v1/vms with
+#               those VMs present.
+#
+# Needs root (labs), jq, qemu-img, qemu-system-x86_64, ip, cargo. Run through `make bench` /
+# bench/run.sh, or alone: `bash bench/clusters.sh` (it then builds the corral binary and the
+# guest assets itself). It always builds corral-load (`cargo build --release -p corral-bench`).
+#
+# Labs use indexes 160 (deploy) and 161 (api), in /tmp/corral-bench-160 and /tmp/corral-bench-161.
+#
+# Environment:
+#   CORRAL_CACHE            cache root (default <repo>/.cache)
+#   CORRAL_BIN              corral binary (default <repo>/target/release/corral; built if unset)
+#   BENCH_RUNS              runs of corral and of the floor (default 3)
+#   BENCH_CLUSTER_SIZE      VMs in the cluster (default 20)
+#   BENCH_API_VMS           VMs created through the API (default 1000)
+#   BENCH_API_LISTS         GET /v1/vms requests (default 2000)
+#   BENCH_API_CONCURRENCY   requests in flight (default 8)
+#   BENCH_RESULTS           output directory (default <repo>/bench/results)
+#   BENCH_QUIET_PCT         before each run, wait until the CPUs are at most this % busy (default 25)
+#   BENCH_QUIET_WAIT        ... for at most this many seconds, then measure anyway (default 60)
+#   BENCH_COMMIT            commit recorded in the results (default: git HEAD, "+dirty" if modified)
+#   BENCH_COMMAND           command line recorded in the results
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Never act on a lab or controller named by the caller's environment.
+unset CORRAL_URL CORRAL_TOKEN CORRAL_LAB_DIR
+export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
+GUEST="$CORRAL_CACHE/guest"
+RESULTS=${BENCH_RESULTS:-$REPO/bench/results}
+RUNS=${BENCH_RUNS:-3}
+SIZE=${BENCH_CLUSTER_SIZE:-20}
+API_VMS=${BENCH_API_VMS:-1000}
+API_LISTS=${BENCH_API_LISTS:-2000}
+API_CONC=${BENCH_API_CONCURRENCY:-8}
+QUIET_PCT=${BENCH_QUIET_PCT:-25}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
+COMMAND=${BENCH_COMMAND:-bash bench/clusters.sh}
+READY_TIMEOUT_S=300
+LOAD="$REPO/target/release/corral-load"
+
+DEPLOY_INDEX=160
+DEPLOY_DIR=/tmp/corral-bench-$DEPLOY_INDEX
+DEPLOY_URL=http://198.18.$DEPLOY_INDEX.1:7700
+API_INDEX=161
+API_DIR=/tmp/corral-bench-$API_INDEX
+API_URL=http://198.18.$API_INDEX.1:7700
+HOSTS=3
+
+T_START=$EPOCHSECONDS
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log() { printf '[clusters %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (the labs make network namespaces and bridges)"
+for c in jq qemu-img qemu-system-x86_64 ip awk cargo; do
+	command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found (bench/run.sh installs jq; make setup the rest)"
+done
+
+# --- build -------------------------------------------------------------------------------------
+
+cd "$REPO"
+if [ -z "${CORRAL_BIN:-}" ]; then
+	log "building the corral binary (cargo build --release --bins)"
+	cargo build --quiet --release --bins || die "cargo build --release --bins failed"
+	log "building the guest assets if needed (scripts/build-guest.sh)"
+	bash scripts/build-guest.sh >&2 || die "scripts/build-guest.sh failed"
+fi
+BIN=${CORRAL_BIN:-$REPO/target/release/corral}
+log "building corral-load (cargo build --release -p corral-bench)"
+cargo build --quiet --release -p corral-bench || die "cargo build --release -p corral-bench failed"
+[ -x "$BIN" ] || die "$BIN not found: build it with \`cargo build --release --bins\` or run bench/run.sh"
+[ -x "$LOAD" ] || die "$LOAD was not built"
+[ -f "$GUEST/base.json" ] && [ -f "$GUEST/base.qcow2" ] || die "no guest assets in $GUEST: run \`make guest\`"
+
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-clusters.XXXXXX")
+WORK="$SCRATCH/work"
+FLOOR="$SCRATCH/floor"
+mkdir -p "$WORK" "$FLOOR"
+POLLER_PID=""
+
+# Kills the floor's QEMU processes: by the PIDs in their PID files, and any other QEMU whose
+# command line names a file of this script's scratch directory (one still starting when a
+# failure hit). Each PID is checked against its command line first.
+kill_floor() {
+	local p cmd pids=()
+	for p in $(pgrep -f "^qemu-system-x86_64 .*$FLOOR/" || true); do pids+=("$p"); done
+	for f in "$FLOOR"/*/*/qemu.pid; do [ -f "$f" ] && pids+=("$(cat "$f")"); done
+	for p in ${pids[@]+"${pids[@]}"}; do
+		cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+		case "$cmd" in qemu-system-*"$FLOOR/"*) kill -KILL "$p" 2>/dev/null || true ;; esac
+	done
+	for p in ${pids[@]+"${pids[@]}"}; do
+		for _ in $(seq 100); do
+			cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+			case "$cmd" in qemu-system-*"$FLOOR/"*) sleep 0.05 ;; *) break ;; esac
+		done
+	done
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	local keep="" d f
+	[ -n "$POLLER_PID" ] && kill "$POLLER_PID" 2>/dev/null
+	wait 2>/dev/null
+	kill_floor
+	for d in "$DEPLOY_DIR" "$API_DIR"; do
+		if [ -e "$d/lab.json" ]; then
+			if [ $rc -ne 0 ]; then
+				# Keep the daemons' logs and the guests' consoles for the post-mortem.
+				[ -n "$keep" ] || keep=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-failure.XXXXXX")
+				mkdir -p "$keep/$(basename "$d")" && (cd "$d" && for f in *.log lab-*/vms/*/console.log; do [ -f "$f" ] && cp --parents "$f" "$keep/$(basename "$d")/"; done) 2>/dev/null
+			fi
+			log "cleanup: taking the lab in $d down"
+			"$BIN" lab down --dir "$d" >/dev/null 2>&1 || "$BIN" lab down --dir "$d" >&2
+		fi
+	done
+	rm -rf "$SCRATCH"
+	[ -n "$keep" ] && log "the labs' logs are kept in $keep"
+	[ $rc -ne 0 ] && log "FAILED (exit $rc); results in $RESULTS were not updated"
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- helpers -----------------------------------------------------------------------------------
+
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
+# Numbers on stdin, one a line -> {"runs":[...],"median":..,"min":..,"max":..}.
+stats() {
+	jq -s '{runs: ., median: (sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end),
+		min: min, max: max}'
+}
+# Percent of all CPUs busy over 2 s.
+cpu_busy_pct() {
+	local a b
+	a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+	sleep 2
+	b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+	awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; all = busy + y[2] - x[2];
+		printf "%d\n", (all > 0 ? 100 * busy / all : 0) }'
+}
+qemu_count() { pgrep -c -f '^qemu-system-' || true; }
+# Waits (bounded) until the machine is quiet and writes the conditions to $WORK/cond-NAME.json.
+wait_quiet() { # NAME
+	local t0=$EPOCHSECONDS busy
+	while :; do
+		busy=$(cpu_busy_pct)
+		[ "$busy" -le "$QUIET_PCT" ] && break
+		if [ $((EPOCHSECONDS - t0)) -ge "$QUIET_WAIT" ]; then
+			log "$1: warning: CPUs still ${busy}% busy after ${QUIET_WAIT} s; measuring anyway (results are skewed)"
+			break
+		fi
+		log "$1: waiting for a quiet machine: CPUs ${busy}% busy, $(qemu_count) QEMU process(es) running"
+	done
+	jq -n --argjson busy "$busy" --argjson q "$(qemu_count)" --argjson w "$((EPOCHSECONDS - t0))" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
+		'{cpu_busy_pct: $busy, qemu_processes: $q, waited_s: $w, loadavg: $l}' >"$WORK/cond-$1.json"
+}
+# CPU seconds (user + system) a process has used.
+cpu_s() { awk '{ printf "%.2f\n", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_sum() { local p s=0; for p in "$@"; do s=$(awk -v a="$s" -v b="$(cpu_s "$p")" 'BEGIN { printf "%.2f", a + b }'); done; echo "$s"; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+corral() { "$BIN" --url "$URL" "$@"; }
+use_lab() { # DIR URL
+	URL=$2
+	export CORRAL_URL=$2 CORRAL_LAB_DIR=$1
+	CORRAL_TOKEN=$(tr -d '[:space:]' <"$1/token")
+	export CORRAL_TOKEN
+}
+lab_up() { # DIR INDEX
+	"$BIN" lab down --dir "$1" >/dev/null 2>&1 || true
+	log "lab up: $HOSTS hosts, index $2 ($1)"
+	"$BIN" lab up --hosts "$HOSTS" --index "$2" --dir "$1" >/dev/null
+	local p
+	for p in $(jq -r '.controller_pid, .hosts[].agent_pid' "$1/lab.json"); do
+		[ "$(readlink "/proc/$p/exe")" = "$(readlink -f "$BIN")" ] || die "PID $p from $1/lab.json is not $BIN"
+	done
+}
+# Takes a lab down and checks that its namespaces, devices, QEMU processes and files are gone.
+lab_down_checked() { # DIR INDEX
+	local dir=$1 idx=$2 qpids=() f p left cmd
+	for f in "$dir"/lab-*/vms/*/qemu.pid; do
+		[ -f "$f" ] && qpids+=("$(cat "$f")")
+	done
+	"$BIN" lab down --dir "$dir" >/dev/null
+	left=$(ip netns list | awk -v p="^corral$idx-" '$1 ~ p { printf "%s ", $1 }')
+	[ -z "$left" ] || die "lab down left namespaces: $left"
+	left=$(ip -o link | awk -v p="crl$idx" '$2 ~ p { printf "%s ", $2 }')
+	[ -z "$left" ] || die "lab down left devices: $left"
+	for p in ${qpids[@]+"${qpids[@]}"}; do
+		cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+		case "$cmd" in *qemu-system*) die "lab down left QEMU process $p running" ;; esac
+	done
+	[ ! -e "$dir" ] || die "lab down left $dir behind"
+}
+
+# Polls console logs for the guest's ready line and appends "NAME MS" (epoch ms when first
+# seen) to OUT for each, until COUNT names are there or the timeout. Runs in the background.
+#   poll_ready OUT COUNT GLOB...   (GLOB: console log paths; the VM name is the parent dir)
+poll_ready() {
+	local out=$1 count=$2 f name n=0 deadline=$((EPOCHSECONDS + READY_TIMEOUT_S))
+	shift 2
+	declare -A seen=()
+	: >"$out"
+	while [ "$n" -lt "$count" ] && [ "$EPOCHSECONDS" -lt "$deadline" ]; do
+		for f in $@; do
+			[ -f "$f" ] || continue
+			name=$(basename "$(dirname "$f")")
+			[ -n "${seen[$name]:-}" ] && continue
+			if grep -q -m1 "corral-guest: ready name=$name " "$f" 2>/dev/null; then
+				seen[$name]=1
+				n=$((n + 1))
+				echo "$name $(now_ms)" >>"$out"
+			fi
+		done
+		sleep 0.05
+	done
+}
+
+# --- machine facts -----------------------------------------------------------------------------
+
+MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
+if [ -n "${BENCH_COMMIT:-}" ]; then
+	COMMIT=$BENCH_COMMIT
+else
+	COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && COMMIT="$COMMIT+dirty"
+fi
+jq -n \
+	--arg nproc "$(nproc)" \
+	--arg mem "$MEM_KIB" \
+	--arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+	--arg hk "$(uname -r)" \
+	--arg qemu "$(qemu-system-x86_64 --version | head -1)" \
+	--argjson base "$(cat "$GUEST/base.json")" \
+	--arg kvm "$([ -e /dev/kvm ] && echo present || echo absent)" \
+	--arg l0 "$LOAD_START" \
+	'{nproc: ($nproc | tonumber), memory_gib: (($mem | tonumber) / 1048576 * 10 | round / 10), cpu_model: $cpu,
+	  host_kernel: $hk, qemu_version: $qemu, guest_kernel: $base.kernel_version, guest_os: $base.os,
+	  dev_kvm: $kvm, loadavg_start: $l0}' >"$WORK/machine.json"
+
+# --- 1. deploy: corral vs floor ----------------------------------------------------------------
+
+lab_up "$DEPLOY_DIR" "$DEPLOY_INDEX"
+use_lab "$DEPLOY_DIR" "$DEPLOY_URL"
+CONTROLLER_PID=$(jq -r '.controller_pid' "$DEPLOY_DIR/lab.json")
+mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$DEPLOY_DIR/lab.json")
+corral host list --output json >"$WORK/hosts.json"
+ACCEL=$(jq -r '.[0].accel' "$WORK/hosts.json")
+ACCEL_NOTE=$(jq -r '.[0].accel_note' "$WORK/hosts.json")
+log "deploy lab: accelerator $ACCEL ($ACCEL_NOTE); capacity per host $(jq -c '[.[] | {name, vcpus: .capacity.vcpus, memory_mib: .capacity.memory_mib}]' "$WORK/hosts.json")"
+cat >"$WORK/small.toml" <<'EOF'
+template = "base"
+vcpus = 1
+memory = "128M"
+[placement]
+policy = "spread"
+EOF
+corral profile create small --file "$WORK/small.toml" >/dev/null
+
+# One Corral deployment. Writes $WORK/corral-RUN.json.
+corral_run() { # RUN
+	local run=$1 name="bc$1" t0 t1 wall f p qpids=() vms_json cpu0 cpu1 qcpu console_max
+	wait_quiet "corral-$run"
+	log "corral run $run: cluster create $name --profile small --size $SIZE --spread"
+	# The same console watch as the floor's, for comparison: when each guest printed its ready
+	# line (the guest agent is started just before). Corral itself waits for the agent's answer.
+	poll_ready "$WORK/corral-$run.console" "$SIZE" "$DEPLOY_DIR/lab-*/vms/$name-*/console.log" &
+	POLLER_PID=$!
+	cpu0=$(cpu_sum "$CONTROLLER_PID" "${AGENT_PIDS[@]}")
+	t0=$(now_ms)
+	corral cluster create "$name" --profile small --size "$SIZE" --spread --output json >"$WORK/op-$run.json"
+	t1=$(now_ms)
+	cpu1=$(cpu_sum "$CONTROLLER_PID" "${AGENT_PIDS[@]}")
+	wall=$((t1 - t0))
+	jq -e --argjson n "$SIZE" '.state == "succeeded" and .vms == $n' "$WORK/op-$run.json" >/dev/null ||
+		die "corral run $run: the deployment did not succeed: $(jq -c '{state, vms, messages}' "$WORK/op-$run.json")"
+	corral cluster show "$name" --output json >"$WORK/show-$run.json"
+	jq -e --argjson n "$SIZE" '(.members | length) == $n and all(.members[]; .state == "running")' "$WORK/show-$run.json" >/dev/null ||
+		die "corral run $run: not every member is running: $(jq -c '[.members[] | {name, state}]' "$WORK/show-$run.json")"
+	corral vm list --output json >"$WORK/vms-$run.json"
+	for f in "$DEPLOY_DIR"/lab-*/vms/"$name"-*/qemu.pid; do qpids+=("$(cat "$f")"); done
+	[ "${#qpids[@]}" -eq "$SIZE" ] || die "corral run $run: found ${#qpids[@]} QEMU PID files for $SIZE members"
+	qcpu=$(cpu_sum "${qpids[@]}")
+	# The console watch normally has every line by now; give it a moment if not.
+	for _ in $(seq 100); do
+		[ "$(wc -l <"$WORK/corral-$run.console")" -ge "$SIZE" ] && break
+		sleep 0.05
+	done
+	kill "$POLLER_PID" 2>/dev/null || true
+	wait "$POLLER_PID" 2>/dev/null || true
+	POLLER_PID=""
+	[ "$(wc -l <"$WORK/corral-$run.console")" -eq "$SIZE" ] || die "corral run $run: only $(wc -l <"$WORK/corral-$run.console") ready lines on the consoles"
+	# Keep one member's QEMU command line: the floor runs exactly that, with its own identity.
+	if [ ! -f "$WORK/qemu-cmdline" ]; then
+		p=$(cat "$DEPLOY_DIR/lab-1/vms/$(jq -r '[.members[] | select(.host == "lab-1")][0].name' "$WORK/show-$run.json")/qemu.pid")
+		cp "/proc/$p/cmdline" "$WORK/qemu-cmdline"
+	fi
+	jq -n --argjson run "$run" --argjson op "$(cat "$WORK/op-$run.json")" --argjson show "$(cat "$WORK/show-$run.json")" \
+		--argjson vms "$(cat "$WORK/vms-$run.json")" --argjson wall "$wall" --argjson t0 "$t0" \
+		--argjson cond "$(cat "$WORK/cond-corral-$run.json")" \
+		--argjson console "$(awk '{ print $2 }' "$WORK/corral-$run.console" | jq -s .)" \
+		--argjson dcpu "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" --argjson qcpu "$qcpu" \
+		--arg name "$name" \
+		'{run: $run, cluster: $name, conditions: $cond,
+		  op_ms: ($op.finished_ms - $op.started_ms), wall_ms: $wall,
+		  steps: ($op.steps | map({(.name): .ms}) | add),
+		  console_ready_last_ms: (($console | max) - $op.started_ms),
+		  console_ready_first_ms: (($console | min) - $op.started_ms),
+		  request_to_op_start_ms: ($op.started_ms - $t0),
+		  per_host: ($show.members | group_by(.host) | map({(.[0].host): length}) | add),
+		  boot_ms: ([$vms[] | select(.cluster == $name) | .boot_ms] | sort | {min: .[0], median: .[length / 2 | floor], max: .[-1]}),
+		  daemons_cpu_s: $dcpu, qemu_cpu_s_at_ready: $qcpu}' >"$WORK/corral-$run.json"
+	log "corral run $run: op $(jq .op_ms "$WORK/corral-$run.json") ms, wall $wall ms, steps $(jq -c .steps "$WORK/corral-$run.json"), last console ready at $(jq .console_ready_last_ms "$WORK/corral-$run.json") ms, per host $(jq -c .per_host "$WORK/corral-$run.json")"
+
+	# Delete, then check that nothing of it is left: no VM record, no VM directory on any host,
+	# no QEMU process, no tap in the host namespaces.
+	t0=$(now_ms)
+	corral cluster delete "$name" --output json >"$WORK/del-$run.json"
+	t1=$(now_ms)
+	jq -e '.state == "succeeded"' "$WORK/del-$run.json" >/dev/null || die "cluster delete $name: $(jq -c . "$WORK/del-$run.json")"
+	[ "$(corral vm list --output json | jq length)" -eq 0 ] || die "VMs remain after cluster delete $name"
+	[ "$(corral cluster list --output json | jq length)" -eq 0 ] || die "clusters remain after cluster delete $name"
+	local left
+	left=$(find "$DEPLOY_DIR"/lab-*/vms -mindepth 1 -maxdepth 1 | head -5)
+	[ -z "$left" ] || die "VM directories remain after cluster delete $name: $left"
+	for p in "${qpids[@]}"; do
+		case "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)" in *qemu-system*) die "QEMU $p of $name still runs after delete" ;; esac
+	done
+	for h in $(seq "$HOSTS"); do
+		left=$(ip netns exec "corral$DEPLOY_INDEX-lab-$h" ip -o link show type tun 2>/dev/null | head -3)
+		[ -z "$left" ] || die "taps remain in corral$DEPLOY_INDEX-lab-$h after delete: $left"
+	done
+	jq --argjson d "$((t1 - t0))" '. + {delete_ms: $d}' "$WORK/corral-$run.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/corral-$run.json"
+	log "corral run $run: cluster deleted in $((t1 - t0)) ms, nothing left"
+}
+
+# One floor run: the same guests without Corral. Writes $WORK/floor-RUN.json.
+floor_run() { # RUN
+	local run=$1 i h n0 u0 d0 td0 tap0 mac0 ip0 args a t0 t1 serial="" qpids=() p qcpu left launchers=()
+	wait_quiet "floor-$run"
+	mapfile -d '' -t tmpl <"$WORK/qemu-cmdline"
+	# The identity of the member the command line was taken from.
+	n0=""; u0=""; d0=""; td0=""; tap0=""; mac0=""; ip0=""
+	for i in "${!tmpl[@]}"; do
+		a=${tmpl[$i]}
+		case "$a" in
+		-name) n0=${tmpl[$((i + 1))]%%,*} ;;
+		-uuid) u0=${tmpl[$((i + 1))]} ;;
+		-pidfile) d0=$(dirname "${tmpl[$((i + 1))]}") ;;
+		-kernel) td0=$(dirname "${tmpl[$((i + 1))]}") ;;
+		-serial) serial=${tmpl[$((i + 1))]#chardev:} ;;
+		esac
+		[[ "$a" =~ ifname=([^,]+) ]] && tap0=${BASH_REMATCH[1]}
+		[[ "$a" =~ mac=([0-9a-f:]+) ]] && mac0=${BASH_REMATCH[1]}
+		[[ "$a" =~ corral\.ip=([^ ]+) ]] && ip0=${BASH_REMATCH[1]}
+	done
+	[ -n "$n0" ] && [ -n "$u0" ] && [ -n "$d0" ] && [ -n "$td0" ] && [ -n "$serial" ] ||
+		die "cannot read the identity of the captured QEMU command line: $(tr '\0' ' ' <"$WORK/qemu-cmdline")"
+
+	rm -rf "${FLOOR:?}"/*
+	log "floor run $run: $SIZE guests with qemu-img + qemu-system-x86_64 in the host namespaces"
+	local per=$(((SIZE + HOSTS - 1) / HOSTS))
+	for i in $(seq "$SIZE"); do
+		# 7/7/6 for 20 over 3: fill host 1, then 2, then 3.
+		h=$(((i - 1) / per + 1))
+		local name="fl-$i" uuid dir="$FLOOR/lab-$h/fl-$i" td="$DEPLOY_DIR/lab-$h/templates"
+		uuid=$(cat /proc/sys/kernel/random/uuid)
+		mkdir -p "$dir"
+		args=()
+		local skip=0
+		for j in "${!tmpl[@]}"; do
+			[ $skip -eq 1 ] && { skip=0; continue; }
+			a=${tmpl[$j]}
+			[ "$j" -eq 0 ] && continue # the program name
+			# The console: a plain file instead of Corral's socket chardev (with log file).
+			if [ "$a" = "-chardev" ] && [[ "${tmpl[$((j + 1))]}" == *"id=$serial,"* ]]; then skip=1; continue; fi
+			if [ "$a" = "-serial" ]; then args+=(-serial "file:$dir/console.log"); skip=1; continue; fi
+			a=${a//"$d0"/"$dir"}
+			a=${a//"$td0"/"$td"}
+			a=${a//"$u0"/"$uuid"}
+			a=${a//"corral.name=$n0 "/"corral.name=$name "}
+			a=${a//"$n0,process=corral-$n0"/"$name,process=corral-$name"}
+			[ -n "$tap0" ] && a=${a//"ifname=$tap0,"/"ifname=fl${DEPLOY_INDEX}t$i,"}
+			[ -n "$mac0" ] && a=${a//"mac=$mac0"/"$(printf 'mac=02:fb:00:00:%02x:%02x' "$run" "$i")"}
+			[ -n "$ip0" ] && a=${a//"corral.ip=$ip0"/"corral.ip=100.64.0.$((i + 1))/24"}
+			args+=("$a")
+		done
+		# Nothing of the original member may remain.
+		for a in "${args[@]}"; do
+			case "$a" in *"$u0"* | *"$d0"* | *"$DEPLOY_DIR/lab-1/vms"*) die "floor command line still names the member: $a" ;; esac
+		done
+		printf '%s\0' "${args[@]}" >"$FLOOR/lab-$h/$name.args"
+		echo "$h $name $uuid" >>"$FLOOR/vms"
+	done
+	if [ "$run" -eq 1 ]; then
+		{
+			echo "qemu-img create -q -f qcow2 -F qcow2 -b $DEPLOY_DIR/lab-1/templates/base.qcow2 $FLOOR/lab-1/fl-1/disk.qcow2"
+			printf 'ip netns exec corral%s-lab-1 qemu-system-x86_64' "$DEPLOY_INDEX"
+			tr '\0' '\n' <"$FLOOR/lab-1/fl-1.args" | while IFS= read -r a; do printf " %q" "$a"; done
+			echo
+		} >"$WORK/floor-cmdline-example"
+	fi
+
+	# Start the console watch, then every guest at once: overlay + QEMU, per VM, in parallel.
+	poll_ready "$WORK/floor-$run.console" "$SIZE" "$FLOOR/lab-*/fl-*/console.log" &
+	POLLER_PID=$!
+	t0=$(now_ms)
+	while read -r h name uuid; do
+		(
+			dir="$FLOOR/lab-$h/$name"
+			mapfile -d '' -t a <"$FLOOR/lab-$h/$name.args"
+			qemu-img create -q -f qcow2 -F qcow2 -b "$DEPLOY_DIR/lab-$h/templates/base.qcow2" "$dir/disk.qcow2" &&
+				ip netns exec "corral$DEPLOY_INDEX-lab-$h" qemu-system-x86_64 "${a[@]}" 2>"$dir/qemu.err" ||
+				echo "$name: $(cat "$dir/qemu.err" 2>/dev/null)" >>"$FLOOR/failed"
+		) &
+		launchers+=($!)
+	done <"$FLOOR/vms"
+	# Wait for every guest (the console watch stops by itself at SIZE lines or its timeout).
+	while kill -0 "$POLLER_PID" 2>/dev/null; do
+		[ -s "$FLOOR/failed" ] && die "floor run $run: QEMU failed: $(head -3 "$FLOOR/failed")"
+		sleep 0.05
+	done
+	wait "$POLLER_PID" || true
+	POLLER_PID=""
+	t1=$(now_ms)
+	wait "${launchers[@]}" || true
+	[ -s "$FLOOR/failed" ] && die "floor run $run: QEMU failed: $(head -3 "$FLOOR/failed")"
+	[ "$(wc -l <"$WORK/floor-$run.console")" -eq "$SIZE" ] ||
+		die "floor run $run: only $(wc -l <"$WORK/floor-$run.console") of $SIZE guests ready within $READY_TIMEOUT_S s"
+	for f in "$FLOOR"/lab-*/fl-*/qemu.pid; do qpids+=("$(cat "$f")"); done
+	[ "${#qpids[@]}" -eq "$SIZE" ] || die "floor run $run: ${#qpids[@]} PID files for $SIZE guests"
+	qcpu=$(cpu_sum "${qpids[@]}")
+	jq -n --argjson run "$run" --argjson t0 "$t0" --argjson t1 "$t1" \
+		--argjson console "$(awk '{ print $2 }' "$WORK/floor-$run.console" | jq -s .)" \
+		--argjson cond "$(cat "$WORK/cond-floor-$run.json")" --argjson qcpu "$qcpu" \
+		--argjson per "$(awk '{ print $1 }' "$FLOOR/vms" | sort | uniq -c | awk '{ printf "{\"lab-%s\": %s}\n", $2, $1 }' | jq -s add)" \
+		'{run: $run, conditions: $cond, ready_ms: (($console | max) - $t0), console_ready_first_ms: (($console | min) - $t0),
+		  per_host: $per, qemu_cpu_s_at_ready: $qcpu}' >"$WORK/floor-$run.json"
+	log "floor run $run: all $SIZE ready in $(jq .ready_ms "$WORK/floor-$run.json") ms (first at $(jq .console_ready_first_ms "$WORK/floor-$run.json") ms)"
+	# Every floor QEMU, by PID, then its files; QEMU removes the taps it made when it exits.
+	kill_floor
+	for p in "${qpids[@]}"; do
+		case "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)" in *qemu-system*) die "floor QEMU $p still runs" ;; esac
+	done
+	rm -rf "${FLOOR:?}"/*
+	for h in $(seq "$HOSTS"); do
+		left=$(ip netns exec "corral$DEPLOY_INDEX-lab-$h" ip -o link show type tun 2>/dev/null | head -3)
+		[ -z "$left" ] || die "taps remain in corral$DEPLOY_INDEX-lab-$h after the floor run: $left"
+	done
+}
+
+for run in $(seq "$RUNS"); do
+	corral_run "$run"
+	floor_run "$run"
+done
+cp "$DEPLOY_DIR"/*.log "$WORK/" 2>/dev/null || true
+log "lab down ($DEPLOY_DIR)"
+lab_down_checked "$DEPLOY_DIR" "$DEPLOY_INDEX"
+
+# --- 2. API: create and list -------------------------------------------------------------------
+
+lab_up "$API_DIR" "$API_INDEX"
+use_lab "$API_DIR" "$API_URL"
+CONTROLLER_PID=$(jq -r '.controller_pid' "$API_DIR/lab.json")
+mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$API_DIR/lab.json")
+RSS0=$(rss_kib "$CONTROLLER_PID")
+
+wait_quiet api-create
+log "api: creating $API_VMS inactive VMs, $API_CONC at a time (corral-load --mode create)"
+c0=$(cpu_s "$CONTROLLER_PID"); a0=$(cpu_sum "${AGENT_PIDS[@]}")
+"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode create --requests "$API_VMS" --concurrency "$API_CONC" \
+	--prefix b --memory-mib 64 --raw "$WORK/create.raw" >"$WORK/create.json"
+c1=$(cpu_s "$CONTROLLER_PID"); a1=$(cpu_sum "${AGENT_PIDS[@]}")
+jq -e --argjson n "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $n' "$WORK/create.json" >/dev/null ||
+	die "api create: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/create.json")"
+jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" \
+	--argjson a "$(awk -v a="$a0" -v b="$a1" 'BEGIN { printf "%.2f", b - a }')" \
+	--argjson cond "$(cat "$WORK/cond-api-create.json")" \
+	'. + {conditions: $cond, controller_cpu_s: $c, agents_cpu_s: $a}' "$WORK/create.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/create.json"
+# Latency by hundreds of VMs already present: does creating get slower as the store grows?
+BUCKET=$((API_VMS >= 1000 ? 100 : (API_VMS >= 10 ? API_VMS / 10 : 1)))
+jq -R -s --argjson step "$BUCKET" --argjson total "$API_VMS" '
+	[split("\n")[] | select(length > 0) | split(" ") | select(.[3] == "201") | {i: (.[0] | tonumber), ms: (.[2] | tonumber)}]
+	| group_by((.i - 1) / $step | floor) | map(sort_by(.ms) as $b | ($b | length) as $n |
+	  {vms: "\(($b[0].i - 1) / $step | floor * $step + 1)-\(($b[0].i - 1) / $step | floor * $step + $step | [., $total] | min)",
+	   p50_ms: $b[(($n + 1) / 2 | floor) - 1].ms, p99_ms: $b[([($n * 0.99 | ceil), 1] | max) - 1].ms, max_ms: $b[-1].ms})' \
+	"$WORK/create.raw" >"$WORK/create-buckets.json"
+log "api create: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, controller_cpu_s, agents_cpu_s}' "$WORK/create.json")"
+# What one create costs on the agent: its qemu-img overlay, timed alone on this machine.
+for _ in $(seq 20); do
+	t0=${EPOCHREALTIME//[.,]/}
+	qemu-img create -q -f qcow2 -F qcow2 -b "$API_DIR/lab-1/templates/base.qcow2" "$WORK/ov.qcow2"
+	t1=${EPOCHREALTIME//[.,]/}
+	rm -f "$WORK/ov.qcow2"
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }'
+done | stats >"$WORK/overlay-ms.json"
+disk_kib=$(du -sk "$API_DIR"/lab-*/vms | awk '{ s += $1 } END { print s }')
+vm_dirs=$(find "$API_DIR"/lab-*/vms -mindepth 1 -maxdepth 1 -type d | wc -l)
+[ "$vm_dirs" -eq "$API_VMS" ] || die "api: $vm_dirs VM directories on the hosts for $API_VMS VMs"
+per_host=$(corral host list --output json | jq -c 'map({(.name): .vms}) | add')
+
+wait_quiet api-list
+log "api: $API_LISTS x GET /v1/vms with $API_VMS VMs present, $API_CONC at a time (corral-load --mode list)"
+c0=$(cpu_s "$CONTROLLER_PID")
+"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode list --requests "$API_LISTS" --concurrency "$API_CONC" >"$WORK/list.json"
+c1=$(cpu_s "$CONTROLLER_PID")
+jq -e --argjson n "$API_LISTS" --argjson v "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $v' "$WORK/list.json" >/dev/null ||
+	die "api list: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/list.json")"
+jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" --argjson cond "$(cat "$WORK/cond-api-list.json")" \
+	'. + {conditions: $cond, controller_cpu_s: $c}' "$WORK/list.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/list.json"
+log "api list: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, response_bytes_mean, controller_cpu_s}' "$WORK/list.json")"
+RSS1=$(rss_kib "$CONTROLLER_PID")
+STATE_KIB=$(du -sk "$API_DIR/controller" | awk '{ print $1 }')
+log "lab down ($API_DIR)"
+lab_down_checked "$API_DIR" "$API_INDEX"
+
+# --- results -----------------------------------------------------------------------------------
+
+DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+TOTAL=$((EPOCHSECONDS - T_START))
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+jq -s . "$WORK"/corral-[0-9]*.json >"$WORK/corral-runs.json"
+jq -s . "$WORK"/floor-[0-9]*.json >"$WORK/floor-runs.json"
+jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" \
+	--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" \
+	--argjson corral "$(cat "$WORK/corral-runs.json")" --argjson floor "$(cat "$WORK/floor-runs.json")" \
+	--arg qcmd "$(tr '\0' '\n' <"$WORK/qemu-cmdline" | while IFS= read -r a; do printf "%q " "$a"; done)" --arg fcmd "$(cat "$WORK/floor-cmdline-example")" \
+	--argjson size "$SIZE" --argjson hosts "$HOSTS" --argjson runs "$RUNS" \
+	'def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+	 def st(f): [.[] | f] | {runs: ., median: med, min: min, max: max};
+	 ($corral | st(.op_ms)) as $op | ($floor | st(.ready_ms)) as $fl |
+	 {benchmark: "clusters", date: $date, command: $cmd, commit: $commit, total_s: $total,
+	  machine: ($machine + {accel: $accel, accel_note: $note, loadavg_end: $l1}),
+	  deploy: {
+	    cluster: {size: $size, hosts: $hosts, vcpus: 1, memory: "128M", policy: "spread", template: "base"},
+	    runs: $runs, order: "alternating: corral 1, floor 1, corral 2, floor 2, ...",
+	    corral: {op_ms: $op, wall_ms: ($corral | st(.wall_ms)), console_ready_last_ms: ($corral | st(.console_ready_last_ms)),
+	             steps_ms: {configure: ($corral | st(.steps.configure)), place: ($corral | st(.steps.place)),
+	                        prepare: ($corral | st(.steps.prepare)), execute: ($corral | st(.steps.execute))},
+	             delete_ms: ($corral | st(.delete_ms)), daemons_cpu_s: ($corral | st(.daemons_cpu_s)),
+	             qemu_cpu_s_at_ready: ($corral | st(.qemu_cpu_s_at_ready)), runs: $corral},
+	    floor: {ready_ms: $fl, qemu_cpu_s_at_ready: ($floor | st(.qemu_cpu_s_at_ready)), runs: $floor},
+	    ratio_corral_op_over_floor: ($op.median / $fl.median * 1000 | round / 1000),
+	    ratio_corral_wall_over_floor: (($corral | st(.wall_ms)).median / $fl.median * 1000 | round / 1000),
+	    ratio_corral_console_over_floor: (($corral | st(.console_ready_last_ms)).median / $fl.median * 1000 | round / 1000),
+	    goal_ratio: 1.15,
+	    readiness: {corral: "operation finished_ms - started_ms: every member running = its guest agent answered a ping on the virtio-serial port (the agent polls: ping with a 1 s timeout, then 200 ms pause)",
+	                corral_console: "for comparison, when the last member printed `corral-guest: ready` on its console (same watch as the floor: console log polled every 50 ms)",
+	                floor: "from the first qemu-img create to the last guest printing `corral-guest: ready name=...` on its serial console (-serial file:, polled every 50 ms); init starts the guest agent just before printing it"},
+	    qemu_command_corral: $qcmd, qemu_command_floor_example: $fcmd,
+	    floor_differences: "same QEMU binary and arguments as the Corral member (read from /proc/PID/cmdline); identity swapped (name, uuid, MAC, IP, tap name, paths); console on -serial file: instead of a socket chardev with a log file; the tap QEMU creates is left unattached (Corral attaches it to the host bridge); started with ip netns exec, -daemonize kept"}}' \
+	>"$SCRATCH/clusters.json"
+
+jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" \
+	--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" \
+	--argjson create "$(cat "$WORK/create.json")" --argjson buckets "$(cat "$WORK/create-buckets.json")" \
+	--argjson list "$(cat "$WORK/list.json")" --argjson ov "$(cat "$WORK/overlay-ms.json")" \
+	--argjson disk "$disk_kib" --argjson per "$per_host" --argjson rss0 "$RSS0" --argjson rss1 "$RSS1" --argjson state "$STATE_KIB" \
+	--arg lcmd "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode create --requests $API_VMS --concurrency $API_CONC --prefix b --memory-mib 64" \
+	--arg lcmd2 "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode list --requests $API_LISTS --concurrency $API_CONC" \
+	'{benchmark: "api", date: $date, command: $cmd, commit: $commit, total_s_of_clusters_sh: $total,
+	  machine: ($machine + {loadavg_end: $l1}),
+	  lab: "3 hosts (fresh lab), controller and agents on this machine; corral-load runs on the same 2 CPUs",
+	  create: ($create + {load_command: $lcmd, by_vms_present: $buckets, overlay_alone_ms: $ov,
+	           vms_per_host: $per, vm_dirs_disk_kib: $disk}),
+	  list: ($list + {load_command: $lcmd2}),
+	  controller_rss_kib: {idle: $rss0, after: $rss1}, controller_state_dir_kib: $state}' >"$SCRATCH/api.json"
+
+C="$SCRATCH/clusters.json"
+A="$SCRATCH/api.json"
+c() { jq -r "$@" "$C"; }
+api() { jq -r "$@" "$A"; }
+{
+	echo "# Virtual cluster deployment: Corral vs the floor"
+	echo
+	echo "- Date: $(c .date) (commit $(c .commit), whole bench/clusters.sh run $(c .total_s) s)"
+	echo "- Command: \`$(c .command)\`"
+	echo "- Machine: $(c .machine.nproc) CPUs ($(c .machine.cpu_model)), $(c .machine.memory_gib) GiB RAM, host kernel $(c .machine.host_kernel), /dev/kvm $(c .machine.dev_kvm)"
+	echo "- Load average (1/5/15 min) at start: $(c .machine.loadavg_start), at end: $(c .machine.loadavg_end)"
+	echo "- QEMU: $(c .machine.qemu_version); accelerator **$(c .machine.accel)** ($(c .machine.accel_note))"
+	echo "- Guest: $(c .machine.guest_os), kernel $(c .machine.guest_kernel)"
+	echo
+	c '.deploy.cluster | "Cluster: \(.size) VMs, \(.vcpus) vCPU, \(.memory), template `\(.template)`, policy \(.policy), on a \(.hosts)-host lab (`corral cluster create NAME --profile small --size \(.size) --spread --output json`)."'
+	c '.deploy | "\(.runs) runs of each, \(.order)."'
+	echo
+	echo "| | median | runs |"
+	echo "|---|---|---|"
+	c '.deploy | def r(x): "\(x.median) ms | \(x.runs | map(tostring) | join(", "))";
+		"| **Corral**: request -> every member running (operation finished - started) | \(r(.corral.op_ms)) |",
+		"| Corral: wall time of `corral cluster create` | \(r(.corral.wall_ms)) |",
+		"| Corral: request -> last member printed ready on its console | \(r(.corral.console_ready_last_ms)) |",
+		"| **Floor**: qemu-img + QEMU, 7/7/6 in the host namespaces -> last guest printed ready | \(r(.floor.ready_ms)) |"'
+	echo
+	c '.deploy | "**Ratio Corral / floor: \(.ratio_corral_op_over_floor)** (operation), \(.ratio_corral_wall_over_floor) (wall time), \(.ratio_corral_console_over_floor) (console ready vs console ready). Goal: within \(.goal_ratio)."'
+	echo
+	echo "Corral's steps (median, all runs):"
+	echo
+	echo "| step | median ms | runs |"
+	echo "|---|---|---|"
+	c '.deploy.corral.steps_ms | to_entries[] | "| \(.key) | \(.value.median) | \(.value.runs | map(tostring) | join(", ")) |"'
+	echo
+	echo "| run | Corral op ms | wall ms | first/last console ready ms | boot_ms min/median/max | per host | delete ms | Corral daemons CPU s | QEMU CPU s at ready | floor ready ms | floor first ready ms | floor QEMU CPU s |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+	jq -r --slurpfile f <(c '.deploy.floor.runs') '.deploy.corral.runs[] as $r | ($f[0][] | select(.run == $r.run)) as $fl |
+		"| \($r.run) | \($r.op_ms) | \($r.wall_ms) | \($r.console_ready_first_ms) / \($r.console_ready_last_ms) | \($r.boot_ms.min) / \($r.boot_ms.median) / \($r.boot_ms.max) | \($r.per_host | to_entries | map("\(.value)") | join("/")) | \($r.delete_ms) | \($r.daemons_cpu_s) | \($r.qemu_cpu_s_at_ready) | \($fl.ready_ms) | \($fl.console_ready_first_ms) | \($fl.qemu_cpu_s_at_ready) |"' "$C"
+	echo
+	echo "Conditions before each run:"
+	echo
+	jq -r '.deploy.corral.runs[] | "- Corral run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
+	jq -r '.deploy.floor.runs[] | "- floor run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
+	echo
+	echo "Readiness:"
+	echo
+	c '.deploy.readiness | "- Corral: \(.corral)", "- Corral, console: \(.corral_console)", "- Floor: \(.floor)"'
+	echo
+	echo "Floor vs Corral's QEMU: $(c .deploy.floor_differences)."
+	echo
+	echo "QEMU command line Corral ran (one member, from /proc/PID/cmdline):"
+	echo
+	echo '```'
+	c .deploy.qemu_command_corral
+	echo '```'
+	echo
+	echo "The floor's, for its first guest (then the same for the others, all at once in the background):"
+	echo
+	echo '```'
+	c .deploy.qemu_command_floor_example
+	echo '```'
+} >"$SCRATCH/clusters.md"
+
+{
+	echo "# REST API under load"
+	echo
+	echo "- Date: $(api .date) (commit $(api .commit); part of bench/clusters.sh, $(api .total_s_of_clusters_sh) s in all)"
+	echo "- Command: \`$(api .command)\`; the load generator is \`corral-load\` (crates/corral-bench)"
+	echo "- Machine: $(api .machine.nproc) CPUs ($(api .machine.cpu_model)), $(api .machine.memory_gib) GiB RAM, host kernel $(api .machine.host_kernel)"
+	echo "- Load average (1/5/15 min) at the start of bench/clusters.sh: $(api .machine.loadavg_start), at end: $(api .machine.loadavg_end)"
+	echo "- QEMU: $(api .machine.qemu_version)"
+	echo "- Lab: $(api .lab)"
+	echo
+	echo "| | requests | concurrency | ok | errors | seconds | req/s | p50 ms | p90 ms | p99 ms | max ms | controller CPU s |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+	api '.create | "| create inactive VM (`POST /v1/vms`, start=false) | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) |"'
+	api '.list | "| list (`GET /v1/vms`) with \(.vms_after) VMs | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) |"'
+	echo
+	api '"Commands: `\(.create.load_command)`, then `\(.list.load_command)`."'
+	echo
+	api '.create | "Create: agents used \(.agents_cpu_s) CPU s in all; one `qemu-img create` overlay alone takes \(.overlay_alone_ms.median) ms (median of 20, min \(.overlay_alone_ms.min), max \(.overlay_alone_ms.max)). VMs per host: \(.vms_per_host | to_entries | map("\(.key) \(.value)") | join(", ")); their directories hold \(.vm_dirs_disk_kib / 1024 | floor) MiB."'
+	api '"Controller RSS: \(.controller_rss_kib.idle / 1024 | floor) MiB idle, \(.controller_rss_kib.after / 1024 | floor) MiB after; state directory \(.controller_state_dir_kib / 1024 | floor) MiB. List responses: \(.list.response_bytes_mean / 1024 | floor) KiB each."'
+	echo
+	echo "Create latency by how many VMs already existed (each row: the requests for those VM numbers):"
+	echo
+	echo "| VMs | p50 ms | p99 ms | max ms |"
+	echo "|---|---|---|---|"
+	api '.create.by_vms_present[] | "| \(.vms) | \(.p50_ms) | \(.p99_ms) | \(.max_ms) |"'
+	echo
+	api '"Conditions: create: \(.create.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg)"); list: \(.list.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg)")."'
+} >"$SCRATCH/api.md"
+
+mkdir -p "$RESULTS"
+cp "$SCRATCH/clusters.json" "$SCRATCH/clusters.md" "$SCRATCH/api.json" "$SCRATCH/api.md" "$RESULTS/"
+log "done in $TOTAL s: $RESULTS/clusters.{json,md}, $RESULTS/api.{json,md}"
+log "deploy: corral $(c .deploy.corral.op_ms.median) ms, floor $(c .deploy.floor.ready_ms.median) ms, ratio $(c .deploy.ratio_corral_op_over_floor); api: create $(api .create.rps) req/s p99 $(api .create.p99_ms) ms, list $(api .list.rps) req/s p99 $(api .list.p99_ms) ms"

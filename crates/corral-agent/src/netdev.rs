@@ -1,0 +1,223 @@
+//! The host side of virtual networks, through netlink (rtnetlink): per network a Linux bridge
+//! (`cbr<VNI>`) and a VXLAN device (`cvx<VNI>`, no learning, no multicast) attached to it; VM
+//! taps attached to the bridge; and the VXLAN forwarding database kept exactly as the
+//! controller says: one all-zero entry per peer host (the flood list, for broadcast such as
+//! ARP) and one entry per remote VM's MAC.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+
+use corral_api::agent::NetworkSpec;
+
+/// UDP port of VXLAN (IANA).
+const VXLAN_PORT: u16 = 4789;
+
+/// Netlink failures, with the device they concern.
+#[derive(Debug, thiserror::Error)]
+#[error("network device {device}: {message}")]
+pub struct NetError {
+    pub device: String,
+    pub message: String,
+}
+
+fn err(device: &str, e: impl std::fmt::Display) -> NetError {
+    NetError { device: device.to_string(), message: e.to_string() }
+}
+
+pub fn bridge_name(vni: u32) -> String {
+    format!("cbr{vni}")
+}
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("cvx{vni}")
+}
+
+/// A MAC address `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    v.try_into().ok()
+}
+
+/// The host's netlink handle.
+#[derive(Debug, Clone)]
+pub struct Net {
+    h: Handle,
+}
+
+impl Net {
+    /// Opens a netlink connection in this process's network namespace.
+    pub fn open() -> Result<Self, NetError> {
+        let (conn, h, _) = rtnetlink::new_connection().map_err(|e| err("netlink", e))?;
+        tokio::spawn(conn);
+        Ok(Self { h })
+    }
+
+    /// Index of a device, if it exists.
+    pub async fn index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let mut s = self.h.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(l) => Ok(l.map(|l| l.header.index)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(err(name, e)),
+        }
+    }
+
+    /// Makes the network's bridge and VXLAN device exist, up, with the MTU; then sets the
+    /// forwarding database to exactly what `spec` says.
+    pub async fn ensure(&self, spec: &NetworkSpec, local: Ipv4Addr) -> Result<(), NetError> {
+        let br = bridge_name(spec.vni);
+        let br_idx = self.ensure_bridge(spec.vni, spec.mtu).await?;
+        let vx = vxlan_name(spec.vni);
+        let vx_idx = match self.index(&vx).await? {
+            Some(i) => i,
+            None => {
+                let msg = LinkVxlan::new(&vx, spec.vni).local(local).port(VXLAN_PORT).learning(false).mtu(spec.mtu).build();
+                self.h.link().add(msg).execute().await.map_err(|e| err(&vx, e))?;
+                self.index(&vx).await?.ok_or_else(|| err(&vx, "created but not found"))?
+            }
+        };
+        let set = LinkUnspec::new_with_index(vx_idx).controller(br_idx).mtu(spec.mtu).up().build();
+        self.h.link().set(set).execute().await.map_err(|e| err(&vx, e))?;
+        let _ = br;
+        self.set_fdb(&vx, vx_idx, spec).await
+    }
+
+    /// Makes the bridge of a network exist (up, with the MTU); returns its index.
+    pub async fn ensure_bridge(&self, vni: u32, mtu: u32) -> Result<u32, NetError> {
+        let br = bridge_name(vni);
+        let idx = match self.index(&br).await? {
+            Some(i) => i,
+            None => {
+                self.h.link().add(LinkBridge::new(&br).mtu(mtu).build()).execute().await.map_err(|e| err(&br, e))?;
+                self.index(&br).await?.ok_or_else(|| err(&br, "created but not found"))?
+            }
+        };
+        self.h.link().set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build()).execute().await.map_err(|e| err(&br, e))?;
+        Ok(idx)
+    }
+
+    /// Attaches a VM's tap to its network's bridge, with the network's MTU, and brings it up.
+    pub async fn attach(&self, tap: &str, vni: u32, mtu: u32) -> Result<(), NetError> {
+        let br_idx = self.ensure_bridge(vni, mtu).await?;
+        let tap_idx = self.index(tap).await?.ok_or_else(|| err(tap, "no such tap (QEMU did not create it)"))?;
+        let set = LinkUnspec::new_with_index(tap_idx).controller(br_idx).mtu(mtu).up().build();
+        self.h.link().set(set).execute().await.map_err(|e| err(tap, e))
+    }
+
+    /// Removes a network's devices (gone already is fine).
+    pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
+        for name in [vxlan_name(vni), bridge_name(vni)] {
+            if let Some(i) = self.index(&name).await? {
+                self.h.link().del(i).execute().await.map_err(|e| err(&name, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// VNIs of the networks present on this host.
+    pub fn present() -> Vec<u32> {
+        let mut out: Vec<u32> = std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("cbr")).and_then(|v| v.parse().ok()))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Current (MAC, remote) entries of a VXLAN device.
+    async fn fdb(&self, vx_idx: u32) -> Result<BTreeSet<([u8; 6], Ipv4Addr)>, NetError> {
+        let mut s = self.h.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        let mut out = BTreeSet::new();
+        while let Some(m) = s.try_next().await.map_err(|e| err("fdb", e))? {
+            if m.header.ifindex != vx_idx {
+                continue;
+            }
+            let mut mac = None;
+            let mut dst = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    // Bridge-family messages carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                        dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(m), Some(d)) = (mac, dst) {
+                out.insert((m, d));
+            }
+        }
+        Ok(out)
+    }
+
+    fn fdb_message(vx_idx: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = vx_idx;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        m
+    }
+
+    /// Sets the forwarding database of a VXLAN device to the flood list and the MAC entries.
+    async fn set_fdb(&self, vx: &str, vx_idx: u32, spec: &NetworkSpec) -> Result<(), NetError> {
+        let mut want: BTreeSet<([u8; 6], Ipv4Addr)> = BTreeSet::new();
+        for p in &spec.peers {
+            want.insert(([0; 6], *p));
+        }
+        for (mac, ip) in &spec.macs {
+            let m = parse_mac(mac).ok_or_else(|| err(vx, format!("invalid MAC {mac:?}")))?;
+            want.insert((m, *ip));
+        }
+        let have = self.fdb(vx_idx).await?;
+        for (mac, dst) in have.difference(&want) {
+            let msg = Self::fdb_message(vx_idx, *mac, *dst);
+            self.h.neighbours().del(msg).execute().await.map_err(|e| err(vx, e))?;
+        }
+        for (mac, dst) in want.difference(&have) {
+            // The all-zero MAC holds one entry per peer host (APPEND); a VM's MAC lives at one
+            // host only (REPLACE, which also moves it when the VM moved).
+            let msg = Self::fdb_message(vx_idx, *mac, *dst);
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+            let how = if *mac == [0; 6] { NLM_F_APPEND } else { NLM_F_REPLACE };
+            req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | how;
+            let mut h = self.h.clone();
+            let mut resp = h.request(req).map_err(|e| err(vx, e))?;
+            while let Some(m) = futures::StreamExt::next(&mut resp).await {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    if e.code.is_some() {
+                        return Err(err(vx, format!("adding forwarding entry for {}: {e}", IpAddr::V4(*dst))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_linux_limits() {
+        assert!(bridge_name(16_777_215).len() <= 15);
+        assert!(vxlan_name(16_777_215).len() <= 15);
+        assert_eq!(parse_mac("02:ab:00:01:02:ff"), Some([2, 0xab, 0, 1, 2, 0xff]));
+        assert_eq!(parse_mac("02:ab:00:01:02"), None);
+    }
+}

@@ -1,0 +1,3 @@
+//! Tests of the DRS policies.
+
+use super::*;
