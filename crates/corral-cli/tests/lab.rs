@@ -13,6 +13,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "lab/clusters.rs"]
 mod clusters;
+#[path = "lab/networks.rs"]
+mod networks;
 use serde_json::Value;
 
 struct Lab {
@@ -451,6 +453,14 @@ fn main() {
             r
         })
     };
+    // Trials that leave their VMs for the next one.
+    let tn = |name: &'static str, f: fn() -> Result<(), Failed>| {
+        let setup = setup.clone();
+        Trial::test(name, move || {
+            setup.map_err(|e| Failed::from(format!("lab up failed: {}", e.message().unwrap_or_default())))?;
+            f()
+        })
+    };
     let trials = vec![
         t("hosts_and_templates", hosts_and_templates),
         t("boot_to_ready_and_exec", boot_to_ready_and_exec),
@@ -477,6 +487,14 @@ fn main() {
         ),
         t("cluster_bad_input_changes_nothing", clusters::cluster_bad_input_changes_nothing),
         t("api_needs_token_and_serves_openapi", clusters::api_needs_the_token_and_describes_itself),
+        // The network trials share their clusters: they run in this order, without cleanup
+        // between them, and the last one removes everything.
+        tn("network_members_reach_each_other_across_hosts", networks::members_reach_each_other_across_hosts),
+        tn("network_clusters_isolated_even_on_one_host", networks::clusters_are_isolated_even_on_one_host),
+        tn("network_spoofed_addresses_dropped", networks::spoofed_addresses_are_dropped),
+        tn("network_moved_member_reached_at_same_address", networks::a_moved_member_is_reached_at_the_same_address),
+        t("network_deleting_clusters_leaves_no_devices", networks::deleting_clusters_leaves_no_devices),
+        t("network_bad_input", networks::network_bad_input),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
