@@ -72,6 +72,7 @@ impl Agent {
             capacity: hostinfo::capacity(&self.cfg.data_dir, self.cfg.vcpus, self.cfg.memory_mib),
             templates: self.vms.templates().into_iter().map(|t| t.info).collect(),
             underlay: self.underlay(),
+            interfaces: netdev::Net::interfaces(),
         }
     }
 

@@ -13,7 +13,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
 
 use corral_api::agent::NetworkSpec;
 
@@ -38,6 +38,11 @@ pub fn bridge_name(vni: u32) -> String {
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("cvx{vni}")
+}
+
+/// The VLAN device of a bridged network.
+pub fn vlan_name(id: u32) -> String {
+    format!("cvl{id}")
 }
 
 /// A MAC address `aa:bb:cc:dd:ee:ff` as bytes.
@@ -74,6 +79,9 @@ impl Net {
     /// forwarding database to exactly what `spec` says.
     pub async fn ensure(&self, spec: &NetworkSpec, local: Ipv4Addr) -> Result<(), NetError> {
         let br = bridge_name(spec.vni);
+        if let Some(up) = &spec.uplink {
+            return self.ensure_bridged(spec, up).await;
+        }
         let br_idx = self.ensure_bridge(spec.vni, spec.mtu).await?;
         let vx = vxlan_name(spec.vni);
         let vx_idx = match self.index(&vx).await? {
@@ -88,6 +96,45 @@ impl Net {
         self.h.link().set(set).execute().await.map_err(|e| err(&vx, e))?;
         let _ = br;
         self.set_fdb(&vx, vx_idx, spec).await
+    }
+
+    /// A bridged (provider) network: the bridge joins a host interface, or a VLAN of it, so
+    /// its VMs appear on that network as individual hosts. The interface must exist.
+    async fn ensure_bridged(&self, spec: &NetworkSpec, up: &corral_api::agent::Uplink) -> Result<(), NetError> {
+        let parent = self
+            .index(&up.interface)
+            .await?
+            .ok_or_else(|| err(&up.interface, "this host has no such interface"))?;
+        let br_idx = self.ensure_bridge(spec.vni, spec.mtu).await?;
+        let port = match up.vlan {
+            None => parent,
+            Some(vlan) => {
+                let name = vlan_name(spec.vni);
+                match self.index(&name).await? {
+                    Some(i) => i,
+                    None => {
+                        let msg = LinkVlan::new(&name, parent, vlan).mtu(spec.mtu).build();
+                        self.h.link().add(msg).execute().await.map_err(|e| err(&name, e))?;
+                        self.index(&name).await?.ok_or_else(|| err(&name, "created but not found"))?
+                    }
+                }
+            }
+        };
+        let set = LinkUnspec::new_with_index(port).controller(br_idx).up().build();
+        self.h.link().set(set).execute().await.map_err(|e| err(&up.interface, e))
+    }
+
+    /// The host's own interfaces (not Corral's devices, not loopback).
+    pub fn interfaces() -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|n| n != "lo" && !["cbr", "cvx", "cvl", "ct"].iter().any(|p| n.starts_with(p)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Makes the bridge of a network exist (up, with the MTU); returns its index.
@@ -114,7 +161,7 @@ impl Net {
 
     /// Removes a network's devices (gone already is fine).
     pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
-        for name in [vxlan_name(vni), bridge_name(vni)] {
+        for name in [vxlan_name(vni), vlan_name(vni), bridge_name(vni)] {
             if let Some(i) = self.index(&name).await? {
                 self.h.link().del(i).execute().await.map_err(|e| err(&name, e))?;
             }

@@ -43,6 +43,19 @@ pub struct NetworkSpec {
     /// MAC of each VM on another host → that host's underlay address.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub macs: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+    /// For a bridged (provider) network: the host interface (and VLAN) the bridge joins,
+    /// instead of a VXLAN overlay.
+    #[serde(default)]
+    pub uplink: Option<Uplink>,
+}
+
+/// The host interface a bridged network joins, and its VLAN (none: untagged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub interface: String,
+    #[serde(default)]
+    pub vlan: Option<u16>,
 }
 
 /// `POST /v1/agents/register`: an agent announces itself (at start, and whenever the controller
@@ -60,6 +73,9 @@ pub struct Register {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub underlay: Option<std::net::Ipv4Addr>,
+    /// The host's own network interfaces (candidates for bridged networks).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 /// A template as an agent holds it.

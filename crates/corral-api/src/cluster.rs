@@ -38,6 +38,20 @@ pub struct Placement {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A bridged (provider) network: VMs join a host interface (or a VLAN of it) and appear on
+/// that network as individual hosts, with addresses from the operator's range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bridged {
+    pub interface: String,
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// `FIRST-LAST`, e.g. `198.19.100.10-198.19.100.50`.
+    pub range: String,
+    /// Prefix length of the provider network, e.g. 24.
+    pub prefix: u8,
+}
+
 /// A profile as stored and shown: a pre-edited VM configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
@@ -54,6 +68,9 @@ pub struct Profile {
     pub placement: Placement,
     /// Higher restarts first after a host failure.
     pub restart_priority: i32,
+    /// For `network = "bridged"`: the host interface, VLAN and address range.
+    #[serde(default)]
+    pub bridged: Option<Bridged>,
     /// The TOML the profile was made from, as the user wrote it.
     pub source: String,
 }

@@ -332,10 +332,27 @@ fn init_logs(default: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-#[tokio::main]
-async fn main() {
+/// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the
+/// reader goes away, as Unix tools do (Rust ignores SIGPIPE, which turns it into a panic in
+/// `println!`).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid
+    // disposition for SIGPIPE.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
+
+fn main() {
+    default_sigpipe();
     let cli = Cli::parse();
-    match run(cli).await {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");

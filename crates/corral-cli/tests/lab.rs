@@ -495,6 +495,7 @@ fn main() {
         tn("network_moved_member_reached_at_same_address", networks::a_moved_member_is_reached_at_the_same_address),
         t("network_deleting_clusters_leaves_no_devices", networks::deleting_clusters_leaves_no_devices),
         t("network_bad_input", networks::network_bad_input),
+        t("network_bridged_puts_vms_on_provider_network", networks::bridged_network_puts_vms_on_the_provider_network),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

@@ -92,6 +92,26 @@ struct ProfileToml {
     placement: Placement,
     #[serde(default)]
     restart_priority: i32,
+    #[serde(default)]
+    bridged: Option<corral_api::cluster::Bridged>,
+}
+
+/// Parses a bridged network's range `FIRST-LAST` within its provider network.
+pub(crate) fn bridged_range(b: &corral_api::cluster::Bridged) -> Result<(Ipv4Net, Ipv4Addr, Ipv4Addr), String> {
+    let (a, z) = b
+        .range
+        .split_once('-')
+        .ok_or_else(|| format!("range {:?}: write FIRST-LAST, e.g. 198.19.100.10-198.19.100.50", b.range))?;
+    let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("range {:?}: {a:?} is not an IPv4 address", b.range))?;
+    let last: Ipv4Addr = z.trim().parse().map_err(|_| format!("range {:?}: {z:?} is not an IPv4 address", b.range))?;
+    let net = Ipv4Net::new(first, b.prefix).map_err(|_| format!("prefix {} is not a valid IPv4 prefix length", b.prefix))?.trunc();
+    if first > last {
+        return Err(format!("range {:?}: the first address is after the last", b.range));
+    }
+    if !net.contains(&last) || first == net.network() || last == net.broadcast() {
+        return Err(format!("range {:?} must lie inside {net}, without its network and broadcast addresses", b.range));
+    }
+    Ok((net, first, last))
 }
 
 fn policy(p: PlacementPolicy) -> Policy {
@@ -263,8 +283,24 @@ impl Controller {
         let workload = t.workload.unwrap_or_else(|| "idle".into());
         corral_api::validate_workload(&workload).map_err(|e| bad(format!("field `workload`: {e}")))?;
         let network = t.network.unwrap_or_else(|| "overlay".into());
-        if network != "overlay" {
-            return Err(bad(format!("field `network`: {network:?} is not a known network kind: use \"overlay\"")));
+        match (network.as_str(), &t.bridged) {
+            ("overlay", None) => {}
+            ("overlay", Some(_)) => return Err(bad("section [bridged] needs `network = \"bridged\"`".into())),
+            ("bridged", None) => {
+                return Err(bad("`network = \"bridged\"` needs a [bridged] section: interface, range, prefix (and vlan)".into()))
+            }
+            ("bridged", Some(b)) => {
+                if b.interface.is_empty() || b.interface.len() > 15 {
+                    return Err(bad(format!("field `bridged.interface`: {:?} is not an interface name", b.interface)));
+                }
+                if b.vlan.is_some_and(|v| v == 0 || v > 4094) {
+                    return Err(bad("field `bridged.vlan`: use 1 to 4094".into()));
+                }
+                bridged_range(b).map_err(|e| bad(format!("field `bridged`: {e}")))?;
+            }
+            (other, _) => {
+                return Err(bad(format!("field `network`: {other:?} is not a network kind: use \"overlay\" or \"bridged\"")))
+            }
         }
         for (k, v) in &t.placement.labels {
             if k.is_empty() || v.is_empty() {
@@ -281,6 +317,7 @@ impl Controller {
             network,
             placement: t.placement,
             restart_priority: t.restart_priority,
+            bridged: t.bridged,
             source: src.toml.clone(),
         })
     }
@@ -398,10 +435,17 @@ impl Controller {
     }
 
     /// Free addresses of a subnet, lowest first.
-    fn free_addresses(&self, net: &Ipv4Net, n: usize) -> Result<Vec<String>, ApiError> {
+    fn free_addresses(&self, c: &Cluster, net: &Ipv4Net, n: usize) -> Result<Vec<String>, ApiError> {
         let taken: BTreeSet<String> =
             self.store.scan(IPAM, "").map_err(store_err)?.into_iter().map(|(k, _)| k).collect();
-        let free: Vec<String> = vm_addresses(net)
+        let pool: Box<dyn Iterator<Item = Ipv4Addr>> = match &c.profile.bridged {
+            Some(b) => {
+                let (_, first, last) = bridged_range(b).map_err(ApiError::bad_request)?;
+                Box::new((u32::from(first)..=u32::from(last)).map(Ipv4Addr::from))
+            }
+            None => Box::new(vm_addresses(net)),
+        };
+        let free: Vec<String> = pool
             .filter(|a| !taken.contains(&a.to_string()))
             .take(n)
             .map(|a| format!("{a}/{}", net.prefix_len()))
@@ -419,10 +463,50 @@ impl Controller {
         Overcommit { cpu: self.settings.cpu_overcommit, memory: self.settings.memory_overcommit }
     }
 
+    /// Host views for placing members of `c`: a bridged network's members go only to hosts
+    /// that have its interface.
+    pub(crate) fn views_for(&self, c: &Cluster) -> Result<Vec<HostView>, ApiError> {
+        let mut views = self.host_views()?;
+        if let Some(b) = &c.profile.bridged {
+            let regs: Vec<corral_api::agent::Register> =
+                self.store.list_json(crate::service::HOSTS).map_err(store_err)?;
+            let mut any = false;
+            for v in views.iter_mut() {
+                let has = regs.iter().any(|r| r.name == v.name && r.interfaces.contains(&b.interface));
+                v.schedulable &= has;
+                any |= has;
+            }
+            if !any {
+                return Err(ApiError::bad_request(format!(
+                    "no host has interface {:?} for the bridged network: check the profile, or `corral host show`",
+                    b.interface
+                )));
+            }
+        }
+        Ok(views)
+    }
+
     /// Places one member (or a single VM) with its cluster's placement rules.
     /// With `pin`, only that host is considered (the answer says whether it can take the VM).
     pub(crate) fn place_member(&self, vm: &Vm, views: &[HostView], pin: Option<&str>) -> Result<String, ApiError> {
-        let (pol, anti, labels, existing) = match vm.cluster.as_deref().map(|c| self.cluster(c)).transpose()? {
+        let cluster = vm.cluster.as_deref().map(|c| self.cluster(c)).transpose()?;
+        let filtered: Vec<HostView>;
+        let views = match &cluster {
+            Some(c) if c.profile.bridged.is_some() => {
+                let allowed = self.views_for(c)?;
+                filtered = views
+                    .iter()
+                    .map(|v| {
+                        let mut v = v.clone();
+                        v.schedulable &= allowed.iter().any(|a| a.name == v.name && a.schedulable);
+                        v
+                    })
+                    .collect();
+                &filtered[..]
+            }
+            _ => views,
+        };
+        let (pol, anti, labels, existing) = match cluster {
             Some(c) => {
                 let others: Vec<String> =
                     self.members(&c.name)?.into_iter().filter(|m| m.name != vm.name).map(|m| m.host).collect();
@@ -458,7 +542,7 @@ impl Controller {
         existing: Vec<String>,
     ) -> Result<(Vec<Vm>, u64, u64), ApiError> {
         let t0 = Instant::now();
-        let ips = self.free_addresses(net, count as usize)?;
+        let ips = self.free_addresses(c, net, count as usize)?;
         let mut vms = Vec::new();
         for (i, ip) in (first..first + count).zip(ips) {
             let name = format!("{}-{i}", c.name);
@@ -509,7 +593,7 @@ impl Controller {
             overcommit: self.overcommit(),
             existing,
         };
-        let placed = place_group(&self.host_views()?, &req).map_err(group_error)?;
+        let placed = place_group(&self.views_for(c)?, &req).map_err(group_error)?;
         for p in placed {
             if let Some(v) = vms.iter_mut().find(|v| v.name == p.vm) {
                 v.host = p.host;
@@ -543,8 +627,21 @@ impl Controller {
             if self.store.get(CLUSTERS, &req.name).map_err(store_err)?.is_some() {
                 return Err(ApiError::conflict(format!("a cluster named {:?} already exists", req.name)));
             }
-            let net = self.choose_subnet(req.subnet.as_deref(), req.size)?;
-            let (vni, mtu) = self.choose_vni_mtu(req.vni, req.mtu)?;
+            let net = match &profile.bridged {
+                None => self.choose_subnet(req.subnet.as_deref(), req.size)?,
+                Some(b) => {
+                    let (net, first, last) = bridged_range(b).map_err(ApiError::bad_request)?;
+                    let room = u64::from(u32::from(last) - u32::from(first)) + 1;
+                    if u64::from(req.size) > room {
+                        return Err(ApiError::bad_request(format!(
+                            "range {} has room for {room} VMs but the cluster needs {}",
+                            b.range, req.size
+                        )));
+                    }
+                    net
+                }
+            };
+            let (vni, mtu) = self.choose_vni_mtu(req.vni, req.mtu, profile.bridged.is_some())?;
             let c = Cluster {
                 vni,
                 mtu,

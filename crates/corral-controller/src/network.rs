@@ -23,6 +23,8 @@ pub(crate) const MAX_VNI: u32 = 16_777_215;
 /// Guest MTU on the overlay: the underlay's 1500 less VXLAN's 50 bytes of headers.
 pub(crate) const OVERLAY_MTU: u32 = 1450;
 pub(crate) const MIN_MTU: u32 = 576;
+/// MTU of the underlay network.
+pub(crate) const UNDERLAY_MTU: u32 = 1500;
 
 /// What was last pushed, so unchanged state is not sent again.
 #[derive(Debug, Default)]
@@ -40,7 +42,7 @@ fn on_network(v: &Vm) -> bool {
 
 impl Controller {
     /// Chooses (or checks) the VNI and MTU of a new cluster.
-    pub(crate) fn choose_vni_mtu(&self, vni: Option<u32>, mtu: Option<u32>) -> Result<(u32, u32), ApiError> {
+    pub(crate) fn choose_vni_mtu(&self, vni: Option<u32>, mtu: Option<u32>, bridged: bool) -> Result<(u32, u32), ApiError> {
         let used: BTreeSet<u32> = self.store.list_json::<Cluster>(CLUSTERS).map_err(store_err)?.iter().map(|c| c.vni).collect();
         let vni = match vni {
             Some(v) if v == 0 || v > MAX_VNI => {
@@ -52,11 +54,12 @@ impl Controller {
             Some(v) => v,
             None => (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).ok_or_else(|| ApiError::no_capacity("no free VNI"))?,
         };
-        let mtu = mtu.unwrap_or(OVERLAY_MTU);
-        if !(MIN_MTU..=OVERLAY_MTU).contains(&mtu) {
-            return Err(ApiError::bad_request(format!(
-                "MTU {mtu} is out of range: use {MIN_MTU} to {OVERLAY_MTU} (the underlay's 1500 less 50 bytes of VXLAN headers)"
-            )));
+        // A bridged network carries frames as they are; an overlay pays 50 bytes of VXLAN.
+        let max = if bridged { UNDERLAY_MTU } else { OVERLAY_MTU };
+        let mtu = mtu.unwrap_or(max);
+        if !(MIN_MTU..=max).contains(&mtu) {
+            let why = if bridged { "the underlay's" } else { "the underlay's 1500 less 50 bytes of VXLAN headers" };
+            return Err(ApiError::bad_request(format!("MTU {mtu} is out of range: use {MIN_MTU} to {max} ({why})")));
         }
         Ok((vni, mtu))
     }
@@ -129,13 +132,20 @@ impl Controller {
             let hosts: BTreeSet<&str> = members.iter().map(|v| v.host.as_str()).collect();
             for h in &hosts {
                 wanted.insert((h.to_string(), c.vni));
+                let uplink = c
+                    .profile
+                    .bridged
+                    .as_ref()
+                    .map(|b| corral_api::agent::Uplink { interface: b.interface.clone(), vlan: b.vlan });
+                let overlay = uplink.is_none();
                 let spec = NetworkSpec {
+                    uplink,
                     vni: c.vni,
                     mtu: c.mtu,
-                    peers: hosts.iter().filter(|o| *o != h).filter_map(|o| under.get(*o).copied()).collect(),
+                    peers: hosts.iter().filter(|o| overlay && *o != h).filter_map(|o| under.get(*o).copied()).collect(),
                     macs: members
                         .iter()
-                        .filter(|v| v.host != *h)
+                        .filter(|v| overlay && v.host != *h)
                         .filter_map(|v| under.get(&v.host).map(|u| (v.mac.clone(), *u)))
                         .collect(),
                 };

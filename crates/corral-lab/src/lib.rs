@@ -1,6 +1,8 @@
 //! The lab (`corral lab up|down|status`): a Corral deployment on one machine. Each host is a
-//! Linux network namespace joined to an underlay bridge (198.18.<index>.0/24), running the real
-//! agent; the controller runs beside the bridge. The same binaries run a real deployment.
+//! Linux network namespace joined to an underlay bridge (198.18.<index>.0/24) by `eth0`, running
+//! the real agent; the controller runs beside the bridge. Each host also has `eth1` on a second,
+//! provider bridge (`crl<index>pv`), for bridged networks. The same binaries run a real
+//! deployment.
 //!
 //! Every resource is recorded in the lab's state file *before* it is made, so `down` removes
 //! everything even after a crash half-way through `up`. Processes are ended by the PIDs the lab
@@ -35,6 +37,9 @@ pub struct LabHost {
     pub name: String,
     pub netns: String,
     pub veth: String,
+    /// The host's second interface (`eth1` inside), on the provider bridge.
+    #[serde(default)]
+    pub provider_veth: String,
     pub ip: String,
     pub data: PathBuf,
     #[serde(default)]
@@ -47,6 +52,9 @@ pub struct LabState {
     pub index: u8,
     pub dir: PathBuf,
     pub bridge: String,
+    /// A second segment every host joins with `eth1`, for bridged (provider) networks.
+    #[serde(default)]
+    pub provider_bridge: String,
     pub url: String,
     #[serde(default)]
     pub controller_pid: Option<u32>,
@@ -203,6 +211,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
         index: idx,
         dir: dir.clone(),
         bridge: format!("crl{idx}br"),
+        provider_bridge: format!("crl{idx}pv"),
         url: format!("http://{gw}:7700"),
         controller_pid: None,
         hosts: (1..=o.hosts)
@@ -210,6 +219,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
                 name: format!("lab-{i}"),
                 netns: format!("corral{idx}-lab-{i}"),
                 veth: format!("crl{idx}h{i}"),
+                provider_veth: format!("crl{idx}p{i}"),
                 ip: format!("198.18.{idx}.{}", 10 + i),
                 data: dir.join(format!("lab-{i}")),
                 agent_pid: None,
@@ -228,6 +238,8 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
     ip(&["link", "add", &s.bridge, "type", "bridge"])?;
     ip(&["addr", "add", &format!("{gw}/24"), "dev", &s.bridge])?;
     ip(&["link", "set", &s.bridge, "up"])?;
+    ip(&["link", "add", &s.provider_bridge, "type", "bridge"])?;
+    ip(&["link", "set", &s.provider_bridge, "up"])?;
     for h in &s.hosts {
         ip(&["netns", "add", &h.netns])?;
         ip(&["link", "add", &h.veth, "type", "veth", "peer", "name", "eth0", "netns", &h.netns])?;
@@ -235,6 +247,9 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
         ip(&["-n", &h.netns, "addr", "add", &format!("{}/24", h.ip), "dev", "eth0"])?;
         ip(&["-n", &h.netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &h.netns, "link", "set", "lo", "up"])?;
+        ip(&["link", "add", &h.provider_veth, "type", "veth", "peer", "name", "eth1", "netns", &h.netns])?;
+        ip(&["link", "set", &h.provider_veth, "master", &s.provider_bridge, "up"])?;
+        ip(&["-n", &h.netns, "link", "set", "eth1", "up"])?;
     }
     start_daemons(&mut s, o).await?;
     Ok(s)
@@ -423,12 +438,16 @@ pub fn down(dir: &Path) -> Result<bool> {
             }
         }
         // Deleting the namespace removes the veth pair, asynchronously: gone is fine.
-        if link_exists(&h.veth) && ip(&["link", "delete", &h.veth]).is_err() && link_exists(&h.veth) {
-            errors.push(format!("cannot delete device {}", h.veth));
+        for v in [&h.veth, &h.provider_veth] {
+            if !v.is_empty() && link_exists(v) && ip(&["link", "delete", v]).is_err() && link_exists(v) {
+                errors.push(format!("cannot delete device {v}"));
+            }
         }
     }
-    if link_exists(&s.bridge) && ip(&["link", "delete", &s.bridge]).is_err() && link_exists(&s.bridge) {
-        errors.push(format!("cannot delete bridge {}", s.bridge));
+    for b in [&s.bridge, &s.provider_bridge] {
+        if !b.is_empty() && link_exists(b) && ip(&["link", "delete", b]).is_err() && link_exists(b) {
+            errors.push(format!("cannot delete bridge {b}"));
+        }
     }
     if !errors.is_empty() {
         bail!("lab down left something behind ({}); run `corral lab down` again", errors.join("; "));

@@ -205,3 +205,64 @@ pub fn network_bad_input() -> Result<(), Failed> {
     check(o.status.success(), "cleanup")?;
     check(json(&["cluster", "list"])? == before, "back to where it was")
 }
+
+/// Removes the test's address from the lab's provider bridge when dropped.
+struct ProviderSide(String, String);
+
+impl Drop for ProviderSide {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["addr", "del", &self.1, "dev", &self.0]).status();
+    }
+}
+
+/// The lab gives every host `eth1` on a provider segment (this kernel has no VLANs); a bridged
+/// network puts its VMs on that segment as individual hosts.
+pub fn bridged_network_puts_vms_on_the_provider_network() -> Result<(), Failed> {
+    let idx = super::lab().index;
+    let range = format!("198.19.{idx}.10-198.19.{idx}.20");
+    let prov = |iface: &str| {
+        format!("template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nnetwork = \"bridged\"\n\n[bridged]\ninterface = \"{iface}\"\nrange = \"{range}\"\nprefix = 24\n")
+    };
+    // Bad input first: an interface no host has is refused, and nothing is configured.
+    profile("prov-bad", &prov("eth9"))?;
+    let msg = fails(&["cluster", "create", "p-bad", "--profile", "prov-bad", "--size", "1"])?;
+    check(msg.contains("no host has interface \"eth9\""), format!("missing interface named: {msg}"))?;
+    for h in ["lab-1", "lab-2", "lab-3"] {
+        check(!devices(h)?.iter().any(|d| d.starts_with("cbr")), format!("nothing configured on {h}"))?;
+    }
+    // The operator's side of the provider network.
+    let side = ProviderSide(format!("crl{idx}pv"), format!("198.19.{idx}.1/24"));
+    let ok = std::process::Command::new("ip").args(["addr", "add", &side.1, "dev", &side.0]).status()?.success();
+    check(ok, "address on the provider segment")?;
+    profile("prov", &prov("eth1"))?;
+    create(&["p-net", "--profile", "prov", "--size", "2", "--spread"])?;
+    let ms = members("p-net")?;
+    check(ms[0]["host"] != ms[1]["host"], "members on two hosts")?;
+    for m in &ms {
+        let addr = ip(m);
+        check(addr.starts_with(&format!("198.19.{idx}.1")), format!("address from the operator's range: {addr}"))?;
+        // Seen from the provider network as an individual host.
+        let seen = wait_for(&format!("{addr} to answer on the provider network"), Duration::from_secs(15), || {
+            std::process::Command::new("ping")
+                .args(["-c", "1", "-W", "1", &addr])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+        });
+        check(seen.is_ok(), format!("{addr} reachable from the provider network"))?;
+        let name = m["name"].as_str().unwrap_or_default();
+        check(pings(name, &format!("198.19.{idx}.1")), format!("{name} reaches the operator's side"))?;
+    }
+    let (a, b) = (ms[0]["name"].as_str().unwrap_or_default(), ms[1]["name"].as_str().unwrap_or_default());
+    check(pings(a, b), "members reach each other by name across hosts")?;
+    let host = json(&["host", "show", ms[0]["host"].as_str().unwrap_or_default()])?;
+    check(host["networks"].as_array().is_some_and(|n| !n.is_empty()), "the host lists the bridged network")?;
+    let o = corral(&["cluster", "delete", "p-net"]);
+    check(o.status.success(), "delete")?;
+    wait_for("the bridged network's devices to go", Duration::from_secs(20), || {
+        ["lab-1", "lab-2", "lab-3"].iter().all(|h| !devices(h).unwrap_or_default().iter().any(|d| d.starts_with("cbr"))).then_some(())
+    })?;
+    drop(side);
+    Ok(())
+}
