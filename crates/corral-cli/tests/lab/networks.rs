@@ -167,14 +167,18 @@ pub fn deleting_clusters_leaves_no_devices() -> Result<(), Failed> {
         let o = corral(&["cluster", "delete", c]);
         check(o.status.success(), format!("delete {c}: {}", text(&o)))?;
     }
-    wait_for("every bridge, VXLAN device and tap to go", Duration::from_secs(20), || {
-        let left: Vec<String> = ["lab-1", "lab-2", "lab-3"]
+    let left = || -> Vec<String> {
+        ["lab-1", "lab-2", "lab-3"]
             .iter()
-            .flat_map(|h| devices(h).unwrap_or_default())
-            .filter(|d| d.starts_with("cbr") || d.starts_with("cvx") || d.starts_with("ct"))
-            .collect();
-        left.is_empty().then_some(())
-    })?;
+            .flat_map(|h| devices(h).unwrap_or_default().into_iter().map(move |d| format!("{h}:{d}")))
+            .filter(|d| ["cbr", "cvx", "ct"].iter().any(|p| d.split(':').nth(1).is_some_and(|n| n.starts_with(p))))
+            .collect()
+    };
+    // Removal goes through the operation, the next heartbeat and the reconciler: seconds on an
+    // idle machine, longer on a loaded one.
+    if wait_for("every bridge, VXLAN device and tap to go", Duration::from_secs(60), || left().is_empty().then_some(())).is_err() {
+        return Err(format!("devices left behind: {:?}", left()).into());
+    }
     check(json(&["network", "list"])?.as_array().is_some_and(|a| a.is_empty()), "no network listed")
 }
 
