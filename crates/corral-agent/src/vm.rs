@@ -57,6 +57,12 @@ struct Entry {
     usage: Mutex<(VmUsage, Option<(u64, Instant)>)>,
 }
 
+/// What [`Manager::register`] found.
+enum Registered {
+    New(Arc<Entry>),
+    Existing(Arc<Entry>),
+}
+
 /// The VMs of this host.
 #[derive(Debug)]
 pub struct Manager {
@@ -265,32 +271,38 @@ impl Manager {
             .fold((0, 0), |(v, m), r| (v + r.def.vcpus, m + r.def.memory_mib))
     }
 
+    /// Adds a VM to the host's table in `state` (its record is written by the caller). The same
+    /// VM again (same UUID, a retried request) is returned as it is; another VM of that name is
+    /// a conflict.
+    fn register(&self, def: &VmDefinition, state: VmState) -> Result<Registered, ApiError> {
+        let mut vms = lock(&self.vms);
+        if let Some(existing) = vms.get(&def.name) {
+            let r = existing.snapshot();
+            if r.def.uuid == def.uuid && r.state != VmState::Deleting {
+                return Ok(Registered::Existing(existing.clone()));
+            }
+            return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
+        }
+        let rec = VmRecord { def: def.clone(), state, error: None, pid: None, boot_ms: None };
+        let e = Arc::new(Entry {
+            paths: VmPaths::new(self.s.data_dir.join("vms").join(&def.name)),
+            op: tokio::sync::Mutex::new(()),
+            rec: Mutex::new(rec),
+            usage: Mutex::new((VmUsage::default(), None)),
+        });
+        vms.insert(def.name.clone(), e.clone());
+        Ok(Registered::New(e))
+    }
+
     /// Defines a VM: writes its record and creates its overlay disk; starts it if asked.
     pub async fn create(self: &Arc<Self>, def: VmDefinition, start: bool) -> Result<VmStatus, ApiError> {
         corral_api::names::validate_name("VM", &def.name).map_err(ApiError::bad_request)?;
         let t = self.template(&def.template)?;
-        let paths = VmPaths::new(self.s.data_dir.join("vms").join(&def.name));
-        let entry = {
-            let mut vms = lock(&self.vms);
-            if let Some(existing) = vms.get(&def.name) {
-                // Creating the same VM again (a retried request) is not an error.
-                if existing.snapshot().def.uuid == def.uuid {
-                    let e = existing.clone();
-                    drop(vms);
-                    return Ok(e.status());
-                }
-                return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
-            }
-            let rec = VmRecord { def: def.clone(), state: VmState::Inactive, error: None, pid: None, boot_ms: None };
-            let e = Arc::new(Entry {
-                paths: paths.clone(),
-                op: tokio::sync::Mutex::new(()),
-                rec: Mutex::new(rec),
-                usage: Mutex::new((VmUsage::default(), None)),
-            });
-            vms.insert(def.name.clone(), e.clone());
-            e
+        let entry = match self.register(&def, VmState::Inactive)? {
+            Registered::New(e) => e,
+            Registered::Existing(e) => return Ok(e.status()),
         };
+        let paths = entry.paths.clone();
         let guard = entry.op.lock().await;
         let made = async {
             std::fs::create_dir_all(&paths.dir).map_err(internal)?;
@@ -402,7 +414,9 @@ impl Manager {
         let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
         e.update(|r| r.pid = Some(pid))?;
         if let (Some(n), Some(net)) = (r.def.network, &self.s.net) {
-            net.attach(&qemu::tap_name(&r.def), n.vni, n.mtu).await.map_err(|err| ApiError::internal(err.to_string()))?;
+            net.attach(&qemu::tap_name(&r.def), n.vni, n.mtu)
+                .await
+                .map_err(|err| ApiError::internal(err.to_string()))?;
         }
         self.refresh_filter().await;
         if restore {
@@ -587,27 +601,11 @@ impl Manager {
         token: Option<&str>,
     ) -> Result<VmStatus, ApiError> {
         let t = self.template(&def.template)?;
-        let paths = VmPaths::new(self.s.data_dir.join("vms").join(&def.name));
-        let entry = {
-            let mut vms = lock(&self.vms);
-            if let Some(existing) = vms.get(&def.name) {
-                if existing.snapshot().def.uuid == def.uuid && existing.snapshot().state != VmState::Deleting {
-                    let e = existing.clone();
-                    drop(vms);
-                    return Ok(e.status());
-                }
-                return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
-            }
-            let rec = VmRecord { def: def.clone(), state: VmState::Resuming, error: None, pid: None, boot_ms: None };
-            let e = Arc::new(Entry {
-                paths: paths.clone(),
-                op: tokio::sync::Mutex::new(()),
-                rec: Mutex::new(rec),
-                usage: Mutex::new((VmUsage::default(), None)),
-            });
-            vms.insert(def.name.clone(), e.clone());
-            e
+        let entry = match self.register(&def, VmState::Resuming)? {
+            Registered::New(e) => e,
+            Registered::Existing(e) => return Ok(e.status()),
         };
+        let paths = entry.paths.clone();
         let _g = entry.op.lock().await;
         let base = format!("{}/v1/vms/{}/files", source.trim_end_matches('/'), def.name);
         let fetched = async {
