@@ -66,6 +66,12 @@ for s in "$REPO"/bench/*.sh; do
 done
 [ ${#scripts[@]} -gt 0 ] || die "no benchmark scripts selected in bench/"
 
+# Ctrl-C or a TERM stops the whole run, not just the script running (each script cleans up
+# after itself on the same signal, then this exits).
+interrupted=0
+trap 'interrupted=130' INT
+trap 'interrupted=143' TERM
+
 failed=()
 for s in "${scripts[@]}"; do
 	name=$(basename "$s" .sh)
@@ -77,6 +83,10 @@ for s in "${scripts[@]}"; do
 		rc=$?
 		log "$name FAILED (exit $rc) after $((EPOCHSECONDS - s0)) s"
 		failed+=("$name")
+	fi
+	if [ $interrupted -ne 0 ]; then
+		log "interrupted: not running the remaining benchmarks"
+		exit $interrupted
 	fi
 done
 

@@ -6,7 +6,7 @@ set -euo pipefail
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in qemu-system-x86 qemu-utils busybox-static iproute2 e2fsprogs cpio protobuf-compiler etcd-server xz-utils curl nftables iputils-ping; do
+for p in qemu-system-x86 qemu-utils busybox-static iproute2 e2fsprogs cpio protobuf-compiler etcd-server xz-utils curl nftables iputils-ping jq; do
   have "$p" || need+=("$p")
 done
 # qemu-img and qemu-system must come from the same QEMU release.

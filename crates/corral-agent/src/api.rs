@@ -65,12 +65,12 @@ async fn show(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> R<VmStat
 }
 
 async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmStatus> {
-    Ok(Json(a.vms.create(b.def, b.start).await?))
+    Ok(Json(corral_http::detached(async move { a.vms.create(b.def, b.start).await }).await?))
 }
 
 async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String, String)>) -> R<VmStatus> {
     let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
-    Ok(Json(a.vms.action(&name, act).await?))
+    Ok(Json(corral_http::detached(async move { a.vms.action(&name, act).await }).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +84,7 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, HttpError> {
-    a.vms.delete(&name, q.uuid).await?;
+    corral_http::detached(async move { a.vms.delete(&name, q.uuid).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,7 +116,7 @@ struct ImportBody {
 
 /// Takes over a stopped or suspended VM from another host.
 async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportBody>) -> R<VmStatus> {
-    Ok(Json(a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await?))
+    Ok(Json(corral_http::detached(async move { a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await }).await?))
 }
 
 /// A stopped or suspended VM's disk or saved memory, for the host taking it over.
@@ -135,11 +135,17 @@ fn net(a: &Agent) -> Result<&crate::netdev::Net, ApiError> {
 }
 
 /// Makes a virtual network exist on this host exactly as given.
-async fn put_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>, Json(spec): Json<corral_api::agent::NetworkSpec>) -> Result<StatusCode, HttpError> {
+async fn put_network(
+    State(a): State<Arc<Agent>>,
+    Path(vni): Path<u32>,
+    Json(spec): Json<corral_api::agent::NetworkSpec>,
+) -> Result<StatusCode, HttpError> {
     if spec.vni != vni {
         return Err(ApiError::bad_request("the VNI in the path and the body differ").into());
     }
-    let local = a.underlay().ok_or_else(|| ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)"))?;
+    let local = a.underlay().ok_or_else(|| {
+        ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)")
+    })?;
     let n = net(&a)?;
     n.ensure(&spec, local).await.map_err(|e| ApiError::internal(e.to_string()))?;
     // Local NICs of the network belong on its bridge, whatever happened to it before.
@@ -155,7 +161,11 @@ async fn put_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>, Json(spe
 async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Result<StatusCode, HttpError> {
     let users = a.vms.taps_on(vni);
     if !users.is_empty() {
-        return Err(ApiError::conflict(format!("network {vni} is in use by {} running VM NIC(s) on this host", users.len())).into());
+        return Err(ApiError::conflict(format!(
+            "network {vni} is in use by {} running VM NIC(s) on this host",
+            users.len()
+        ))
+        .into());
     }
     net(&a)?.remove(vni).await.map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)

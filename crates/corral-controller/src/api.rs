@@ -17,7 +17,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use corral_api::agent::{Heartbeat, Register};
-use corral_api::cluster::{ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster};
+use corral_api::cluster::{
+    ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster,
+};
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
 use corral_http::HttpError;
 
@@ -184,7 +186,7 @@ async fn vm(State(c): C, Path(name): Path<String>) -> R<Vm> {
     responses((status = 201, body = Vm, description = "created (and running unless start was false)"),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(State(c): C, Json(req): Json<CreateVm>) -> Result<(StatusCode, Json<Vm>), HttpError> {
-    Ok((StatusCode::CREATED, Json(c.create_vm(req).await?)))
+    Ok((StatusCode::CREATED, Json(corral_http::detached(async move { c.create_vm(req).await }).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/{action}", tag = "vms",
@@ -194,12 +196,12 @@ async fn action(State(c): C, Path((name, action)): Path<(String, String)>) -> R<
     let a = VmAction::parse(&action).ok_or_else(|| {
         ApiError::bad_request(format!("unknown action {action:?}: use start, stop, pause, resume or suspend"))
     })?;
-    Ok(Json(c.vm_action(&name, a).await?))
+    Ok(Json(corral_http::detached(async move { c.vm_action(&name, a).await }).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete(State(c): C, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
-    c.delete_vm(&name).await?;
+    corral_http::detached(async move { c.delete_vm(&name).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -327,5 +329,5 @@ struct MoveTo {
 #[utoipa::path(post, path = "/v1/vms/{name}/move", tag = "vms", request_body = MoveTo,
     responses((status = 200, body = Vm, description = "moved: same identity, disk and (if suspended) memory"), (status = 409, body = ErrorBody)))]
 async fn move_vm(State(c): C, Path(name): Path<String>, Json(m): Json<MoveTo>) -> R<Vm> {
-    Ok(Json(c.move_vm(&name, &m.to).await?))
+    Ok(Json(corral_http::detached(async move { c.move_vm(&name, &m.to).await }).await?))
 }

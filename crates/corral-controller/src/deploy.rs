@@ -154,6 +154,8 @@ impl Controller {
         let mut vm = self.vm(name)?;
         let Some(Pending::Create { start }) = vm.pending else { return Ok(vm) };
         if start && vm.state != VmState::Running {
+            vm.state = VmState::Starting;
+            self.put_vm(&vm)?;
             let st = self.agent(&vm.host)?.action(name, VmAction::Start).await?;
             vm = self.settle(name, &st)?;
         }

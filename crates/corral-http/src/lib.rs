@@ -26,6 +26,14 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// Runs `work` to completion even if the client goes away: axum drops a handler's future
+/// when its connection closes, which would cut a lifecycle operation off half-way.
+pub async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|e| ApiError::internal(format!("operation failed: {e}")))?
+}
+
 /// Paths anyone may read.
 const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json"];
 
