@@ -11,7 +11,9 @@ use futures::TryStreamExt;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
 
@@ -87,7 +89,8 @@ impl Net {
         let vx_idx = match self.index(&vx).await? {
             Some(i) => i,
             None => {
-                let msg = LinkVxlan::new(&vx, spec.vni).local(local).port(VXLAN_PORT).learning(false).mtu(spec.mtu).build();
+                let msg =
+                    LinkVxlan::new(&vx, spec.vni).local(local).port(VXLAN_PORT).learning(false).mtu(spec.mtu).build();
                 self.h.link().add(msg).execute().await.map_err(|e| err(&vx, e))?;
                 self.index(&vx).await?.ok_or_else(|| err(&vx, "created but not found"))?
             }
@@ -101,10 +104,8 @@ impl Net {
     /// A bridged (provider) network: the bridge joins a host interface, or a VLAN of it, so
     /// its VMs appear on that network as individual hosts. The interface must exist.
     async fn ensure_bridged(&self, spec: &NetworkSpec, up: &corral_api::agent::Uplink) -> Result<(), NetError> {
-        let parent = self
-            .index(&up.interface)
-            .await?
-            .ok_or_else(|| err(&up.interface, "this host has no such interface"))?;
+        let parent =
+            self.index(&up.interface).await?.ok_or_else(|| err(&up.interface, "this host has no such interface"))?;
         let br_idx = self.ensure_bridge(spec.vni, spec.mtu).await?;
         let port = match up.vlan {
             None => parent,
@@ -147,7 +148,12 @@ impl Net {
                 self.index(&br).await?.ok_or_else(|| err(&br, "created but not found"))?
             }
         };
-        self.h.link().set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build()).execute().await.map_err(|e| err(&br, e))?;
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+            .execute()
+            .await
+            .map_err(|e| err(&br, e))?;
         Ok(idx)
     }
 

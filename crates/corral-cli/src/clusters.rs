@@ -217,7 +217,8 @@ pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
             } else {
                 None
             };
-            let op: Operation = c.post("/v1/clusters", &CreateCluster { name, profile, size, policy, subnet, vni, mtu }).await?;
+            let op: Operation =
+                c.post("/v1/clusters", &CreateCluster { name, profile, size, policy, subnet, vni, mtu }).await?;
             start(c, op, no_wait, json).await
         }
         ClusterCmd::List => {

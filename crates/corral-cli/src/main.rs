@@ -339,7 +339,8 @@ fn init_logs(default: &str) {
 fn default_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid
     // disposition for SIGPIPE.
-    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
 fn main() {

@@ -71,7 +71,13 @@ pub fn host(h: &Host) {
     println!("templates:   {}", h.templates.join(", "));
     println!("networks:");
     for n in &h.networks {
-        println!("  VNI {:<8} bridge {:<12} vxlan {:<12} cluster {}", n.vni, n.bridge, n.vxlan, n.cluster.clone().unwrap_or_else(|| "-".into()));
+        println!(
+            "  VNI {:<8} bridge {:<12} vxlan {:<12} cluster {}",
+            n.vni,
+            n.bridge,
+            n.vxlan,
+            n.cluster.clone().unwrap_or_else(|| "-".into())
+        );
     }
 }
 
@@ -248,7 +254,16 @@ pub fn networks(ns: &[corral_api::cluster::Network]) {
     table(
         &["NAME", "VNI", "SUBNET", "MTU", "MEMBERS", "HOSTS"],
         ns.iter()
-            .map(|n| vec![n.name.clone(), n.vni.to_string(), n.subnet.clone(), n.mtu.to_string(), n.members.len().to_string(), n.hosts.join(",")])
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.vni.to_string(),
+                    n.subnet.clone(),
+                    n.mtu.to_string(),
+                    n.members.len().to_string(),
+                    n.hosts.join(","),
+                ]
+            })
             .collect(),
     );
 }
@@ -262,6 +277,9 @@ pub fn network(n: &corral_api::cluster::Network) {
     println!();
     table(
         &["MEMBER", "STATE", "HOST", "IP", "MAC"],
-        n.members.iter().map(|m| vec![m.name.clone(), m.state.to_string(), m.host.clone(), opt(&m.ip), m.mac.clone()]).collect(),
+        n.members
+            .iter()
+            .map(|m| vec![m.name.clone(), m.state.to_string(), m.host.clone(), opt(&m.ip), m.mac.clone()])
+            .collect(),
     );
 }

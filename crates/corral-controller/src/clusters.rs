@@ -104,7 +104,9 @@ pub(crate) fn bridged_range(b: &corral_api::cluster::Bridged) -> Result<(Ipv4Net
         .ok_or_else(|| format!("range {:?}: write FIRST-LAST, e.g. 198.19.100.10-198.19.100.50", b.range))?;
     let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("range {:?}: {a:?} is not an IPv4 address", b.range))?;
     let last: Ipv4Addr = z.trim().parse().map_err(|_| format!("range {:?}: {z:?} is not an IPv4 address", b.range))?;
-    let net = Ipv4Net::new(first, b.prefix).map_err(|_| format!("prefix {} is not a valid IPv4 prefix length", b.prefix))?.trunc();
+    let net = Ipv4Net::new(first, b.prefix)
+        .map_err(|_| format!("prefix {} is not a valid IPv4 prefix length", b.prefix))?
+        .trunc();
     if first > last {
         return Err(format!("range {:?}: the first address is after the last", b.range));
     }
@@ -287,7 +289,9 @@ impl Controller {
             ("overlay", None) => {}
             ("overlay", Some(_)) => return Err(bad("section [bridged] needs `network = \"bridged\"`".into())),
             ("bridged", None) => {
-                return Err(bad("`network = \"bridged\"` needs a [bridged] section: interface, range, prefix (and vlan)".into()))
+                return Err(bad(
+                    "`network = \"bridged\"` needs a [bridged] section: interface, range, prefix (and vlan)".into(),
+                ))
             }
             ("bridged", Some(b)) => {
                 if b.interface.is_empty() || b.interface.len() > 15 {
@@ -299,7 +303,9 @@ impl Controller {
                 bridged_range(b).map_err(|e| bad(format!("field `bridged`: {e}")))?;
             }
             (other, _) => {
-                return Err(bad(format!("field `network`: {other:?} is not a network kind: use \"overlay\" or \"bridged\"")))
+                return Err(bad(format!(
+                    "field `network`: {other:?} is not a network kind: use \"overlay\" or \"bridged\""
+                )))
             }
         }
         for (k, v) in &t.placement.labels {

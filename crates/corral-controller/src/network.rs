@@ -42,17 +42,27 @@ fn on_network(v: &Vm) -> bool {
 
 impl Controller {
     /// Chooses (or checks) the VNI and MTU of a new cluster.
-    pub(crate) fn choose_vni_mtu(&self, vni: Option<u32>, mtu: Option<u32>, bridged: bool) -> Result<(u32, u32), ApiError> {
-        let used: BTreeSet<u32> = self.store.list_json::<Cluster>(CLUSTERS).map_err(store_err)?.iter().map(|c| c.vni).collect();
+    pub(crate) fn choose_vni_mtu(
+        &self,
+        vni: Option<u32>,
+        mtu: Option<u32>,
+        bridged: bool,
+    ) -> Result<(u32, u32), ApiError> {
+        let used: BTreeSet<u32> =
+            self.store.list_json::<Cluster>(CLUSTERS).map_err(store_err)?.iter().map(|c| c.vni).collect();
         let vni = match vni {
             Some(v) if v == 0 || v > MAX_VNI => {
                 return Err(ApiError::bad_request(format!("VNI {v} is out of range: use 1 to {MAX_VNI}")))
             }
             Some(v) if used.contains(&v) => {
-                return Err(ApiError::conflict(format!("VNI {v} is used by another cluster: choose another or leave --vni out")))
+                return Err(ApiError::conflict(format!(
+                    "VNI {v} is used by another cluster: choose another or leave --vni out"
+                )))
             }
             Some(v) => v,
-            None => (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).ok_or_else(|| ApiError::no_capacity("no free VNI"))?,
+            None => {
+                (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).ok_or_else(|| ApiError::no_capacity("no free VNI"))?
+            }
         };
         // A bridged network carries frames as they are; an overlay pays 50 bytes of VXLAN.
         let max = if bridged { UNDERLAY_MTU } else { OVERLAY_MTU };
@@ -78,7 +88,8 @@ impl Controller {
             .map(|c| {
                 let mut members: Vec<&Vm> = vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name)).collect();
                 members.sort_by_key(|v| v.index);
-                let hosts: BTreeSet<String> = members.iter().filter(|v| on_network(v)).map(|v| v.host.clone()).collect();
+                let hosts: BTreeSet<String> =
+                    members.iter().filter(|v| on_network(v)).map(|v| v.host.clone()).collect();
                 let gateway = c
                     .subnet
                     .parse::<ipnet::Ipv4Net>()
@@ -128,7 +139,8 @@ impl Controller {
         let mut wanted: BTreeSet<(String, u32)> = BTreeSet::new();
         let mut pushes = Vec::new();
         for c in clusters.iter().filter(|c| c.vni != 0) {
-            let members: Vec<&Vm> = vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name) && on_network(v)).collect();
+            let members: Vec<&Vm> =
+                vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name) && on_network(v)).collect();
             let hosts: BTreeSet<&str> = members.iter().map(|v| v.host.as_str()).collect();
             for h in &hosts {
                 wanted.insert((h.to_string(), c.vni));

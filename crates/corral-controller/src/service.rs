@@ -231,7 +231,11 @@ impl Controller {
 
     /// VNIs a ready host reported in its last heartbeat.
     pub(crate) fn reported_networks(&self, host: &str) -> Vec<u32> {
-        lock(&self.live).get(host).filter(|l| l.last.elapsed() < self.settings.host_timeout).map(|l| l.networks.clone()).unwrap_or_default()
+        lock(&self.live)
+            .get(host)
+            .filter(|l| l.last.elapsed() < self.settings.host_timeout)
+            .map(|l| l.networks.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn ready_hosts(&self) -> Vec<String> {

@@ -63,7 +63,11 @@ fn snmp(vm: &str, proto: &str, field: &str) -> Result<u64, Failed> {
         _ => return Err(format!("{vm}: no {proto} counters in /proc/net/snmp").into()),
     };
     let i = names.split_whitespace().position(|n| n == field).ok_or_else(|| format!("no counter {field}"))?;
-    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).ok_or_else(|| format!("{vm}: bad {proto} {field}").into())
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{vm}: bad {proto} {field}").into())
 }
 
 /// Names of the network devices in a lab host's namespace.
@@ -90,7 +94,10 @@ pub fn members_reach_each_other_across_hosts() -> Result<(), Failed> {
     let (_, mtu) = sh(a, "cat /sys/class/net/eth0/mtu");
     check(mtu.trim() == "1450", format!("guest MTU 1450 (underlay 1500 less VXLAN): {mtu}"))?;
     let frags = snmp(a, "Ip", "FragCreates")?;
-    check(sh(a, &format!("ping -c 2 -W 3 -s 1422 {b} >/dev/null")).0 == 0, "a full-MTU ping (1450-byte packets) passes")?;
+    check(
+        sh(a, &format!("ping -c 2 -W 3 -s 1422 {b} >/dev/null")).0 == 0,
+        "a full-MTU ping (1450-byte packets) passes",
+    )?;
     check(snmp(a, "Ip", "FragCreates")? == frags, "and was not fragmented")?;
     // The hosts show the network's devices.
     let vni = json(&["network", "show", "n-a"])?["vni"].as_u64().unwrap_or(0);
@@ -133,7 +140,10 @@ pub fn spoofed_addresses_are_dropped() -> Result<(), Failed> {
     check(snmp(b, "Icmp", "InEchos")? == before, format!("the spoofed packets never reached {b}"))?;
     check(pings(a, b), "the guest's own address still works")?;
     // A forged MAC is dropped too.
-    let (code, _) = sh(a, &format!("ip addr del {fake}/24 dev eth0; ip link set eth0 address 02:de:ad:be:ef:01; ping -c 2 -W 2 {bip}"));
+    let (code, _) = sh(
+        a,
+        &format!("ip addr del {fake}/24 dev eth0; ip link set eth0 address 02:de:ad:be:ef:01; ping -c 2 -W 2 {bip}"),
+    );
     let mac = ms[0]["mac"].as_str().unwrap_or_default();
     sh(a, &format!("ip link set eth0 address {mac}"));
     check(code != 0, "no answer from a forged MAC")
@@ -142,20 +152,29 @@ pub fn spoofed_addresses_are_dropped() -> Result<(), Failed> {
 pub fn a_moved_member_is_reached_at_the_same_address() -> Result<(), Failed> {
     apart()?;
     let ms = members("n-a")?;
-    let (a, b) = (ms[0]["name"].as_str().unwrap_or_default().to_string(), ms[1]["name"].as_str().unwrap_or_default().to_string());
+    let (a, b) = (
+        ms[0]["name"].as_str().unwrap_or_default().to_string(),
+        ms[1]["name"].as_str().unwrap_or_default().to_string(),
+    );
     let hosts: BTreeSet<String> = ms.iter().filter_map(|m| m["host"].as_str().map(String::from)).collect();
     let to = ["lab-1", "lab-2", "lab-3"].into_iter().find(|h| !hosts.contains(*h)).ok_or("a free host")?;
     let o = corral(&["vm", "stop", &b]);
     check(o.status.success(), format!("stop: {}", text(&o)))?;
     let moved = json(&["vm", "move", &b, "--to", to])?;
-    check(moved["host"] == to && moved["ip"] == ms[1]["ip"] && moved["mac"] == ms[1]["mac"], format!("moved with its identity: {moved}"))?;
+    check(
+        moved["host"] == to && moved["ip"] == ms[1]["ip"] && moved["mac"] == ms[1]["mac"],
+        format!("moved with its identity: {moved}"),
+    )?;
     let o = corral(&["vm", "start", &b]);
     check(o.status.success(), format!("start: {}", text(&o)))?;
     wait_for(&format!("{a} to reach {b} on {to}"), Duration::from_secs(15), || pings(&a, &b).then_some(()))?;
     let old = ms[1]["host"].as_str().unwrap_or_default();
     let vni = json(&["network", "show", "n-a"])?["vni"].as_u64().unwrap_or(0);
     wait_for("the old host to drop the network", Duration::from_secs(15), || {
-        devices(old).ok().filter(|d| !d.iter().any(|n| n == &format!("cbr{vni}") || n == &format!("cvx{vni}"))).map(|_| ())
+        devices(old)
+            .ok()
+            .filter(|d| !d.iter().any(|n| n == &format!("cbr{vni}") || n == &format!("cvx{vni}")))
+            .map(|_| ())
     })
 }
 
@@ -176,7 +195,9 @@ pub fn deleting_clusters_leaves_no_devices() -> Result<(), Failed> {
     };
     // Removal goes through the operation, the next heartbeat and the reconciler: seconds on an
     // idle machine, longer on a loaded one.
-    if wait_for("every bridge, VXLAN device and tap to go", Duration::from_secs(60), || left().is_empty().then_some(())).is_err() {
+    if wait_for("every bridge, VXLAN device and tap to go", Duration::from_secs(60), || left().is_empty().then_some(()))
+        .is_err()
+    {
         return Err(format!("devices left behind: {:?}", left()).into());
     }
     check(json(&["network", "list"])?.as_array().is_some_and(|a| a.is_empty()), "no network listed")
@@ -188,8 +209,14 @@ pub fn network_bad_input() -> Result<(), Failed> {
     let cases: &[(&[&str], &str)] = &[
         (&["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--vni", "0"], "out of range"),
         (&["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--vni", "16777216"], "out of range"),
-        (&["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--mtu", "9000"], "MTU 9000 is out of range"),
-        (&["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--mtu", "100"], "MTU 100 is out of range"),
+        (
+            &["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--mtu", "9000"],
+            "MTU 9000 is out of range",
+        ),
+        (
+            &["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--mtu", "100"],
+            "MTU 100 is out of range",
+        ),
         (&["cluster", "create", "n-bad", "--profile", "plain", "--size", "1", "--subnet", "100.64.50.0/23"], ""),
     ];
     // An overlapping subnet is refused: make one, then overlap it.
@@ -265,7 +292,10 @@ pub fn bridged_network_puts_vms_on_the_provider_network() -> Result<(), Failed> 
     let o = corral(&["cluster", "delete", "p-net"]);
     check(o.status.success(), "delete")?;
     wait_for("the bridged network's devices to go", Duration::from_secs(20), || {
-        ["lab-1", "lab-2", "lab-3"].iter().all(|h| !devices(h).unwrap_or_default().iter().any(|d| d.starts_with("cbr"))).then_some(())
+        ["lab-1", "lab-2", "lab-3"]
+            .iter()
+            .all(|h| !devices(h).unwrap_or_default().iter().any(|d| d.starts_with("cbr")))
+            .then_some(())
     })?;
     drop(side);
     Ok(())
