@@ -159,6 +159,11 @@ cpu_busy_pct() {
 		printf "%d\n", (all > 0 ? 100 * busy / all : 0) }'
 }
 qemu_count() { pgrep -c -f '^qemu-system-' || true; }
+# CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal).
+busy_s() { awk '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
+# CPU seconds used by others during a run: all busy time minus ours. ("others" also holds this
+# script's own polling, a few hundredths of a second.)
+others_s() { awk -v b0="$1" -v b1="$2" -v ours="$3" 'BEGIN { x = b1 - b0 - ours; printf "%.2f\n", (x < 0 ? 0 : x) }'; }
 # Waits (bounded) until the machine is quiet and writes the conditions to $WORK/cond-NAME.json.
 wait_quiet() { # NAME
 	local t0=$EPOCHSECONDS busy
@@ -278,7 +283,7 @@ corral profile create small --file "$WORK/small.toml" >/dev/null
 
 # One Corral deployment. Writes $WORK/corral-RUN.json.
 corral_run() { # RUN
-	local run=$1 name="bc$1" t0 t1 wall f p qpids=() vms_json cpu0 cpu1 qcpu console_max
+	local run=$1 name="bc$1" t0 t1 wall f p qpids=() cpu0 cpu1 qcpu b0 b1
 	wait_quiet "corral-$run"
 	log "corral run $run: cluster create $name --profile small --size $SIZE --spread"
 	# The same console watch as the floor's, for comparison: when each guest printed its ready
@@ -286,6 +291,7 @@ corral_run() { # RUN
 	poll_ready "$WORK/corral-$run.console" "$SIZE" "$DEPLOY_DIR/lab-*/vms/$name-*/console.log" &
 	POLLER_PID=$!
 	cpu0=$(cpu_sum "$CONTROLLER_PID" "${AGENT_PIDS[@]}")
+	b0=$(busy_s)
 	t0=$(now_ms)
 	corral cluster create "$name" --profile small --size "$SIZE" --spread --output json >"$WORK/op-$run.json"
 	t1=$(now_ms)
@@ -300,6 +306,7 @@ corral_run() { # RUN
 	for f in "$DEPLOY_DIR"/lab-*/vms/"$name"-*/qemu.pid; do qpids+=("$(cat "$f")"); done
 	[ "${#qpids[@]}" -eq "$SIZE" ] || die "corral run $run: found ${#qpids[@]} QEMU PID files for $SIZE members"
 	qcpu=$(cpu_sum "${qpids[@]}")
+	b1=$(busy_s)
 	# The console watch normally has every line by now; give it a moment if not.
 	for _ in $(seq 100); do
 		[ "$(wc -l <"$WORK/corral-$run.console")" -ge "$SIZE" ] && break
@@ -319,8 +326,9 @@ corral_run() { # RUN
 		--argjson cond "$(cat "$WORK/cond-corral-$run.json")" \
 		--argjson console "$(awk '{ print $2 }' "$WORK/corral-$run.console" | jq -s .)" \
 		--argjson dcpu "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" --argjson qcpu "$qcpu" \
-		--arg name "$name" \
-		'{run: $run, cluster: $name, conditions: $cond,
+		--arg name "$name" --argjson others "$(others_s "$b0" "$b1" "$(awk -v a="$qcpu" -v b="$cpu1" -v c="$cpu0" 'BEGIN { print a + b - c }')")" \
+		--argjson wall_s "$(awk -v w="$wall" 'BEGIN { print w / 1000 }')" \
+		'{run: $run, cluster: $name, conditions: $cond, others_cpu_s: $others, others_cpu_pct_of_machine: ($others / ($wall_s * '"$(nproc)"') * 100 | round),
 		  op_ms: ($op.finished_ms - $op.started_ms), wall_ms: $wall,
 		  steps: ($op.steps | map({(.name): .ms}) | add),
 		  console_ready_last_ms: (($console | max) - $op.started_ms),
@@ -355,7 +363,7 @@ corral_run() { # RUN
 
 # One floor run: the same guests without Corral. Writes $WORK/floor-RUN.json.
 floor_run() { # RUN
-	local run=$1 i h n0 u0 d0 td0 tap0 mac0 ip0 args a t0 t1 serial="" qpids=() p qcpu left launchers=()
+	local run=$1 i h n0 u0 d0 td0 tap0 mac0 ip0 args a t0 t1 serial="" qpids=() p qcpu left launchers=() b0 b1
 	wait_quiet "floor-$run"
 	mapfile -d '' -t tmpl <"$WORK/qemu-cmdline"
 	# The identity of the member the command line was taken from.
@@ -423,6 +431,7 @@ floor_run() { # RUN
 	# Start the console watch, then every guest at once: overlay + QEMU, per VM, in parallel.
 	poll_ready "$WORK/floor-$run.console" "$SIZE" "$FLOOR/lab-*/fl-*/console.log" &
 	POLLER_PID=$!
+	b0=$(busy_s)
 	t0=$(now_ms)
 	while read -r h name uuid; do
 		(
@@ -449,11 +458,12 @@ floor_run() { # RUN
 	for f in "$FLOOR"/lab-*/fl-*/qemu.pid; do qpids+=("$(cat "$f")"); done
 	[ "${#qpids[@]}" -eq "$SIZE" ] || die "floor run $run: ${#qpids[@]} PID files for $SIZE guests"
 	qcpu=$(cpu_sum "${qpids[@]}")
-	jq -n --argjson run "$run" --argjson t0 "$t0" --argjson t1 "$t1" \
+	b1=$(busy_s)
+	jq -n --argjson run "$run" --argjson t0 "$t0" --argjson t1 "$t1" --argjson others "$(others_s "$b0" "$b1" "$qcpu")" \
 		--argjson console "$(awk '{ print $2 }' "$WORK/floor-$run.console" | jq -s .)" \
 		--argjson cond "$(cat "$WORK/cond-floor-$run.json")" --argjson qcpu "$qcpu" \
 		--argjson per "$(awk '{ print $1 }' "$FLOOR/vms" | sort | uniq -c | awk '{ printf "{\"lab-%s\": %s}\n", $2, $1 }' | jq -s add)" \
-		'{run: $run, conditions: $cond, ready_ms: (($console | max) - $t0), console_ready_first_ms: (($console | min) - $t0),
+		'{run: $run, conditions: $cond, others_cpu_s: $others, others_cpu_pct_of_machine: ($others / (($t1 - $t0) / 1000 * '"$(nproc)"') * 100 | round), ready_ms: (($console | max) - $t0), console_ready_first_ms: (($console | min) - $t0),
 		  per_host: $per, qemu_cpu_s_at_ready: $qcpu}' >"$WORK/floor-$run.json"
 	log "floor run $run: all $SIZE ready in $(jq .ready_ms "$WORK/floor-$run.json") ms (first at $(jq .console_ready_first_ms "$WORK/floor-$run.json") ms)"
 	# Every floor QEMU, by PID, then its files; QEMU removes the taps it made when it exits.
@@ -618,10 +628,12 @@ api() { jq -r "$@" "$A"; }
 	echo "|---|---|---|"
 	c '.deploy.corral.steps_ms | to_entries[] | "| \(.key) | \(.value.median) | \(.value.runs | map(tostring) | join(", ")) |"'
 	echo
-	echo "| run | Corral op ms | wall ms | first/last console ready ms | boot_ms min/median/max | per host | delete ms | Corral daemons CPU s | QEMU CPU s at ready | floor ready ms | floor first ready ms | floor QEMU CPU s |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+	echo "| run | Corral op ms | wall ms | first/last console ready ms | boot_ms min/median/max | per host | delete ms | Corral daemons CPU s | QEMU CPU s at ready | others' CPU s (% of machine) | floor ready ms | floor first ready ms | floor QEMU CPU s | others' CPU s (% of machine) |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	jq -r --slurpfile f <(c '.deploy.floor.runs') '.deploy.corral.runs[] as $r | ($f[0][] | select(.run == $r.run)) as $fl |
-		"| \($r.run) | \($r.op_ms) | \($r.wall_ms) | \($r.console_ready_first_ms) / \($r.console_ready_last_ms) | \($r.boot_ms.min) / \($r.boot_ms.median) / \($r.boot_ms.max) | \($r.per_host | to_entries | map("\(.value)") | join("/")) | \($r.delete_ms) | \($r.daemons_cpu_s) | \($r.qemu_cpu_s_at_ready) | \($fl.ready_ms) | \($fl.console_ready_first_ms) | \($fl.qemu_cpu_s_at_ready) |"' "$C"
+		"| \($r.run) | \($r.op_ms) | \($r.wall_ms) | \($r.console_ready_first_ms) / \($r.console_ready_last_ms) | \($r.boot_ms.min) / \($r.boot_ms.median) / \($r.boot_ms.max) | \($r.per_host | to_entries | map("\(.value)") | join("/")) | \($r.delete_ms) | \($r.daemons_cpu_s) | \($r.qemu_cpu_s_at_ready) | \($r.others_cpu_s) (\($r.others_cpu_pct_of_machine)%) | \($fl.ready_ms) | \($fl.console_ready_first_ms) | \($fl.qemu_cpu_s_at_ready) | \($fl.others_cpu_s) (\($fl.others_cpu_pct_of_machine)%) |"' "$C"
+	echo
+	echo "Others' CPU: CPU time the whole machine spent busy during the run minus what this run's QEMU processes (and, for Corral, its controller and agents) used: other people's work on the same CPUs, which slows the guests' boot."
 	echo
 	echo "Conditions before each run:"
 	echo
