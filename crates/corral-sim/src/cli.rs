@@ -54,9 +54,6 @@ pub struct Args {
     /// Include per-interval series (active hosts, power, migrations) in the JSON output.
     #[arg(long)]
     pub series: bool,
-    /// Check every plan against the scheduler's guarantees (slower).
-    #[arg(long)]
-    pub check: bool,
 }
 
 /// Runs the simulation `args` describe.
@@ -73,7 +70,6 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         seed: args.seed,
         remove_idle_vms: !args.keep_idle_vms,
         series: args.series,
-        check_plans: args.check || cfg!(debug_assertions),
         ..Options::default()
     };
     Ok(simulate(&trace, &mix, &opts)?)
@@ -93,7 +89,13 @@ pub fn render(r: &Report, output: Output) -> anyhow::Result<String> {
                 ("PDM", format!("{:.3}%", r.pdm * 100.0)),
                 ("SLAV", format!("{:.5}%", r.slav * 100.0)),
                 ("ESV", format!("{:.5}", r.esv)),
-                ("migrations", r.migrations.to_string()),
+                (
+                    "migrations",
+                    format!(
+                        "{} ({} off overloaded hosts, {} consolidating; {} placements superseded in-round)",
+                        r.migrations, r.migrations_overload, r.migrations_consolidate, r.superseded_placements
+                    ),
+                ),
                 ("active hosts", format!("{:.1} mean, {} max", r.active_hosts_mean, r.active_hosts_max)),
                 ("policy time", format!("{:.2} ms/interval mean, {:.2} ms max", r.policy_ms_mean, r.policy_ms_max)),
                 ("wakes / standbys", format!("{} / {}", r.wakes, r.standbys)),

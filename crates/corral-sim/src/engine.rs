@@ -27,7 +27,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use corral_sched::drs::{self, HostSnapshot, NewVm, PolicySpec, PolicyState, PowerModel, PowerState, Snapshot, VmSnapshot};
+use corral_sched::drs::{
+    self, HostSnapshot, NewVm, PolicySpec, PolicyState, PowerModel, PowerState, Snapshot, VmSnapshot,
+};
 use serde::Serialize;
 
 use crate::mix::Mix;
@@ -46,7 +48,8 @@ pub struct Options {
     pub remove_idle_vms: bool,
     /// History samples kept per VM and handed to the policy.
     pub history_len: usize,
-    /// Check every plan against the scheduler's guarantees (fails the run on a violation).
+    /// Check every plan against the scheduler's guarantees (fails the run on a violation;
+    /// cheap: linear in hosts and VMs).
     pub check_plans: bool,
     /// Record per-interval series (active hosts, power, migrations) in the report.
     pub series: bool,
@@ -59,7 +62,7 @@ impl Default for Options {
             seed: 42,
             remove_idle_vms: true,
             history_len: 48,
-            check_plans: cfg!(debug_assertions),
+            check_plans: true,
             series: false,
         }
     }
@@ -84,12 +87,18 @@ pub struct Report {
     /// Energy × SLAV.
     pub esv: f64,
     pub migrations: usize,
+    /// Of which: off overloaded hosts, and off hosts being emptied.
+    pub migrations_overload: usize,
+    pub migrations_consolidate: usize,
+    /// Placements a policy replaced within the same round (the VM moved once). CloudSim
+    /// 3.0.3 would have executed each as one more migration.
+    pub superseded_placements: usize,
     /// CPU requested but not granted, over CPU requested (all causes).
     pub sla_overall: f64,
     /// Time the policy took per round, milliseconds (wall clock, this process).
     pub policy_ms_mean: f64,
     pub policy_ms_max: f64,
-    /// Hosts with load, averaged over rounds, and the most at once.
+    /// Hosts with load: time-weighted mean over the metered period, and the most at once.
     pub active_hosts_mean: f64,
     pub active_hosts_max: usize,
     /// Host wake-ups and standby entries over the run.
@@ -111,6 +120,9 @@ pub struct Series {
     pub power_w: Vec<f64>,
     pub migrations: Vec<usize>,
     pub overloaded_hosts: Vec<usize>,
+    /// CPU demanded by all VMs, and capacity of the hosts with load (CPU units).
+    pub demand: Vec<f64>,
+    pub active_capacity: Vec<f64>,
 }
 
 /// Why a run could not be made.
@@ -131,7 +143,9 @@ pub enum SimError {
         vm_mips: f64,
         vm_mib: u64,
     },
-    #[error("VM type {vm_type:?} needs {need} MIPS per vCPU but the fastest host core has {best} MIPS: no host can run it")]
+    #[error(
+        "VM type {vm_type:?} needs {need} MIPS per vCPU but the fastest host core has {best} MIPS: no host can run it"
+    )]
     VmTooBig { vm_type: String, need: f64, best: f64 },
     #[error("the trace has {0} samples per VM; at least 2 are needed")]
     TooShort(usize),
@@ -181,7 +195,7 @@ struct VmRt {
     last: Option<VState>,
 }
 
-struct Sim<'a> {
+struct Sim {
     interval: f64,
     remove_idle: bool,
     mem_enforced: bool,
@@ -196,7 +210,6 @@ struct Sim<'a> {
     mig_under: f64,
     removed: usize,
     standbys: usize,
-    mix: &'a Mix,
 }
 
 /// Utilisation at time `t` (CloudSim's `UtilizationModelPlanetLabInMemory.getUtilization`).
@@ -328,7 +341,6 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         mig_under: 0.0,
         removed: 0,
         standbys: 0,
-        mix,
     };
     for (i, &h) in placed.iter().enumerate() {
         vms[i].host = h;
@@ -339,6 +351,9 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
 
     let mut state = PolicyState::new(opts.seed);
     let mut migrations = 0usize;
+    let mut mig_over = 0usize;
+    let mut mig_cons = 0usize;
+    let mut superseded = 0usize;
     let mut wakes = 0usize;
     let mut policy_ms: Vec<f64> = Vec::new();
     let mut active: Vec<usize> = Vec::new();
@@ -377,6 +392,7 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         let (plan, next) = drs::plan(&snap, &opts.policy, &state)?;
         policy_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
         state = next;
+        superseded += plan.superseded;
         if opts.check_plans {
             plan.check(&snap).map_err(|message| SimError::BadPlan { round: k, message })?;
         }
@@ -398,6 +414,10 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
             sim.vms[v].mig = Some((to, t + secs));
             pending.push((t + secs, v));
             migrations += 1;
+            match m.reason {
+                drs::Reason::Overload { .. } => mig_over += 1,
+                drs::Reason::Consolidate { .. } => mig_cons += 1,
+            }
         }
         for &h in &plan.standby {
             sim.hosts[h].pending_standby = true;
@@ -411,9 +431,12 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         if let Some(s) = series.as_mut() {
             s.time_s.push(t);
             s.active_hosts.push(n_active);
-            s.power_w.push(hs.iter().zip(&sim.hosts).filter(|(h, _)| h.active).map(|(h, r)| r.power.watts(h.util)).sum());
+            s.power_w
+                .push(hs.iter().zip(&sim.hosts).filter(|(h, _)| h.active).map(|(h, r)| r.power.watts(h.util)).sum());
             s.migrations.push(plan.migrations.len());
             s.overloaded_hosts.push(plan.overloaded.len());
+            s.demand.push(demand.iter().sum());
+            s.active_capacity.push(hs.iter().zip(&sim.hosts).filter(|(h, _)| h.active).map(|(_, r)| r.cap).sum());
         }
         k += 1;
     }
@@ -427,7 +450,11 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
     let n_rounds = policy_ms.len();
     Ok(Report {
         policy: opts.policy.to_string(),
-        trace: trace.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| trace.dir.display().to_string()),
+        trace: trace
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| trace.dir.display().to_string()),
         hosts: sim.hosts.len(),
         vms: sim.vms.len(),
         intervals: n_rounds,
@@ -438,10 +465,17 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         slav,
         esv: energy_kwh * slav,
         migrations,
+        migrations_overload: mig_over,
+        migrations_consolidate: mig_cons,
+        superseded_placements: superseded,
         sla_overall: if sim.req_total > 0.0 { (sim.req_total - sim.alloc_total) / sim.req_total } else { 0.0 },
         policy_ms_mean: if n_rounds > 0 { policy_ms.iter().sum::<f64>() / n_rounds as f64 } else { 0.0 },
         policy_ms_max: policy_ms.iter().copied().fold(0.0, f64::max),
-        active_hosts_mean: if active.is_empty() { 0.0 } else { active.iter().sum::<usize>() as f64 / active.len() as f64 },
+        active_hosts_mean: if sim.last_t > first_t.unwrap_or(0.0) {
+            sim.active_time / (sim.last_t - first_t.unwrap_or(0.0))
+        } else {
+            0.0
+        },
         active_hosts_max: active.iter().copied().max().unwrap_or(0),
         wakes,
         standbys: sim.standbys,
@@ -451,7 +485,7 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
     })
 }
 
-impl Sim<'_> {
+impl Sim {
     fn demands(&self, t: f64) -> Vec<f64> {
         self.vms.iter().map(|v| if v.alive { util_at(&v.data, t, self.interval) * v.size } else { 0.0 }).collect()
     }
@@ -579,9 +613,9 @@ impl Sim<'_> {
         if !self.remove_idle {
             return;
         }
-        for v in 0..self.vms.len() {
+        for (v, &d) in demand.iter().enumerate() {
             let vm = &self.vms[v];
-            if vm.alive && vm.mig.is_none() && demand[v] == 0.0 {
+            if vm.alive && vm.mig.is_none() && d == 0.0 {
                 let h = vm.host;
                 self.hosts[h].list.retain(|&x| x != v);
                 self.vms[v].alive = false;
@@ -671,7 +705,6 @@ impl Sim<'_> {
                 index.push(v);
             }
         }
-        let _ = self.mix;
         (Snapshot { hosts, vms, interval_s: self.interval }, index)
     }
 }

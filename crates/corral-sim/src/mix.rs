@@ -129,9 +129,18 @@ impl Mix {
             bandwidth_mbps: 1000.0,
             power,
         };
-        let vm = |name: &str, mips: f64, mem: u64| VmType { name: name.into(), mips, vcpus: 1, memory_mib: mem, weight: 1.0 };
+        let vm = |name: &str, mips: f64, mem: u64| VmType {
+            name: name.into(),
+            mips,
+            vcpus: 1,
+            memory_mib: mem,
+            weight: 1.0,
+        };
         Mix {
-            hosts: vec![host("HP ML110 G4", 1860.0, PowerModel::hp_ml110_g4()), host("HP ML110 G5", 2660.0, PowerModel::hp_ml110_g5())],
+            hosts: vec![
+                host("HP ML110 G4", 1860.0, PowerModel::hp_ml110_g4()),
+                host("HP ML110 G5", 2660.0, PowerModel::hp_ml110_g5()),
+            ],
             vms: vec![
                 vm("high-cpu medium", 2500.0, 870),
                 vm("extra large", 2000.0, 1740),
@@ -152,7 +161,8 @@ impl Mix {
 
     /// Parses a mix; `file` names it in errors.
     pub fn parse_toml(file: &str, text: &str) -> Result<Mix, MixError> {
-        let f: MixFile = toml::from_str(text).map_err(|e| MixError::Toml { file: file.into(), message: e.to_string() })?;
+        let f: MixFile =
+            toml::from_str(text).map_err(|e| MixError::Toml { file: file.into(), message: e.to_string() })?;
         let field = |item: String, field: &'static str, value: String, why: &'static str| MixError::Field {
             file: file.into(),
             item,
@@ -168,7 +178,12 @@ impl Mix {
         }
         let interval_s = f.interval_s.unwrap_or(300.0);
         if !(interval_s.is_finite() && interval_s > 0.0) {
-            return Err(field("top level".into(), "interval_s", interval_s.to_string(), "must be a positive number of seconds"));
+            return Err(field(
+                "top level".into(),
+                "interval_s",
+                interval_s.to_string(),
+                "must be a positive number of seconds",
+            ));
         }
         let mut hosts = Vec::new();
         for (i, h) in f.host.into_iter().enumerate() {
@@ -197,7 +212,9 @@ impl Mix {
                     corral_sched::drs::PowerModelError::TooFewPoints(_) => {
                         "needs at least 2 points: watts at 0% and at 100% utilisation (11 points: 0%, 10%, ..., 100%)"
                     }
-                    corral_sched::drs::PowerModelError::BadPoint { .. } => "every point must be a finite number of watts, 0 or more",
+                    corral_sched::drs::PowerModelError::BadPoint { .. } => {
+                        "every point must be a finite number of watts, 0 or more"
+                    }
                 },
             })?;
             hosts.push(HostType {
@@ -254,11 +271,7 @@ impl Mix {
             cum += v.weight;
             // Equal weights: (t + 1) · ceil(n / types), CloudSim's blocks.
             let equal = self.vms.iter().all(|w| w.weight == v.weight);
-            let b = if equal {
-                (t + 1) * n.div_ceil(self.vms.len())
-            } else {
-                (n as f64 * cum / total).ceil() as usize
-            };
+            let b = if equal { (t + 1) * n.div_ceil(self.vms.len()) } else { (n as f64 * cum / total).ceil() as usize };
             bounds.push(b.min(n));
         }
         (0..n).map(|i| bounds.iter().position(|&b| i < b).unwrap_or(self.vms.len() - 1)).collect()

@@ -26,7 +26,7 @@
 //! host being woken starts when the host is up); put the hosts in `standby` to standby once
 //! their last VM has left. A plan never moves a VM to a host in standby that it does not wake,
 //! never moves a VM that is pinned or already migrating, moves each VM at most once, and never
-//! puts on a target host more CPU demand (as of now) or memory than it has.
+//! moves CPU demand (as of now) or memory onto a host that lacks room for it ([`Plan::check`]).
 
 mod corral;
 mod power;
@@ -139,6 +139,10 @@ pub struct Plan {
     pub standby: Vec<usize>,
     /// Hosts the policy found overloaded (for display).
     pub overloaded: Vec<usize>,
+    /// Placements decided earlier in the round and replaced by a later decision (the VM still
+    /// moves once). CloudSim 3.0.3 executes both as migrations; counted for comparison.
+    #[serde(default)]
+    pub superseded: usize,
 }
 
 /// What a policy remembers between rounds. Start from [`PolicyState::new`] and feed back the
@@ -197,7 +201,8 @@ pub enum Selection {
 pub struct CorralParams {
     /// Forecast utilisation a host may be filled to by placement (0..1].
     pub target: f64,
-    /// Forecast utilisation above which a host is relieved (target..1].
+    /// Utilisation now above which a host is relieved (0..1]; a host is also relieved when its
+    /// forecast exceeds its capacity.
     pub high: f64,
     /// Quantile of a VM's recent demand used as its forecast (0..1].
     pub quantile: f64,
@@ -205,13 +210,29 @@ pub struct CorralParams {
     pub window: usize,
     /// Rounds a migrated VM stays put (unless its host runs out of CPU).
     pub cooldown: u64,
-    /// Hosts emptied for consolidation per round, at most.
+    /// Hosts emptied for consolidation per round, at most (unless the pool is less than half
+    /// used).
     pub evacuations: usize,
+    /// Spare forecast room, in largest-host capacities at the target, the powered hosts must
+    /// keep after a consolidation.
+    pub spare: f64,
+    /// Hosts with more VMs than this are not emptied (each VM is a migration), unless the pool
+    /// is less than half used.
+    pub evacuate_vms: usize,
 }
 
 impl Default for CorralParams {
     fn default() -> Self {
-        CorralParams { target: 0.8, high: 0.95, quantile: 0.9, window: 12, cooldown: 12, evacuations: 4 }
+        CorralParams {
+            target: 0.9,
+            high: 1.0,
+            quantile: 0.9,
+            window: 12,
+            cooldown: 12,
+            evacuations: 4,
+            spare: 0.3,
+            evacuate_vms: 15,
+        }
     }
 }
 
@@ -252,12 +273,30 @@ impl PolicySpec {
         let number = |text: &str| -> Result<f64, SpecError> {
             text.parse::<f64>().map_err(|_| SpecError::BadNumber { name: name.to_string(), text: text.to_string() })
         };
-        let spec = if parts[0] == "corral" {
+        let spec = if parts[0] == "corral" || parts[0].starts_with("corral:") {
             let mut p = CorralParams::default();
-            match parts.len() {
-                1 => {}
-                2 => p.target = number(parts[1])?,
+            // `corral[-TARGET][:key=value,...]`
+            let (head, opts) = lower.split_once(':').unwrap_or((lower.as_str(), ""));
+            let head: Vec<&str> = head.split('-').collect();
+            match head.len() {
+                1 if head[0] == "corral" => {}
+                2 if head[0] == "corral" => p.target = number(head[1])?,
                 _ => return Err(SpecError::Unknown(name.to_string())),
+            }
+            for kv in opts.split(',').filter(|x| !x.is_empty()) {
+                let (k, v) = kv.split_once('=').ok_or_else(|| SpecError::Unknown(name.to_string()))?;
+                let x = number(v)?;
+                match k.trim() {
+                    "target" => p.target = x,
+                    "high" => p.high = x,
+                    "quantile" => p.quantile = x,
+                    "window" => p.window = x.max(0.0) as usize,
+                    "cooldown" => p.cooldown = x.max(0.0) as u64,
+                    "evacuations" => p.evacuations = x.max(0.0) as usize,
+                    "spare" => p.spare = x,
+                    "evacuate_vms" => p.evacuate_vms = x.max(0.0) as usize,
+                    _ => return Err(SpecError::Unknown(name.to_string())),
+                }
             }
             if let Some(x) = param {
                 p.target = x;
@@ -312,9 +351,10 @@ impl PolicySpec {
             },
             PolicySpec::Corral(p) => {
                 check("the corral target utilisation", p.target, p.target > 0.0 && p.target <= 1.0, "in (0, 1]")?;
-                check("the corral high-water utilisation", p.high, p.high >= p.target && p.high <= 1.0, "in [target, 1]")?;
+                check("the corral high-water utilisation", p.high, p.high > 0.0 && p.high <= 1.0, "in (0, 1]")?;
                 check("the corral forecast quantile", p.quantile, p.quantile > 0.0 && p.quantile <= 1.0, "in (0, 1]")?;
                 check("the corral forecast window", p.window as f64, p.window >= 1, "1 or more")?;
+                check("the corral spare room", p.spare, p.spare >= 0.0, "0 or more")?;
                 Ok(())
             }
         }
@@ -324,8 +364,41 @@ impl PolicySpec {
 impl fmt::Display for PolicySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PolicySpec::Corral(p) if *p == CorralParams::default() => f.write_str("corral"),
-            PolicySpec::Corral(p) => write!(f, "corral-{}", p.target),
+            PolicySpec::Corral(p) => {
+                let d = CorralParams::default();
+                f.write_str("corral")?;
+                let mut sep = ':';
+                let mut item = |f: &mut fmt::Formatter<'_>, k: &str, v: String| {
+                    let r = write!(f, "{sep}{k}={v}");
+                    sep = ',';
+                    r
+                };
+                if p.target != d.target {
+                    item(f, "target", p.target.to_string())?;
+                }
+                if p.high != d.high {
+                    item(f, "high", p.high.to_string())?;
+                }
+                if p.quantile != d.quantile {
+                    item(f, "quantile", p.quantile.to_string())?;
+                }
+                if p.window != d.window {
+                    item(f, "window", p.window.to_string())?;
+                }
+                if p.cooldown != d.cooldown {
+                    item(f, "cooldown", p.cooldown.to_string())?;
+                }
+                if p.evacuations != d.evacuations {
+                    item(f, "evacuations", p.evacuations.to_string())?;
+                }
+                if p.spare != d.spare {
+                    item(f, "spare", p.spare.to_string())?;
+                }
+                if p.evacuate_vms != d.evacuate_vms {
+                    item(f, "evacuate_vms", p.evacuate_vms.to_string())?;
+                }
+                Ok(())
+            }
             PolicySpec::Reference { detector, selection } => {
                 let (d, x) = match *detector {
                     Detector::Thr(x) => ("thr", x),
@@ -453,7 +526,12 @@ impl Plan {
             let vm = snap.vms.get(m.vm).map_or("?", |v| v.name.as_str());
             let why = match m.reason {
                 Reason::Overload { load, limit } => {
-                    format!("{} overloaded (demand {:.0}% of capacity, limit {:.0}%)", host(m.from), load * 100.0, limit * 100.0)
+                    format!(
+                        "{} overloaded (demand {:.0}% of capacity, limit {:.0}%)",
+                        host(m.from),
+                        load * 100.0,
+                        limit * 100.0
+                    )
                 }
                 Reason::Consolidate { saves_watts } => {
                     format!("emptying {} for standby (saves about {saves_watts:.0} W)", host(m.from))
@@ -485,7 +563,7 @@ impl Plan {
                 count[t] += 1;
             }
         }
-        let mut targets = vec![false; nh];
+        let mut moved_in: Vec<f64> = vec![0.0; nh];
         for m in &self.migrations {
             let v = snap.vms.get(m.vm).ok_or_else(|| format!("migration of unknown VM #{}", m.vm))?;
             if m.to >= nh || m.from != v.host {
@@ -513,13 +591,18 @@ impl Plan {
             cpu[m.from] -= v.demand.min(v.core_cap(snap, m.from));
             mem[m.from] -= v.memory_reserved_mib;
             count[m.from] -= 1;
-            cpu[m.to] += v.demand.min(v.core_cap(snap, m.to));
+            let d = v.demand.min(v.core_cap(snap, m.to));
+            cpu[m.to] += d;
             mem[m.to] += v.memory_reserved_mib;
             count[m.to] += 1;
-            targets[m.to] = true;
+            moved_in[m.to] += d.max(1e-6);
         }
         for (i, h) in snap.hosts.iter().enumerate() {
-            if targets[i] && (cpu[i] > h.cpu_capacity * (1.0 + 1e-9) + 1e-9 || mem[i] > h.memory_mib) {
+            // A host that receives VMs must end within its memory, and within its CPU unless
+            // what it receives wants no CPU at all (a VM idle now may join a host that is over
+            // capacity for other reasons; CloudSim allows it too).
+            let cpu_over = cpu[i] > h.cpu_capacity * (1.0 + 1e-9) + 1e-9 && moved_in[i] > 1e-3;
+            if moved_in[i] > 0.0 && (cpu_over || mem[i] > h.memory_mib) {
                 return Err(format!(
                     "host {} ends over capacity: CPU {:.3} of {:.3}, memory {} of {} MiB",
                     h.name, cpu[i], h.cpu_capacity, mem[i], h.memory_mib

@@ -47,8 +47,7 @@ struct Eng<'a> {
     /// Host → CPU not yet promised (CloudSim's `VmScheduler.getAvailableMips`).
     avail: Vec<f64>,
     mem_used: Vec<u64>,
-    /// Measured CPU use (MIPS) and CloudSim's `getUtilizationOfCpu` of it.
-    util_mips: Vec<f64>,
+    /// CloudSim's `getUtilizationOfCpu`: measured CPU use over capacity.
     util: Vec<f64>,
     /// VM → its history, latest first, at most [`HISTORY_LENGTH`] samples.
     hist: Vec<Vec<f64>>,
@@ -68,9 +67,9 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
             list[t].push(i);
         }
     }
-    let hist: Vec<Vec<f64>> = s.vms.iter().map(|v| v.history.iter().rev().take(HISTORY_LENGTH).copied().collect()).collect();
+    let hist: Vec<Vec<f64>> =
+        s.vms.iter().map(|v| v.history.iter().rev().take(HISTORY_LENGTH).copied().collect()).collect();
     let nz = hist.iter().map(|h| h.iter().rposition(|&x| x != 0.0).map_or(0, |p| p + 1)).collect();
-    let util_mips: Vec<f64> = s.hosts.iter().map(|h| h.cpu_used).collect();
     let util = s
         .hosts
         .iter()
@@ -84,26 +83,15 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
         })
         .collect();
     let mem_used = (0..nh).map(|h| list[h].iter().map(|&v| s.vms[v].memory_reserved_mib).sum()).collect();
-    let mut e = Eng {
-        s,
-        det,
-        sel,
-        rng: SplitMix64(state.rng),
-        list,
-        avail: vec![0.0; nh],
-        mem_used,
-        util_mips,
-        util,
-        hist,
-        nz,
-    };
+    let mut e = Eng { s, det, sel, rng: SplitMix64(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
     for h in 0..nh {
         e.recompute_avail(h);
     }
 
     // 1. Overloaded hosts.
     let over_hosts: Vec<usize> = (0..nh).filter(|&h| e.is_over(h)).collect();
-    let limits: Vec<(f64, f64)> = over_hosts.iter().map(|&h| (e.demand_sum(h) / s.hosts[h].cpu_capacity, e.limit(h))).collect();
+    let limits: Vec<(f64, f64)> =
+        over_hosts.iter().map(|&h| (e.demand_sum(h) / s.hosts[h].cpu_capacity, e.limit(h))).collect();
     let mut excl = vec![false; nh];
     for &h in &over_hosts {
         excl[h] = true;
@@ -147,11 +135,12 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
         }
     }
     let mut excluded = excl_under.iter().filter(|&&x| x).count();
+    let mut superseded = 0usize;
     while excluded < nh {
         let mut best: Option<usize> = None;
         let mut min_u = 1.0;
-        for h in 0..nh {
-            if excl_under[h] {
+        for (h, &excluded_h) in excl_under.iter().enumerate() {
+            if excluded_h {
                 continue;
             }
             let u = e.util[h];
@@ -194,6 +183,7 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
             }
             if let Some(old) = target[v] {
                 // Placed off an overloaded host earlier this round: it now goes elsewhere.
+                superseded += 1;
                 e.list[old].retain(|&x| x != v);
             } else {
                 order.push(v);
@@ -205,7 +195,9 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
     }
 
     state.rng = e.rng.0;
-    finish(s, &order, &target, &reason, over_hosts)
+    let mut plan = finish(s, &order, &target, &reason, over_hosts);
+    plan.superseded = superseded;
+    plan
 }
 
 /// Builds the plan from the chosen targets: migrations in decision order, hosts to wake (in
@@ -235,12 +227,18 @@ pub(crate) fn finish(
         if s.hosts[to].state == PowerState::Standby && !wake.contains(&to) {
             wake.push(to);
         }
-        migrations.push(Migration { vm: v, from: vm.host, to, reason: why, seconds: migration_seconds(vm.memory_mib, &s.hosts[to]) });
+        migrations.push(Migration {
+            vm: v,
+            from: vm.host,
+            to,
+            reason: why,
+            seconds: migration_seconds(vm.memory_mib, &s.hosts[to]),
+        });
     }
     let standby =
         (0..nh).filter(|&h| s.hosts[h].state == PowerState::On && !s.hosts[h].keep_on && count[h] == 0).collect();
     wake.sort_unstable();
-    Plan { migrations, wake, standby, overloaded }
+    Plan { migrations, wake, standby, overloaded, superseded: 0 }
 }
 
 /// Seconds to copy `memory_mib` into `host` (CloudSim: RAM / (bandwidth / 2) with MB = MiB).
@@ -370,7 +368,8 @@ impl Eng<'_> {
                 let host = &self.s.hosts[h];
                 let max_mem = self.list[h].iter().map(|&v| self.s.vms[v].memory_mib).max().unwrap_or(0);
                 let mig_s = migration_seconds(max_mem, host);
-                let intervals = if self.s.interval_s > 0.0 && mig_s.is_finite() { (mig_s / self.s.interval_s).ceil() } else { 1.0 };
+                let intervals =
+                    if self.s.interval_s > 0.0 && mig_s.is_finite() { (mig_s / self.s.interval_s).ceil() } else { 1.0 };
                 let predicted = (a + b * (LR_LENGTH as f64 + intervals)) * sp;
                 predicted >= 1.0
             }
@@ -462,25 +461,64 @@ impl Eng<'_> {
         over
     }
 
+    /// CPU the host's scheduler has handed out to the VMs now on its list, counting a VM
+    /// migrating in at what it will use once there: CloudSim 3.0.3's
+    /// `getUtilizationOfCpuMips(host)`, which (unlike the measured utilisation) sees the VMs
+    /// this round has already placed or taken off.
+    fn allocated(&self, h: usize) -> f64 {
+        let host = &self.s.hosts[h];
+        let cap = host.cpu_capacity;
+        let mut avail = cap;
+        let mut over = false;
+        let mut required = 0.0;
+        for &v in &self.list[h] {
+            let mut c = self.capped(v, h);
+            if self.s.vms[v].migrating_to == Some(h) {
+                c *= 0.1;
+            }
+            required += c;
+            if !over && avail >= c {
+                avail -= c;
+            } else {
+                over = true;
+            }
+        }
+        let scale = cap / required;
+        let mut total = 0.0;
+        for &v in &self.list[h] {
+            let c = self.capped(v, h);
+            let incoming = self.s.vms[v].migrating_to == Some(h);
+            let out = self.s.vms[v].migrating_to.is_some() && !incoming;
+            let alloc = match (over, out, incoming) {
+                (false, true, _) => c * 0.9,
+                (false, _, true) => c * 0.1,
+                (false, _, _) => c,
+                (true, true, _) => (c * scale * 0.9).floor(),
+                (true, _, true) => (c * 0.1 * scale).floor(),
+                (true, _, _) => (c * scale).floor(),
+            };
+            if incoming {
+                total += alloc * 0.9 / 0.1;
+            }
+            total += alloc;
+        }
+        total
+    }
+
     /// Power-aware best fit: the host whose power grows least, first on ties.
     fn pabfd(&mut self, v: usize, excluded: &[bool]) -> Option<usize> {
         let mut best = None;
         let mut min = f64::MAX;
         let demand = self.s.vms[v].demand;
-        for h in 0..self.s.hosts.len() {
-            if excluded[h] || !self.suitable(v, h) {
+        for (h, &excluded_h) in excluded.iter().enumerate() {
+            if excluded_h || !self.suitable(v, h) {
                 continue;
             }
-            if self.util_mips[h] != 0.0 && self.over_after(v, h) {
+            let used = self.allocated(h);
+            if used != 0.0 && self.over_after(v, h) {
                 continue;
             }
             let host = &self.s.hosts[h];
-            let mut used = self.util_mips[h];
-            for &w in &self.list[h] {
-                if self.s.vms[w].migrating_to == Some(h) {
-                    used += self.capped(w, h) * 0.9;
-                }
-            }
             let after = (used + demand) / host.cpu_capacity;
             let diff = host.power.watts(after) - host.power.watts(self.util[h]);
             if diff < min {

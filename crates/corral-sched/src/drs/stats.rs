@@ -106,13 +106,27 @@ pub(crate) fn wls_on_index(y: &[f64], w: &[f64]) -> Option<(f64, f64)> {
     Some((my - slope * mx, slope))
 }
 
-/// Robust local regression on x = 1..n: tricube weights by distance from the newest sample,
-/// times bisquare weights of the residuals of a first fit (one robustness iteration, as in
-/// Cleveland's LOESS). Falls back to the plain fit when the robust one degenerates.
+/// Robust local regression on x = 1..n: starts from the Theil–Sen line (median of pairwise
+/// slopes), then up to four rounds of weighted least squares with tricube weights by distance
+/// from the newest sample times bisquare weights of the residuals (Cleveland's LOESS
+/// robustness iterations). An outlier therefore cannot drag the line.
 pub(crate) fn robust_on_index(y: &[f64]) -> Option<(f64, f64)> {
     let n = y.len();
     if n < 3 {
         return None;
+    }
+    let x = |i: usize| (i + 1) as f64;
+    let mut slopes = Vec::with_capacity(n * (n - 1) / 2);
+    for i in 0..n {
+        for j in i + 1..n {
+            slopes.push((y[j] - y[i]) / (x(j) - x(i)));
+        }
+    }
+    let mut b = median(&slopes);
+    let intercepts: Vec<f64> = (0..n).map(|i| y[i] - b * x(i)).collect();
+    let mut a = median(&intercepts);
+    if !(a.is_finite() && b.is_finite()) {
+        return ols_on_index(y);
     }
     let span = n as f64;
     let tricube: Vec<f64> = (1..=n)
@@ -121,26 +135,34 @@ pub(crate) fn robust_on_index(y: &[f64]) -> Option<(f64, f64)> {
             (1.0 - d * d * d).powi(3)
         })
         .collect();
-    let first = wls_on_index(y, &tricube).or_else(|| ols_on_index(y))?;
-    let residuals: Vec<f64> = y.iter().enumerate().map(|(i, &yi)| yi - (first.0 + first.1 * (i + 1) as f64)).collect();
-    let abs: Vec<f64> = residuals.iter().map(|r| r.abs()).collect();
-    let s6 = 6.0 * median(&abs);
-    if s6 <= 1e-12 {
-        return Some(first);
-    }
-    let w: Vec<f64> = residuals
-        .iter()
-        .zip(&tricube)
-        .map(|(r, t)| {
-            let u = r / s6;
-            if u.abs() < 1.0 {
-                (1.0 - u * u).powi(2) * t
-            } else {
-                0.0
+    for _ in 0..4 {
+        let residuals: Vec<f64> = (0..n).map(|i| y[i] - (a + b * x(i))).collect();
+        let abs: Vec<f64> = residuals.iter().map(|r| r.abs()).collect();
+        let s6 = 6.0 * median(&abs);
+        if s6 <= 1e-12 {
+            break;
+        }
+        let w: Vec<f64> = residuals
+            .iter()
+            .zip(&tricube)
+            .map(|(r, t)| {
+                let u = r / s6;
+                if u.abs() < 1.0 {
+                    (1.0 - u * u).powi(2) * t
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        match wls_on_index(y, &w) {
+            Some((na, nb)) => {
+                a = na;
+                b = nb;
             }
-        })
-        .collect();
-    Some(wls_on_index(y, &w).unwrap_or(first))
+            None => break,
+        }
+    }
+    Some((a, b))
 }
 
 /// Coefficient of determination R² of the least-squares regression (with intercept) of `y`
@@ -190,37 +212,32 @@ pub(crate) fn r_squared(y: &[f64], xs: &[&[f64]]) -> Option<f64> {
 /// The q-quantile (0..=1) by linear interpolation between order statistics (R type 7).
 /// NaN for an empty slice.
 pub(crate) fn quantile(xs: &[f64], q: f64) -> f64 {
-    if xs.is_empty() {
+    let mut v = xs.to_vec();
+    quantile_in_place(&mut v, q)
+}
+
+/// [`quantile`] of a scratch buffer, which it sorts (insertion sort: the windows are short).
+pub(crate) fn quantile_in_place(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
         return f64::NAN;
     }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
+    if v.len() <= 32 {
+        for i in 1..v.len() {
+            let x = v[i];
+            let mut j = i;
+            while j > 0 && v[j - 1].total_cmp(&x).is_gt() {
+                v[j] = v[j - 1];
+                j -= 1;
+            }
+            v[j] = x;
+        }
+    } else {
+        v.sort_by(f64::total_cmp);
+    }
     let h = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
     let lo = h.floor() as usize;
     let hi = (lo + 1).min(v.len() - 1);
     v[lo] + (h - lo as f64) * (v[hi] - v[lo])
-}
-
-/// Pearson correlation of two equally long series; 0 when either is constant.
-pub(crate) fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len().min(b.len());
-    if n < 2 {
-        return 0.0;
-    }
-    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
-    let ma = a.iter().sum::<f64>() / n as f64;
-    let mb = b.iter().sum::<f64>() / n as f64;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (x - ma, y - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    if saa <= 1e-18 || sbb <= 1e-18 {
-        return 0.0;
-    }
-    (sab / (saa * sbb).sqrt()).clamp(-1.0, 1.0)
 }
 
 #[cfg(test)]
@@ -265,10 +282,12 @@ mod tests {
     }
 
     #[test]
-    fn quantile_and_correlation() {
+    fn quantile_interpolates() {
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
         assert_eq!(quantile(&[1.0, 2.0], 1.0), 2.0);
-        assert!((correlation(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
-        assert_eq!(correlation(&[1.0, 1.0, 1.0], &[2.0, 4.0, 6.0]), 0.0);
+        assert!((quantile(&[1.0, 2.0], 0.25) - 1.25).abs() < 1e-12);
+        assert!(quantile(&[], 0.5).is_nan());
+        let long: Vec<f64> = (0..100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&long, 0.5), 49.5);
     }
 }
