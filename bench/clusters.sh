@@ -30,6 +30,7 @@
 #   BENCH_API_VMS           VMs created through the API (default 1000)
 #   BENCH_API_LISTS         GET /v1/vms requests (default 2000)
 #   BENCH_API_CONCURRENCY   requests in flight (default 8)
+#   BENCH_PARTS             which parts to run and write results for (default "deploy api")
 #   BENCH_RESULTS           output directory (default <repo>/bench/results)
 #   BENCH_QUIET_PCT         before each run, wait until the CPUs are at most this % busy (default 25)
 #   BENCH_QUIET_WAIT        ... for at most this many seconds, then measure anyway (default 60)
@@ -48,6 +49,7 @@ SIZE=${BENCH_CLUSTER_SIZE:-20}
 API_VMS=${BENCH_API_VMS:-1000}
 API_LISTS=${BENCH_API_LISTS:-2000}
 API_CONC=${BENCH_API_CONCURRENCY:-8}
+PARTS=${BENCH_PARTS:-deploy api}
 QUIET_PCT=${BENCH_QUIET_PCT:-25}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 COMMAND=${BENCH_COMMAND:-bash bench/clusters.sh}
@@ -182,6 +184,15 @@ wait_quiet() { # NAME
 # CPU seconds (user + system) a process has used.
 cpu_s() { awk '{ printf "%.2f\n", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 cpu_sum() { local p s=0; for p in "$@"; do s=$(awk -v a="$s" -v b="$(cpu_s "$p")" 'BEGIN { printf "%.2f", a + b }'); done; echo "$s"; }
+# CPU seconds used by the processes' waited-for children (an agent's qemu-img runs).
+children_cpu_sum() {
+	local p s=0 c
+	for p in "$@"; do
+		c=$(awk '{ printf "%.2f\n", ($16 + $17) / 100 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+		s=$(awk -v a="$s" -v b="$c" 'BEGIN { printf "%.2f", a + b }')
+	done
+	echo "$s"
+}
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 corral() { "$BIN" --url "$URL" "$@"; }
 use_lab() { # DIR URL
@@ -263,23 +274,6 @@ jq -n \
 	  dev_kvm: $kvm, loadavg_start: $l0}' >"$WORK/machine.json"
 
 # --- 1. deploy: corral vs floor ----------------------------------------------------------------
-
-lab_up "$DEPLOY_DIR" "$DEPLOY_INDEX"
-use_lab "$DEPLOY_DIR" "$DEPLOY_URL"
-CONTROLLER_PID=$(jq -r '.controller_pid' "$DEPLOY_DIR/lab.json")
-mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$DEPLOY_DIR/lab.json")
-corral host list --output json >"$WORK/hosts.json"
-ACCEL=$(jq -r '.[0].accel' "$WORK/hosts.json")
-ACCEL_NOTE=$(jq -r '.[0].accel_note' "$WORK/hosts.json")
-log "deploy lab: accelerator $ACCEL ($ACCEL_NOTE); capacity per host $(jq -c '[.[] | {name, vcpus: .capacity.vcpus, memory_mib: .capacity.memory_mib}]' "$WORK/hosts.json")"
-cat >"$WORK/small.toml" <<'EOF'
-template = "base"
-vcpus = 1
-memory = "128M"
-[placement]
-policy = "spread"
-EOF
-corral profile create small --file "$WORK/small.toml" >/dev/null
 
 # One Corral deployment. Writes $WORK/corral-RUN.json.
 corral_run() { # RUN
@@ -478,217 +472,267 @@ floor_run() { # RUN
 	done
 }
 
-for run in $(seq "$RUNS"); do
-	corral_run "$run"
-	floor_run "$run"
-done
-cp "$DEPLOY_DIR"/*.log "$WORK/" 2>/dev/null || true
-log "lab down ($DEPLOY_DIR)"
-lab_down_checked "$DEPLOY_DIR" "$DEPLOY_INDEX"
+deploy_part() {
+	lab_up "$DEPLOY_DIR" "$DEPLOY_INDEX"
+	use_lab "$DEPLOY_DIR" "$DEPLOY_URL"
+	CONTROLLER_PID=$(jq -r '.controller_pid' "$DEPLOY_DIR/lab.json")
+	mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$DEPLOY_DIR/lab.json")
+	corral host list --output json >"$WORK/hosts.json"
+	ACCEL=$(jq -r '.[0].accel' "$WORK/hosts.json")
+	ACCEL_NOTE=$(jq -r '.[0].accel_note' "$WORK/hosts.json")
+	log "deploy lab: accelerator $ACCEL ($ACCEL_NOTE); capacity per host $(jq -c '[.[] | {name, vcpus: .capacity.vcpus, memory_mib: .capacity.memory_mib}]' "$WORK/hosts.json")"
+	cat >"$WORK/small.toml" <<-'EOF'
+	template = "base"
+	vcpus = 1
+	memory = "128M"
+	[placement]
+	policy = "spread"
+	EOF
+	corral profile create small --file "$WORK/small.toml" >/dev/null
+
+	for run in $(seq "$RUNS"); do
+		corral_run "$run"
+		floor_run "$run"
+	done
+	cp "$DEPLOY_DIR"/*.log "$WORK/" 2>/dev/null || true
+	log "lab down ($DEPLOY_DIR)"
+	lab_down_checked "$DEPLOY_DIR" "$DEPLOY_INDEX"
+}
 
 # --- 2. API: create and list -------------------------------------------------------------------
 
-lab_up "$API_DIR" "$API_INDEX"
-use_lab "$API_DIR" "$API_URL"
-CONTROLLER_PID=$(jq -r '.controller_pid' "$API_DIR/lab.json")
-mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$API_DIR/lab.json")
-RSS0=$(rss_kib "$CONTROLLER_PID")
+api_part() {
+	local c0 c1 a0 a1 k0 k1 b0 b1 t0 t1 vm_dirs
+	lab_up "$API_DIR" "$API_INDEX"
+	use_lab "$API_DIR" "$API_URL"
+	CONTROLLER_PID=$(jq -r '.controller_pid' "$API_DIR/lab.json")
+	mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$API_DIR/lab.json")
+	RSS0=$(rss_kib "$CONTROLLER_PID")
+	BUCKET=$((API_VMS >= 1000 ? 100 : (API_VMS >= 10 ? API_VMS / 10 : 1)))
 
-wait_quiet api-create
-log "api: creating $API_VMS inactive VMs, $API_CONC at a time (corral-load --mode create)"
-c0=$(cpu_s "$CONTROLLER_PID"); a0=$(cpu_sum "${AGENT_PIDS[@]}")
-"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode create --requests "$API_VMS" --concurrency "$API_CONC" \
-	--prefix b --memory-mib 64 --raw "$WORK/create.raw" >"$WORK/create.json"
-c1=$(cpu_s "$CONTROLLER_PID"); a1=$(cpu_sum "${AGENT_PIDS[@]}")
-jq -e --argjson n "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $n' "$WORK/create.json" >/dev/null ||
-	die "api create: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/create.json")"
-jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" \
-	--argjson a "$(awk -v a="$a0" -v b="$a1" 'BEGIN { printf "%.2f", b - a }')" \
-	--argjson cond "$(cat "$WORK/cond-api-create.json")" \
-	'. + {conditions: $cond, controller_cpu_s: $c, agents_cpu_s: $a}' "$WORK/create.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/create.json"
-# Latency by hundreds of VMs already present: does creating get slower as the store grows?
-BUCKET=$((API_VMS >= 1000 ? 100 : (API_VMS >= 10 ? API_VMS / 10 : 1)))
-jq -R -s --argjson step "$BUCKET" --argjson total "$API_VMS" '
-	[split("\n")[] | select(length > 0) | split(" ") | select(.[3] == "201") | {i: (.[0] | tonumber), ms: (.[2] | tonumber)}]
-	| group_by((.i - 1) / $step | floor) | map(sort_by(.ms) as $b | ($b | length) as $n |
-	  {vms: "\(($b[0].i - 1) / $step | floor * $step + 1)-\(($b[0].i - 1) / $step | floor * $step + $step | [., $total] | min)",
-	   p50_ms: $b[(($n + 1) / 2 | floor) - 1].ms, p99_ms: $b[([($n * 0.99 | ceil), 1] | max) - 1].ms, max_ms: $b[-1].ms})' \
-	"$WORK/create.raw" >"$WORK/create-buckets.json"
-log "api create: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, controller_cpu_s, agents_cpu_s}' "$WORK/create.json")"
-# What one create costs on the agent: its qemu-img overlay, timed alone on this machine.
-for _ in $(seq 20); do
-	t0=${EPOCHREALTIME//[.,]/}
-	qemu-img create -q -f qcow2 -F qcow2 -b "$API_DIR/lab-1/templates/base.qcow2" "$WORK/ov.qcow2"
-	t1=${EPOCHREALTIME//[.,]/}
-	rm -f "$WORK/ov.qcow2"
-	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }'
-done | stats >"$WORK/overlay-ms.json"
-disk_kib=$(du -sk "$API_DIR"/lab-*/vms | awk '{ s += $1 } END { print s }')
-vm_dirs=$(find "$API_DIR"/lab-*/vms -mindepth 1 -maxdepth 1 -type d | wc -l)
-[ "$vm_dirs" -eq "$API_VMS" ] || die "api: $vm_dirs VM directories on the hosts for $API_VMS VMs"
-per_host=$(corral host list --output json | jq -c 'map({(.name): .vms}) | add')
+	wait_quiet api-create
+	log "api: creating $API_VMS inactive VMs, $API_CONC at a time (corral-load --mode create)"
+	c0=$(cpu_s "$CONTROLLER_PID"); a0=$(cpu_sum "${AGENT_PIDS[@]}"); k0=$(children_cpu_sum "${AGENT_PIDS[@]}"); b0=$(busy_s)
+	"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode create --requests "$API_VMS" --concurrency "$API_CONC" \
+		--prefix b --memory-mib 64 --raw "$WORK/create.raw" --watch-pid "$CONTROLLER_PID" --watch-every "$BUCKET" >"$WORK/create.json"
+	c1=$(cpu_s "$CONTROLLER_PID"); a1=$(cpu_sum "${AGENT_PIDS[@]}"); k1=$(children_cpu_sum "${AGENT_PIDS[@]}"); b1=$(busy_s)
+	jq -e --argjson n "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $n' "$WORK/create.json" >/dev/null ||
+		die "api create: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/create.json")"
+	jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson a "$(awk -v a="$a0" -v b="$a1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson k "$(awk -v a="$k0" -v b="$k1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson busy "$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson cond "$(cat "$WORK/cond-api-create.json")" \
+		'. + {conditions: $cond, controller_cpu_s: $c, agents_cpu_s: $a, agents_children_cpu_s: $k, machine_busy_cpu_s: $busy,
+		      others_cpu_s: ([$busy - $c - $a - $k - .client_cpu_s, 0] | max | . * 100 | round / 100)}' \
+		"$WORK/create.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/create.json"
+	# Latency by hundreds of VMs already present: does creating get slower as the store grows?
+	jq -R -s --argjson step "$BUCKET" --argjson total "$API_VMS" '
+		[split("\n")[] | select(length > 0) | split(" ") | select(.[3] == "201") | {i: (.[0] | tonumber), ms: (.[2] | tonumber)}]
+		| group_by((.i - 1) / $step | floor) | map(sort_by(.ms) as $b | ($b | length) as $n |
+		  {vms: "\(($b[0].i - 1) / $step | floor * $step + 1)-\(($b[0].i - 1) / $step | floor * $step + $step | [., $total] | min)",
+		   p50_ms: $b[(($n + 1) / 2 | floor) - 1].ms, p99_ms: $b[([($n * 0.99 | ceil), 1] | max) - 1].ms, max_ms: $b[-1].ms})' \
+		"$WORK/create.raw" >"$WORK/create-buckets.json"
+	log "api create: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, controller_cpu_s, agents_cpu_s, agents_children_cpu_s, others_cpu_s}' "$WORK/create.json")"
+	log "api create: controller CPU ms per create, by $BUCKET: $(jq -c '[.watch.rows[].cpu_ms_per_request]' "$WORK/create.json")"
+	# What one create costs on the agent: its qemu-img overlay, timed alone on this machine.
+	for _ in $(seq 20); do
+		t0=${EPOCHREALTIME//[.,]/}
+		qemu-img create -q -f qcow2 -F qcow2 -b "$API_DIR/lab-1/templates/base.qcow2" "$WORK/ov.qcow2"
+		t1=${EPOCHREALTIME//[.,]/}
+		rm -f "$WORK/ov.qcow2"
+		awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }'
+	done | stats >"$WORK/overlay-ms.json"
+	DISK_KIB=$(du -sk "$API_DIR"/lab-*/vms | awk '{ s += $1 } END { print s }')
+	vm_dirs=$(find "$API_DIR"/lab-*/vms -mindepth 1 -maxdepth 1 -type d | wc -l)
+	[ "$vm_dirs" -eq "$API_VMS" ] || die "api: $vm_dirs VM directories on the hosts for $API_VMS VMs"
+	PER_HOST=$(corral host list --output json | jq -c 'map({(.name): .vms}) | add')
 
-wait_quiet api-list
-log "api: $API_LISTS x GET /v1/vms with $API_VMS VMs present, $API_CONC at a time (corral-load --mode list)"
-c0=$(cpu_s "$CONTROLLER_PID")
-"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode list --requests "$API_LISTS" --concurrency "$API_CONC" >"$WORK/list.json"
-c1=$(cpu_s "$CONTROLLER_PID")
-jq -e --argjson n "$API_LISTS" --argjson v "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $v' "$WORK/list.json" >/dev/null ||
-	die "api list: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/list.json")"
-jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" --argjson cond "$(cat "$WORK/cond-api-list.json")" \
-	'. + {conditions: $cond, controller_cpu_s: $c}' "$WORK/list.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/list.json"
-log "api list: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, response_bytes_mean, controller_cpu_s}' "$WORK/list.json")"
-RSS1=$(rss_kib "$CONTROLLER_PID")
-STATE_KIB=$(du -sk "$API_DIR/controller" | awk '{ print $1 }')
-log "lab down ($API_DIR)"
-lab_down_checked "$API_DIR" "$API_INDEX"
+	wait_quiet api-list
+	log "api: $API_LISTS x GET /v1/vms with $API_VMS VMs present, $API_CONC at a time (corral-load --mode list)"
+	c0=$(cpu_s "$CONTROLLER_PID"); b0=$(busy_s)
+	"$LOAD" --url "$URL" --token "$CORRAL_TOKEN" --mode list --requests "$API_LISTS" --concurrency "$API_CONC" >"$WORK/list.json"
+	c1=$(cpu_s "$CONTROLLER_PID"); b1=$(busy_s)
+	jq -e --argjson n "$API_LISTS" --argjson v "$API_VMS" '.ok == $n and .errors == 0 and .vms_after == $v' "$WORK/list.json" >/dev/null ||
+		die "api list: $(jq -c '{ok, errors, vms_after, statuses, error_samples}' "$WORK/list.json")"
+	jq --argjson c "$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson busy "$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.2f", b - a }')" \
+		--argjson cond "$(cat "$WORK/cond-api-list.json")" \
+		'. + {conditions: $cond, controller_cpu_s: $c, controller_cpu_ms_per_request: ($c * 1000 / .ok * 100 | round / 100),
+		      machine_busy_cpu_s: $busy, others_cpu_s: ([$busy - $c - .client_cpu_s, 0] | max | . * 100 | round / 100)}' \
+		"$WORK/list.json" >"$WORK/tmp.json" && mv "$WORK/tmp.json" "$WORK/list.json"
+	log "api list: $(jq -c '{ok, errors, seconds, rps, p50_ms, p99_ms, max_ms, response_bytes_mean, controller_cpu_s, others_cpu_s}' "$WORK/list.json")"
+	RSS1=$(rss_kib "$CONTROLLER_PID")
+	STATE_KIB=$(du -sk "$API_DIR/controller" | awk '{ print $1 }')
+	log "lab down ($API_DIR)"
+	lab_down_checked "$API_DIR" "$API_INDEX"
+}
 
 # --- results -----------------------------------------------------------------------------------
+
+deploy_results() {
+	jq -s . "$WORK"/corral-[0-9]*.json >"$WORK/corral-runs.json"
+	jq -s . "$WORK"/floor-[0-9]*.json >"$WORK/floor-runs.json"
+	jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" \
+		--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" \
+		--argjson corral "$(cat "$WORK/corral-runs.json")" --argjson floor "$(cat "$WORK/floor-runs.json")" \
+		--arg qcmd "$(tr '\0' '\n' <"$WORK/qemu-cmdline" | while IFS= read -r a; do printf "%q " "$a"; done)" --arg fcmd "$(cat "$WORK/floor-cmdline-example")" \
+		--argjson size "$SIZE" --argjson hosts "$HOSTS" --argjson runs "$RUNS" --arg parts "$PARTS" \
+		'def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+		 def st(f): [.[] | f] | {runs: ., median: med, min: min, max: max};
+		 ($corral | st(.op_ms)) as $op | ($floor | st(.ready_ms)) as $fl |
+		 {benchmark: "clusters", date: $date, command: $cmd, commit: $commit, parts: $parts, total_s: $total,
+		  machine: ($machine + {accel: $accel, accel_note: $note, loadavg_end: $l1}),
+		  deploy: {
+		    cluster: {size: $size, hosts: $hosts, vcpus: 1, memory: "128M", policy: "spread", template: "base"},
+		    runs: $runs, order: "alternating: corral 1, floor 1, corral 2, floor 2, ...",
+		    corral: {op_ms: $op, wall_ms: ($corral | st(.wall_ms)), console_ready_last_ms: ($corral | st(.console_ready_last_ms)),
+		             steps_ms: {configure: ($corral | st(.steps.configure)), place: ($corral | st(.steps.place)),
+		                        prepare: ($corral | st(.steps.prepare)), execute: ($corral | st(.steps.execute))},
+		             delete_ms: ($corral | st(.delete_ms)), daemons_cpu_s: ($corral | st(.daemons_cpu_s)),
+		             qemu_cpu_s_at_ready: ($corral | st(.qemu_cpu_s_at_ready)), runs: $corral},
+		    floor: {ready_ms: $fl, qemu_cpu_s_at_ready: ($floor | st(.qemu_cpu_s_at_ready)), runs: $floor},
+		    ratio_corral_op_over_floor: ($op.median / $fl.median * 1000 | round / 1000),
+		    ratio_corral_wall_over_floor: (($corral | st(.wall_ms)).median / $fl.median * 1000 | round / 1000),
+		    ratio_corral_console_over_floor: (($corral | st(.console_ready_last_ms)).median / $fl.median * 1000 | round / 1000),
+		    goal_ratio: 1.15,
+		    readiness: {corral: "operation finished_ms - started_ms: every member running = its guest agent answered a ping on the virtio-serial port (the agent polls: ping with a 1 s timeout, then 200 ms pause)",
+		                corral_console: "for comparison, when the last member printed `corral-guest: ready` on its console (same watch as the floor: console log polled every 50 ms)",
+		                floor: "from the first qemu-img create to the last guest printing `corral-guest: ready name=...` on its serial console (-serial file:, polled every 50 ms); init starts the guest agent just before printing it"},
+		    qemu_command_corral: $qcmd, qemu_command_floor_example: $fcmd,
+		    floor_differences: "same QEMU binary and arguments as the Corral member (read from /proc/PID/cmdline); identity swapped (name, uuid, MAC, IP, tap name, paths); console on -serial file: instead of a socket chardev with a log file; the tap QEMU creates is left unattached (Corral attaches it to the host bridge); started with ip netns exec, -daemonize kept"}}' \
+		>"$SCRATCH/clusters.json"
+
+	C="$SCRATCH/clusters.json"
+	c() { jq -r "$@" "$C"; }
+	{
+		echo "# Virtual cluster deployment: Corral vs the floor"
+		echo
+		echo "- Date: $(c .date) (commit $(c .commit), this run of bench/clusters.sh (parts: $(c .parts)) took $(c .total_s) s)"
+		echo "- Command: \`$(c .command)\`"
+		echo "- Machine: $(c .machine.nproc) CPUs ($(c .machine.cpu_model)), $(c .machine.memory_gib) GiB RAM, host kernel $(c .machine.host_kernel), /dev/kvm $(c .machine.dev_kvm)"
+		echo "- Load average (1/5/15 min) at start: $(c .machine.loadavg_start), at end: $(c .machine.loadavg_end)"
+		echo "- QEMU: $(c .machine.qemu_version); accelerator **$(c .machine.accel)** ($(c .machine.accel_note))"
+		echo "- Guest: $(c .machine.guest_os), kernel $(c .machine.guest_kernel)"
+		echo
+		c '.deploy.cluster | "Cluster: \(.size) VMs, \(.vcpus) vCPU, \(.memory), template `\(.template)`, policy \(.policy), on a \(.hosts)-host lab (`corral cluster create NAME --profile small --size \(.size) --spread --output json`)."'
+		c '.deploy | "\(.runs) runs of each, \(.order)."'
+		echo
+		echo "| | median | runs |"
+		echo "|---|---|---|"
+		c '.deploy | def r(x): "\(x.median) ms | \(x.runs | map(tostring) | join(", "))";
+			"| **Corral**: request -> every member running (operation finished - started) | \(r(.corral.op_ms)) |",
+			"| Corral: wall time of `corral cluster create` | \(r(.corral.wall_ms)) |",
+			"| Corral: request -> last member printed ready on its console | \(r(.corral.console_ready_last_ms)) |",
+			"| **Floor**: qemu-img + QEMU, 7/7/6 in the host namespaces -> last guest printed ready | \(r(.floor.ready_ms)) |"'
+		echo
+		c '.deploy | "**Ratio Corral / floor: \(.ratio_corral_op_over_floor)** (operation), \(.ratio_corral_wall_over_floor) (wall time), \(.ratio_corral_console_over_floor) (console ready vs console ready). Goal: within \(.goal_ratio)."'
+		echo
+		echo "Corral's steps (median, all runs):"
+		echo
+		echo "| step | median ms | runs |"
+		echo "|---|---|---|"
+		c '.deploy.corral.steps_ms | to_entries[] | "| \(.key) | \(.value.median) | \(.value.runs | map(tostring) | join(", ")) |"'
+		echo
+		echo "| run | Corral op ms | wall ms | first/last console ready ms | boot_ms min/median/max | per host | delete ms | Corral daemons CPU s | QEMU CPU s at ready | others' CPU s (% of machine) | floor ready ms | floor first ready ms | floor QEMU CPU s | others' CPU s (% of machine) |"
+		echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		jq -r --slurpfile f <(c '.deploy.floor.runs') '.deploy.corral.runs[] as $r | ($f[0][] | select(.run == $r.run)) as $fl |
+			"| \($r.run) | \($r.op_ms) | \($r.wall_ms) | \($r.console_ready_first_ms) / \($r.console_ready_last_ms) | \($r.boot_ms.min) / \($r.boot_ms.median) / \($r.boot_ms.max) | \($r.per_host | to_entries | map("\(.value)") | join("/")) | \($r.delete_ms) | \($r.daemons_cpu_s) | \($r.qemu_cpu_s_at_ready) | \($r.others_cpu_s) (\($r.others_cpu_pct_of_machine)%) | \($fl.ready_ms) | \($fl.console_ready_first_ms) | \($fl.qemu_cpu_s_at_ready) | \($fl.others_cpu_s) (\($fl.others_cpu_pct_of_machine)%) |"' "$C"
+		echo
+		echo "Others' CPU: CPU time the whole machine spent busy during the run minus what this run's QEMU processes (and, for Corral, its controller and agents) used: other people's work on the same CPUs, which slows the guests' boot."
+		echo
+		echo "Conditions before each run:"
+		echo
+		jq -r '.deploy.corral.runs[] | "- Corral run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
+		jq -r '.deploy.floor.runs[] | "- floor run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
+		echo
+		echo "Readiness:"
+		echo
+		c '.deploy.readiness | "- Corral: \(.corral)", "- Corral, console: \(.corral_console)", "- Floor: \(.floor)"'
+		echo
+		echo "Floor vs Corral's QEMU: $(c .deploy.floor_differences)."
+		echo
+		echo "QEMU command line Corral ran (one member, from /proc/PID/cmdline):"
+		echo
+		echo '```'
+		c .deploy.qemu_command_corral
+		echo '```'
+		echo
+		echo "The floor's, for its first guest (then the same for the others, all at once in the background):"
+		echo
+		echo '```'
+		c .deploy.qemu_command_floor_example
+		echo '```'
+	} >"$SCRATCH/clusters.md"
+	cp "$SCRATCH/clusters.json" "$SCRATCH/clusters.md" "$RESULTS/"
+	log "deploy: corral $(c .deploy.corral.op_ms.median) ms, floor $(c .deploy.floor.ready_ms.median) ms, ratio $(c .deploy.ratio_corral_op_over_floor); $RESULTS/clusters.{json,md}"
+}
+
+api_results() {
+	jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" --arg parts "$PARTS" \
+		--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" \
+		--argjson create "$(cat "$WORK/create.json")" --argjson buckets "$(cat "$WORK/create-buckets.json")" \
+		--argjson list "$(cat "$WORK/list.json")" --argjson ov "$(cat "$WORK/overlay-ms.json")" \
+		--argjson disk "$DISK_KIB" --argjson per "$PER_HOST" --argjson rss0 "$RSS0" --argjson rss1 "$RSS1" --argjson state "$STATE_KIB" \
+		--arg lcmd "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode create --requests $API_VMS --concurrency $API_CONC --prefix b --memory-mib 64 --raw FILE --watch-pid CONTROLLER_PID --watch-every $BUCKET" \
+		--arg lcmd2 "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode list --requests $API_LISTS --concurrency $API_CONC" \
+		'{benchmark: "api", date: $date, command: $cmd, commit: $commit, parts: $parts, total_s: $total,
+		  machine: ($machine + {loadavg_end: $l1}),
+		  lab: "3 hosts (a fresh lab), controller and agents on this machine; corral-load runs on the same CPUs",
+		  create: ($create + {load_command: $lcmd,
+		           by_vms_present: [range($buckets | length) as $i | $buckets[$i] + (($create.watch.rows // [])[$i] // {} | {controller_cpu_ms_per_create: .cpu_ms_per_request, rps})],
+		           overlay_alone_ms: $ov, vms_per_host: $per, vm_dirs_disk_kib: $disk}),
+		  list: ($list + {load_command: $lcmd2}),
+		  controller_rss_kib: {idle: $rss0, after: $rss1}, controller_state_dir_kib: $state}' >"$SCRATCH/api.json"
+
+	A="$SCRATCH/api.json"
+	api() { jq -r "$@" "$A"; }
+	{
+		echo "# REST API under load"
+		echo
+		echo "- Date: $(api .date) (commit $(api .commit); this run of bench/clusters.sh (parts: $(api .parts)) took $(api .total_s) s)"
+		echo "- Command: \`$(api .command)\`; the load generator is \`corral-load\` (crates/corral-bench)"
+		echo "- Machine: $(api .machine.nproc) CPUs ($(api .machine.cpu_model)), $(api .machine.memory_gib) GiB RAM, host kernel $(api .machine.host_kernel)"
+		echo "- Load average (1/5/15 min) at the start of bench/clusters.sh: $(api .machine.loadavg_start), at end: $(api .machine.loadavg_end)"
+		echo "- QEMU: $(api .machine.qemu_version)"
+		echo "- Lab: $(api .lab)"
+		echo
+		echo "| | requests | concurrency | ok | errors | seconds | req/s | p50 ms | p90 ms | p99 ms | max ms | controller CPU s | others' CPU s |"
+		echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		api '.create | "| create inactive VM (`POST /v1/vms`, start=false) | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) | \(.others_cpu_s) |"'
+		api '.list | "| list (`GET /v1/vms`) with \(.vms_after) VMs | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) | \(.others_cpu_s) |"'
+		echo
+		api '"Commands: `\(.create.load_command)`, then `\(.list.load_command)`."'
+		echo
+		api '.create | "Create: the controller used \(.controller_cpu_s) CPU s, the agents \(.agents_cpu_s) CPU s and their children (the `qemu-img create` of each overlay) \(.agents_children_cpu_s) CPU s, corral-load \(.client_cpu_s) CPU s; the machine was busy \(.machine_busy_cpu_s) CPU s in \(.seconds) s. One `qemu-img create` overlay alone takes \(.overlay_alone_ms.median) ms (median of 20, min \(.overlay_alone_ms.min), max \(.overlay_alone_ms.max)). VMs per host: \(.vms_per_host | to_entries | map("\(.key) \(.value)") | join(", ")); their directories hold \(.vm_dirs_disk_kib / 1024 | floor) MiB."'
+		echo
+		api '.list | "List: the controller used \(.controller_cpu_ms_per_request) ms of CPU per request (\(.controller_cpu_s) s in all), corral-load \(.client_cpu_s) s; responses are \(.response_bytes_mean / 1024 | floor) KiB each."'
+		echo
+		api '"Controller RSS: \(.controller_rss_kib.idle / 1024 | floor) MiB idle, \(.controller_rss_kib.after / 1024 | floor) MiB with the VMs; state directory \(.controller_state_dir_kib) KiB."'
+		echo
+		echo "Create, by how many VMs already existed (latency: the requests for those VM numbers; controller CPU and req/s: per $BUCKET requests completed, in order):"
+		echo
+		echo "| VMs | p50 ms | p99 ms | max ms | controller CPU ms per create | req/s |"
+		echo "|---|---|---|---|---|---|"
+		api '.create.by_vms_present[] | "| \(.vms) | \(.p50_ms) | \(.p99_ms) | \(.max_ms) | \(.controller_cpu_ms_per_create // "-") | \(.rps // "-") |"'
+		echo
+		api '"Conditions before each: create: \(.create.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s"); list: \(.list.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")."'
+		echo
+		echo "Others' CPU: the machine's busy CPU time during the run minus the controller's, the agents' (with their children's) and corral-load's: other work on the same CPUs."
+	} >"$SCRATCH/api.md"
+	cp "$SCRATCH/api.json" "$SCRATCH/api.md" "$RESULTS/"
+	log "api: create $(api .create.rps) req/s p99 $(api .create.p99_ms) ms, list $(api .list.rps) req/s p99 $(api .list.p99_ms) ms; $RESULTS/api.{json,md}"
+}
+
+# --- run ---------------------------------------------------------------------------------------
+
+case " $PARTS " in *" deploy "*) deploy_part ;; esac
+case " $PARTS " in *" api "*) api_part ;; esac
 
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 TOTAL=$((EPOCHSECONDS - T_START))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-jq -s . "$WORK"/corral-[0-9]*.json >"$WORK/corral-runs.json"
-jq -s . "$WORK"/floor-[0-9]*.json >"$WORK/floor-runs.json"
-jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" \
-	--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" \
-	--argjson corral "$(cat "$WORK/corral-runs.json")" --argjson floor "$(cat "$WORK/floor-runs.json")" \
-	--arg qcmd "$(tr '\0' '\n' <"$WORK/qemu-cmdline" | while IFS= read -r a; do printf "%q " "$a"; done)" --arg fcmd "$(cat "$WORK/floor-cmdline-example")" \
-	--argjson size "$SIZE" --argjson hosts "$HOSTS" --argjson runs "$RUNS" \
-	'def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-	 def st(f): [.[] | f] | {runs: ., median: med, min: min, max: max};
-	 ($corral | st(.op_ms)) as $op | ($floor | st(.ready_ms)) as $fl |
-	 {benchmark: "clusters", date: $date, command: $cmd, commit: $commit, total_s: $total,
-	  machine: ($machine + {accel: $accel, accel_note: $note, loadavg_end: $l1}),
-	  deploy: {
-	    cluster: {size: $size, hosts: $hosts, vcpus: 1, memory: "128M", policy: "spread", template: "base"},
-	    runs: $runs, order: "alternating: corral 1, floor 1, corral 2, floor 2, ...",
-	    corral: {op_ms: $op, wall_ms: ($corral | st(.wall_ms)), console_ready_last_ms: ($corral | st(.console_ready_last_ms)),
-	             steps_ms: {configure: ($corral | st(.steps.configure)), place: ($corral | st(.steps.place)),
-	                        prepare: ($corral | st(.steps.prepare)), execute: ($corral | st(.steps.execute))},
-	             delete_ms: ($corral | st(.delete_ms)), daemons_cpu_s: ($corral | st(.daemons_cpu_s)),
-	             qemu_cpu_s_at_ready: ($corral | st(.qemu_cpu_s_at_ready)), runs: $corral},
-	    floor: {ready_ms: $fl, qemu_cpu_s_at_ready: ($floor | st(.qemu_cpu_s_at_ready)), runs: $floor},
-	    ratio_corral_op_over_floor: ($op.median / $fl.median * 1000 | round / 1000),
-	    ratio_corral_wall_over_floor: (($corral | st(.wall_ms)).median / $fl.median * 1000 | round / 1000),
-	    ratio_corral_console_over_floor: (($corral | st(.console_ready_last_ms)).median / $fl.median * 1000 | round / 1000),
-	    goal_ratio: 1.15,
-	    readiness: {corral: "operation finished_ms - started_ms: every member running = its guest agent answered a ping on the virtio-serial port (the agent polls: ping with a 1 s timeout, then 200 ms pause)",
-	                corral_console: "for comparison, when the last member printed `corral-guest: ready` on its console (same watch as the floor: console log polled every 50 ms)",
-	                floor: "from the first qemu-img create to the last guest printing `corral-guest: ready name=...` on its serial console (-serial file:, polled every 50 ms); init starts the guest agent just before printing it"},
-	    qemu_command_corral: $qcmd, qemu_command_floor_example: $fcmd,
-	    floor_differences: "same QEMU binary and arguments as the Corral member (read from /proc/PID/cmdline); identity swapped (name, uuid, MAC, IP, tap name, paths); console on -serial file: instead of a socket chardev with a log file; the tap QEMU creates is left unattached (Corral attaches it to the host bridge); started with ip netns exec, -daemonize kept"}}' \
-	>"$SCRATCH/clusters.json"
-
-jq -n --arg date "$DATE" --arg cmd "$COMMAND" --arg commit "$COMMIT" --argjson total "$TOTAL" \
-	--argjson machine "$(cat "$WORK/machine.json")" --arg l1 "$LOAD_END" \
-	--argjson create "$(cat "$WORK/create.json")" --argjson buckets "$(cat "$WORK/create-buckets.json")" \
-	--argjson list "$(cat "$WORK/list.json")" --argjson ov "$(cat "$WORK/overlay-ms.json")" \
-	--argjson disk "$disk_kib" --argjson per "$per_host" --argjson rss0 "$RSS0" --argjson rss1 "$RSS1" --argjson state "$STATE_KIB" \
-	--arg lcmd "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode create --requests $API_VMS --concurrency $API_CONC --prefix b --memory-mib 64" \
-	--arg lcmd2 "target/release/corral-load --url $API_URL --token \$CORRAL_TOKEN --mode list --requests $API_LISTS --concurrency $API_CONC" \
-	'{benchmark: "api", date: $date, command: $cmd, commit: $commit, total_s_of_clusters_sh: $total,
-	  machine: ($machine + {loadavg_end: $l1}),
-	  lab: "3 hosts (fresh lab), controller and agents on this machine; corral-load runs on the same 2 CPUs",
-	  create: ($create + {load_command: $lcmd, by_vms_present: $buckets, overlay_alone_ms: $ov,
-	           vms_per_host: $per, vm_dirs_disk_kib: $disk}),
-	  list: ($list + {load_command: $lcmd2}),
-	  controller_rss_kib: {idle: $rss0, after: $rss1}, controller_state_dir_kib: $state}' >"$SCRATCH/api.json"
-
-C="$SCRATCH/clusters.json"
-A="$SCRATCH/api.json"
-c() { jq -r "$@" "$C"; }
-api() { jq -r "$@" "$A"; }
-{
-	echo "# Virtual cluster deployment: Corral vs the floor"
-	echo
-	echo "- Date: $(c .date) (commit $(c .commit), whole bench/clusters.sh run $(c .total_s) s)"
-	echo "- Command: \`$(c .command)\`"
-	echo "- Machine: $(c .machine.nproc) CPUs ($(c .machine.cpu_model)), $(c .machine.memory_gib) GiB RAM, host kernel $(c .machine.host_kernel), /dev/kvm $(c .machine.dev_kvm)"
-	echo "- Load average (1/5/15 min) at start: $(c .machine.loadavg_start), at end: $(c .machine.loadavg_end)"
-	echo "- QEMU: $(c .machine.qemu_version); accelerator **$(c .machine.accel)** ($(c .machine.accel_note))"
-	echo "- Guest: $(c .machine.guest_os), kernel $(c .machine.guest_kernel)"
-	echo
-	c '.deploy.cluster | "Cluster: \(.size) VMs, \(.vcpus) vCPU, \(.memory), template `\(.template)`, policy \(.policy), on a \(.hosts)-host lab (`corral cluster create NAME --profile small --size \(.size) --spread --output json`)."'
-	c '.deploy | "\(.runs) runs of each, \(.order)."'
-	echo
-	echo "| | median | runs |"
-	echo "|---|---|---|"
-	c '.deploy | def r(x): "\(x.median) ms | \(x.runs | map(tostring) | join(", "))";
-		"| **Corral**: request -> every member running (operation finished - started) | \(r(.corral.op_ms)) |",
-		"| Corral: wall time of `corral cluster create` | \(r(.corral.wall_ms)) |",
-		"| Corral: request -> last member printed ready on its console | \(r(.corral.console_ready_last_ms)) |",
-		"| **Floor**: qemu-img + QEMU, 7/7/6 in the host namespaces -> last guest printed ready | \(r(.floor.ready_ms)) |"'
-	echo
-	c '.deploy | "**Ratio Corral / floor: \(.ratio_corral_op_over_floor)** (operation), \(.ratio_corral_wall_over_floor) (wall time), \(.ratio_corral_console_over_floor) (console ready vs console ready). Goal: within \(.goal_ratio)."'
-	echo
-	echo "Corral's steps (median, all runs):"
-	echo
-	echo "| step | median ms | runs |"
-	echo "|---|---|---|"
-	c '.deploy.corral.steps_ms | to_entries[] | "| \(.key) | \(.value.median) | \(.value.runs | map(tostring) | join(", ")) |"'
-	echo
-	echo "| run | Corral op ms | wall ms | first/last console ready ms | boot_ms min/median/max | per host | delete ms | Corral daemons CPU s | QEMU CPU s at ready | others' CPU s (% of machine) | floor ready ms | floor first ready ms | floor QEMU CPU s | others' CPU s (% of machine) |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-	jq -r --slurpfile f <(c '.deploy.floor.runs') '.deploy.corral.runs[] as $r | ($f[0][] | select(.run == $r.run)) as $fl |
-		"| \($r.run) | \($r.op_ms) | \($r.wall_ms) | \($r.console_ready_first_ms) / \($r.console_ready_last_ms) | \($r.boot_ms.min) / \($r.boot_ms.median) / \($r.boot_ms.max) | \($r.per_host | to_entries | map("\(.value)") | join("/")) | \($r.delete_ms) | \($r.daemons_cpu_s) | \($r.qemu_cpu_s_at_ready) | \($r.others_cpu_s) (\($r.others_cpu_pct_of_machine)%) | \($fl.ready_ms) | \($fl.console_ready_first_ms) | \($fl.qemu_cpu_s_at_ready) | \($fl.others_cpu_s) (\($fl.others_cpu_pct_of_machine)%) |"' "$C"
-	echo
-	echo "Others' CPU: CPU time the whole machine spent busy during the run minus what this run's QEMU processes (and, for Corral, its controller and agents) used: other people's work on the same CPUs, which slows the guests' boot."
-	echo
-	echo "Conditions before each run:"
-	echo
-	jq -r '.deploy.corral.runs[] | "- Corral run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
-	jq -r '.deploy.floor.runs[] | "- floor run \(.run): \(.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg), waited \(.waited_s) s")"' "$C"
-	echo
-	echo "Readiness:"
-	echo
-	c '.deploy.readiness | "- Corral: \(.corral)", "- Corral, console: \(.corral_console)", "- Floor: \(.floor)"'
-	echo
-	echo "Floor vs Corral's QEMU: $(c .deploy.floor_differences)."
-	echo
-	echo "QEMU command line Corral ran (one member, from /proc/PID/cmdline):"
-	echo
-	echo '```'
-	c .deploy.qemu_command_corral
-	echo '```'
-	echo
-	echo "The floor's, for its first guest (then the same for the others, all at once in the background):"
-	echo
-	echo '```'
-	c .deploy.qemu_command_floor_example
-	echo '```'
-} >"$SCRATCH/clusters.md"
-
-{
-	echo "# REST API under load"
-	echo
-	echo "- Date: $(api .date) (commit $(api .commit); part of bench/clusters.sh, $(api .total_s_of_clusters_sh) s in all)"
-	echo "- Command: \`$(api .command)\`; the load generator is \`corral-load\` (crates/corral-bench)"
-	echo "- Machine: $(api .machine.nproc) CPUs ($(api .machine.cpu_model)), $(api .machine.memory_gib) GiB RAM, host kernel $(api .machine.host_kernel)"
-	echo "- Load average (1/5/15 min) at the start of bench/clusters.sh: $(api .machine.loadavg_start), at end: $(api .machine.loadavg_end)"
-	echo "- QEMU: $(api .machine.qemu_version)"
-	echo "- Lab: $(api .lab)"
-	echo
-	echo "| | requests | concurrency | ok | errors | seconds | req/s | p50 ms | p90 ms | p99 ms | max ms | controller CPU s |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-	api '.create | "| create inactive VM (`POST /v1/vms`, start=false) | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) |"'
-	api '.list | "| list (`GET /v1/vms`) with \(.vms_after) VMs | \(.requests) | \(.concurrency) | \(.ok) | \(.errors) | \(.seconds) | **\(.rps)** | \(.p50_ms) | \(.p90_ms) | **\(.p99_ms)** | \(.max_ms) | \(.controller_cpu_s) |"'
-	echo
-	api '"Commands: `\(.create.load_command)`, then `\(.list.load_command)`."'
-	echo
-	api '.create | "Create: agents used \(.agents_cpu_s) CPU s in all; one `qemu-img create` overlay alone takes \(.overlay_alone_ms.median) ms (median of 20, min \(.overlay_alone_ms.min), max \(.overlay_alone_ms.max)). VMs per host: \(.vms_per_host | to_entries | map("\(.key) \(.value)") | join(", ")); their directories hold \(.vm_dirs_disk_kib / 1024 | floor) MiB."'
-	api '"Controller RSS: \(.controller_rss_kib.idle / 1024 | floor) MiB idle, \(.controller_rss_kib.after / 1024 | floor) MiB after; state directory \(.controller_state_dir_kib / 1024 | floor) MiB. List responses: \(.list.response_bytes_mean / 1024 | floor) KiB each."'
-	echo
-	echo "Create latency by how many VMs already existed (each row: the requests for those VM numbers):"
-	echo
-	echo "| VMs | p50 ms | p99 ms | max ms |"
-	echo "|---|---|---|---|"
-	api '.create.by_vms_present[] | "| \(.vms) | \(.p50_ms) | \(.p99_ms) | \(.max_ms) |"'
-	echo
-	api '"Conditions: create: \(.create.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg)"); list: \(.list.conditions | "CPUs \(.cpu_busy_pct)% busy, \(.qemu_processes) QEMU process(es) running, load \(.loadavg)")."'
-} >"$SCRATCH/api.md"
-
 mkdir -p "$RESULTS"
-cp "$SCRATCH/clusters.json" "$SCRATCH/clusters.md" "$SCRATCH/api.json" "$SCRATCH/api.md" "$RESULTS/"
-log "done in $TOTAL s: $RESULTS/clusters.{json,md}, $RESULTS/api.{json,md}"
-log "deploy: corral $(c .deploy.corral.op_ms.median) ms, floor $(c .deploy.floor.ready_ms.median) ms, ratio $(c .deploy.ratio_corral_op_over_floor); api: create $(api .create.rps) req/s p99 $(api .create.p99_ms) ms, list $(api .list.rps) req/s p99 $(api .list.p99_ms) ms"
+case " $PARTS " in *" deploy "*) deploy_results ;; esac
+case " $PARTS " in *" api "*) api_results ;; esac
+log "done in $TOTAL s (parts: $PARTS)"

@@ -81,6 +81,12 @@ struct Args {
     /// is the request's number (the VM's, for create) and start_ms is from the run's start
     #[arg(long)]
     raw: Option<std::path::PathBuf>,
+    /// Also record the CPU time of this process (e.g. the controller) every --watch-every
+    /// completed requests: how its cost per request changes as the run goes on
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    #[arg(long, default_value_t = 100)]
+    watch_every: usize,
 }
 
 /// The URL must point at this machine: a loopback address or a lab underlay address.
@@ -111,6 +117,8 @@ struct Tally {
     bytes: u64,
     /// (i, start µs since the run's start, latency µs, status)
     raw: Vec<(usize, u64, u64, String)>,
+    /// (requests completed, seconds since the start, CPU seconds of the watched process)
+    watch: Vec<(usize, f64, f64)>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
@@ -126,14 +134,18 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// CPU time (user + system) this process used so far, seconds (from /proc/self/stat).
-fn cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) a process used so far, seconds (from /proc/PID/stat).
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+fn cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("self")
 }
 
 #[tokio::main]
@@ -158,11 +170,18 @@ async fn main() -> Result<()> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let deadline = Instant::now() + Duration::from_secs(a.max_seconds);
     let cpu0 = cpu_seconds();
+    let watch = a.watch_pid.map(|p| p.to_string());
+    let watch0 = match &watch {
+        Some(p) => Some(cpu_seconds_of(p).with_context(|| format!("cannot read /proc/{p}/stat"))?),
+        None => None,
+    };
+    let every = a.watch_every.max(1);
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..a.concurrency {
         let (next, tally, client, endpoint) = (next.clone(), tally.clone(), client.clone(), endpoint.clone());
         let token = a.token.clone();
+        let watch = watch.clone();
         let (mode, prefix, first, template, memory, vcpus, total) =
             (a.mode, a.prefix.clone(), a.first, a.template.clone(), a.memory_mib, a.vcpus, a.requests);
         workers.push(tokio::spawn(async move {
@@ -203,6 +222,13 @@ async fn main() -> Result<()> {
                     Err(_) => "transport".to_string(),
                 };
                 g.raw.push((first + i, start_us, us, code));
+                if let Some(p) = &watch {
+                    let done = g.raw.len();
+                    if done % every == 0 || done == total {
+                        let cpu = cpu_seconds_of(p).unwrap_or(f64::NAN);
+                        g.watch.push((done, t0.elapsed().as_secs_f64(), cpu));
+                    }
+                }
                 match res {
                     Ok((status, body)) => {
                         *g.statuses.entry(status.as_u16().to_string()).or_default() += 1;
@@ -283,6 +309,25 @@ async fn main() -> Result<()> {
         "vms_after": vms_after,
         "prefix": if a.mode == Mode::Create { json!(a.prefix) } else { Value::Null },
         "stopped_by_deadline": sent < a.requests,
+        "watch": match (a.watch_pid, watch0) {
+            (Some(pid), Some(c0)) => {
+                let mut rows = Vec::new();
+                let (mut prev_done, mut prev_t, mut prev_cpu) = (0usize, 0.0f64, c0);
+                for (done, t, cpu) in &g.watch {
+                    let n = (done - prev_done).max(1) as f64;
+                    rows.push(json!({
+                        "requests": format!("{}-{}", prev_done + 1, done),
+                        "seconds": round3(t - prev_t),
+                        "cpu_s": round3(cpu - prev_cpu),
+                        "cpu_ms_per_request": round3((cpu - prev_cpu) * 1000.0 / n),
+                        "rps": if t > &prev_t { round3(n / (t - prev_t)) } else { 0.0 },
+                    }));
+                    (prev_done, prev_t, prev_cpu) = (*done, *t, *cpu);
+                }
+                json!({"pid": pid, "every": every, "rows": rows})
+            }
+            _ => Value::Null,
+        },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
