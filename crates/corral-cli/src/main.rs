@@ -34,6 +34,14 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `corral sim`'s own command line.
+#[derive(Debug, Parser)]
+#[command(name = "corral sim", about = "Replay utilisation traces through the scheduler core's policies")]
+struct SimCli {
+    #[command(flatten)]
+    args: corral_sim::cli::Args,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
@@ -108,6 +116,15 @@ enum Cmd {
     },
     /// The event log.
     Events,
+    /// Replay utilisation traces through the scheduler core's balancing and consolidation
+    /// policies (default: Corral's) and report energy, SLA and migrations
+    /// (`corral sim --help` for its options).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// The simulator's arguments: --trace DIR [--policy NAME] [--param X] [--mix FILE] [--output table|json]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -410,6 +427,14 @@ async fn run(cli: Cli) -> Result<i32> {
             .await?;
         }
         Cmd::Lab { cmd } => return lab(cmd, o).await,
+        Cmd::Sim { args } => {
+            // The simulator parses its own options (its --output is its own).
+            let argv = std::iter::once("corral sim".to_string()).chain(args);
+            match SimCli::try_parse_from(argv) {
+                Ok(a) => corral_sim::cli::main(a.args)?,
+                Err(e) => e.exit(),
+            }
+        }
         Cmd::Host { cmd } => {
             let c = client()?;
             match cmd {
