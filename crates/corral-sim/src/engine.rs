@@ -182,6 +182,24 @@ struct HostRt {
     last: Option<HState>,
 }
 
+impl HostRt {
+    /// The scheduler's view of this host (the `i`-th), in `state` with `cpu_used` busy.
+    fn snapshot(&self, i: usize, state: PowerState, cpu_used: f64) -> HostSnapshot {
+        HostSnapshot {
+            name: format!("host{i}"),
+            cpu_capacity: self.cap,
+            core_capacity: self.core,
+            memory_mib: self.memory_mib,
+            migration_mbps: self.mbps,
+            power: self.power.clone(),
+            state,
+            cpu_used,
+            schedulable: true,
+            keep_on: false,
+        }
+    }
+}
+
 struct VmRt {
     ty: usize,
     size: f64,
@@ -289,22 +307,8 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         .collect();
 
     // Initial placement at full size.
-    let host_snaps: Vec<HostSnapshot> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| HostSnapshot {
-            name: format!("host{i}"),
-            cpu_capacity: h.cap,
-            core_capacity: h.core,
-            memory_mib: h.memory_mib,
-            migration_mbps: h.mbps,
-            power: h.power.clone(),
-            state: PowerState::On,
-            cpu_used: 0.0,
-            schedulable: true,
-            keep_on: false,
-        })
-        .collect();
+    let host_snaps: Vec<HostSnapshot> =
+        hosts.iter().enumerate().map(|(i, h)| h.snapshot(i, PowerState::On, 0.0)).collect();
     let new: Vec<NewVm> = vms.iter().map(|v| NewVm { cpu: v.size, vcpus: v.vcpus, memory_mib: v.memory_mib }).collect();
     let placed = drs::place_initial(&host_snaps, &new).map_err(|e| match e {
         drs::DrsError::NoRoom { index, .. } => {
@@ -667,17 +671,9 @@ impl Sim {
             .hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| HostSnapshot {
-                name: format!("host{i}"),
-                cpu_capacity: h.cap,
-                core_capacity: h.core,
-                memory_mib: h.memory_mib,
-                migration_mbps: h.mbps,
-                power: h.power.clone(),
-                state: if h.standby && h.list.is_empty() { PowerState::Standby } else { PowerState::On },
-                cpu_used: hs[i].util_mips,
-                schedulable: true,
-                keep_on: false,
+            .map(|(i, h)| {
+                let state = if h.standby && h.list.is_empty() { PowerState::Standby } else { PowerState::On };
+                h.snapshot(i, state, hs[i].util_mips)
             })
             .collect();
         // VMs host by host in arrival order, so the scheduler sees each host's VMs in order.
