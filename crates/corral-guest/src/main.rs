@@ -146,6 +146,12 @@ fn serve(ctx: &Arc<Ctx>, port: &Path) -> io::Result<()> {
 fn start_counter(ctx: &Arc<Ctx>) {
     let counter = Arc::clone(&ctx.counter);
     let file = ctx.counter_file.clone();
+    // The file exists from the start: the host may read it as soon as the agent answers.
+    if let Some(path) = &file {
+        if let Err(e) = fs::write(path, "0\n") {
+            log(&format!("cannot write {}: {e}", path.display()));
+        }
+    }
     let spawned = thread::Builder::new().name("counter".into()).spawn(move || {
         let start = Instant::now();
         let mut next = start;
