@@ -48,6 +48,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/import", post(import))
         .route("/v1/networks/{vni}", axum::routing::put(put_network).delete(delete_network))
         .route("/v1/vms/{name}/files/{part}", get(file))
+        .route("/v1/migrations/incoming", post(incoming))
+        .route("/v1/vms/{name}/migration", get(outgoing_status).post(outgoing).delete(cancel_outgoing))
+        .route("/v1/vms/{name}/migration/finish", post(finish_incoming))
+        .route("/v1/vms/{name}/migration/switchover", post(switchover_incoming))
         .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
         .with_state(agent)
 }
@@ -116,7 +120,10 @@ struct ImportBody {
 
 /// Takes over a stopped or suspended VM from another host.
 async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportBody>) -> R<VmStatus> {
-    Ok(Json(corral_http::detached(async move { a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await }).await?))
+    Ok(Json(
+        corral_http::detached(async move { a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await })
+            .await?,
+    ))
 }
 
 /// A stopped or suspended VM's disk or saved memory, for the host taking it over.
@@ -169,4 +176,58 @@ async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Re
     }
     net(&a)?.remove(vni).await.map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Prepares this host to receive a live-migrating VM.
+async fn incoming(
+    State(a): State<Arc<Agent>>,
+    Json(b): Json<corral_api::migration::Incoming>,
+) -> R<corral_api::migration::IncomingReady> {
+    let listen = a.underlay().ok_or_else(|| {
+        ApiError::unavailable("this agent has no underlay address to receive migrations on (listen on an IPv4 address)")
+    })?;
+    Ok(Json(corral_http::detached(async move { a.vms.incoming(b, listen).await }).await?))
+}
+
+/// The VM has arrived: make it an ordinary running VM here.
+async fn finish_incoming(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> R<VmStatus> {
+    Ok(Json(corral_http::detached(async move { a.vms.finish_incoming(&name).await }).await?))
+}
+
+/// Starts sending a running VM to another host.
+async fn outgoing(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Json(b): Json<corral_api::migration::Outgoing>,
+) -> R<corral_api::migration::OutgoingStatus> {
+    let (http, token) = (a.http.clone(), a.cfg.token.clone());
+    Ok(Json(a.vms.outgoing(&name, b, http, token).await?))
+}
+
+async fn outgoing_status(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> R<corral_api::migration::OutgoingStatus> {
+    Ok(Json(a.vms.outgoing_status(&name)?))
+}
+
+async fn cancel_outgoing(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> R<corral_api::migration::OutgoingStatus> {
+    Ok(Json(a.vms.cancel_outgoing(&name)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct UuidQuery {
+    uuid: uuid::Uuid,
+}
+
+/// The source is about to hand over: confirm and release the disk export.
+async fn switchover_incoming(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Query(q): Query<UuidQuery>,
+) -> R<VmStatus> {
+    Ok(Json(a.vms.switchover_incoming(&name, q.uuid).await?))
 }

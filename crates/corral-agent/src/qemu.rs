@@ -43,7 +43,14 @@ impl VmPaths {
     pub fn saved_state(&self) -> PathBuf {
         self.dir.join("memory.state")
     }
+    /// QEMU's own messages (its standard error, kept after it daemonizes).
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
 }
+
+/// The block device name of a VM's disk (what the migration's mirror and NBD export name).
+pub const DISK_ID: &str = "disk0";
 
 /// The tap device name of a VM's NIC (at most 15 characters, unique per VM).
 pub fn tap_name(def: &VmDefinition) -> String {
@@ -92,7 +99,7 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-append".into(),
         append,
         "-drive".into(),
-        format!("file={},if=virtio,format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+        format!("file={},if=virtio,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
@@ -115,6 +122,10 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         format!("unix:{},server=on,wait=off", s(&p.qmp())),
         "-pidfile".into(),
         s(&p.pidfile()),
+        // With a log file set (written only for -d items), a daemonized QEMU keeps its
+        // standard error, which goes to qemu.log.
+        "-D".into(),
+        s(&p.dir.join("qemu-trace.log")),
         "-daemonize".into(),
     ];
     if incoming {
@@ -129,14 +140,18 @@ pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, Stri
     for f in [p.qmp(), p.guest(), p.console_sock(), p.pidfile()] {
         let _ = std::fs::remove_file(f);
     }
-    let out = tokio::process::Command::new(qemu)
+    let log =
+        std::fs::File::create(p.qemu_log()).map_err(|e| format!("cannot create {}: {e}", p.qemu_log().display()))?;
+    let status = tokio::process::Command::new(qemu)
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .status()
         .await
         .map_err(|e| format!("cannot run {qemu}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    if !status.success() {
+        let err = std::fs::read_to_string(p.qemu_log()).unwrap_or_default();
         return Err(format!("QEMU failed to start: {}", err.trim()));
     }
     let pid = std::fs::read_to_string(p.pidfile())

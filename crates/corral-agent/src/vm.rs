@@ -17,6 +17,8 @@ use serde_json::json;
 use corral_api::agent::{VmDefinition, VmStatus};
 use corral_api::{Accel, ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction, VmState, VmUsage};
 
+mod migrate;
+
 use crate::qemu::{self, VmPaths};
 use crate::templates::Template;
 use crate::{guest, hostinfo, qmp};
@@ -46,15 +48,22 @@ pub struct VmRecord {
     pub pid: Option<u32>,
     #[serde(default)]
     pub boot_ms: Option<u64>,
+    /// The live migration this copy takes part in.
+    #[serde(default)]
+    pub migration: Option<migrate::Role>,
 }
 
 #[derive(Debug)]
 struct Entry {
     paths: VmPaths,
-    /// Held for the whole of a lifecycle operation: one at a time per VM.
-    op: tokio::sync::Mutex<()>,
+    /// Held for the whole of a lifecycle operation (or a live migration): one at a time per VM.
+    op: Arc<tokio::sync::Mutex<()>>,
     rec: Mutex<VmRecord>,
     usage: Mutex<(VmUsage, Option<(u64, Instant)>)>,
+    /// Figures of the outgoing migration, while it runs and after it ended.
+    outgoing: Mutex<Option<corral_api::migration::OutgoingStatus>>,
+    /// Set to ask the running outgoing migration to stop.
+    cancel: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Manager::register`] found.
@@ -113,6 +122,14 @@ impl Entry {
             usage: lock(&self.usage).0.clone(),
         }
     }
+    /// The VM's QEMU process, if one runs: the recorded PID, or the one in QEMU's PID file.
+    fn live_pid(&self) -> Option<u32> {
+        let r = self.snapshot();
+        let from_file = || std::fs::read_to_string(self.paths.pidfile()).ok()?.trim().parse::<u32>().ok();
+        r.pid
+            .filter(|p| qemu::is_ours(*p, &r.def.uuid))
+            .or_else(|| from_file().filter(|p| qemu::is_ours(*p, &r.def.uuid)))
+    }
     fn console_tail(&self) -> String {
         let s = std::fs::read_to_string(self.paths.console_log()).unwrap_or_default();
         let lines: Vec<&str> = s.lines().rev().take(5).collect();
@@ -141,9 +158,11 @@ impl Manager {
             let name = rec.def.name.clone();
             let entry = Arc::new(Entry {
                 paths,
-                op: tokio::sync::Mutex::new(()),
+                op: Default::default(),
                 rec: Mutex::new(rec),
                 usage: Mutex::new((VmUsage::default(), None)),
+                outgoing: Mutex::new(None),
+                cancel: Default::default(),
             });
             lock(&m.vms).insert(name, entry.clone());
             if let Err(err) = m.reattach(&entry).await {
@@ -155,6 +174,11 @@ impl Manager {
 
     /// Settles a VM found on disk at start-up.
     async fn reattach(self: &Arc<Self>, e: &Arc<Entry>) -> Result<(), ApiError> {
+        // QEMU may have been started by an agent killed before it recorded the PID: the PID
+        // file QEMU writes itself tells.
+        if let Some(pid) = e.live_pid().filter(|p| e.snapshot().pid != Some(*p)) {
+            e.update(|r| r.pid = Some(pid))?;
+        }
         let r = e.snapshot();
         let alive = r.pid.is_some_and(|p| qemu::is_ours(p, &r.def.uuid));
         tracing::info!("found VM {} ({}, QEMU {})", r.def.name, r.state, if alive { "running" } else { "not running" });
@@ -166,12 +190,20 @@ impl Manager {
             lock(&self.vms).remove(&r.def.name);
             return Ok(());
         }
+        if !alive && matches!(r.migration, Some(migrate::Role::In { .. })) {
+            // An arriving copy without its QEMU holds nothing worth keeping.
+            tracing::info!("VM {}: incoming migration ended while the agent was away; removing the copy", r.def.name);
+            let _ = std::fs::remove_dir_all(&e.paths.dir);
+            lock(&self.vms).remove(&r.def.name);
+            return Ok(());
+        }
         if !alive {
             let saved = e.paths.saved_state().exists();
             let (state, error) = match r.state {
                 VmState::Suspended | VmState::Resuming if saved => (VmState::Suspended, None),
                 VmState::Inactive | VmState::Stopping => (VmState::Inactive, None),
                 VmState::Error => (VmState::Error, r.error.clone()),
+                VmState::Migrated => (VmState::Migrated, None),
                 other if saved => {
                     (VmState::Suspended, Some(format!("agent restarted during {other}; saved state kept")))
                 }
@@ -183,6 +215,13 @@ impl Manager {
                 r.pid = None;
             })?;
             return Ok(());
+        }
+        if r.state == VmState::Migrated {
+            // Handed over; its stopped QEMU stays until the controller deletes this copy.
+            return Ok(());
+        }
+        if let Some(role) = r.migration.clone().filter(|_| r.state == VmState::Migrating) {
+            return self.reattach_migration(e, role).await;
         }
         let pid = r.pid.unwrap_or_default();
         let status = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
@@ -283,12 +322,14 @@ impl Manager {
             }
             return Err(ApiError::conflict(format!("a VM named {:?} already exists on this host", def.name)));
         }
-        let rec = VmRecord { def: def.clone(), state, error: None, pid: None, boot_ms: None };
+        let rec = VmRecord { def: def.clone(), state, error: None, pid: None, boot_ms: None, migration: None };
         let e = Arc::new(Entry {
             paths: VmPaths::new(self.s.data_dir.join("vms").join(&def.name)),
-            op: tokio::sync::Mutex::new(()),
+            op: Default::default(),
             rec: Mutex::new(rec),
             usage: Mutex::new((VmUsage::default(), None)),
+            outgoing: Mutex::new(None),
+            cancel: Default::default(),
         });
         vms.insert(def.name.clone(), e.clone());
         Ok(Registered::New(e))
@@ -559,7 +600,7 @@ impl Manager {
         }
         let _g = Self::claim(&e, name).await?;
         let r = e.update(|r| r.state = VmState::Deleting)?;
-        if let Some(pid) = r.pid {
+        if let Some(pid) = e.live_pid() {
             qemu::kill(pid, &r.def.uuid).await;
         }
         std::fs::remove_dir_all(&e.paths.dir)
@@ -675,11 +716,13 @@ impl Manager {
                 let Ok(_g) = e.op.try_lock() else { continue };
                 let r = e.snapshot();
                 if let Some(pid) = r.pid.filter(|p| !qemu::is_ours(*p, &r.def.uuid)) {
-                    tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed)", r.def.name);
+                    let said = std::fs::read_to_string(e.paths.qemu_log()).unwrap_or_default();
+                    let said = said.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
+                    tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed){said}", r.def.name);
                     let _ = e.update(|r| {
                         r.state = VmState::Inactive;
                         r.pid = None;
-                        r.error = Some("QEMU exited: the guest powered off or crashed".into());
+                        r.error = Some(format!("QEMU exited: the guest powered off or crashed{said}"));
                     });
                     ended = true;
                     continue;

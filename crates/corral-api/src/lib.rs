@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod error;
+pub mod migration;
 pub mod names;
 pub mod size;
 pub mod template_dir;
@@ -43,6 +44,10 @@ pub enum VmState {
     Stopping,
     /// Being deleted.
     Deleting,
+    /// Being live-migrated to another host (it keeps running meanwhile).
+    Migrating,
+    /// (On an agent) this copy has been handed over to another host and has no process.
+    Migrated,
     /// Something failed; `error` says what.
     Error,
 }
@@ -61,6 +66,8 @@ impl VmState {
             VmState::Resuming => "resuming",
             VmState::Stopping => "stopping",
             VmState::Deleting => "deleting",
+            VmState::Migrating => "migrating",
+            VmState::Migrated => "migrated",
             VmState::Error => "error",
         }
     }
@@ -76,12 +83,13 @@ impl VmState {
                 | VmState::Suspending
                 | VmState::Stopping
                 | VmState::Resuming
+                | VmState::Migrating
         )
     }
 
     /// True for states that hold host resources (memory, vCPUs) for placement purposes.
     pub fn holds_resources(self) -> bool {
-        !matches!(self, VmState::Suspended | VmState::Inactive | VmState::Error)
+        !matches!(self, VmState::Suspended | VmState::Inactive | VmState::Error | VmState::Migrated)
     }
 }
 
@@ -150,6 +158,10 @@ impl VmAction {
             (VmAction::Resume, Running) => "it is already running".to_string(),
             (VmAction::Resume, Inactive) => "it is inactive, not paused: use `corral vm start`".to_string(),
             (VmAction::Stop, Inactive) => "it is already stopped".to_string(),
+            (_, Migrating) => {
+                "it is being live-migrated: wait for the migration to end, or cancel it with `corral vm migrate --cancel`"
+                    .to_string()
+            }
             _ => format!("wait until the current `{state}` transition ends"),
         };
         Err(format!("cannot {} a VM that is {state}: {hint}", self.as_str()))
@@ -247,6 +259,9 @@ pub struct Vm {
     /// The virtual network its NIC joins.
     #[serde(default)]
     pub network: Option<agent::NetAttach>,
+    /// The live migration in flight, if any.
+    #[serde(default)]
+    pub migration: Option<migration::MigrationRef>,
 }
 
 /// Work the controller still owes a VM; the reconciler finishes it after a crash.
@@ -346,6 +361,9 @@ pub struct Host {
     /// A cordoned host takes no new VMs.
     #[serde(default)]
     pub cordoned: bool,
+    /// Maintenance state (`evacuating`, `evacuated`, `evacuation incomplete`), if any.
+    #[serde(default)]
+    pub maintenance: Option<String>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
     /// Templates the host holds.

@@ -4,6 +4,7 @@
 
 mod client;
 mod clusters;
+mod migrate;
 mod output;
 
 use std::net::SocketAddr;
@@ -71,6 +72,12 @@ enum Cmd {
         /// File holding the API token; made with a fresh random token if missing.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Live migrations a host may send at once; more wait in a queue.
+        #[arg(long, default_value_t = 2)]
+        migrations_out: usize,
+        /// Live migrations a host may receive at once.
+        #[arg(long, default_value_t = 2)]
+        migrations_in: usize,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -208,6 +215,13 @@ enum HostCmd {
     Uncordon { name: String },
     /// Set the host's labels (replacing them): corral host label lab-1 rack=r1 ssd=true
     Label { name: String, labels: Vec<String> },
+    /// Maintenance: cordon the host and move every VM off it (live-migrating running ones).
+    Evacuate {
+        name: String,
+        /// Print the operation's id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +274,10 @@ enum VmCmd {
         #[arg(long)]
         to: String,
     },
+    /// Live-migrate a running VM to another host (disk and memory; it keeps running).
+    Migrate(migrate::MigrateArgs),
+    /// Migration history: source, destination, mode, rounds, total time, downtime, bytes, result.
+    Migrations { name: Option<String> },
     /// Show the VM's serial console.
     Console {
         name: String,
@@ -385,7 +403,17 @@ async fn run(cli: Cli) -> Result<i32> {
     let token = cli.token.clone().or_else(default_token);
     let client = || Client::new(&url, token.clone());
     match cli.cmd {
-        Cmd::Controller { listen, data, host_timeout, cpu_overcommit, memory_overcommit, templates, token_file } => {
+        Cmd::Controller {
+            listen,
+            data,
+            host_timeout,
+            cpu_overcommit,
+            memory_overcommit,
+            templates,
+            token_file,
+            migrations_out,
+            migrations_in,
+        } => {
             init_logs("info");
             if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
                 bail!("--cpu-overcommit must be at least 1.0");
@@ -402,6 +430,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 memory_overcommit,
                 templates_dir: Some(templates.unwrap_or_else(|| cache_dir().join("guest"))),
                 token,
+                migrations_out,
+                migrations_in,
             })
             .await?;
         }
@@ -445,6 +475,9 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
                 HostCmd::Uncordon { name } => {
                     print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/uncordon"), &()).await?, output::host)?
+                }
+                HostCmd::Evacuate { name, no_wait } => {
+                    return migrate::evacuate(&name, no_wait, &c, o == Output::Json).await
                 }
                 HostCmd::Label { name, labels } => {
                     let mut map = std::collections::BTreeMap::new();
@@ -542,6 +575,8 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
         VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
         VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
         VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Migrate(a) => return migrate::migrate(a, c, o == Output::Json).await,
+        VmCmd::Migrations { name } => migrate::history(name, c, o == Output::Json).await?,
         VmCmd::Move { name, to } => {
             show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/move"), &serde_json::json!({ "to": to })).await?)?
         }

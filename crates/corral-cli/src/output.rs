@@ -39,7 +39,11 @@ pub fn hosts(hs: &[Host]) {
             .map(|h| {
                 vec![
                     h.name.clone(),
-                    h.state.to_string(),
+                    match &h.maintenance {
+                        Some(m) => format!("{} ({m})", h.state),
+                        None if h.cordoned => format!("{} (cordoned)", h.state),
+                        None => h.state.to_string(),
+                    },
                     h.accel.as_str().into(),
                     format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
                     format!("{}/{}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib)),
@@ -64,6 +68,9 @@ pub fn host(h: &Host) {
     println!("vms:         {}", h.vms);
     println!("underlay:    {}", h.underlay.clone().unwrap_or_else(|| "-".into()));
     println!("cordoned:    {}", h.cordoned);
+    if let Some(m) = &h.maintenance {
+        println!("maintenance: {m}");
+    }
     if !h.labels.is_empty() {
         let l: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("labels:      {}", l.join(", "));

@@ -13,6 +13,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "lab/clusters.rs"]
 mod clusters;
+#[path = "lab/migration.rs"]
+mod migration;
 #[path = "lab/networks.rs"]
 mod networks;
 use serde_json::Value;
@@ -496,6 +498,12 @@ fn main() {
         t("network_deleting_clusters_leaves_no_devices", networks::deleting_clusters_leaves_no_devices),
         t("network_bad_input", networks::network_bad_input),
         t("network_bridged_puts_vms_on_provider_network", networks::bridged_network_puts_vms_on_the_provider_network),
+        t("migration_idle_vm_moves_live_and_stays_reachable", migration::idle_vm_moves_live_and_stays_reachable),
+        t("migration_busy_vm_defeats_precopy_but_not_auto", migration::busy_vm_defeats_precopy_but_not_auto),
+        t("migration_cancel_midway_keeps_vm_at_source", migration::cancel_midway_keeps_vm_at_source),
+        t("migration_destination_agent_killed_midway", migration::destination_agent_killed_midway),
+        t("migration_bad_input", migration::migration_bad_input),
+        t("migration_evacuate_moves_every_vm_off", migration::evacuate_moves_every_vm_off),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

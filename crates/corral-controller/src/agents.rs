@@ -118,4 +118,35 @@ impl AgentClient {
     pub async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
         self.send(self.http.get(format!("{}/v1/vms/{name}/console?offset={offset}", self.base))).await
     }
+
+    /// Prepares this host to receive a live-migrating VM.
+    pub async fn incoming(
+        &self,
+        req: &corral_api::migration::Incoming,
+    ) -> Result<corral_api::migration::IncomingReady, ApiError> {
+        self.send(self.http.post(format!("{}/v1/migrations/incoming", self.base)).timeout(Self::SLOW).json(req)).await
+    }
+
+    /// Starts sending a VM from this host.
+    pub async fn migrate(
+        &self,
+        name: &str,
+        req: &corral_api::migration::Outgoing,
+    ) -> Result<corral_api::migration::OutgoingStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/migration", self.base)).json(req)).await
+    }
+
+    /// The outgoing migration's figures.
+    pub async fn migration(&self, name: &str) -> Result<corral_api::migration::OutgoingStatus, ApiError> {
+        self.send(self.http.get(format!("{}/v1/vms/{name}/migration", self.base)).timeout(Duration::from_secs(5))).await
+    }
+
+    pub async fn cancel_migration(&self, name: &str) -> Result<corral_api::migration::OutgoingStatus, ApiError> {
+        self.send(self.http.delete(format!("{}/v1/vms/{name}/migration", self.base))).await
+    }
+
+    /// The VM has arrived here: make it a running VM of this host.
+    pub async fn finish_migration(&self, name: &str) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/migration/finish", self.base)).timeout(Self::SLOW)).await
+    }
 }

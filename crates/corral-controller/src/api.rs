@@ -20,6 +20,7 @@ use corral_api::agent::{Heartbeat, Register};
 use corral_api::cluster::{
     ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster,
 };
+use corral_api::migration::{MigrateVm, Migration};
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
 use corral_http::HttpError;
 
@@ -91,6 +92,10 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(networks))
         .routes(routes!(network))
         .routes(routes!(move_vm))
+        .routes(routes!(migrate_vm, cancel_migration))
+        .routes(routes!(migrations))
+        .routes(routes!(migration))
+        .routes(routes!(evacuate))
         .with_state(c.clone())
         .split_for_parts();
     let api = Arc::new(api);
@@ -330,4 +335,48 @@ struct MoveTo {
     responses((status = 200, body = Vm, description = "moved: same identity, disk and (if suspended) memory"), (status = 409, body = ErrorBody)))]
 async fn move_vm(State(c): C, Path(name): Path<String>, Json(m): Json<MoveTo>) -> R<Vm> {
     Ok(Json(corral_http::detached(async move { c.move_vm(&name, &m.to).await }).await?))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/migration", tag = "migrations", request_body = MigrateVm,
+    responses((status = 202, body = Migration, description = "started or queued: follow it at /v1/migrations/{id}"),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+async fn migrate_vm(
+    State(c): C,
+    Path(name): Path<String>,
+    Json(m): Json<MigrateVm>,
+) -> Result<(StatusCode, Json<Migration>), HttpError> {
+    let m = corral_http::detached(async move { c.migrate_vm(&name, m).await }).await?;
+    Ok((StatusCode::ACCEPTED, Json(m)))
+}
+
+#[utoipa::path(delete, path = "/v1/vms/{name}/migration", tag = "migrations",
+    responses((status = 200, body = Migration, description = "cancel requested: the VM stays at the source"),
+        (status = 409, body = ErrorBody, description = "nothing to cancel, or too late (post-copy)")))]
+async fn cancel_migration(State(c): C, Path(name): Path<String>) -> R<Migration> {
+    Ok(Json(c.cancel_migration(&name).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct MigrationFilter {
+    /// Only this VM's migrations.
+    vm: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/migrations", tag = "migrations", params(MigrationFilter),
+    responses((status = 200, body = Vec<Migration>, description = "history, oldest first")))]
+async fn migrations(State(c): C, Query(f): Query<MigrationFilter>) -> R<Vec<Migration>> {
+    Ok(Json(c.migrations(f.vm.as_deref())?))
+}
+
+#[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations",
+    responses((status = 200, body = Migration), (status = 404, body = ErrorBody)))]
+async fn migration(State(c): C, Path(id): Path<String>) -> R<Migration> {
+    Ok(Json(c.migration(&id)?))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/evacuate", tag = "hosts",
+    responses((status = 202, body = Operation, description = "cordoned; its VMs are being moved off"),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn evacuate(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.evacuate_host(&name).await?)))
 }

@@ -169,20 +169,20 @@ impl OpHandle {
             tracing::warn!("cannot record operation {}: {e}", self.id);
         }
     }
-    fn phase(&self, p: &str) {
+    pub(crate) fn phase(&self, p: &str) {
         self.update(|o| o.phase = p.to_string());
     }
-    fn step(&self, name: &str, since: Instant) {
+    pub(crate) fn step(&self, name: &str, since: Instant) {
         let ms = since.elapsed().as_millis() as u64;
         self.update(|o| o.steps.push(OpStep { name: name.into(), ms }));
     }
-    fn message(&self, m: String) {
+    pub(crate) fn message(&self, m: String) {
         self.update(|o| o.messages.push(m));
     }
-    fn tick(&self) {
+    pub(crate) fn tick(&self) {
         self.update(|o| o.done += 1);
     }
-    fn finish(&self, ok: bool, vms: u32, hosts: Vec<String>) {
+    pub(crate) fn finish(&self, ok: bool, vms: u32, hosts: Vec<String>) {
         self.update(|o| {
             o.state = if ok { OpState::Succeeded } else { OpState::Failed };
             o.phase = "done".into();
@@ -210,7 +210,7 @@ impl Controller {
         *lock(&self.ops) = all.into_iter().map(|o| (o.id.clone(), o)).collect();
     }
 
-    fn new_op(self: &Arc<Self>, kind: &str, target: &str, total: u32, steps: Vec<OpStep>) -> OpHandle {
+    pub(crate) fn new_op(self: &Arc<Self>, kind: &str, target: &str, total: u32, steps: Vec<OpStep>) -> OpHandle {
         let id = format!("op-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let op = Operation {
             id: id.clone(),
@@ -584,6 +584,7 @@ impl Controller {
                 pending: Some(Pending::Create { start: true }),
                 disk_mib: p.disk_mib,
                 network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
+                migration: None,
             });
         }
         let configure_ms = t0.elapsed().as_millis() as u64;

@@ -103,6 +103,7 @@ impl Controller {
                 pending: Some(Pending::Create { start: req.start }),
                 disk_mib: None,
                 network: None,
+                migration: None,
             };
             // Intent first: the record exists before the host is asked to do anything.
             self.put_vm(&vm)?;
@@ -324,7 +325,10 @@ impl Controller {
                 if self.is_busy(&st.name) {
                     continue;
                 }
-                let ours = vms.iter().any(|v| v.name == st.name && v.uuid == st.uuid && v.host == host);
+                // Both copies of a VM in live migration belong to the migration, not the sweep.
+                let ours = vms
+                    .iter()
+                    .any(|v| v.name == st.name && v.uuid == st.uuid && (v.host == host || v.migration.is_some()));
                 if ours {
                     continue;
                 }
@@ -335,7 +339,7 @@ impl Controller {
                     let _g = guard;
                     // Check again under the busy mark: the record may have appeared meanwhile.
                     let known = me.store.get_json::<Vm>(VMS, &st.name).ok().flatten();
-                    if known.is_some_and(|v| v.uuid == st.uuid && v.host == host) {
+                    if known.is_some_and(|v| v.uuid == st.uuid && (v.host == host || v.migration.is_some())) {
                         return;
                     }
                     if let Ok(a) = me.agent(&host) {
@@ -351,6 +355,7 @@ impl Controller {
                 });
             }
         }
+        self.resume_migrations(&vms);
         self.finish_cluster_deletes();
         self.sync_networks().await;
         self.sync_hosts_files().await;

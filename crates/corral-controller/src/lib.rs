@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod clusters;
 pub mod deploy;
+pub mod migrate;
 pub mod network;
 pub mod service;
 pub mod templates;
@@ -31,6 +32,9 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// API token every request must carry (None: no check).
     pub token: Option<String>,
+    /// Concurrent live migrations per host, outbound and inbound.
+    pub migrations_out: usize,
+    pub migrations_in: usize,
 }
 
 /// Runs the controller until the process is killed.
@@ -45,6 +49,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cpu_overcommit: cfg.cpu_overcommit,
             memory_overcommit: cfg.memory_overcommit,
             templates_dir: cfg.templates_dir.clone(),
+            migrations_out: cfg.migrations_out.max(1),
+            migrations_in: cfg.migrations_in.max(1),
         },
         cfg.token.clone(),
     ));

@@ -40,6 +40,11 @@ fn on_network(v: &Vm) -> bool {
         || matches!(v.pending, Some(corral_api::Pending::Create { start: true }))
 }
 
+/// The hosts a member's NIC is on: its own, and during a live migration the destination too.
+fn network_hosts(v: &Vm) -> impl Iterator<Item = &str> {
+    std::iter::once(v.host.as_str()).chain(v.migration.as_ref().map(|m| m.to.as_str()))
+}
+
 impl Controller {
     /// Chooses (or checks) the VNI and MTU of a new cluster.
     pub(crate) fn choose_vni_mtu(
@@ -89,7 +94,7 @@ impl Controller {
                 let mut members: Vec<&Vm> = vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name)).collect();
                 members.sort_by_key(|v| v.index);
                 let hosts: BTreeSet<String> =
-                    members.iter().filter(|v| on_network(v)).map(|v| v.host.clone()).collect();
+                    members.iter().filter(|v| on_network(v)).flat_map(|v| network_hosts(v)).map(String::from).collect();
                 let gateway = c
                     .subnet
                     .parse::<ipnet::Ipv4Net>()
@@ -141,7 +146,7 @@ impl Controller {
         for c in clusters.iter().filter(|c| c.vni != 0) {
             let members: Vec<&Vm> =
                 vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name) && on_network(v)).collect();
-            let hosts: BTreeSet<&str> = members.iter().map(|v| v.host.as_str()).collect();
+            let hosts: BTreeSet<&str> = members.iter().flat_map(|v| network_hosts(v)).collect();
             for h in &hosts {
                 wanted.insert((h.to_string(), c.vni));
                 let uplink = c

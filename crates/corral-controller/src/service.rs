@@ -35,6 +35,10 @@ pub struct Settings {
     pub memory_overcommit: f64,
     /// The template library hosts receive templates from.
     pub templates_dir: Option<PathBuf>,
+    /// Live migrations a host may send at once (more wait in a queue).
+    pub migrations_out: usize,
+    /// Live migrations a host may receive at once.
+    pub migrations_in: usize,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
@@ -57,6 +61,9 @@ pub struct HostFlags {
     pub cordoned: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Maintenance state: `evacuating`, `evacuated`, `evacuation incomplete`.
+    #[serde(default)]
+    pub maintenance: Option<String>,
 }
 
 type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
@@ -79,6 +86,7 @@ pub struct Controller {
     pub(crate) ops: Mutex<BTreeMap<String, corral_api::cluster::Operation>>,
     pub(crate) backoff: crate::deploy::Backoff,
     pub(crate) pushed: crate::network::Pushed,
+    pub(crate) slots: crate::migrate::Slots,
 }
 
 impl std::fmt::Debug for Controller {
@@ -145,6 +153,7 @@ impl Controller {
             ops: Mutex::new(BTreeMap::new()),
             backoff: Default::default(),
             pushed: Default::default(),
+            slots: Default::default(),
         };
         c.load_ops();
         c
@@ -263,6 +272,9 @@ impl Controller {
         self.host(host)?;
         let mut f = self.flags(host)?;
         f.cordoned = cordoned;
+        if !cordoned {
+            f.maintenance = None;
+        }
         self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
         self.host(host)
     }
@@ -312,6 +324,7 @@ impl Controller {
                     vms: mine.len(),
                     last_heartbeat_ms: last,
                     cordoned: flags.cordoned,
+                    maintenance: flags.maintenance,
                     labels: flags.labels,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
                     underlay: r.underlay.map(|u| u.to_string()),
@@ -353,8 +366,11 @@ impl Controller {
             .map(|r| {
                 let (state, _, usage) = self.host_state(&r.name);
                 let flags = self.flags(&r.name)?;
-                let held =
-                    vms.iter().filter(|v| v.host == r.name && (v.state.holds_resources() || v.pending.is_some()));
+                // A VM arriving by migration holds room on its destination too.
+                let held = vms.iter().filter(|v| {
+                    (v.host == r.name && (v.state.holds_resources() || v.pending.is_some()))
+                        || v.migration.as_ref().is_some_and(|m| m.to == r.name)
+                });
                 Ok(HostView {
                     name: r.name.clone(),
                     schedulable: state == HostState::Ready && !flags.cordoned,

@@ -6,8 +6,9 @@
 //! [`place_one`] places a single VM; [`place_group`] places a whole virtual cluster at once,
 //! all or nothing, spread or packed, with anti-affinity and label constraints. [`drs::plan`]
 //! balances load and consolidates: which VMs to live-migrate where, which hosts to wake and
-//! which to put in standby.
+//! which to put in standby. [`converge`] decides when a live migration switches to post-copy.
 
+pub mod converge;
 pub mod drs;
 pub mod group;
 pub mod place;

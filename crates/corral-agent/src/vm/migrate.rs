@@ -1,0 +1,646 @@
+//! Live migration, both ends, driven over QMP.
+//!
+//! The destination ([`Manager::incoming`]) makes an empty overlay on its own copy of the
+//! template, starts QEMU waiting for an incoming migration, exports the disk over NBD and
+//! listens for the memory stream, both on the underlay address. The source
+//! ([`Manager::outgoing`]) mirrors the overlay's own data (`sync=top`: never the template)
+//! into that export, then migrates memory with `pause-before-switchover`, so that at the
+//! switch-over, with the guest stopped, it completes the mirror, checks that the destination
+//! agent still answers, and only then lets QEMU hand over. The convergence policy
+//! ([`corral_sched::converge`]) watches every round. Until the hand-over the VM runs at the
+//! source and a failure or cancel leaves it there; after it, it runs at the destination.
+//!
+//! The role of each copy is written in its record before acting, so an agent restarted
+//! mid-migration settles it: an outgoing pre-copy is cancelled (the VM keeps running here), an
+//! outgoing post-copy is left to finish, a completed one is marked `migrated`, and an incoming
+//! copy whose QEMU is gone is removed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use corral_api::agent::VmStatus;
+use corral_api::migration::{
+    Incoming, IncomingReady, MigrationFigures, MigrationMode, MigrationState, Outgoing, OutgoingStatus,
+    AUTO_DOWNTIME_MS,
+};
+use corral_api::{ApiError, VmState};
+use corral_sched::converge::{Convergence, Decision, Mode, Sample};
+
+use super::{internal, lock, Entry, Manager, Registered};
+use crate::qemu::{self, DISK_ID};
+use crate::qmp::{Monitor, QmpClient};
+
+/// This copy's part in a live migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "role")]
+pub enum Role {
+    /// The VM runs here and is being sent away; `last` holds the outcome once it ended.
+    Out {
+        id: String,
+        #[serde(default)]
+        last: Option<Box<OutgoingStatus>>,
+    },
+    /// The VM is being received here.
+    In { id: String },
+}
+
+/// How often the source looks at QEMU's figures.
+const TICK: Duration = Duration::from_millis(100);
+
+fn job_id(id: &str) -> String {
+    format!("mig-{id}")
+}
+
+/// A free TCP port on `ip` (the kernel picks one; QEMU binds it right after).
+fn free_port(ip: std::net::Ipv4Addr) -> Result<u16, ApiError> {
+    let l = std::net::TcpListener::bind((ip, 0)).map_err(|e| internal(format!("no free port on {ip}: {e}")))?;
+    Ok(l.local_addr().map_err(internal)?.port())
+}
+
+fn caps(list: &[(&str, bool)]) -> Value {
+    Value::Array(list.iter().map(|(c, on)| json!({"capability": c, "state": on})).collect())
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64().or_else(|| x.as_f64().map(|f| f as u64)).unwrap_or(0)
+}
+
+impl Manager {
+    // ---- destination ---------------------------------------------------------------------
+
+    /// Prepares to receive a VM: disk, QEMU waiting for the migration, NBD export. Answers
+    /// where the source is to send.
+    pub async fn incoming(
+        self: &Arc<Self>,
+        req: Incoming,
+        listen: std::net::Ipv4Addr,
+    ) -> Result<IncomingReady, ApiError> {
+        let def = req.def.clone();
+        corral_api::names::validate_name("VM", &def.name).map_err(ApiError::bad_request)?;
+        let t = self.template(&def.template)?;
+        let e = match self.register(&def, VmState::Migrating)? {
+            Registered::New(e) => e,
+            Registered::Existing(_) => {
+                return Err(ApiError::conflict(format!(
+                    "VM {:?} is already on this host: it cannot be migrated here",
+                    def.name
+                )))
+            }
+        };
+        let _g = e.op.lock().await;
+        let made = async {
+            std::fs::create_dir_all(&e.paths.dir).map_err(internal)?;
+            e.update(|r| r.migration = Some(Role::In { id: req.id.clone() }))?;
+            let tmp = e.paths.dir.join("disk.qcow2.partial");
+            qemu::create_overlay(&t.disk, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
+            std::fs::rename(&tmp, e.paths.disk()).map_err(internal)?;
+            let args = qemu::command_line(&def, &t, &e.paths, self.s.accel, true);
+            crate::guest::forget(&e.paths.guest());
+            let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
+            e.update(|r| r.pid = Some(pid))?;
+            if let (Some(n), Some(net)) = (def.network, &self.s.net) {
+                net.attach(&qemu::tap_name(&def), n.vni, n.mtu).await.map_err(|err| internal(err.to_string()))?;
+            }
+            let mut q = QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
+            let nbd_port = free_port(listen)?;
+            q.execute(
+                "nbd-server-start",
+                Some(json!({"addr": {"type": "inet", "data": {"host": listen.to_string(), "port": nbd_port.to_string()}}})),
+            )
+            .await
+            .map_err(internal)?;
+            q.execute("nbd-server-add", Some(json!({"device": DISK_ID, "writable": true}))).await.map_err(internal)?;
+            q.execute("migrate-set-capabilities", Some(json!({"capabilities": caps(&[("postcopy-ram", req.postcopy)])})))
+                .await
+                .map_err(internal)?;
+            let mig_port = free_port(listen)?;
+            q.execute("migrate-incoming", Some(json!({"uri": format!("tcp:{listen}:{mig_port}")})))
+                .await
+                .map_err(internal)?;
+            Ok::<_, ApiError>(IncomingReady { nbd: format!("{listen}:{nbd_port}"), migration: format!("{listen}:{mig_port}") })
+        }
+        .await;
+        match made {
+            Ok(ready) => {
+                drop(_g);
+                self.refresh_filter().await;
+                tracing::info!("VM {} will arrive here (migration {})", def.name, req.id);
+                Ok(ready)
+            }
+            Err(err) => {
+                if let Some(pid) = e.snapshot().pid {
+                    qemu::kill(pid, &def.uuid).await;
+                }
+                let _ = std::fs::remove_dir_all(&e.paths.dir);
+                lock(&self.vms).remove(&def.name);
+                Err(err)
+            }
+        }
+    }
+
+    /// Takes over a VM that has arrived: its QEMU runs here now. Ends the NBD export and
+    /// makes the copy an ordinary running VM.
+    pub async fn finish_incoming(self: &Arc<Self>, name: &str) -> Result<VmStatus, ApiError> {
+        let e = self.entry(name)?;
+        let r = e.snapshot();
+        if r.state == VmState::Running && r.migration.is_none() {
+            return Ok(e.status());
+        }
+        if !matches!(r.migration, Some(Role::In { .. })) {
+            return Err(ApiError::conflict(format!("VM {name:?} is not arriving here by migration")));
+        }
+        let _g = Manager::claim(&e, name).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = crate::qmp::status(&e.paths.qmp()).await.map_err(internal)?;
+            match st.as_str() {
+                "running" => break,
+                "paused" | "postmigrate" => {
+                    crate::qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
+                    break;
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(ApiError::internal(format!("the arrived VM does not run: QEMU is {st}")))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = crate::qmp::run(&e.paths.qmp(), "nbd-server-stop", None).await;
+        e.update(|r| {
+            r.state = VmState::Running;
+            r.migration = None;
+            r.error = None;
+        })?;
+        drop(_g);
+        self.refresh_filter().await;
+        tracing::info!("VM {name} arrived and runs here");
+        Ok(e.status())
+    }
+
+    /// At the switch-over, with the guest stopped at the source and the disk mirror complete:
+    /// confirms this host still expects the VM and ends the NBD export, so that the arriving
+    /// QEMU gets its disk to itself when it starts.
+    pub async fn switchover_incoming(&self, name: &str, uuid: uuid::Uuid) -> Result<VmStatus, ApiError> {
+        let e = self.entry(name)?;
+        let r = e.snapshot();
+        if r.def.uuid != uuid || r.state != VmState::Migrating || !matches!(r.migration, Some(Role::In { .. })) {
+            return Err(ApiError::conflict(format!("VM {name:?} is not arriving here ({})", r.state)));
+        }
+        crate::qmp::run(&e.paths.qmp(), "nbd-server-stop", None).await.map_err(internal)?;
+        Ok(e.status())
+    }
+
+    // ---- source --------------------------------------------------------------------------
+
+    /// Starts sending a running VM to the destination described in `req`; returns at once.
+    /// Progress and outcome: [`Manager::outgoing_status`].
+    pub async fn outgoing(
+        self: &Arc<Self>,
+        name: &str,
+        req: Outgoing,
+        http: reqwest::Client,
+        token: Option<String>,
+    ) -> Result<OutgoingStatus, ApiError> {
+        let e = self.entry(name)?;
+        let r = e.snapshot();
+        if r.def.uuid != req.uuid {
+            return Err(ApiError::conflict(format!("VM {name:?} on this host is another VM than the one to migrate")));
+        }
+        if let Some(Role::Out { id, last: None }) = &r.migration {
+            if *id == req.id {
+                return self.outgoing_status(name);
+            }
+        }
+        let guard = tokio::time::timeout(Duration::from_secs(2), e.op.clone().lock_owned()).await.map_err(|_| {
+            ApiError::conflict(format!("VM {name:?} is busy ({}): wait for the current operation to finish", r.state))
+        })?;
+        let state = e.snapshot().state;
+        if state != VmState::Running {
+            return Err(ApiError::conflict(format!("VM {name:?} is {state}: only a running VM can be live-migrated")));
+        }
+        e.cancel.store(false, Ordering::SeqCst);
+        let first = OutgoingStatus {
+            id: req.id.clone(),
+            state: MigrationState::Running,
+            figures: MigrationFigures { phase: "mirroring".into(), ..Default::default() },
+        };
+        *lock(&e.outgoing) = Some(first.clone());
+        e.update(|r| {
+            r.state = VmState::Migrating;
+            r.migration = Some(Role::Out { id: req.id.clone(), last: None });
+        })?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _g = guard;
+            let res = me.send(&e, &req, &http, token.as_deref()).await;
+            me.conclude(&e, &req.id, res).await;
+        });
+        Ok(first)
+    }
+
+    /// The outgoing migration's figures (running, or how the last one ended).
+    pub fn outgoing_status(&self, name: &str) -> Result<OutgoingStatus, ApiError> {
+        let e = self.entry(name)?;
+        if let Some(s) = lock(&e.outgoing).clone() {
+            return Ok(s);
+        }
+        match e.snapshot().migration {
+            Some(Role::Out { last: Some(s), .. }) => Ok(*s),
+            _ => Err(ApiError::not_found(format!("VM {name:?} has no outgoing migration on this host"))),
+        }
+    }
+
+    /// Asks the running outgoing migration to stop. Refused once the VM runs at the destination.
+    pub fn cancel_outgoing(&self, name: &str) -> Result<OutgoingStatus, ApiError> {
+        let e = self.entry(name)?;
+        let st = lock(&e.outgoing)
+            .clone()
+            .filter(|s| s.state == MigrationState::Running)
+            .ok_or_else(|| ApiError::conflict(format!("VM {name:?} has no migration in progress")))?;
+        if matches!(st.figures.phase.as_str(), "postcopy" | "switchover") {
+            return Err(ApiError::conflict(format!(
+                "too late to cancel: VM {name:?} already runs at the destination ({})",
+                st.figures.phase
+            )));
+        }
+        e.cancel.store(true, Ordering::SeqCst);
+        Ok(st)
+    }
+
+    fn set_figures(e: &Entry, f: &MigrationFigures) {
+        if let Some(s) = lock(&e.outgoing).as_mut() {
+            s.figures = f.clone();
+        }
+    }
+
+    /// The whole of the source's side. Ok: the VM runs at the destination now.
+    async fn send(
+        &self,
+        e: &Entry,
+        req: &Outgoing,
+        http: &reqwest::Client,
+        token: Option<&str>,
+    ) -> Result<MigrationFigures, (MigrationState, MigrationFigures)> {
+        let started = Instant::now();
+        let mut f = MigrationFigures { phase: "mirroring".into(), ..Default::default() };
+        let fail = |f: &MigrationFigures, msg: String| {
+            let mut f = f.clone();
+            f.error = Some(msg);
+            (MigrationState::Failed, f)
+        };
+        let mut q = match QmpClient::connect(&e.paths.qmp()).await {
+            Ok(q) => q,
+            Err(err) => return Err(fail(&f, err.to_string())),
+        };
+        let job = job_id(&req.id);
+        let target = format!("nbd:{}:exportname={DISK_ID}", req.to.nbd);
+        // 1. Disk: mirror the overlay's own data into the destination's export.
+        let mirror = q
+            .execute(
+                "drive-mirror",
+                Some(json!({"device": DISK_ID, "job-id": job, "target": target, "sync": "top",
+                             "mode": "existing", "format": "raw"})),
+            )
+            .await;
+        if let Err(err) = mirror {
+            return Err(fail(&f, format!("cannot start the disk mirror to {}: {err}", req.to.nbd)));
+        }
+        loop {
+            if e.cancel.load(Ordering::SeqCst) {
+                let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
+                f.error = Some("cancelled by the operator during the disk copy".into());
+                return Err((MigrationState::Cancelled, f));
+            }
+            let jobs = q.execute("query-block-jobs", None).await.unwrap_or(Value::Null);
+            let Some(j) = jobs.as_array().and_then(|a| a.iter().find(|j| j["device"] == json!(job))).cloned() else {
+                return Err(fail(&f, "the disk mirror stopped (destination unreachable?)".into()));
+            };
+            f.disk_bytes = u(&j, &["offset"]);
+            f.total_ms = started.elapsed().as_millis() as u64;
+            Self::set_figures(e, &f);
+            if j["ready"].as_bool() == Some(true) {
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        // 2. Memory: capabilities and parameters of the mode.
+        let auto = req.mode == MigrationMode::Auto;
+        let postcopy = req.mode.may_postcopy();
+        let set = async {
+            q.execute(
+                "migrate-set-capabilities",
+                Some(json!({"capabilities": caps(&[
+                    ("pause-before-switchover", true),
+                    ("postcopy-ram", postcopy),
+                    // XBZRLE stays off: with QEMU 7.2 under TCG, a post-copy after an earlier
+                    // cancelled migration with XBZRLE on left the guest's memory corrupt.
+                    ("xbzrle", false),
+                    ("auto-converge", auto),
+                ])})),
+            )
+            .await?;
+            let mut params = serde_json::Map::new();
+            let downtime = req.max_downtime_ms.or(auto.then_some(AUTO_DOWNTIME_MS));
+            if let Some(d) = downtime {
+                params.insert("downtime-limit".into(), json!(d));
+            }
+            if let Some(b) = req.bandwidth {
+                params.insert("max-bandwidth".into(), json!(b));
+            }
+            if !params.is_empty() {
+                q.execute("migrate-set-parameters", Some(Value::Object(params))).await?;
+            }
+            q.execute("migrate", Some(json!({"uri": format!("tcp:{}", req.to.migration)}))).await
+        }
+        .await;
+        if let Err(err) = set {
+            let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
+            return Err(fail(&f, format!("cannot start the memory migration: {err}")));
+        }
+        let mode = match req.mode {
+            MigrationMode::Auto => Mode::Auto,
+            MigrationMode::Precopy => Mode::Precopy,
+            MigrationMode::Postcopy => Mode::Postcopy,
+        };
+        let mut policy = Convergence::new(mode, req.budget_ms);
+        let mem_started = Instant::now();
+        let mut in_postcopy = false;
+        f.phase = "precopy".into();
+        // 3. Watch the rounds until QEMU is done.
+        let outcome = loop {
+            let m = match q.execute("query-migrate", None).await {
+                Ok(m) => m,
+                Err(err) => break Err(fail(&f, format!("lost the source QEMU's monitor: {err}"))),
+            };
+            let status = m["status"].as_str().unwrap_or("").to_string();
+            let page = u(&m, &["ram", "page-size"]).max(4096);
+            f.rounds = u(&m, &["ram", "dirty-sync-count"]);
+            f.remaining = u(&m, &["ram", "remaining"]);
+            f.dirty_rate = u(&m, &["ram", "dirty-pages-rate"]) * page;
+            f.transfer_rate = (m["ram"]["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0) as u64;
+            f.bytes = u(&m, &["ram", "transferred"]).max(f.bytes);
+            f.memory_bytes = u(&m, &["ram", "total"]).max(f.memory_bytes);
+            f.total_ms = started.elapsed().as_millis() as u64;
+            if e.cancel.load(Ordering::SeqCst) && !in_postcopy && status != "completed" {
+                let _ = q.execute("migrate_cancel", None).await;
+                f.error = Some("cancelled by the operator".into());
+                break Err((MigrationState::Cancelled, f.clone()));
+            }
+            match status.as_str() {
+                "setup" | "active" => {
+                    let s = Sample {
+                        elapsed_ms: mem_started.elapsed().as_millis() as u64,
+                        round: f.rounds,
+                        remaining: f.remaining,
+                        dirty_rate: f.dirty_rate,
+                        transfer_rate: f.transfer_rate,
+                    };
+                    match policy.observe(&s) {
+                        Decision::Wait => {}
+                        Decision::Postcopy(why) => {
+                            f.actions.push(format!("switched to post-copy: {why}"));
+                            if let Err(err) = q.execute("migrate-start-postcopy", None).await {
+                                break Err(fail(&f, format!("cannot switch to post-copy: {err}")));
+                            }
+                            in_postcopy = true;
+                        }
+                        Decision::Downtime(ms, why) => {
+                            f.actions.push(why);
+                            if let Err(err) =
+                                q.execute("migrate-set-parameters", Some(json!({"downtime-limit": ms}))).await
+                            {
+                                break Err(fail(&f, format!("cannot raise the downtime limit: {err}")));
+                            }
+                        }
+                        Decision::GiveUp(why) => {
+                            let _ = q.execute("migrate_cancel", None).await;
+                            break Err(fail(&f, why));
+                        }
+                    }
+                }
+                "pre-switchover" => {
+                    f.phase = "switchover".into();
+                    Self::set_figures(e, &f);
+                    // The guest is stopped here: finish the disk, then hand over only to a
+                    // destination that answers (and has closed its disk export).
+                    if let Err(why) = complete_mirror(&mut q, &job, &mut f).await {
+                        let _ = q.execute("migrate_cancel", None).await;
+                        break Err(fail(&f, why));
+                    }
+                    if let Err(why) = destination_switchover(http, token, req, &e.snapshot().def.name).await {
+                        let _ = q.execute("migrate_cancel", None).await;
+                        break Err(fail(
+                            &f,
+                            format!("{why}; cancelled before the switch-over, the VM keeps running here"),
+                        ));
+                    }
+                    if let Err(err) = q.execute("migrate-continue", Some(json!({"state": "pre-switchover"}))).await {
+                        let _ = q.execute("migrate_cancel", None).await;
+                        break Err(fail(&f, format!("cannot continue to the switch-over: {err}")));
+                    }
+                }
+                "device" => {}
+                "postcopy-active" => f.phase = "postcopy".into(),
+                "completed" => {
+                    f.downtime_ms = m["downtime"].as_u64();
+                    f.phase = "completed".into();
+                    break Ok(f.clone());
+                }
+                "failed" | "cancelled" | "cancelling" | "postcopy-paused" => {
+                    let why = m["error-desc"].as_str().unwrap_or(status.as_str()).to_string();
+                    break Err(fail(&f, format!("QEMU: migration {why}")));
+                }
+                _ => {}
+            }
+            Self::set_figures(e, &f);
+            tokio::time::sleep(TICK).await;
+        };
+        let mut out = match outcome {
+            Ok(f) => return Ok(with_mode(f, in_postcopy)),
+            Err(x) => x,
+        };
+        out.1 = with_mode(out.1, in_postcopy);
+        // Back to running here: no mirror left, vCPUs running.
+        let t = Instant::now();
+        let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
+        for _ in 0..100 {
+            let m = q.execute("query-migrate", None).await.unwrap_or(Value::Null);
+            if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // QEMU serves one QMP client at a time: ask on this connection.
+        if let Ok(st) = q.execute("query-status", None).await {
+            if st["status"].as_str() != Some("running") {
+                let _ = q.execute("cont", None).await;
+            }
+        }
+        tracing::info!("migration {}: source back to running in {:?}", req.id, t.elapsed());
+        Err(out)
+    }
+
+    /// Writes the outcome: a migrated copy ends its QEMU; a failed one runs on.
+    async fn conclude(&self, e: &Entry, id: &str, res: Result<MigrationFigures, (MigrationState, MigrationFigures)>) {
+        let (state, mut figures) = match res {
+            Ok(f) => (MigrationState::Completed, f),
+            Err((s, f)) => (s, f),
+        };
+        if state != MigrationState::Completed {
+            figures.phase = state.as_str().into();
+        }
+        let done = OutgoingStatus { id: id.to_string(), state, figures };
+        let r = e.snapshot();
+        // A migrated copy keeps its (stopped) QEMU until the controller, having committed the
+        // VM to the destination, deletes it: nothing of it is thrown away before that.
+        *lock(&e.outgoing) = Some(done.clone());
+        let _ = e.update(|r| {
+            r.migration = Some(Role::Out { id: id.to_string(), last: Some(Box::new(done.clone())) });
+            r.state = if state == MigrationState::Completed { VmState::Migrated } else { VmState::Running };
+        });
+        self.refresh_filter().await;
+        match state {
+            MigrationState::Completed => tracing::info!("VM {} migrated away ({id})", r.def.name),
+            _ => tracing::warn!("migration {id} of {} {state}: {:?}", r.def.name, done.figures.error),
+        }
+    }
+
+    /// Settles an outgoing or incoming copy found at start-up with its QEMU alive.
+    pub(super) async fn reattach_migration(self: &Arc<Self>, e: &Arc<Entry>, role: Role) -> Result<(), ApiError> {
+        let r = e.snapshot();
+        if let Role::In { .. } = role {
+            // The controller finishes or removes it.
+            e.update(|r| r.state = VmState::Migrating)?;
+            return Ok(());
+        }
+        let Role::Out { id, last } = role else { return Ok(()) };
+        if last.is_some() {
+            e.update(|r| r.state = VmState::Running)?;
+            return Ok(());
+        }
+        let m = crate::qmp::run(&e.paths.qmp(), "query-migrate", None).await.map_err(internal)?;
+        let status = m["status"].as_str().unwrap_or("none").to_string();
+        let figures = |phase: &str, error: Option<String>| MigrationFigures {
+            phase: phase.into(),
+            rounds: u(&m, &["ram", "dirty-sync-count"]),
+            bytes: u(&m, &["ram", "transferred"]),
+            memory_bytes: u(&m, &["ram", "total"]),
+            total_ms: u(&m, &["total-time"]),
+            downtime_ms: m["downtime"].as_u64(),
+            error,
+            ..Default::default()
+        };
+        match status.as_str() {
+            "completed" => {
+                self.conclude(e, &id, Ok(figures("completed", None))).await;
+            }
+            s if s.starts_with("postcopy") => {
+                // The guest runs at the destination and pulls pages from this QEMU: let it finish.
+                let me = self.clone();
+                let e2 = e.clone();
+                e.update(|r| r.state = VmState::Migrating)?;
+                tokio::spawn(async move {
+                    let _g = e2.op.lock().await;
+                    let res = loop {
+                        let m = crate::qmp::run(&e2.paths.qmp(), "query-migrate", None).await;
+                        match m.as_ref().ok().and_then(|m| m["status"].as_str()) {
+                            Some("completed") => {
+                                break Ok(MigrationFigures { phase: "completed".into(), ..Default::default() })
+                            }
+                            Some(s) if s.starts_with("postcopy") => tokio::time::sleep(TICK).await,
+                            other => {
+                                break Err((
+                                    MigrationState::Failed,
+                                    MigrationFigures {
+                                        error: Some(format!("post-copy ended as {other:?}")),
+                                        ..Default::default()
+                                    },
+                                ))
+                            }
+                        }
+                    };
+                    me.conclude(&e2, &id, res).await;
+                });
+            }
+            _ => {
+                // Pre-copy or switch-over cut short by the restart: stay here.
+                let q = e.paths.qmp();
+                let _ = crate::qmp::run(&q, "migrate_cancel", None).await;
+                let _ =
+                    crate::qmp::run(&q, "block-job-cancel", Some(json!({"device": job_id(&id), "force": true}))).await;
+                for _ in 0..100 {
+                    let m = crate::qmp::run(&q, "query-migrate", None).await.unwrap_or(Value::Null);
+                    if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if crate::qmp::status(&q).await.map_err(internal)? != "running" {
+                    let _ = crate::qmp::run(&q, "cont", None).await;
+                }
+                let why = "the source agent restarted during the migration; cancelled, the VM keeps running here";
+                self.conclude(e, &id, Err((MigrationState::Failed, figures("failed", Some(why.into()))))).await;
+                tracing::info!("VM {}: migration {id} cancelled after restart", r.def.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Notes how the memory finally moved.
+fn with_mode(mut f: MigrationFigures, postcopy: bool) -> MigrationFigures {
+    f.used_mode = Some(if postcopy { "postcopy" } else { "precopy" }.into());
+    f
+}
+
+/// The destination agent must still hold the arriving copy; it ends its disk export.
+async fn destination_switchover(
+    http: &reqwest::Client,
+    token: Option<&str>,
+    req: &Outgoing,
+    name: &str,
+) -> Result<(), String> {
+    let url =
+        format!("{}/v1/vms/{name}/migration/switchover?uuid={}", req.destination_url.trim_end_matches('/'), req.uuid);
+    let mut r = http.post(&url).timeout(Duration::from_secs(3));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let resp = r.send().await.map_err(|e| format!("the destination agent does not answer ({e})"))?;
+    if !resp.status().is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(format!("the destination refused the switch-over: {}", body.trim()));
+    }
+    Ok(())
+}
+
+/// Completes the disk mirror while the guest is stopped: every write is at the destination.
+async fn complete_mirror(q: &mut QmpClient, job: &str, f: &mut MigrationFigures) -> Result<(), String> {
+    let jobs = q.execute("query-block-jobs", None).await.map_err(|e| e.to_string())?;
+    let Some(j) = jobs.as_array().and_then(|a| a.iter().find(|j| j["device"] == json!(job))).cloned() else {
+        return Err("the disk mirror stopped before the switch-over".into());
+    };
+    f.disk_bytes = u(&j, &["offset"]);
+    // Cancelling a ready mirror finishes copying what is in flight, then leaves the source
+    // disk as it is: the destination's disk is a full copy.
+    q.execute("block-job-cancel", Some(json!({"device": job}))).await.map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = q.execute("query-block-jobs", None).await.map_err(|e| e.to_string())?;
+        if !jobs.as_array().is_some_and(|a| a.iter().any(|j| j["device"] == json!(job))) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err("the disk mirror did not finish within 60 s at the switch-over".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
