@@ -195,7 +195,7 @@ pub async fn follow(c: &Client, op: Operation, json: bool) -> Result<i32> {
     Ok(if op.state == OpState::Succeeded { 0 } else { 1 })
 }
 
-async fn start(c: &Client, op: Operation, no_wait: bool, json: bool) -> Result<i32> {
+pub(crate) async fn start(c: &Client, op: Operation, no_wait: bool, json: bool) -> Result<i32> {
     if no_wait {
         if json {
             println!("{}", serde_json::to_string_pretty(&op)?);

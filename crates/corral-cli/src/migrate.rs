@@ -199,16 +199,8 @@ pub async fn history(vm: Option<String>, c: &Client, json: bool) -> Result<()> {
 /// `corral host evacuate NAME`.
 pub async fn evacuate(name: &str, no_wait: bool, c: &Client, json: bool) -> Result<i32> {
     let op: corral_api::cluster::Operation = c.post(&format!("/v1/hosts/{name}/evacuate"), &()).await?;
-    if no_wait {
-        if json {
-            println!("{}", serde_json::to_string_pretty(&op)?);
-        } else {
-            println!("{}", op.id);
-        }
-        return Ok(0);
-    }
-    let code = crate::clusters::follow(c, op, json).await?;
-    if !json {
+    let code = crate::clusters::start(c, op, no_wait, json).await?;
+    if !json && !no_wait {
         let h: corral_api::Host = c.get(&format!("/v1/hosts/{name}")).await?;
         output::host(&h);
     }

@@ -502,6 +502,7 @@ fn main() {
         t("migration_busy_vm_defeats_precopy_but_not_auto", migration::busy_vm_defeats_precopy_but_not_auto),
         t("migration_cancel_midway_keeps_vm_at_source", migration::cancel_midway_keeps_vm_at_source),
         t("migration_destination_agent_killed_midway", migration::destination_agent_killed_midway),
+        t("migration_source_agent_killed_midway", migration::source_agent_killed_midway_keeps_vm_at_source),
         t("migration_bad_input", migration::migration_bad_input),
         t("migration_evacuate_moves_every_vm_off", migration::evacuate_moves_every_vm_off),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),

@@ -218,11 +218,18 @@ impl Controller {
             .migration
             .ok_or_else(|| ApiError::conflict(format!("VM {name:?} has no migration queued or running")))?;
         let m = self.migration(&r.id)?;
-        if m.state == MigrationState::Running {
-            self.agent(&m.source)?.cancel_migration(name).await?;
-        }
+        // Recorded first: a queued migration sees it in the queue, a starting one as soon as
+        // the source has it.
         lock(&self.slots.cancel).insert(r.id.clone());
         self.slots.freed.notify_waiters();
+        if m.state == MigrationState::Running {
+            if let Err(e) = self.agent(&m.source)?.cancel_migration(name).await {
+                if e.message.contains("too late") {
+                    lock(&self.slots.cancel).remove(&r.id);
+                    return Err(e);
+                }
+            }
+        }
         Ok(m)
     }
 
@@ -331,8 +338,11 @@ impl Controller {
         loop {
             if !cancel_sent && lock(&self.slots.cancel).remove(&m.id) {
                 cancel_sent = true;
-                if let Err(e) = src.cancel_migration(&m.vm).await {
-                    m.actions.push(format!("cancel refused: {}", e.message));
+                match src.cancel_migration(&m.vm).await {
+                    Err(e) if e.message.contains("too late") => {
+                        m.actions.push(format!("cancel refused: {}", e.message))
+                    }
+                    _ => {}
                 }
             }
             // A destination that stops heartbeating cannot take the VM: stop before the switch.

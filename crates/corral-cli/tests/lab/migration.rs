@@ -1,6 +1,7 @@
 //! Live-migration trials on real guests: an idle VM keeps running and reachable and keeps the
 //! writes made during the move; a guest dirtying memory faster than the link defeats plain
-//! pre-copy but not `auto`; cancel; a destination agent killed mid-way; bad input; evacuation.
+//! pre-copy but not `auto`; cancel; the destination or the source agent killed mid-way; bad
+//! input; evacuation.
 
 use std::time::Duration;
 
@@ -259,7 +260,8 @@ pub fn migration_bad_input() -> Result<(), Failed> {
     let m = start("t-mbad", &["--to", "lab-2", "--bandwidth", "8M"])?;
     let msg = fails(&["vm", "migrate", "t-mbad", "--to", "lab-3"])?;
     check(msg.contains("already being migrated") || msg.contains("busy"), format!("second migration refused: {msg}"))?;
-    let _ = corral(&["vm", "migrate", "t-mbad", "--cancel"]);
+    let o = corral(&["vm", "migrate", "t-mbad", "--cancel"]);
+    check(o.status.success(), format!("cancel the first: {}", text(&o)))?;
     finished(m["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     let after = vm("t-mbad")?;
     check(after["host"] == before["host"] && after["state"] == "running", format!("untouched: {after}"))
@@ -296,4 +298,21 @@ pub fn evacuate_moves_every_vm_off() -> Result<(), Failed> {
         check(overlapping <= 2, format!("no more than 2 at once from lab-2: {ms:?}"))?;
     }
     check(json(&["vm", "list"])?.as_array().is_some_and(|a| a.iter().all(|v| v["host"] != "lab-2")), "lab-2 empty")
+}
+
+pub fn source_agent_killed_midway_keeps_vm_at_source() -> Result<(), Failed> {
+    create("t-skill", &["--host", "lab-1"])?;
+    let c1 = counter("t-skill")?;
+    let m = start("t-skill", &["--to", "lab-2", "--bandwidth", "100M"])?;
+    let id = m["id"].as_str().unwrap_or_default().to_string();
+    copying_memory(&id)?;
+    kill9(agent_pid("lab-1")?);
+    lab_up()?;
+    wait_for("3 hosts ready", Duration::from_secs(30), || super::hosts_ready().ok().filter(|n| *n == 3))?;
+    let m = finished(&id, Duration::from_secs(120))?;
+    check(m["state"] == "failed", format!("the migration was called off: {m}"))?;
+    let v = vm("t-skill")?;
+    check(v["host"] == "lab-1" && v["state"] == "running", format!("still running at the source: {v}"))?;
+    check(counter("t-skill")? > c1, "the guest kept running at the source")?;
+    wait_for("the arriving copy to go", Duration::from_secs(30), || (!copy_on("lab-2", "t-skill")).then_some(()))
 }

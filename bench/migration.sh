@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Live-migration benchmark: QEMU's plain pre-copy defaults against Corral's `auto` policy, in one
+# run, for idle, moderately and heavily dirtying guests of 256 MiB and 1 GiB. Writes
+# bench/results/migration.json and bench/results/migration.md. On a 3-host lab (index 160,
+# /tmp/corral-bench-160), each case on a fresh VM (1 vCPU) created on lab-1 and migrated to
+# lab-2 over a link capped at BENCH_LINK (default 200M = 200 Mbit/s = 25 MB/s, the same cap for
+# both modes, so that "heavy" dirties memory faster than the link carries it):
+#
+#   idle      workload idle
+#   moderate  dirty:8:64     (8 MiB/s over a 64 MiB working set)
+#   heavy     dirty:64:128   (64 MiB/s over 128 MiB: more than the link)
+#
+# Figures per migration, from `corral vm migrations --output json` (read from QEMU by the
+# source agent): total time, downtime as QEMU measured it, memory bytes sent relative to guest
+# memory, rounds, result, and the memory mode finally used. The gap seen by the guest: its
+# counter ticks every 100 ms of guest time; read before and after with the host's clock, the
+# ticks missing against host time are the time the guest did not run (stop-and-copy pause and
+# post-copy page waits), to ±100 ms plus exec latency. Budget BENCH_BUDGET (default 60s) for
+# both modes: at the budget `precopy` gives up and `auto` acts.
+#
+# Needs root (labs) and jq. Run through `make bench` / bench/run.sh, or alone.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
+if [ -z "${CORRAL_BIN:-}" ]; then
+	(cd "$REPO" && cargo build --quiet --release -p corral-cli)
+	CORRAL_BIN=$REPO/target/release/corral
+fi
+LINK=${BENCH_LINK:-200M}
+BUDGET=${BENCH_BUDGET:-60s}
+INDEX=160
+DIR=/tmp/corral-bench-$INDEX
+OUT=$REPO/bench/results
+C() { "$CORRAL_BIN" "$@"; }
+log() { printf '[migration %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+cleanup() { C lab down --dir "$DIR" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+C lab up --hosts 3 --index "$INDEX" --dir "$DIR" >/dev/null
+eval "$(C lab status --dir "$DIR" | grep '^export')"
+
+now_ms() { date +%s%3N; }
+# Prints "<host ms at the middle of the exec> <counter>".
+sample() {
+	local t0 t1 c
+	t0=$(now_ms)
+	c=$(C vm exec "$1" -- cat /run/corral-counter)
+	t1=$(now_ms)
+	echo "$(((t0 + t1) / 2)) $c"
+}
+
+rows=()
+for mem in 256 1024; do
+	for load in idle moderate heavy; do
+		case $load in
+		idle) w=idle ;;
+		moderate) w=dirty:8:64 ;;
+		heavy) w=dirty:64:128 ;;
+		esac
+		for mode in precopy auto; do
+			name=b-$mem-$load-$mode
+			log "$name: create ($w)"
+			C vm create "$name" --memory "${mem}M" --host lab-1 --workload "$w" >/dev/null
+			sleep 5 # let the workload reach its working set
+			read -r ta ca < <(sample "$name")
+			m=$(C vm migrate "$name" --to lab-2 --mode "$mode" --bandwidth "$LINK" --budget "$BUDGET" -o json || true)
+			read -r tb cb < <(sample "$name")
+			gap=$(((tb - ta) - (cb - ca) * 100))
+			[ "$gap" -lt 0 ] && gap=0
+			log "$name: $(jq -r '.result' <<<"$m")"
+			rows+=("$(jq -c --arg mem "$mem" --arg load "$load" --argjson gap "$gap" \
+				'{memory_mib: ($mem|tonumber), load: $load, mode, used_mode, result, state, rounds, total_ms,
+				  downtime_ms, guest_gap_ms: $gap, bytes, memory_bytes,
+				  bytes_per_memory: ((.bytes / .memory_bytes * 100 | round) / 100), actions}' <<<"$m")")
+			C vm delete "$name" >/dev/null
+		done
+	done
+done
+
+mkdir -p "$OUT"
+printf '%s\n' "${rows[@]}" | jq -s --arg cmd "${BENCH_COMMAND:-bash bench/migration.sh}" --arg link "$LINK" \
+	--arg budget "$BUDGET" --arg date "$(date -u +%FT%TZ)" \
+	'{command: $cmd, date: $date, link: $link, budget: $budget, accel: "see hosts", runs: .}' >"$OUT/migration.json"
+{
+	echo "# Live migration: QEMU pre-copy defaults vs Corral auto"
+	echo
+	echo "\`${BENCH_COMMAND:-bash bench/migration.sh}\`, $(date -u +%F). Link capped at $LINK for both modes, budget $BUDGET, 1 vCPU guests, TCG, lab-1 → lab-2."
+	echo
+	echo "| memory | load | mode | result | memory moved by | rounds | total | downtime (QEMU) | gap seen by guest | bytes / memory |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
+	jq -r '.runs[] | "| \(.memory_mib) MiB | \(.load) | \(.mode) | \(.state) | \(.used_mode // "-") | \(.rounds) | \(.total_ms) ms | \(.downtime_ms // "-") ms | \(.guest_gap_ms) ms | \(.bytes_per_memory) |"' "$OUT/migration.json"
+} >"$OUT/migration.md"
+log "wrote $OUT/migration.md"
