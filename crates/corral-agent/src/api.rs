@@ -52,6 +52,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/migration", get(outgoing_status).post(outgoing).delete(cancel_outgoing))
         .route("/v1/vms/{name}/migration/finish", post(finish_incoming))
         .route("/v1/vms/{name}/migration/switchover", post(switchover_incoming))
+        .route("/v1/vms/{name}/migration/revert", post(revert_outgoing))
         .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
         .with_state(agent)
 }
@@ -230,4 +231,13 @@ async fn switchover_incoming(
     Query(q): Query<UuidQuery>,
 ) -> R<VmStatus> {
     Ok(Json(a.vms.switchover_incoming(&name, q.uuid).await?))
+}
+
+/// The destination's copy did not survive a completed pre-copy: run the stopped copy here.
+async fn revert_outgoing(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Query(q): Query<UuidQuery>,
+) -> R<VmStatus> {
+    Ok(Json(a.vms.revert_outgoing(&name, q.uuid).await?))
 }

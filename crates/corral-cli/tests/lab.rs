@@ -332,7 +332,8 @@ fn agent_sigkill_then_restart_reattaches() -> Result<(), Failed> {
     let v2 = vm("t-agent")?;
     check(v2["state"] == "running" && v2["uuid"] == v["uuid"], format!("still running and known: {v2}"))?;
     check(qemu_pid(&v2) == Some(qpid), "the same QEMU process")?;
-    let c2 = counter("t-agent")?;
+    // The controller may still count the old agent's last heartbeat: wait for the new one.
+    let c2 = wait_for("the restarted agent to answer", Duration::from_secs(30), || counter("t-agent").ok())?;
     check(c2 >= c1, format!("guest state intact ({c1} -> {c2})"))?;
     let p = json(&["vm", "pause", "t-agent"])?;
     check(p["state"] == "paused", "the restarted agent manages the VM")?;

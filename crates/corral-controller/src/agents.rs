@@ -149,4 +149,10 @@ impl AgentClient {
     pub async fn finish_migration(&self, name: &str) -> Result<VmStatus, ApiError> {
         self.send(self.http.post(format!("{}/v1/vms/{name}/migration/finish", self.base)).timeout(Self::SLOW)).await
     }
+
+    /// Runs the source's stopped copy again after a completed pre-copy whose destination
+    /// copy died.
+    pub async fn revert_migration(&self, name: &str, uuid: &uuid::Uuid) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(format!("{}/v1/vms/{name}/migration/revert?uuid={uuid}", self.base))).await
+    }
 }

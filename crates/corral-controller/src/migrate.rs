@@ -406,7 +406,11 @@ impl Controller {
     /// After the switch: the destination's copy becomes the VM, networks follow, the source's
     /// copy goes.
     async fn commit(self: &Arc<Self>, m: &mut Migration) -> Result<(), ApiError> {
-        let st = self.agent(&m.destination)?.finish_migration(&m.vm).await?;
+        let dst = self.agent(&m.destination)?;
+        let st = match dst.finish_migration(&m.vm).await {
+            Ok(st) => st,
+            Err(e) => return self.rescue(m, e).await,
+        };
         let mut vm = self.vm(&m.vm)?;
         vm.host = m.destination.clone();
         crate::service::apply_status(&mut vm, &st);
@@ -441,6 +445,30 @@ impl Controller {
             ),
         );
         Ok(())
+    }
+
+    /// The destination could not take over after the hand-over. If its copy is gone (QEMU
+    /// ended: the guest crashed or was killed) and the memory moved by pre-copy, the source's
+    /// stopped copy is complete: run it again and roll back. Otherwise report the error and
+    /// let the reconciler retry (a destination agent that is only unreachable comes back).
+    async fn rescue(self: &Arc<Self>, m: &mut Migration, err: ApiError) -> Result<(), ApiError> {
+        let dead = match self.agent(&m.destination)?.get(&m.vm).await {
+            Ok(st) => !matches!(st.state, VmState::Migrating | VmState::Running),
+            Err(e) => e.status == 404,
+        };
+        if !dead || m.used_mode.as_deref() != Some("precopy") {
+            return Err(err);
+        }
+        let st = self.agent(&m.source)?.revert_migration(&m.vm, &m.uuid).await?;
+        let mut vm = self.vm(&m.vm)?;
+        crate::service::apply_status(&mut vm, &st);
+        self.put_vm(&vm)?;
+        let why = format!(
+            "the VM did not survive at {} ({}); resumed at {} from its handed-over state",
+            m.destination, err.message, m.source
+        );
+        tracing::warn!("migration {}: {why}", m.id);
+        self.roll_back(m, MigrationState::Failed, why).await
     }
 
     /// Before the switch: the VM stays at the source; the arriving copy goes.

@@ -200,6 +200,39 @@ impl Manager {
 
     // ---- source --------------------------------------------------------------------------
 
+    /// After a completed pre-copy whose destination copy did not survive: runs this host's
+    /// stopped copy again (it holds the VM exactly as it was handed over).
+    pub async fn revert_outgoing(&self, name: &str, uuid: uuid::Uuid) -> Result<VmStatus, ApiError> {
+        let e = self.entry(name)?;
+        let r = e.snapshot();
+        if r.def.uuid != uuid || r.state != VmState::Migrated {
+            return Err(ApiError::conflict(format!("VM {name:?} here is {}, not a handed-over copy", r.state)));
+        }
+        let last = match &r.migration {
+            Some(Role::Out { last: Some(l), .. }) => l.clone(),
+            _ => return Err(ApiError::conflict(format!("VM {name:?} has no completed migration here"))),
+        };
+        if last.figures.used_mode.as_deref() != Some("precopy") {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} moved by post-copy: the memory here is not complete, it cannot run here again"
+            )));
+        }
+        if !r.pid.is_some_and(|p| qemu::is_ours(p, &r.def.uuid)) {
+            return Err(ApiError::conflict(format!("VM {name:?}: the stopped QEMU here is gone")));
+        }
+        let _g = Manager::claim(&e, name).await?;
+        // `cont` re-activates the disk images a completed migration deactivated.
+        crate::qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
+        e.update(|r| {
+            r.state = VmState::Running;
+            r.migration = None;
+        })?;
+        drop(_g);
+        self.refresh_filter().await;
+        tracing::warn!("VM {name} resumed here: its copy at the destination did not survive");
+        Ok(e.status())
+    }
+
     /// Starts sending a running VM to the destination described in `req`; returns at once.
     /// Progress and outcome: [`Manager::outgoing_status`].
     pub async fn outgoing(
