@@ -449,16 +449,8 @@ impl Manager {
         if !restore {
             let _ = std::fs::remove_file(e.paths.console_log());
         }
-        let args = qemu::command_line(&r.def, &t, &e.paths, self.s.accel, restore);
-        guest::forget(&e.paths.guest());
         let started = Instant::now();
-        let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
-        e.update(|r| r.pid = Some(pid))?;
-        if let (Some(n), Some(net)) = (r.def.network, &self.s.net) {
-            net.attach(&qemu::tap_name(&r.def), n.vni, n.mtu)
-                .await
-                .map_err(|err| ApiError::internal(err.to_string()))?;
-        }
+        let pid = self.spawn_qemu(e, &t, restore).await?;
         self.refresh_filter().await;
         if restore {
             let src = format!("exec:cat {}", e.paths.saved_state().display());
@@ -478,6 +470,20 @@ impl Manager {
             let _ = std::fs::remove_file(e.paths.saved_state());
         }
         self.wait_ready(e, pid, started).await
+    }
+
+    /// Starts the VM's QEMU (`incoming`: waiting for a saved or migrated state), records its
+    /// PID and puts its NIC on its network.
+    async fn spawn_qemu(&self, e: &Entry, t: &Template, incoming: bool) -> Result<u32, ApiError> {
+        let def = e.snapshot().def;
+        let args = qemu::command_line(&def, t, &e.paths, self.s.accel, incoming);
+        guest::forget(&e.paths.guest());
+        let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
+        e.update(|r| r.pid = Some(pid))?;
+        if let (Some(n), Some(net)) = (def.network, &self.s.net) {
+            net.attach(&qemu::tap_name(&def), n.vni, n.mtu).await.map_err(|err| internal(err.to_string()))?;
+        }
+        Ok(pid)
     }
 
     async fn wait_ready(&self, e: &Entry, pid: u32, started: Instant) -> Result<(), ApiError> {

@@ -54,7 +54,7 @@ pub(crate) fn ipam_key(ip: &str) -> String {
 }
 
 /// JSON bytes of a value, for a store batch.
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 

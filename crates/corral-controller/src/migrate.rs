@@ -22,6 +22,7 @@ use corral_api::migration::{
 use corral_api::{now_ms, ApiError, HostState, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
+use crate::clusters::encode;
 use crate::service::{definition, lock, store_err, BusyGuard, Controller, VMS};
 
 pub(crate) const MIGRATIONS: &str = "migrations";
@@ -37,10 +38,6 @@ pub(crate) struct Slots {
     running: Mutex<BTreeMap<String, (String, String)>>,
     freed: tokio::sync::Notify,
     cancel: Mutex<HashSet<String>>,
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn put<T: serde::Serialize>(table: &str, key: &str, v: &T) -> Result<Op, ApiError> {
@@ -138,12 +135,8 @@ impl Controller {
                 v.schedulable = false;
             }
         }
-        self.place_member(vm, &views, to).map_err(|e| match to {
-            Some(t) if e.status == 507 || e.message.contains("capacity") || e.message.contains("fit") => {
-                ApiError { message: format!("host {t} cannot take VM {name:?}: {}", e.message), ..e }
-            }
-            _ => e,
-        })
+        // The scheduler core's refusal names the host and what it lacks.
+        self.place_member(vm, &views, to)
     }
 
     /// Starts (or queues) a live migration; returns its record at once.

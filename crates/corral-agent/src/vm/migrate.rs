@@ -102,13 +102,7 @@ impl Manager {
             let tmp = e.paths.dir.join("disk.qcow2.partial");
             qemu::create_overlay(&t.disk, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
             std::fs::rename(&tmp, e.paths.disk()).map_err(internal)?;
-            let args = qemu::command_line(&def, &t, &e.paths, self.s.accel, true);
-            crate::guest::forget(&e.paths.guest());
-            let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
-            e.update(|r| r.pid = Some(pid))?;
-            if let (Some(n), Some(net)) = (def.network, &self.s.net) {
-                net.attach(&qemu::tap_name(&def), n.vni, n.mtu).await.map_err(|err| internal(err.to_string()))?;
-            }
+            self.spawn_qemu(&e, &t, true).await?;
             let mut q = QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
             let nbd_port = free_port(listen)?;
             q.execute(
@@ -501,27 +495,14 @@ impl Manager {
             Err(x) => x,
         };
         out.1 = with_mode(out.1, in_postcopy);
-        // Back to running here: no mirror left, vCPUs running.
         let t = Instant::now();
-        let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
-        for _ in 0..100 {
-            let m = q.execute("query-migrate", None).await.unwrap_or(Value::Null);
-            if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // QEMU serves one QMP client at a time: ask on this connection.
-        if let Ok(st) = q.execute("query-status", None).await {
-            if st["status"].as_str() != Some("running") {
-                let _ = q.execute("cont", None).await;
-            }
-        }
+        back_to_running(&mut q, &job).await;
         tracing::info!("migration {}: source back to running in {:?}", req.id, t.elapsed());
         Err(out)
     }
 
-    /// Writes the outcome: a migrated copy ends its QEMU; a failed one runs on.
+    /// Writes the outcome: a migrated copy is marked so (its stopped QEMU stays until the
+    /// controller deletes the copy); a failed one runs on.
     async fn conclude(&self, e: &Entry, id: &str, res: Result<MigrationFigures, (MigrationState, MigrationFigures)>) {
         let (state, mut figures) = match res {
             Ok(f) => (MigrationState::Completed, f),
@@ -605,26 +586,33 @@ impl Manager {
             }
             _ => {
                 // Pre-copy or switch-over cut short by the restart: stay here.
-                let q = e.paths.qmp();
-                let _ = crate::qmp::run(&q, "migrate_cancel", None).await;
-                let _ =
-                    crate::qmp::run(&q, "block-job-cancel", Some(json!({"device": job_id(&id), "force": true}))).await;
-                for _ in 0..100 {
-                    let m = crate::qmp::run(&q, "query-migrate", None).await.unwrap_or(Value::Null);
-                    if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if crate::qmp::status(&q).await.map_err(internal)? != "running" {
-                    let _ = crate::qmp::run(&q, "cont", None).await;
-                }
+                let mut q = QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
+                back_to_running(&mut q, &job_id(&id)).await;
                 let why = "the source agent restarted during the migration; cancelled, the VM keeps running here";
                 self.conclude(e, &id, Err((MigrationState::Failed, figures("failed", Some(why.into()))))).await;
                 tracing::info!("VM {}: migration {id} cancelled after restart", r.def.name);
             }
         }
         Ok(())
+    }
+}
+
+/// Calls a migration off at the source: no migration, no mirror job, vCPUs running. Uses the
+/// caller's connection (QEMU serves one QMP client at a time).
+async fn back_to_running(q: &mut QmpClient, job: &str) {
+    let _ = q.execute("migrate_cancel", None).await;
+    let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
+    for _ in 0..100 {
+        let m = q.execute("query-migrate", None).await.unwrap_or(Value::Null);
+        if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Ok(st) = q.execute("query-status", None).await {
+        if st["status"].as_str() != Some("running") {
+            let _ = q.execute("cont", None).await;
+        }
     }
 }
 

@@ -125,49 +125,27 @@ pub fn idle_vm_moves_live_and_stays_reachable() -> Result<(), Failed> {
     check(o.status.success(), format!("cluster delete: {}", text(&o)))
 }
 
+/// Migrates t-busy to lab-2 over a 40 Mbit/s link, waiting; returns (exit status ok, record).
+fn migrate_busy(mode: &str, budget: &str) -> Result<(bool, Value), Failed> {
+    let args = ["vm", "migrate", "t-busy", "--to", "lab-2", "--mode", mode, "--bandwidth", "40M", "--budget", budget];
+    let o = corral(&[&args[..], &["-o", "json"]].concat());
+    let m: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))?;
+    Ok((o.status.success(), m))
+}
+
 pub fn busy_vm_defeats_precopy_but_not_auto() -> Result<(), Failed> {
     create("t-busy", &["--host", "lab-1", "--workload", "dirty:24:48"])?;
     // 40 Mbit/s (5 MB/s) is slower than the guest dirties its 48 MiB.
-    let o = corral(&[
-        "vm",
-        "migrate",
-        "t-busy",
-        "--to",
-        "lab-2",
-        "--mode",
-        "precopy",
-        "--bandwidth",
-        "40M",
-        "--budget",
-        "10s",
-        "-o",
-        "json",
-    ]);
-    check(!o.status.success(), format!("precopy must not succeed: {}", text(&o)))?;
-    let m: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))?;
+    let (ok, m) = migrate_busy("precopy", "10s")?;
+    check(!ok, format!("precopy must not succeed: {m}"))?;
     check(m["state"] == "failed", format!("precopy failed: {m}"))?;
     check(m["result"].as_str().is_some_and(|r| r.contains("did not converge")), format!("says why: {m}"))?;
     let v = vm("t-busy")?;
     check(v["host"] == "lab-1" && v["state"] == "running", format!("still running at the source: {v}"))?;
     check(!copy_on("lab-2", "t-busy"), "nothing left at the destination")?;
     let c1 = counter("t-busy")?;
-    let o = corral(&[
-        "vm",
-        "migrate",
-        "t-busy",
-        "--to",
-        "lab-2",
-        "--mode",
-        "auto",
-        "--bandwidth",
-        "40M",
-        "--budget",
-        "30s",
-        "-o",
-        "json",
-    ]);
-    check(o.status.success(), format!("auto completes: {}", text(&o)))?;
-    let m: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("{e}: {}", text(&o)))?;
+    let (ok, m) = migrate_busy("auto", "30s")?;
+    check(ok, format!("auto completes: {m}"))?;
     check(m["state"] == "completed" && m["used_mode"] == "postcopy", format!("auto switched to post-copy: {m}"))?;
     check(m["actions"].as_array().is_some_and(|a| !a.is_empty()), format!("the policy says what it did: {m}"))?;
     let v = vm("t-busy")?;
