@@ -367,9 +367,9 @@ impl Manager {
                 Some(json!({"capabilities": caps(&[
                     ("pause-before-switchover", true),
                     ("postcopy-ram", postcopy),
-                    // XBZRLE stays off: with QEMU 7.2 under TCG, a post-copy after an earlier
-                    // cancelled migration with XBZRLE on left the guest's memory corrupt.
-                    ("xbzrle", false),
+                    // XBZRLE (re-sent pages go as deltas against a cache of what was sent) in
+                    // `auto` only: `precopy` is QEMU's defaults, the baseline it is measured by.
+                    ("xbzrle", auto),
                     ("auto-converge", auto),
                 ])})),
             )
@@ -381,6 +381,13 @@ impl Manager {
             }
             if let Some(b) = req.bandwidth {
                 params.insert("max-bandwidth".into(), json!(b));
+            }
+            if auto {
+                // A quarter of guest memory holds a typical dirtying working set; QEMU's
+                // default (64 MiB) is too small for large guests and too big for small ones.
+                let mem = q.execute("query-memory-size-summary", None).await?;
+                let cache = (u(&mem, &["base-memory"]) / 4).max(16 << 20) & !0xfff;
+                params.insert("xbzrle-cache-size".into(), json!(cache));
             }
             if !params.is_empty() {
                 q.execute("migrate-set-parameters", Some(Value::Object(params))).await?;
