@@ -87,6 +87,20 @@ pub fn usage(sampler: &mut CpuSampler, data_dir: &Path) -> HostUsage {
     }
 }
 
+/// CPU time a process's threads ran plus the time they waited on a run queue for a CPU, in
+/// nanoseconds, summed over its threads (`/proc/PID/task/*/schedstat`; None without
+/// scheduler statistics). Over an interval this is the CPU it wanted, which is more than it
+/// got when the host's CPUs are contended.
+pub fn wanted_cpu_ns(pid: u32) -> Option<u64> {
+    let mut sum = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+        let mut f = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+        sum += f.next().unwrap_or(0) + f.next().unwrap_or(0);
+    }
+    Some(sum)
+}
+
 /// utime+stime (clock ticks) and RSS (KiB) of a process.
 pub fn proc_stat(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

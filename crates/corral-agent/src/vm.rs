@@ -53,13 +53,22 @@ pub struct VmRecord {
     pub migration: Option<migrate::Role>,
 }
 
+/// A QEMU process's CPU counters at one instant: used time (clock ticks) and used plus
+/// run-queue waiting time of all its threads (ns), for the demand of the next sample.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMark {
+    ticks: u64,
+    wanted_ns: Option<u64>,
+    at: Instant,
+}
+
 #[derive(Debug)]
 struct Entry {
     paths: VmPaths,
     /// Held for the whole of a lifecycle operation (or a live migration): one at a time per VM.
     op: Arc<tokio::sync::Mutex<()>>,
     rec: Mutex<VmRecord>,
-    usage: Mutex<(VmUsage, Option<(u64, Instant)>)>,
+    usage: Mutex<(VmUsage, Option<CpuMark>)>,
     /// Figures of the outgoing migration, while it runs and after it ended.
     outgoing: Mutex<Option<corral_api::migration::OutgoingStatus>>,
     /// Set to ask the running outgoing migration to stop.
@@ -742,15 +751,19 @@ impl Manager {
             let mut u = VmUsage { disk_bytes: qemu::allocated_bytes(&e.paths.disk()), ..Default::default() };
             if let Some((ticks, rss_kib)) = hostinfo::proc_stat(pid) {
                 u.rss_mib = rss_kib / 1024;
-                let now = Instant::now();
+                let mark = CpuMark { ticks, wanted_ns: hostinfo::wanted_cpu_ns(pid), at: Instant::now() };
                 let prev = lock(&e.usage).1;
-                if let Some((t0, i0)) = prev {
-                    let dt = now.duration_since(i0).as_secs_f64();
+                if let Some(p) = prev {
+                    let dt = mark.at.duration_since(p.at).as_secs_f64();
                     if dt > 0.0 {
-                        u.cpu_pct = 100.0 * (ticks.saturating_sub(t0) as f64 / hz) / dt;
+                        u.cpu_pct = 100.0 * (ticks.saturating_sub(p.ticks) as f64 / hz) / dt;
+                        u.cpu_demand_pct = match (mark.wanted_ns, p.wanted_ns) {
+                            (Some(w1), Some(w0)) => (100.0 * w1.saturating_sub(w0) as f64 / 1e9 / dt).max(u.cpu_pct),
+                            _ => u.cpu_pct,
+                        };
                     }
                 }
-                lock(&e.usage).1 = Some((ticks, now));
+                lock(&e.usage).1 = Some(mark);
             }
             if r.state == VmState::Running {
                 u.guest_mem_used_mib = guest::mem_used_mib(&e.paths.guest()).await;

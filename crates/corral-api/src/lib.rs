@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod drs;
 pub mod error;
 pub mod migration;
 pub mod names;
@@ -279,6 +280,10 @@ pub enum Pending {
 pub struct VmUsage {
     /// CPU used by the QEMU process, percent of one core, over the last interval.
     pub cpu_pct: f64,
+    /// CPU the VM wanted: what it used plus the time its threads waited for a host CPU
+    /// (run-queue delay), percent of one core. Equals `cpu_pct` on an uncontended host.
+    #[serde(default)]
+    pub cpu_demand_pct: f64,
     /// Resident memory of the QEMU process, MiB.
     pub rss_mib: u64,
     /// Guest-reported memory in use, MiB (when the guest agent answers).
@@ -297,12 +302,16 @@ pub enum HostState {
     Ready,
     /// Heartbeats missing.
     Unreachable,
+    /// Put in standby by consolidation (powered down or parked); `corral host wake` or the
+    /// DRS loop brings it back.
+    Standby,
 }
 
 impl std::fmt::Display for HostState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             HostState::Ready => "ready",
+            HostState::Standby => "standby",
             HostState::Unreachable => "unreachable",
         })
     }
@@ -364,6 +373,9 @@ pub struct Host {
     /// Maintenance state (`evacuating`, `evacuated`, `evacuation incomplete`), if any.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// On, in standby (emptied by consolidation) or waking.
+    #[serde(default)]
+    pub power: drs::HostPower,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
     /// Templates the host holds.

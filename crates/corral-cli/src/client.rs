@@ -59,6 +59,10 @@ impl Client {
         self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
     }
 
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base))).await
     }

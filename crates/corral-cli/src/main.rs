@@ -4,6 +4,7 @@
 
 mod client;
 mod clusters;
+mod drs;
 mod migrate;
 mod output;
 
@@ -78,6 +79,14 @@ enum Cmd {
         /// Live migrations a host may receive at once.
         #[arg(long, default_value_t = 2)]
         migrations_in: usize,
+        /// Shell command that powers a host down when consolidation puts it in standby
+        /// (`{host}` is replaced by its name), e.g. an IPMI call. Without it, standby hosts are
+        /// only parked (no placements).
+        #[arg(long)]
+        standby_command: Option<String>,
+        /// Shell command that powers a standby host up again (e.g. Wake-on-LAN).
+        #[arg(long)]
+        wake_command: Option<String>,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -120,6 +129,11 @@ enum Cmd {
     Network {
         #[command(subcommand)]
         cmd: clusters::NetworkCmd,
+    },
+    /// Automatic load balancing and consolidation (DRS): settings, plan, history.
+    Drs {
+        #[command(subcommand)]
+        cmd: drs::DrsCmd,
     },
     /// The event log.
     Events,
@@ -196,6 +210,15 @@ enum LabCmd {
         #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
         dir: PathBuf,
     },
+    /// Power a lab host off (its agent stops, as in standby) or on again. The lab's controller
+    /// runs these for consolidation's standby and wake-up.
+    Power {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        host: String,
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
     /// Show the lab.
     Status {
         #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
@@ -222,6 +245,10 @@ enum HostCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Power a standby host up (runs the controller's wake command) and wait for its agent.
+    Wake { name: String },
+    /// Put an empty host in standby (runs the controller's standby command).
+    Standby { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +440,8 @@ async fn run(cli: Cli) -> Result<i32> {
             token_file,
             migrations_out,
             migrations_in,
+            standby_command,
+            wake_command,
         } => {
             init_logs("info");
             if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
@@ -432,6 +461,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 token,
                 migrations_out,
                 migrations_in,
+                standby_command,
+                wake_command,
             })
             .await?;
         }
@@ -479,6 +510,12 @@ async fn run(cli: Cli) -> Result<i32> {
                 HostCmd::Evacuate { name, no_wait } => {
                     return migrate::evacuate(&name, no_wait, &c, o == Output::Json).await
                 }
+                HostCmd::Wake { name } => {
+                    print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/wake"), &()).await?, output::host)?
+                }
+                HostCmd::Standby { name } => {
+                    print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/standby"), &()).await?, output::host)?
+                }
                 HostCmd::Label { name, labels } => {
                     let mut map = std::collections::BTreeMap::new();
                     for l in labels {
@@ -494,6 +531,7 @@ async fn run(cli: Cli) -> Result<i32> {
             print(o, &c.get::<Vec<Template>>("/v1/templates").await?, |t| output::templates(t))?;
         }
         Cmd::Vm { cmd } => return vm(cmd, &client()?, o).await,
+        Cmd::Drs { cmd } => drs::drs(cmd, &client()?, o == Output::Json).await?,
         Cmd::Network { cmd } => clusters::network(cmd, &client()?, o == Output::Json).await?,
         Cmd::Profile { cmd } => clusters::profile(cmd, &client()?, o == Output::Json).await?,
         Cmd::Cluster { cmd } => return clusters::cluster(cmd, &client()?, o == Output::Json).await,
@@ -528,6 +566,21 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
                     println!("{}", s.exports()?);
                 }
             }
+        }
+        LabCmd::Power { state, host, dir } => {
+            let s = corral_lab::LabState::load(&dir)?.with_context(|| format!("no lab in {}", dir.display()))?;
+            let cache = cache_dir();
+            let opts = corral_lab::UpOptions {
+                hosts: s.hosts.len() as u32,
+                index: s.index,
+                dir,
+                templates: cache.join("guest"),
+                cache,
+                exe: std::env::current_exe().context("cannot find the corral binary")?,
+                accel: s.accel.clone(),
+            };
+            corral_lab::power(&opts, &host, state == "on").await?;
+            eprintln!("lab power: {host} {state}");
         }
         LabCmd::Down { dir } => {
             if corral_lab::down(&dir)? {

@@ -34,7 +34,7 @@ fn opt(s: &Option<String>) -> String {
 
 pub fn hosts(hs: &[Host]) {
     table(
-        &["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED"],
+        &["NAME", "STATE", "POWER", "ACCEL", "VCPUS", "MEMORY", "VMS", "CPU%", "MEM USED"],
         hs.iter()
             .map(|h| {
                 vec![
@@ -44,6 +44,7 @@ pub fn hosts(hs: &[Host]) {
                         None if h.cordoned => format!("{} (cordoned)", h.state),
                         None => h.state.to_string(),
                     },
+                    h.power.to_string(),
                     h.accel.as_str().into(),
                     format!("{}/{}", h.allocated.vcpus, h.capacity.vcpus),
                     format!("{}/{}", mib(h.allocated.memory_mib), mib(h.capacity.memory_mib)),
@@ -59,6 +60,7 @@ pub fn hosts(hs: &[Host]) {
 pub fn host(h: &Host) {
     println!("name:        {}", h.name);
     println!("state:       {}", h.state);
+    println!("power:       {}", h.power);
     println!("agent:       {}", h.url);
     println!("accelerator: {} ({})", h.accel.as_str(), h.accel_note);
     println!("vcpus:       {} allocated of {}", h.allocated.vcpus, h.capacity.vcpus);

@@ -13,6 +13,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "lab/clusters.rs"]
 mod clusters;
+#[path = "lab/drs.rs"]
+mod drs;
 #[path = "lab/migration.rs"]
 mod migration;
 #[path = "lab/networks.rs"]
@@ -419,6 +421,7 @@ fn lab_down_leaves_nothing() -> Result<(), Failed> {
 /// Removes whatever a trial left behind (also when it failed), so each trial starts on empty
 /// hosts.
 fn clean_slate() {
+    drs::restore();
     if let Ok(hs) = json(&["host", "list"]) {
         for h in hs.as_array().into_iter().flatten().filter(|h| h["cordoned"] == true) {
             let _ = corral(&["host", "uncordon", h["name"].as_str().unwrap_or_default()]);
@@ -446,7 +449,12 @@ fn main() {
     let l = lab();
     // A lab left by an earlier, interrupted run goes first.
     let _ = corral(&["lab", "down", "--dir", &l.dir.display().to_string()]);
-    let setup = lab_up();
+    // Balancing and consolidation are on by default; the trials of other features turn them
+    // off so that no VM moves under them (the DRS trials turn them on).
+    let setup = lab_up().and_then(|()| {
+        let o = corral(&["drs", "set", "--mode", "off"]);
+        check(o.status.success(), format!("drs off: {}", text(&o)))
+    });
     let t = |name: &'static str, f: fn() -> Result<(), Failed>| {
         let setup = setup.clone();
         Trial::test(name, move || {
@@ -504,8 +512,12 @@ fn main() {
         t("migration_cancel_midway_keeps_vm_at_source", migration::cancel_midway_keeps_vm_at_source),
         t("migration_destination_agent_killed_midway", migration::destination_agent_killed_midway),
         t("migration_source_agent_killed_midway", migration::source_agent_killed_midway_keeps_vm_at_source),
+        t("migration_controller_killed_midway_then_committed", migration::controller_killed_midway_then_committed),
         t("migration_bad_input", migration::migration_bad_input),
         t("migration_evacuate_moves_every_vm_off", migration::evacuate_moves_every_vm_off),
+        t("drs_auto_spreads_cpu_load_by_migration", drs::auto_spreads_cpu_load_by_migration),
+        t("drs_consolidation_standby_then_wake", drs::consolidation_puts_hosts_in_standby_and_load_wakes_them),
+        t("drs_bad_input", drs::drs_bad_input),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

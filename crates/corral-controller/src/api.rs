@@ -20,6 +20,7 @@ use corral_api::agent::{Heartbeat, Register};
 use corral_api::cluster::{
     ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster,
 };
+use corral_api::drs::{DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus};
 use corral_api::migration::{MigrateVm, Migration};
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
 use corral_http::HttpError;
@@ -96,6 +97,11 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(migrations))
         .routes(routes!(migration))
         .routes(routes!(evacuate))
+        .routes(routes!(wake))
+        .routes(routes!(standby))
+        .routes(routes!(drs_status, drs_set))
+        .routes(routes!(drs_plan))
+        .routes(routes!(drs_history))
         .with_state(c.clone())
         .split_for_parts();
     let api = Arc::new(api);
@@ -379,4 +385,50 @@ async fn migration(State(c): C, Path(id): Path<String>) -> R<Migration> {
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn evacuate(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.evacuate_host(&name).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/wake", tag = "hosts",
+    responses((status = 200, body = Host, description = "on again: its agent reports"),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn wake(State(c): C, Path(name): Path<String>) -> R<Host> {
+    c.wake_host(&name).await?;
+    Ok(Json(c.host(&name)?))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{name}/standby", tag = "hosts",
+    responses((status = 200, body = Host, description = "in standby"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn standby(State(c): C, Path(name): Path<String>) -> R<Host> {
+    c.standby_host(&name).await?;
+    Ok(Json(c.host(&name)?))
+}
+
+#[utoipa::path(get, path = "/v1/drs", tag = "drs",
+    responses((status = 200, body = DrsStatus, description = "settings, power states, the latest round")))]
+async fn drs_status(State(c): C) -> R<DrsStatus> {
+    Ok(Json(c.drs_status()?))
+}
+
+#[utoipa::path(patch, path = "/v1/drs", tag = "drs", request_body = DrsSettingsPatch,
+    responses((status = 200, body = DrsSettings), (status = 400, body = ErrorBody)))]
+async fn drs_set(State(c): C, Json(p): Json<DrsSettingsPatch>) -> R<DrsSettings> {
+    Ok(Json(c.set_drs(p)?))
+}
+
+#[utoipa::path(get, path = "/v1/drs/plan", tag = "drs",
+    responses((status = 200, body = DrsRound, description = "what a round would do now (nothing is done)")))]
+async fn drs_plan(State(c): C) -> R<DrsRound> {
+    Ok(Json(c.drs_plan()?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct Limit {
+    /// The most recent rounds to return (default 50).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/drs/history", tag = "drs", params(Limit),
+    responses((status = 200, body = Vec<DrsRound>, description = "rounds that planned something, oldest first")))]
+async fn drs_history(State(c): C, Query(l): Query<Limit>) -> R<Vec<DrsRound>> {
+    Ok(Json(c.drs_rounds(l.limit.unwrap_or(50))?))
 }

@@ -661,7 +661,8 @@ impl Controller {
                 next_index: req.size + 1,
                 created_ms: now_ms(),
             };
-            let (vms, configure_ms, place_ms) = self.plan_members(&c, 1, req.size, &net, vec![])?;
+            let (vms, configure_ms, place_ms) =
+                self.wake_while_short(|| self.plan_members(&c, 1, req.size, &net, vec![])).await?;
             self.write_members(&c, &vms)?;
             let steps = vec![
                 OpStep { name: "configure".into(), ms: configure_ms },
@@ -758,7 +759,8 @@ impl Controller {
             let net = parse_subnet(&c.subnet)?;
             let add = size - have;
             let existing: Vec<String> = members.iter().map(|m| m.host.clone()).collect();
-            let (vms, configure_ms, place_ms) = self.plan_members(&c, c.next_index, add, &net, existing)?;
+            let (vms, configure_ms, place_ms) =
+                self.wake_while_short(|| self.plan_members(&c, c.next_index, add, &net, existing.clone())).await?;
             c.size = size;
             c.next_index += add;
             self.write_members(&c, &vms)?;

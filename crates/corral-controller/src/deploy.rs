@@ -80,7 +80,7 @@ impl Controller {
                 host: req.host.clone(),
                 cpu_overcommit: self.settings.cpu_overcommit,
             };
-            let host = place_one(&self.host_views()?, &request).map_err(place_error)?;
+            let host = self.wake_while_short(|| place_one(&self.host_views()?, &request).map_err(place_error)).await?;
             let uuid = uuid::Uuid::new_v4();
             let vm = Vm {
                 name: req.name.clone(),

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api;
 pub mod clusters;
 pub mod deploy;
+pub mod drs;
 pub mod migrate;
 pub mod network;
 pub mod service;
@@ -35,6 +36,9 @@ pub struct Config {
     /// Concurrent live migrations per host, outbound and inbound.
     pub migrations_out: usize,
     pub migrations_in: usize,
+    /// Shell commands that power a host down for standby and up again (`{host}` replaced).
+    pub standby_command: Option<String>,
+    pub wake_command: Option<String>,
 }
 
 /// Runs the controller until the process is killed.
@@ -51,6 +55,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             templates_dir: cfg.templates_dir.clone(),
             migrations_out: cfg.migrations_out.max(1),
             migrations_in: cfg.migrations_in.max(1),
+            standby_command: cfg.standby_command.clone(),
+            wake_command: cfg.wake_command.clone(),
         },
         cfg.token.clone(),
     ));
@@ -64,6 +70,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         loop {
             r.reconcile_once().await;
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let d = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        loop {
+            d.drs_tick().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     axum::serve(listener, api::router(c)).await?;

@@ -39,6 +39,10 @@ pub struct Settings {
     pub migrations_out: usize,
     /// Live migrations a host may receive at once.
     pub migrations_in: usize,
+    /// Shell command that powers a host down for standby (`{host}` is replaced).
+    pub standby_command: Option<String>,
+    /// Shell command that powers a host up again.
+    pub wake_command: Option<String>,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
@@ -64,6 +68,9 @@ pub struct HostFlags {
     /// Maintenance state: `evacuating`, `evacuated`, `evacuation incomplete`.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// On, standby (emptied and powered down by consolidation) or waking.
+    #[serde(default)]
+    pub power: corral_api::drs::HostPower,
 }
 
 type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
@@ -87,6 +94,7 @@ pub struct Controller {
     pub(crate) backoff: crate::deploy::Backoff,
     pub(crate) pushed: crate::network::Pushed,
     pub(crate) slots: crate::migrate::Slots,
+    pub(crate) drs: crate::drs::DrsLive,
 }
 
 impl std::fmt::Debug for Controller {
@@ -154,6 +162,7 @@ impl Controller {
             backoff: Default::default(),
             pushed: Default::default(),
             slots: Default::default(),
+            drs: Default::default(),
         };
         c.load_ops();
         c
@@ -302,7 +311,13 @@ impl Controller {
             self.store.list_json(crate::clusters::CLUSTERS).map_err(store_err)?;
         regs.into_iter()
             .map(|r| {
-                let (state, last, usage) = self.host_state(&r.name);
+                let (mut state, last, usage) = self.host_state(&r.name);
+                let flags = self.flags(&r.name)?;
+                let mut usage = usage;
+                if flags.power == corral_api::drs::HostPower::Standby && state != HostState::Ready {
+                    state = HostState::Standby;
+                    usage = HostUsage::default();
+                }
                 let mine: Vec<&Vm> = vms.iter().filter(|v| v.host == r.name).collect();
                 let held = mine.iter().filter(|v| v.state.holds_resources());
                 let allocated = corral_api::Capacity {
@@ -310,7 +325,6 @@ impl Controller {
                     memory_mib: held.map(|v| v.memory_mib).sum(),
                     disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
                 };
-                let flags = self.flags(&r.name)?;
                 let nets = self.reported_networks(&r.name);
                 Ok(Host {
                     name: r.name,
@@ -325,6 +339,7 @@ impl Controller {
                     last_heartbeat_ms: last,
                     cordoned: flags.cordoned,
                     maintenance: flags.maintenance,
+                    power: flags.power,
                     labels: flags.labels,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
                     underlay: r.underlay.map(|u| u.to_string()),
@@ -373,7 +388,9 @@ impl Controller {
                 });
                 Ok(HostView {
                     name: r.name.clone(),
-                    schedulable: state == HostState::Ready && !flags.cordoned,
+                    schedulable: state == HostState::Ready
+                        && !flags.cordoned
+                        && flags.power == corral_api::drs::HostPower::On,
                     vcpus: r.capacity.vcpus,
                     memory_mib: r.capacity.memory_mib,
                     used_vcpus: held.clone().map(|v| v.vcpus).sum(),

@@ -44,6 +44,10 @@ pub struct LabHost {
     pub data: PathBuf,
     #[serde(default)]
     pub agent_pid: Option<u32>,
+    /// Put in standby by the controller (`corral lab power off`): its agent is stopped and
+    /// `lab up` leaves it so.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// The lab's state file (`<dir>/lab.json`).
@@ -59,6 +63,13 @@ pub struct LabState {
     #[serde(default)]
     pub controller_pid: Option<u32>,
     pub hosts: Vec<LabHost>,
+    /// The accelerator the agents were started with (`--accel`).
+    #[serde(default = "default_accel")]
+    pub accel: String,
+}
+
+fn default_accel() -> String {
+    "auto".into()
 }
 
 impl LabState {
@@ -89,6 +100,11 @@ impl LabState {
         Ok(format!("export CORRAL_URL={}\nexport CORRAL_TOKEN={}", self.url, token.trim()))
     }
     /// The API token shared by the lab's controller, agents and CLI.
+    /// Hosts not in standby.
+    pub fn powered(&self) -> usize {
+        self.hosts.iter().filter(|h| !h.standby).count()
+    }
+
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("token")
     }
@@ -214,6 +230,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
         provider_bridge: format!("crl{idx}pv"),
         url: format!("http://{gw}:7700"),
         controller_pid: None,
+        accel: o.accel.clone(),
         hosts: (1..=o.hosts)
             .map(|i| LabHost {
                 name: format!("lab-{i}"),
@@ -223,6 +240,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
                 ip: format!("198.18.{idx}.{}", 10 + i),
                 data: dir.join(format!("lab-{i}")),
                 agent_pid: None,
+                standby: false,
             })
             .collect(),
     };
@@ -267,6 +285,10 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
         let mut c = Command::new(&o.exe);
         c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{marker}/controller")]);
         c.arg("--templates").arg(s.library()).arg("--token-file").arg(s.token_file());
+        // Consolidation's standby and wake-up stop and start a host's agent, as a power-off
+        // and a power-on would.
+        let power = |what: &str| format!("'{}' lab power {what} {{host}} --dir '{marker}'", o.exe.display());
+        c.arg("--standby-command").arg(power("off")).arg("--wake-command").arg(power("on"));
         s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
         s.save()?;
     }
@@ -282,7 +304,7 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     std::fs::create_dir_all(&o.cache)?;
     for i in 0..s.hosts.len() {
         let h = s.hosts[i].clone();
-        if h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+        if h.standby || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
             continue;
         }
         std::fs::create_dir_all(&h.data)?;
@@ -316,12 +338,37 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
         ]);
         s.hosts[i].agent_pid = Some(spawn_daemon(c, &dir.join(format!("{}.log", h.name)))?);
         s.save()?;
-        if i == 0 {
+        if !o.cache.join("accel.json").exists() {
             // The first agent probes the accelerator; the others reuse its verdict.
             wait_hosts(s, 1, Duration::from_secs(120)).await?;
         }
     }
-    wait_hosts(s, s.hosts.len(), Duration::from_secs(120)).await
+    wait_hosts(s, s.powered(), Duration::from_secs(120)).await
+}
+
+/// Powers a lab host off (its agent is stopped; the host takes no work) or on again (its agent
+/// is started and reports). What the controller's standby and wake commands run in a lab.
+pub async fn power(o: &UpOptions, host: &str, on: bool) -> Result<()> {
+    let Some(mut s) = LabState::load(&o.dir)? else {
+        bail!("no lab in {}: start one with `corral lab up`", o.dir.display());
+    };
+    let Some(i) = s.hosts.iter().position(|h| h.name == host) else {
+        let names: Vec<&str> = s.hosts.iter().map(|h| h.name.as_str()).collect();
+        bail!("no lab host named {host:?}: the lab has {}", names.join(", "));
+    };
+    let marker = s.dir.display().to_string();
+    if on {
+        s.hosts[i].standby = false;
+        s.save()?;
+        start_daemons(&mut s, o).await
+    } else {
+        s.hosts[i].standby = true;
+        s.save()?;
+        if let Some(p) = s.hosts[i].agent_pid.take() {
+            kill_pid(p, &marker);
+        }
+        s.save()
+    }
 }
 
 async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
@@ -368,8 +415,8 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
 async fn healthy(s: &LabState) -> bool {
     let marker = s.dir.display().to_string();
     s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
-        && s.hosts.iter().all(|h| h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
-        && ready_hosts(s).await == Some(s.hosts.len())
+        && s.hosts.iter().all(|h| h.standby || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && ready_hosts(s).await == Some(s.powered())
 }
 
 /// Status lines of a lab.

@@ -461,8 +461,9 @@ impl Eng<'_> {
             return None;
         }
         let cap = host.cpu_capacity;
-        // The cores must serve the VM's forecast, and its demand now must fit in what is free.
-        if self.vfc[v] > self.core_cap(v, h) * self.p.target || self.demand[h] + vm.demand > cap {
+        // The cores must serve the VM's forecast (a vCPU may use a whole core: the target is
+        // about the host's total), and its demand now must fit in what is free.
+        if self.vfc[v] > self.core_cap(v, h) * 1.000_001 || self.demand[h] + vm.demand > cap {
             return None;
         }
         // The forecast grows by at least the VM's smallest sample.

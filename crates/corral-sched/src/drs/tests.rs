@@ -456,3 +456,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn corral_wakes_a_host_for_a_saturated_two_core_host_with_a_short_history() {
+    // The live lab's case: cores as CPU units, three 1-vCPU VMs wanting a core each on a
+    // 2-core host, the other two hosts in standby, a history of a few samples.
+    let mut hosts: Vec<HostSnapshot> = ["lab-1", "lab-2", "lab-3"]
+        .iter()
+        .map(|n| HostSnapshot { core_capacity: 1.0, memory_mib: 6427, ..host(n, 2.0) })
+        .collect();
+    hosts[0].state = PowerState::Standby;
+    hosts[2].state = PowerState::Standby;
+    let vms = (0..3)
+        .map(|i| VmSnapshot { memory_mib: 256, memory_reserved_mib: 256, ..vm(&format!("d{i}"), 1, 1.0, &[1.0, 1.0]) })
+        .collect();
+    let s = snap(hosts, vms);
+    let p = run(&s, "corral");
+    assert_eq!(p.overloaded, vec![1]);
+    assert_eq!(p.wake.len(), 1, "{p:?}");
+    assert!(!p.migrations.is_empty());
+}
