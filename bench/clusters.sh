@@ -205,6 +205,8 @@ lab_up() { # DIR INDEX
 	"$BIN" lab down --dir "$1" >/dev/null 2>&1 || true
 	log "lab up: $HOSTS hosts, index $2 ($1)"
 	"$BIN" lab up --hosts "$HOSTS" --index "$2" --dir "$1" >/dev/null
+	# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
+	env -u CORRAL_URL -u CORRAL_TOKEN CORRAL_LAB_DIR="$1" "$BIN" drs set --mode off >/dev/null
 	local p
 	for p in $(jq -r '.controller_pid, .hosts[].agent_pid' "$1/lab.json"); do
 		[ "$(readlink "/proc/$p/exe")" = "$(readlink -f "$BIN")" ] || die "PID $p from $1/lab.json is not $BIN"

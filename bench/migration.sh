@@ -40,6 +40,8 @@ trap cleanup EXIT
 cleanup
 C lab up --hosts 3 --index "$INDEX" --dir "$DIR" >/dev/null
 eval "$(C lab status --dir "$DIR" | grep '^export')"
+# Balancing and consolidation are on by default: off, so only the benchmark moves VMs.
+C drs set --mode off >/dev/null
 
 now_ms() { date +%s%3N; }
 # Prints "<host ms at the middle of the exec> <counter>".

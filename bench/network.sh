@@ -208,6 +208,8 @@ eval "$("$BIN" lab up --hosts "$HOSTS" --index "$LAB_INDEX" --dir "$LAB_DIR")"
 [ -n "${CORRAL_URL:-}" ] || die "lab up printed no CORRAL_URL"
 export CORRAL_URL CORRAL_LAB_DIR=$LAB_DIR
 [ -n "${CORRAL_TOKEN:-}" ] && export CORRAL_TOKEN
+# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
+"$BIN" drs set --mode off >/dev/null
 mapfile -t LAB_PIDS < <(jq -r '.controller_pid, .hosts[].agent_pid' "$LAB_DIR/lab.json")
 for _ in $(seq 100); do
 	[ "$(corral host list --output json | jq '[.[] | select(.state == "ready")] | length')" -eq "$HOSTS" ] && break

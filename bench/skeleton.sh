@@ -148,6 +148,8 @@ lab_up() { # DIR INDEX HOSTS ACCEL
 	"$BIN" lab down --dir "$1" >/dev/null 2>&1 || true
 	log "lab up: $3 host(s), index $2, --accel $4 ($1)"
 	"$BIN" lab up --hosts "$3" --index "$2" --dir "$1" --accel "$4" >/dev/null
+	# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
+	env -u CORRAL_URL -u CORRAL_TOKEN CORRAL_LAB_DIR="$1" "$BIN" drs set --mode off >/dev/null
 }
 
 # Takes a lab down and checks that its namespaces, devices and QEMU processes are gone.

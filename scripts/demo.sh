@@ -14,6 +14,8 @@ step "Bring up a lab: a controller and 3 hosts (network namespaces), each runnin
 eval "$("$C" lab up --hosts 3)"
 echo "export CORRAL_URL=$CORRAL_URL"
 echo "export CORRAL_TOKEN=$CORRAL_TOKEN"
+# Balancing and consolidation are on by default; the demo shows them last, so they wait.
+"$C" drs set --mode off >/dev/null
 run "$C" host list
 run "$C" template list
 
@@ -55,6 +57,14 @@ run "$C" host list
 run "$C" cluster resume hpc
 run "$C" cluster scale hpc --size 4
 
+step "Live migration: web1 moves to another host while it runs (the scheduler picks the host)"
+run "$C" vm migrate web1
+run "$C" vm migrations web1
+
+step "Balancing and consolidation (DRS): the plan now, then on, a round every 10 s"
+run "$C" drs plan
+run "$C" drs set --mode auto --interval 10s
+
 cat <<EOT
 
 The lab is still up. Go on by hand:
@@ -63,6 +73,7 @@ The lab is still up. Go on by hand:
   $C vm exec web1 -- cat /proc/uptime
   $C vm stop web1; $C vm start web1
   $C cluster scale hpc --size 8
+  $C drs history; $C host list      # what DRS moved, which hosts sleep
   $C events
 Take it all down with:
   $C lab down
