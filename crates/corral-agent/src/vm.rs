@@ -694,7 +694,8 @@ impl Manager {
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
         let e = self.entry(name)?;
         let state = e.snapshot().state;
-        if state != VmState::Running {
+        // A VM being migrated out runs here until the switch-over.
+        if !matches!(state, VmState::Running | VmState::Migrating) {
             return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {state}, not running")));
         }
         if req.argv.is_empty() {

@@ -435,7 +435,14 @@ impl Controller {
         }
         self.set_power(host, HostPower::Standby)?;
         let note = match &self.settings.standby_command {
-            Some(cmd) => run_power_command(cmd, host).await.map(|o| format!(" ({o})"))?,
+            Some(cmd) => match run_power_command(cmd, host).await {
+                Ok(o) => format!(" ({o})"),
+                Err(e) => {
+                    // Still running: it stays on (and takes VMs again).
+                    self.set_power(host, HostPower::On)?;
+                    return Err(e);
+                }
+            },
             None => " (no --standby-command: parked, not powered off)".into(),
         };
         self.event("host.standby", host, format!("in standby{note}"));
