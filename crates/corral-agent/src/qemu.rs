@@ -193,11 +193,31 @@ pub fn signal(pid: u32, uuid: &uuid::Uuid, sig: nix::sys::signal::Signal) {
     }
 }
 
-/// Waits until the process is gone; false if it is still alive after `timeout`.
+/// Whether our QEMU process is still there, exiting included: a killed process loses its
+/// command line as soon as it drops its memory, well before it has closed its files and
+/// become a zombie, so an empty command line means "still going" here, not "gone".
+fn still_there(pid: u32, uuid: &uuid::Uuid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold any byte.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z" | "X" | "x")) {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) if cmd.is_empty() => true,
+        Ok(cmd) => cmd.split(|b| *b == 0).any(|arg| arg == uuid.to_string().as_bytes()),
+        Err(_) => false,
+    }
+}
+
+/// Waits until the process is gone (exited, a zombie at most); false if it is still there
+/// after `timeout`.
 pub async fn wait_exit(pid: u32, uuid: &uuid::Uuid, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if !is_ours(pid, uuid) {
+        if !still_there(pid, uuid) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

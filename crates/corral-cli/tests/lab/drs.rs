@@ -46,12 +46,13 @@ fn lab_host_standby(name: &str) -> bool {
 fn explain(e: Failed) -> Failed {
     let show = |args: &[&str]| text(&corral(args));
     format!(
-        "{}\n--- host list\n{}\n--- vm list\n{}\n--- drs history\n{}\n--- drs plan\n{}",
+        "{}\n--- host list\n{}\n--- vm list\n{}\n--- drs history\n{}\n--- drs plan\n{}\n--- events\n{}",
         e.message().unwrap_or_default(),
         show(&["host", "list"]),
-        show(&["vm", "list", "-o", "json"]),
+        show(&["vm", "list"]),
         show(&["drs", "history"]),
         show(&["drs", "plan"]),
+        show(&["events"]),
     )
     .into()
 }
@@ -101,8 +102,8 @@ fn spread() -> Result<(), Failed> {
         let v = vm(n)?;
         check(v["state"] == "running" || v["state"] == "migrating", format!("{n} still running: {v}"))?;
     }
+    // Which loops moved is the policy's choice (lab-1 had to lose at least one of its three).
     let moved: Vec<&String> = after.keys().filter(|k| after[*k] != before[*k]).collect();
-    check(moved.iter().all(|k| before[*k] == "lab-1"), format!("only lab-1's loops moved: {before:?} -> {after:?}"))?;
     // The history says what was done and why.
     let rounds = json(&["drs", "history"])?;
     let moves: Vec<&Value> =
@@ -153,18 +154,24 @@ fn consolidate_and_wake() -> Result<(), Failed> {
     })?;
     let placed = hosts_of(&vms)?;
     check(per_host(&placed).len() == 3, format!("advice moved nothing: {placed:?}"))?;
-    // Auto: hosts are emptied and go to standby; their agents stop.
+    // Auto: hosts are emptied and go to standby; their agents stop. The policy picks which
+    // (it may keep another host than advised), and it may put them to sleep one after the
+    // other: wait until the consolidation is done (no VM moving, and every host that has
+    // gone to standby asleep) before judging it.
     drs_set(&["--mode", "auto"])?;
-    let asleep = wait_for("a host in standby", Duration::from_secs(120), || {
+    let asleep = wait_for("consolidation to put hosts in standby and settle", Duration::from_secs(120), || {
         let hs = json(&["host", "list"]).ok()?;
+        let hs = hs.as_array()?;
         let s: Vec<String> = hs
-            .as_array()?
             .iter()
             .filter(|h| h["state"] == "standby" && h["power"] == "standby")
             .filter_map(|h| h["name"].as_str().map(String::from))
             .collect();
-        (!s.is_empty()).then_some(s)
-    })?;
+        let going = hs.iter().any(|h| h["power"] == "standby" && h["state"] != "standby");
+        let moving = vms.iter().any(|n| vm(n).is_ok_and(|v| !v["migration"].is_null()));
+        (!s.is_empty() && !going && !moving).then_some(s)
+    })
+    .map_err(explain)?;
     for h in &asleep {
         check(lab_host_standby(h), format!("{h}'s agent was stopped by the standby command"))?;
         let n = json(&["host", "show", h])?["vms"].as_u64();
@@ -186,9 +193,19 @@ fn consolidate_and_wake() -> Result<(), Failed> {
         ]);
         check(o.status.success(), format!("start a CPU loop in {n}: {}", text(&o)))?;
     }
+    // Any host that went to standby in this trial may be the one woken.
+    let slept: Vec<String> = json(&["events"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "host.standby")
+        .filter_map(|e| e["subject"].as_str().map(String::from))
+        .filter(|h| asleep.contains(h))
+        .collect();
+    check(!slept.is_empty(), format!("the standby of {asleep:?} is an event"))?;
     let woken = wait_for("a standby host to be woken and take a VM", Duration::from_secs(180), || {
         let p = hosts_of(&vms).ok()?;
-        asleep.iter().find(|h| p.values().any(|x| x == *h) && host_field(h, "power").as_deref() == Some("on")).cloned()
+        slept.iter().find(|h| p.values().any(|x| x == *h) && host_field(h, "power").as_deref() == Some("on")).cloned()
     })
     .map_err(explain)?;
     check(host_field(&woken, "state").as_deref() == Some("ready"), format!("{woken} reports again"))?;
