@@ -39,6 +39,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/host", get(host))
+        .route("/v1/probe", post(probe))
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{name}", get(show).delete(delete))
         .route("/v1/vms/{name}/actions/{action}", post(action))
@@ -59,6 +60,14 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 async fn host(State(a): State<Arc<Agent>>) -> Json<corral_api::agent::Register> {
     Json(a.registration())
+}
+
+/// Can this host reach another one? The controller's second path before a failover.
+async fn probe(
+    State(a): State<Arc<Agent>>,
+    Json(req): Json<corral_api::agent::ProbeRequest>,
+) -> Json<corral_api::agent::ProbeReply> {
+    Json(crate::hostinfo::probe(&a.http, &req).await)
 }
 
 async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<VmStatus>> {

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod fence;
 pub mod fetch;
 pub mod filter;
 pub mod guest;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use corral_api::agent::{Heartbeat, Register};
+use corral_api::agent::{Heartbeat, HeartbeatReply, Register};
 
 /// How the agent is configured (`corral agent --help`).
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct Agent {
     pub net: Option<netdev::Net>,
     /// One template transfer at a time.
     pulling: tokio::sync::Mutex<()>,
+    /// This host's lease from the controller (self-fencing).
+    pub lease: fence::Lease,
 }
 
 impl Agent {
@@ -147,6 +150,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         http,
         net,
         pulling: tokio::sync::Mutex::new(()),
+        lease: fence::Lease::load(&cfg.data_dir),
     });
 
     let listener =
@@ -161,6 +165,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(heartbeat_loop(agent.clone()));
+    let f = agent.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Some(why) = f.lease.must_fence(corral_api::now_ms()) {
+                f.vms.fence_all(&why).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
     axum::serve(listener, api::router(agent)).await?;
     Ok(())
 }
@@ -191,12 +204,22 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         }
         if registered {
             let hb = agent.heartbeat();
+            let sent = corral_api::now_ms();
             match post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
-                Ok(_) => {}
+                Ok(r) if r.status().is_success() => {
+                    let reply: HeartbeatReply = r.json().await.unwrap_or_default();
+                    if reply.fenced {
+                        // Declared failed while away: its VMs may run elsewhere now.
+                        agent.vms.fence_all("fenced: the controller declared this host failed and moved its VMs").await;
+                    }
+                    agent.lease.renewed(sent, reply.lease_ms);
+                }
+                Ok(r) => tracing::warn!("heartbeat refused: {}", r.status()),
                 Err(e) => tracing::debug!("heartbeat failed: {e}"),
             }
         }
+        agent.lease.tried();
         tokio::time::sleep(agent.cfg.heartbeat).await;
     }
 }

@@ -722,6 +722,29 @@ impl Manager {
         Ok(ConsoleChunk { offset: 0, next: 0, data: String::new() })
     }
 
+    /// Stops every VM of this host at once (SIGKILL, as a power cut would): the host has lost
+    /// its lease, or was declared failed, so its VMs may be restarted elsewhere. Does not wait
+    /// for operations in flight; they find their QEMU gone.
+    pub async fn fence_all(&self, why: &str) {
+        let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
+        let mut any = false;
+        for e in entries {
+            let Some(pid) = e.live_pid() else { continue };
+            let r = e.snapshot();
+            qemu::kill(pid, &r.def.uuid).await;
+            tracing::warn!("VM {}: {why}", r.def.name);
+            let _ = e.update(|r| {
+                r.state = VmState::Inactive;
+                r.pid = None;
+                r.error = Some(why.to_string());
+            });
+            any = true;
+        }
+        if any {
+            self.refresh_filter().await;
+        }
+    }
+
     /// One pass of the monitor: notices QEMU processes that ended on their own and samples usage.
     pub async fn monitor_once(&self) {
         let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();

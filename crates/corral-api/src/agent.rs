@@ -104,6 +104,38 @@ pub struct VmStatus {
     pub usage: VmUsage,
 }
 
+/// The controller's answer to a heartbeat: the agent's lease, renewed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatReply {
+    /// The lease runs this long from the heartbeat's sending; an agent that cannot renew it
+    /// stops its VMs before it runs out (0: no lease, no self-fencing).
+    #[serde(default)]
+    pub lease_ms: u64,
+    /// The controller has declared this host failed and moved its VMs: stop them all now.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+/// `POST /v1/probe` on an agent: can this host reach another one over the underlay? The
+/// controller's second path for confirming a host failure.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProbeRequest {
+    /// The other host's agent URL (its health endpoint is tried first).
+    pub url: String,
+    /// Its underlay address, pinged when its agent does not answer (the host may be up with
+    /// its agent down).
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProbeReply {
+    pub reachable: bool,
+    /// How (`agent answered`, `answers ping`) or why not.
+    pub how: String,
+}
+
 /// `POST /v1/agents/{name}/heartbeat`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Heartbeat {

@@ -211,6 +211,41 @@ pub struct CreateVm {
     /// Start it right away (default) or leave it inactive.
     #[serde(default = "yes")]
     pub start: bool,
+    /// What happens to it when its host fails; `off` when absent.
+    #[serde(default)]
+    pub ha: HaPolicy,
+}
+
+/// What happens to a VM when its host fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaPolicy {
+    /// It stays with its host: it runs again when the host returns and it is started.
+    #[default]
+    Off,
+    /// Restarted on another host from its template, with the same name, UUID, MAC and IP
+    /// (its disk stayed on the failed host: what it wrote there is not carried over).
+    RestartFresh,
+}
+
+impl std::fmt::Display for HaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HaPolicy::Off => "off",
+            HaPolicy::RestartFresh => "restart-fresh",
+        })
+    }
+}
+
+impl std::str::FromStr for HaPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(HaPolicy::Off),
+            "restart-fresh" => Ok(HaPolicy::RestartFresh),
+            _ => Err(format!("unknown HA policy {s:?}: use off or restart-fresh")),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -263,6 +298,9 @@ pub struct Vm {
     /// The live migration in flight, if any.
     #[serde(default)]
     pub migration: Option<migration::MigrationRef>,
+    /// What happens to it when its host fails.
+    #[serde(default)]
+    pub ha: HaPolicy,
 }
 
 /// Work the controller still owes a VM; the reconciler finishes it after a crash.
@@ -305,6 +343,12 @@ pub enum HostState {
     /// Put in standby by consolidation (powered down or parked); `corral host wake` or the
     /// DRS loop brings it back.
     Standby,
+    /// Heartbeats missing and its peers cannot reach it either: declared failed, its lease
+    /// expired (so its VMs are fenced) and its HA VMs restarted elsewhere.
+    Failed,
+    /// Back after a failure: it reports again but takes no VMs until it has been steady for a
+    /// while (damping, so a flapping host is not given VMs to lose again).
+    Recovering,
 }
 
 impl std::fmt::Display for HostState {
@@ -313,6 +357,8 @@ impl std::fmt::Display for HostState {
             HostState::Ready => "ready",
             HostState::Standby => "standby",
             HostState::Unreachable => "unreachable",
+            HostState::Failed => "failed",
+            HostState::Recovering => "recovering",
         })
     }
 }
@@ -387,6 +433,9 @@ pub struct Host {
     /// Virtual networks present on the host: VNI and bridge.
     #[serde(default)]
     pub networks: Vec<HostNetwork>,
+    /// Failures of this host in the damping window (see `corral ha status`).
+    #[serde(default)]
+    pub failures: u32,
 }
 
 /// A virtual network's devices on a host.
@@ -473,4 +522,31 @@ mod tests {
             assert!(validate_workload(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// `GET /v1/ha`: what is protected against a host failure and what is not.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HaStatus {
+    /// Agents lose their lease (and stop their VMs) this long after their last renewal.
+    pub lease_ms: u64,
+    /// Heartbeats missing this long make a host a suspect, checked by its peers.
+    pub suspect_after_ms: u64,
+    /// VMs restarted elsewhere if their host fails.
+    pub protected: Vec<String>,
+    /// VMs that are not, each with why.
+    pub unprotected: Vec<HaUnprotected>,
+    /// Hosts failed or recovering.
+    pub hosts_down: Vec<String>,
+    /// Whether the protected VMs of the busiest host would fit on the others if it failed.
+    pub spare_ok: bool,
+    /// What the spare-capacity check found.
+    pub spare_note: String,
+}
+
+/// A VM that a host failure would leave down.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HaUnprotected {
+    pub name: String,
+    pub host: String,
+    pub why: String,
 }

@@ -87,6 +87,18 @@ enum Cmd {
         /// Shell command that powers a standby host up again (e.g. Wake-on-LAN).
         #[arg(long)]
         wake_command: Option<String>,
+        /// HA lease of each agent (0 turns HA off): renewed by every heartbeat. An
+        /// agent that cannot renew it stops its VMs before it runs out; a failed host's VMs
+        /// restart elsewhere only after it has. Keep it well above a heartbeat and a
+        /// controller pause you want to ride out.
+        #[arg(long, default_value = "8s", value_parser = duration_arg)]
+        lease: Duration,
+        /// Missing heartbeats for this long make a host a suspect, checked by its peers.
+        #[arg(long, default_value = "2500ms", value_parser = duration_arg)]
+        suspect_after: Duration,
+        /// A failed host that comes back takes no VMs for this long (damping).
+        #[arg(long, default_value = "30s", value_parser = duration_arg)]
+        recover_after: Duration,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -134,6 +146,12 @@ enum Cmd {
     Drs {
         #[command(subcommand)]
         cmd: drs::DrsCmd,
+    },
+    /// High availability: which VMs a host failure would restart elsewhere, which not, and
+    /// whether the others have room for them.
+    Ha {
+        #[command(subcommand)]
+        cmd: HaCmd,
     },
     /// The event log.
     Events,
@@ -219,11 +237,36 @@ enum LabCmd {
         #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
         dir: PathBuf,
     },
+    /// Fail a host as a power loss does: its agent and QEMU processes die at once and its
+    /// underlay link goes down (`corral lab heal` powers it back).
+    Kill {
+        host: String,
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
+    /// Cut a host's underlay link (its processes keep running, cut off).
+    Partition {
+        host: String,
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
+    /// Restore a killed or partitioned host: link up, agent started again if it was killed.
+    Heal {
+        host: String,
+        #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
+        dir: PathBuf,
+    },
     /// Show the lab.
     Status {
         #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HaCmd {
+    /// Protected and unprotected VMs, hosts down, spare capacity, lease.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +321,11 @@ enum VmCmd {
         /// Define it but do not start it.
         #[arg(long)]
         no_start: bool,
+        /// When its host fails: restart-fresh (restarted elsewhere from its template, same
+        /// name, UUID, MAC and IP; what it wrote to its disk stays behind) or off (it waits
+        /// for its host).
+        #[arg(long, default_value = "off", value_parser = ["off", "restart-fresh"])]
+        ha: String,
     },
     /// List VMs.
     List,
@@ -325,6 +373,26 @@ enum VmCmd {
 
 /// Where guest assets and machine-wide caches live: $CORRAL_CACHE, else `.cache` of the
 /// checkout this binary was built in, else /var/cache/corral.
+/// A duration option: 500ms, 10s, 2m.
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    migrate::parse_ms(s).map(Duration::from_millis).map_err(|e| e.to_string())
+}
+
+/// The options of an existing lab, for commands that act on it.
+fn lab_options(dir: PathBuf) -> anyhow::Result<corral_lab::UpOptions> {
+    let s = corral_lab::LabState::load(&dir)?.with_context(|| format!("no lab in {}", dir.display()))?;
+    let cache = cache_dir();
+    Ok(corral_lab::UpOptions {
+        hosts: s.hosts.len() as u32,
+        index: s.index,
+        dir,
+        templates: cache.join("guest"),
+        cache,
+        exe: std::env::current_exe().context("cannot find the corral binary")?,
+        accel: s.accel.clone(),
+    })
+}
+
 fn cache_dir() -> PathBuf {
     if let Some(c) = std::env::var_os("CORRAL_CACHE") {
         return PathBuf::from(c);
@@ -442,8 +510,17 @@ async fn run(cli: Cli) -> Result<i32> {
             migrations_in,
             standby_command,
             wake_command,
+            lease,
+            suspect_after,
+            recover_after,
         } => {
             init_logs("info");
+            if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
+                bail!(
+                    "--lease {lease:?} is too short: it must exceed --suspect-after ({suspect_after:?}) by 2 s at least, \
+                     so a host is checked by its peers before its lease runs out"
+                );
+            }
             if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
                 bail!("--cpu-overcommit must be at least 1.0");
             }
@@ -463,6 +540,9 @@ async fn run(cli: Cli) -> Result<i32> {
                 migrations_in,
                 standby_command,
                 wake_command,
+                lease,
+                suspect_after,
+                recover_after,
             })
             .await?;
         }
@@ -532,6 +612,10 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Vm { cmd } => return vm(cmd, &client()?, o).await,
         Cmd::Drs { cmd } => drs::drs(cmd, &client()?, o == Output::Json).await?,
+        Cmd::Ha { cmd: HaCmd::Status } => {
+            let st: corral_api::HaStatus = client()?.get("/v1/ha").await?;
+            print(o, &st, output::ha)?;
+        }
         Cmd::Network { cmd } => clusters::network(cmd, &client()?, o == Output::Json).await?,
         Cmd::Profile { cmd } => clusters::profile(cmd, &client()?, o == Output::Json).await?,
         Cmd::Cluster { cmd } => return clusters::cluster(cmd, &client()?, o == Output::Json).await,
@@ -568,19 +652,20 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
             }
         }
         LabCmd::Power { state, host, dir } => {
-            let s = corral_lab::LabState::load(&dir)?.with_context(|| format!("no lab in {}", dir.display()))?;
-            let cache = cache_dir();
-            let opts = corral_lab::UpOptions {
-                hosts: s.hosts.len() as u32,
-                index: s.index,
-                dir,
-                templates: cache.join("guest"),
-                cache,
-                exe: std::env::current_exe().context("cannot find the corral binary")?,
-                accel: s.accel.clone(),
-            };
-            corral_lab::power(&opts, &host, state == "on").await?;
+            corral_lab::power(&lab_options(dir)?, &host, state == "on").await?;
             eprintln!("lab power: {host} {state}");
+        }
+        LabCmd::Kill { host, dir } => {
+            corral_lab::fault(&lab_options(dir)?, &host, corral_lab::Fault::Kill).await?;
+            eprintln!("lab kill: {host}'s agent and VMs are dead and its link is down (`corral lab heal {host}`)");
+        }
+        LabCmd::Partition { host, dir } => {
+            corral_lab::fault(&lab_options(dir)?, &host, corral_lab::Fault::Partition).await?;
+            eprintln!("lab partition: {host} is cut off the underlay (`corral lab heal {host}`)");
+        }
+        LabCmd::Heal { host, dir } => {
+            corral_lab::fault(&lab_options(dir)?, &host, corral_lab::Fault::Heal).await?;
+            eprintln!("lab heal: {host} is back on the underlay");
         }
         LabCmd::Down { dir } => {
             if corral_lab::down(&dir)? {
@@ -616,9 +701,10 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
 async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start } => {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
-            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start };
+            let ha = ha.parse().map_err(anyhow::Error::msg)?;
+            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start, ha };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,

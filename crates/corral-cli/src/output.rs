@@ -135,6 +135,7 @@ pub fn vm(v: &Vm) {
     println!("mac:       {}", v.mac);
     println!("ip:        {}", opt(&v.ip));
     println!("workload:  {}", v.workload);
+    println!("ha:        {}", v.ha);
     println!("disk:      {}", opt(&v.disk));
     println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
     if let Some(u) = &v.usage {
@@ -291,4 +292,22 @@ pub fn network(n: &corral_api::cluster::Network) {
             .map(|m| vec![m.name.clone(), m.state.to_string(), m.host.clone(), opt(&m.ip), m.mac.clone()])
             .collect(),
     );
+}
+
+pub fn ha(s: &corral_api::HaStatus) {
+    println!(
+        "lease {:.1} s, suspect after {:.1} s of silence (confirmed by peers before any failover)",
+        s.lease_ms as f64 / 1000.0,
+        s.suspect_after_ms as f64 / 1000.0
+    );
+    println!("hosts down:  {}", if s.hosts_down.is_empty() { "none".into() } else { s.hosts_down.join(", ") });
+    println!("protected:   {}", if s.protected.is_empty() { "none".into() } else { s.protected.join(", ") });
+    println!("spare:       {}{}", if s.spare_ok { "" } else { "NOT ENOUGH: " }, s.spare_note);
+    if !s.unprotected.is_empty() {
+        println!();
+        table(
+            &["UNPROTECTED", "HOST", "WHY"],
+            s.unprotected.iter().map(|u| vec![u.name.clone(), u.host.clone(), u.why.clone()]).collect(),
+        );
+    }
 }

@@ -15,6 +15,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod clusters;
 #[path = "lab/drs.rs"]
 mod drs;
+#[path = "lab/ha.rs"]
+mod ha;
 #[path = "lab/migration.rs"]
 mod migration;
 #[path = "lab/networks.rs"]
@@ -421,6 +423,7 @@ fn lab_down_leaves_nothing() -> Result<(), Failed> {
 /// Removes whatever a trial left behind (also when it failed), so each trial starts on empty
 /// hosts.
 fn clean_slate() {
+    ha::restore();
     drs::restore();
     if let Ok(hs) = json(&["host", "list"]) {
         for h in hs.as_array().into_iter().flatten().filter(|h| h["cordoned"] == true) {
@@ -518,6 +521,9 @@ fn main() {
         t("drs_auto_spreads_cpu_load_by_migration", drs::auto_spreads_cpu_load_by_migration),
         t("drs_consolidation_standby_then_wake", drs::consolidation_puts_hosts_in_standby_and_load_wakes_them),
         t("drs_bad_input", drs::drs_bad_input),
+        t("ha_killed_host_vms_restart_elsewhere", ha::killed_host_vms_restart_elsewhere),
+        t("ha_partitioned_host_fences_itself_first", ha::partitioned_host_fences_itself_first),
+        t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

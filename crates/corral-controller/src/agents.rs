@@ -119,6 +119,14 @@ impl AgentClient {
         self.send(self.http.get(format!("{}/v1/vms/{name}/console?offset={offset}", self.base))).await
     }
 
+    /// Asks this host whether it can reach another one over the underlay.
+    pub async fn probe(
+        &self,
+        req: &corral_api::agent::ProbeRequest,
+    ) -> Result<corral_api::agent::ProbeReply, ApiError> {
+        self.send(self.http.post(format!("{}/v1/probe", self.base)).timeout(Duration::from_secs(4)).json(req)).await
+    }
+
     /// Prepares this host to receive a live-migrating VM.
     pub async fn incoming(
         &self,

@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use corral_api::agent::{Heartbeat, Register};
+use corral_api::agent::{Heartbeat, HeartbeatReply, Register};
 use corral_api::cluster::{
     ClusterView, CreateCluster, Event, Network, Operation, Profile, ProfileSource, ScaleCluster,
 };
@@ -102,6 +102,7 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(drs_status, drs_set))
         .routes(routes!(drs_plan))
         .routes(routes!(drs_history))
+        .routes(routes!(ha_status))
         .with_state(c.clone())
         .split_for_parts();
     let api = Arc::new(api);
@@ -124,10 +125,10 @@ async fn register(State(c): C, Json(r): Json<Register>) -> Result<StatusCode, Ht
 }
 
 #[utoipa::path(post, path = "/v1/agents/{name}/heartbeat", tag = "agents", request_body = Heartbeat,
-    responses((status = 204), (status = 404, body = ErrorBody, description = "unknown host: register")))]
-async fn heartbeat(State(c): C, Path(name): Path<String>, Json(hb): Json<Heartbeat>) -> Result<StatusCode, HttpError> {
-    c.heartbeat(&name, hb)?;
-    Ok(StatusCode::NO_CONTENT)
+    responses((status = 200, body = HeartbeatReply, description = "the lease, renewed"),
+        (status = 404, body = ErrorBody, description = "unknown host: register")))]
+async fn heartbeat(State(c): C, Path(name): Path<String>, Json(hb): Json<Heartbeat>) -> R<HeartbeatReply> {
+    Ok(Json(c.heartbeat(&name, hb)?))
 }
 
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<Host>)))]
@@ -401,6 +402,12 @@ async fn wake(State(c): C, Path(name): Path<String>) -> R<Host> {
 async fn standby(State(c): C, Path(name): Path<String>) -> R<Host> {
     c.standby_host(&name).await?;
     Ok(Json(c.host(&name)?))
+}
+
+#[utoipa::path(get, path = "/v1/ha", tag = "ha",
+    responses((status = 200, body = corral_api::HaStatus, description = "protected and unprotected VMs, hosts down, spare capacity")))]
+async fn ha_status(State(c): C) -> R<corral_api::HaStatus> {
+    Ok(Json(c.ha_status()?))
 }
 
 #[utoipa::path(get, path = "/v1/drs", tag = "drs",

@@ -93,6 +93,8 @@ struct ProfileToml {
     #[serde(default)]
     restart_priority: i32,
     #[serde(default)]
+    ha: Option<String>,
+    #[serde(default)]
     bridged: Option<corral_api::cluster::Bridged>,
 }
 
@@ -313,7 +315,12 @@ impl Controller {
                 return Err(bad("field `placement.labels`: keys and values must not be empty".into()));
             }
         }
+        let ha = match &t.ha {
+            None => corral_api::HaPolicy::Off,
+            Some(h) => h.parse().map_err(|e: String| bad(format!("field `ha`: {e}")))?,
+        };
         Ok(Profile {
+            ha,
             name: name.clone(),
             template: t.template,
             vcpus: t.vcpus,
@@ -363,7 +370,7 @@ impl Controller {
 
     // ---- clusters ----------------------------------------------------------------------
 
-    fn cluster(&self, name: &str) -> Result<Cluster, ApiError> {
+    pub(crate) fn cluster(&self, name: &str) -> Result<Cluster, ApiError> {
         self.store
             .get_json(CLUSTERS, name)
             .map_err(store_err)?
@@ -585,6 +592,7 @@ impl Controller {
                 disk_mib: p.disk_mib,
                 network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
                 migration: None,
+                ha: p.ha,
             });
         }
         let configure_ms = t0.elapsed().as_millis() as u64;

@@ -104,6 +104,7 @@ impl Controller {
                 disk_mib: None,
                 network: None,
                 migration: None,
+                ha: req.ha,
             };
             // Intent first: the record exists before the host is asked to do anything.
             self.put_vm(&vm)?;

@@ -326,7 +326,12 @@ impl Controller {
                 state: if on { PowerState::On } else { PowerState::Standby },
                 cpu_used: used[i],
                 // A standby host may be woken for VMs unless an operator cordoned it.
-                schedulable: (ready || !on) && !flags.cordoned && flags.maintenance.is_none(),
+                // Nor a host that failed or is recovering from a failure (HA damping).
+                schedulable: (ready || !on)
+                    && !flags.cordoned
+                    && flags.maintenance.is_none()
+                    && flags.failed.is_none()
+                    && flags.recovering_until_ms.is_none_or(|t| now_ms() >= t),
                 keep_on: settings.keep_on.contains(&r.name) || parked || !ready || (lives_there[i] && !on),
             });
         }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod clusters;
 pub mod deploy;
 pub mod drs;
+pub mod ha;
 pub mod migrate;
 pub mod network;
 pub mod service;
@@ -39,6 +40,11 @@ pub struct Config {
     /// Shell commands that power a host down for standby and up again (`{host}` replaced).
     pub standby_command: Option<String>,
     pub wake_command: Option<String>,
+    /// HA: agents' lease, when a silent host becomes a suspect, and how long a returned host
+    /// recovers before it takes VMs.
+    pub lease: Duration,
+    pub suspect_after: Duration,
+    pub recover_after: Duration,
 }
 
 /// Runs the controller until the process is killed.
@@ -57,6 +63,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             migrations_in: cfg.migrations_in.max(1),
             standby_command: cfg.standby_command.clone(),
             wake_command: cfg.wake_command.clone(),
+            lease: cfg.lease,
+            suspect_after: cfg.suspect_after,
+            recover_after: cfg.recover_after,
         },
         cfg.token.clone(),
     ));
@@ -78,6 +87,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         loop {
             d.drs_tick().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let h = c.clone();
+    tokio::spawn(async move {
+        loop {
+            h.ha_tick().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
     axum::serve(listener, api::router(c)).await?;

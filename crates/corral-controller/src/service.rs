@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::agent::{Heartbeat, Register, VmDefinition, VmStatus};
+use corral_api::agent::{Heartbeat, HeartbeatReply, Register, VmDefinition, VmStatus};
 use corral_api::cluster::Event;
 use corral_api::{
     now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Host, HostState, HostUsage, Template, Vm, VmState, VmUsage,
@@ -43,6 +43,13 @@ pub struct Settings {
     pub standby_command: Option<String>,
     /// Shell command that powers a host up again.
     pub wake_command: Option<String>,
+    /// Agents' lease: renewed by each heartbeat; an agent that cannot renew it stops its VMs,
+    /// and a failed host's VMs are restarted elsewhere only once it has run out (0: no HA).
+    pub lease: Duration,
+    /// Heartbeats missing this long make a host a suspect, checked by its peers.
+    pub suspect_after: Duration,
+    /// A failed host that returns takes no VMs for this long.
+    pub recover_after: Duration,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
@@ -71,6 +78,15 @@ pub struct HostFlags {
     /// On, standby (emptied and powered down by consolidation) or waking.
     #[serde(default)]
     pub power: corral_api::drs::HostPower,
+    /// Declared failed (and not back yet).
+    #[serde(default)]
+    pub failed: Option<crate::ha::Failure>,
+    /// When it was declared failed, within the damping window.
+    #[serde(default)]
+    pub failures: Vec<u64>,
+    /// Back from a failure: no placements until then (ms since the epoch).
+    #[serde(default)]
+    pub recovering_until_ms: Option<u64>,
 }
 
 type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
@@ -95,6 +111,7 @@ pub struct Controller {
     pub(crate) pushed: crate::network::Pushed,
     pub(crate) slots: crate::migrate::Slots,
     pub(crate) drs: crate::drs::DrsLive,
+    pub(crate) ha: crate::ha::HaLive,
 }
 
 impl std::fmt::Debug for Controller {
@@ -120,6 +137,18 @@ pub(crate) struct BusyGuard {
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         lock(&self.c.busy).remove(&self.name);
+    }
+}
+
+/// A host's state with its HA flags applied: failed until it is back, then recovering for a
+/// while (it takes no VMs in either).
+fn ha_state(state: HostState, flags: &HostFlags) -> HostState {
+    if flags.failed.as_ref().is_some_and(|f| f.fenced_ms.is_some() || state != HostState::Ready) {
+        HostState::Failed
+    } else if state == HostState::Ready && flags.recovering_until_ms.is_some_and(|t| now_ms() < t) {
+        HostState::Recovering
+    } else {
+        state
     }
 }
 
@@ -163,6 +192,7 @@ impl Controller {
             pushed: Default::default(),
             slots: Default::default(),
             drs: Default::default(),
+            ha: Default::default(),
         };
         c.load_ops();
         c
@@ -209,10 +239,21 @@ impl Controller {
         Ok(())
     }
 
-    /// Records a heartbeat and brings VM states in line with what the agent reports.
-    pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<(), ApiError> {
+    /// Records a heartbeat and brings VM states in line with what the agent reports; the
+    /// reply renews the host's lease.
+    pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<HeartbeatReply, ApiError> {
         if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
             return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
+        }
+        let alive = hb
+            .vms
+            .iter()
+            .any(|v| !matches!(v.state, VmState::Inactive | VmState::Suspended | VmState::Error | VmState::Migrated));
+        let reply = self.ha_on_heartbeat(host, alive)?;
+        if reply.fenced {
+            // Fenced: what it reports is not the VMs' state any more; it stops them first.
+            lock(&self.live).remove(host);
+            return Ok(reply);
         }
         for st in &hb.vms {
             if self.is_busy(&st.name) {
@@ -233,7 +274,12 @@ impl Controller {
             host.to_string(),
             Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms, networks: hb.networks },
         );
-        Ok(())
+        Ok(reply)
+    }
+
+    /// When the host's last heartbeat arrived, if one did since this controller started.
+    pub(crate) fn last_heartbeat(&self, host: &str) -> Option<(Instant, u64)> {
+        lock(&self.live).get(host).map(|l| (l.last, l.last_ms))
     }
 
     pub(crate) fn host_ready(&self, name: &str) -> bool {
@@ -318,6 +364,7 @@ impl Controller {
                     state = HostState::Standby;
                     usage = HostUsage::default();
                 }
+                state = ha_state(state, &flags);
                 let mine: Vec<&Vm> = vms.iter().filter(|v| v.host == r.name).collect();
                 let held = mine.iter().filter(|v| v.state.holds_resources());
                 let allocated = corral_api::Capacity {
@@ -343,6 +390,7 @@ impl Controller {
                     labels: flags.labels,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
                     underlay: r.underlay.map(|u| u.to_string()),
+                    failures: flags.failures.len() as u32,
                     networks: nets
                         .into_iter()
                         .map(|vni| corral_api::HostNetwork {
@@ -381,6 +429,7 @@ impl Controller {
             .map(|r| {
                 let (state, _, usage) = self.host_state(&r.name);
                 let flags = self.flags(&r.name)?;
+                let state = ha_state(state, &flags);
                 // A VM arriving by migration holds room on its destination too.
                 let held = vms.iter().filter(|v| {
                     (v.host == r.name && (v.state.holds_resources() || v.pending.is_some()))

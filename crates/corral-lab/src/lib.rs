@@ -48,6 +48,11 @@ pub struct LabHost {
     /// `lab up` leaves it so.
     #[serde(default)]
     pub standby: bool,
+    /// A fault injected by `corral lab kill` (`killed`: agent and QEMU processes dead, link
+    /// down, as in a power loss) or `corral lab partition` (`partitioned`: underlay link cut,
+    /// processes alive). `corral lab heal` clears it; until then `lab up` leaves the host so.
+    #[serde(default)]
+    pub fault: Option<String>,
 }
 
 /// The lab's state file (`<dir>/lab.json`).
@@ -102,7 +107,7 @@ impl LabState {
     /// The API token shared by the lab's controller, agents and CLI.
     /// Hosts not in standby.
     pub fn powered(&self) -> usize {
-        self.hosts.iter().filter(|h| !h.standby).count()
+        self.hosts.iter().filter(|h| !h.standby && h.fault.is_none()).count()
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -241,6 +246,7 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
                 data: dir.join(format!("lab-{i}")),
                 agent_pid: None,
                 standby: false,
+                fault: None,
             })
             .collect(),
     };
@@ -304,7 +310,7 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     std::fs::create_dir_all(&o.cache)?;
     for i in 0..s.hosts.len() {
         let h = s.hosts[i].clone();
-        if h.standby || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+        if h.standby || h.fault.is_some() || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
             continue;
         }
         std::fs::create_dir_all(&h.data)?;
@@ -371,6 +377,72 @@ pub async fn power(o: &UpOptions, host: &str, on: bool) -> Result<()> {
     }
 }
 
+/// A fault to inject into a lab host, or its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Power loss: the agent and every QEMU process of the host die at once (SIGKILL) and its
+    /// underlay link goes down (a powered-off machine answers nothing).
+    Kill,
+    /// The host's underlay link is cut; its processes keep running.
+    Partition,
+    /// The link comes back and a killed host's agent is started again (power restored).
+    Heal,
+}
+
+/// Injects a fault into a lab host (`corral lab kill|partition|heal HOST`), so failures can
+/// be rehearsed the way the tests do.
+pub async fn fault(o: &UpOptions, host: &str, f: Fault) -> Result<()> {
+    let Some(mut s) = LabState::load(&o.dir)? else {
+        bail!("no lab in {}: start one with `corral lab up`", o.dir.display());
+    };
+    let Some(i) = s.hosts.iter().position(|h| h.name == host) else {
+        let names: Vec<&str> = s.hosts.iter().map(|h| h.name.as_str()).collect();
+        bail!("no lab host named {host:?}: the lab has {}", names.join(", "));
+    };
+    let veth = s.hosts[i].veth.clone();
+    match f {
+        Fault::Kill => {
+            // Recorded first: an interrupted kill is still known to `heal` and `down`.
+            s.hosts[i].fault = Some("killed".into());
+            s.save()?;
+            ip(&["link", "set", &veth, "down"])?;
+            let marker = s.dir.display().to_string();
+            let mut victims: Vec<(u32, String)> = qemu_pids(&s.hosts[i].data);
+            if let Some(p) = s.hosts[i].agent_pid.take() {
+                victims.push((p, marker));
+            }
+            // All at once, no warning: SIGKILL to each, then wait for them to go.
+            for (pid, mark) in &victims {
+                if pid_is_ours(*pid, mark) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let t = Instant::now();
+            while victims.iter().any(|(p, m)| pid_is_ours(*p, m)) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            s.save()
+        }
+        Fault::Partition => {
+            if s.hosts[i].fault.as_deref() == Some("killed") {
+                bail!("{host} is killed already: `corral lab heal {host}` first");
+            }
+            s.hosts[i].fault = Some("partitioned".into());
+            s.save()?;
+            ip(&["link", "set", &veth, "down"])
+        }
+        Fault::Heal => {
+            ip(&["link", "set", &veth, "up"])?;
+            s.hosts[i].fault = None;
+            s.save()?;
+            start_daemons(&mut s, o).await
+        }
+    }
+}
+
 async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let t = Instant::now();
@@ -392,7 +464,13 @@ async fn ready_hosts(s: &LabState) -> Option<usize> {
     let token = std::fs::read_to_string(s.token_file()).ok()?;
     let resp = http.get(format!("{}/v1/hosts", s.url)).bearer_auth(token.trim()).send().await.ok()?;
     let hosts: Vec<corral_api::Host> = resp.json().await.ok()?;
-    Some(hosts.iter().filter(|h| h.state == corral_api::HostState::Ready).count())
+    // A host back from a failure reports but recovers a while before taking VMs: it is up.
+    Some(
+        hosts
+            .iter()
+            .filter(|h| matches!(h.state, corral_api::HostState::Ready | corral_api::HostState::Recovering))
+            .count(),
+    )
 }
 
 async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
@@ -415,7 +493,9 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
 async fn healthy(s: &LabState) -> bool {
     let marker = s.dir.display().to_string();
     s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
-        && s.hosts.iter().all(|h| h.standby || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && s.hosts
+            .iter()
+            .all(|h| h.standby || h.fault.is_some() || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
         && ready_hosts(s).await == Some(s.powered())
 }
 

@@ -1,0 +1,244 @@
+//! High availability on the live lab: a host killed as in a power loss has its HA VMs running
+//! elsewhere with their identity; a partitioned host fences itself before its VMs restart
+//! elsewhere, so no sampled moment shows two QEMU processes of one VM; a host that keeps
+//! failing is quarantined. Every trial heals what it broke (the harness's clean-up does too).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use super::{check, corral, create, fails, json, lab, text, vm, wait_for};
+
+fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
+    let mut a = vec!["lab"];
+    a.extend(args);
+    let o = corral(&a);
+    check(o.status.success(), format!("corral {}: {}", a.join(" "), text(&o)))
+}
+
+fn host_state(name: &str) -> Option<String> {
+    json(&["host", "show", name]).ok().and_then(|h| h["state"].as_str().map(String::from))
+}
+
+fn events_of(kind: &str, subject: &str) -> Vec<Value> {
+    json(&["events"])
+        .ok()
+        .and_then(|e| e.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["kind"] == kind && e["subject"] == subject)
+        .collect()
+}
+
+/// On how many hosts each VM has a QEMU process now, by the `-name NAME,process=corral-NAME`
+/// QEMU is started with and the network namespace (the lab host) it runs in. (Counting
+/// processes would not do: a QEMU that daemonizes is briefly two or three processes, the
+/// first waiting for the last to be ready.)
+fn qemu_count(names: &[String]) -> BTreeMap<String, usize> {
+    let mut hosts: BTreeMap<String, std::collections::BTreeSet<String>> =
+        names.iter().map(|n| (n.clone(), Default::default())).collect();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return BTreeMap::new() };
+    for e in rd.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        for arg in cmd.split(|b| *b == 0) {
+            let a = String::from_utf8_lossy(arg);
+            let Some((n, rest)) = a.split_once(",process=corral-") else { continue };
+            if n != rest {
+                continue;
+            }
+            let (Some(set), Ok(ns)) = (hosts.get_mut(n), std::fs::read_link(e.path().join("ns/net"))) else { continue };
+            set.insert(ns.display().to_string());
+        }
+    }
+    hosts.into_iter().map(|(n, s)| (n, s.len())).collect()
+}
+
+/// Puts every lab host back: link up, agents running, nothing cordoned.
+pub fn restore() {
+    let st = lab().state();
+    for h in st["hosts"].as_array().into_iter().flatten().filter(|h| !h["fault"].is_null()) {
+        let _ = corral(&["lab", "heal", h["name"].as_str().unwrap_or_default()]);
+    }
+}
+
+pub fn killed_host_vms_restart_elsewhere() -> Result<(), Failed> {
+    let r = killed_host();
+    restore();
+    let _ = corral(&["cluster", "delete", "c-ha"]);
+    r
+}
+
+fn killed_host() -> Result<(), Failed> {
+    let h = "lab-3";
+    let pf = lab().dir.join("ha.toml");
+    std::fs::write(&pf, "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nha = \"restart-fresh\"\n")?;
+    let o = corral(&["profile", "create", "ha", "--file", &pf.display().to_string()]);
+    check(o.status.success() || text(&o).contains("already exists"), format!("profile ha: {}", text(&o)))?;
+    // All three members on lab-3: the others are cordoned while the cluster is made.
+    for c in ["lab-1", "lab-2"] {
+        json(&["host", "cordon", c])?;
+    }
+    let made = json(&["cluster", "create", "c-ha", "--profile", "ha", "--size", "3", "--subnet", "100.64.30.0/24"]);
+    for c in ["lab-1", "lab-2"] {
+        json(&["host", "uncordon", c])?;
+    }
+    check(made?["state"] == "succeeded", "cluster c-ha deployed")?;
+    create("t-haoff", &["--host", h])?;
+    let members: Vec<Value> =
+        json(&["cluster", "show", "c-ha"])?["members"].as_array().cloned().ok_or("cluster members")?;
+    let names: Vec<String> = members.iter().filter_map(|m| m["name"].as_str().map(String::from)).collect();
+    check(names.len() == 3, format!("three members: {names:?}"))?;
+    let before: Vec<Value> = names.iter().map(|n| vm(n)).collect::<Result<_, _>>()?;
+    for v in &before {
+        check(v["host"] == h && v["ha"] == "restart-fresh" && v["ip"].is_string(), format!("on {h}, HA: {v}"))?;
+    }
+    let st = json(&["ha", "status"])?;
+    check(
+        st["unprotected"].as_array().is_some_and(|u| u.iter().any(|x| x["name"] == "t-haoff")),
+        format!("t-haoff shown unprotected: {st}"),
+    )?;
+
+    // Power loss.
+    let t0 = Instant::now();
+    lab_cmd(&["kill", h])?;
+    let detected = wait_for(&format!("{h} to be declared failed"), Duration::from_secs(30), || {
+        (host_state(h).as_deref() == Some("failed")).then(|| t0.elapsed())
+    })?;
+    let all_back = wait_for("the HA members to run elsewhere", Duration::from_secs(90), || {
+        let ok = names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h));
+        ok.then(|| t0.elapsed())
+    })?;
+    eprintln!("  {h} killed: declared failed after {detected:?}, HA VMs running elsewhere after {all_back:?}");
+    for (n, b) in names.iter().zip(&before) {
+        let v = vm(n)?;
+        for k in ["uuid", "mac", "ip"] {
+            check(v[k] == b[k], format!("{n} keeps its {k}: {} -> {}", b[k], v[k]))?;
+        }
+        let o = corral(&["vm", "exec", n, "--", "hostname"]);
+        check(String::from_utf8_lossy(&o.stdout).trim() == n, format!("{n}'s guest answers: {}", text(&o)))?;
+        check(!events_of("vm.failover", n).is_empty(), format!("{n}'s failover is an event"))?;
+    }
+    for k in ["host.failed", "host.fenced"] {
+        check(!events_of(k, h).is_empty(), format!("{k} recorded for {h}"))?;
+    }
+    let off = vm("t-haoff")?;
+    check(off["host"] == h && off["state"] == "error", format!("t-haoff (no HA) waits for its host: {off}"))?;
+    let st = json(&["ha", "status"])?;
+    check(st["hosts_down"].as_array().is_some_and(|d| d.iter().any(|x| x == h)), format!("{h} down: {st}"))?;
+
+    // Power back: the host learns its VMs live elsewhere and takes no VMs for a while.
+    lab_cmd(&["heal", h])?;
+    wait_for(&format!("{h} to come back, recovering"), Duration::from_secs(60), || {
+        (host_state(h).as_deref() == Some("recovering")).then_some(())
+    })?;
+    check(!events_of("host.returned", h).is_empty(), "the return is an event")?;
+    let msg = fails(&["vm", "create", "t-harec", "--host", h])?;
+    check(msg.contains(h), format!("no placement on a recovering host: {msg}"))?;
+    let counts = qemu_count(&names);
+    check(counts.values().all(|&c| c == 1), format!("each member runs on one host: {counts:?}"))?;
+    let off = wait_for("t-haoff to be reported stopped by its host", Duration::from_secs(30), || {
+        vm("t-haoff").ok().filter(|v| v["state"] == "inactive")
+    })?;
+    check(off["host"] == h, format!("t-haoff still belongs to {h}: {off}"))?;
+    Ok(())
+}
+
+pub fn partitioned_host_fences_itself_first() -> Result<(), Failed> {
+    let r = partitioned();
+    restore();
+    r
+}
+
+fn partitioned() -> Result<(), Failed> {
+    let h = "lab-2";
+    let names: Vec<String> = vec!["t-hp1".into(), "t-hp2".into()];
+    for n in &names {
+        create(n, &["--host", h, "--ha", "restart-fresh"])?;
+    }
+    // Sample every QEMU process on the machine, all through the partition and the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let worst: Arc<Mutex<(usize, String)>> = Arc::new(Mutex::new((0, String::new())));
+    let sampler = {
+        let (stop, worst, names) = (stop.clone(), worst.clone(), names.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let c = qemu_count(&names);
+                let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
+                for (n, k) in c {
+                    if k > w.0 {
+                        *w = (k, n);
+                    }
+                }
+                drop(w);
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        })
+    };
+    let t0 = Instant::now();
+    lab_cmd(&["partition", h])?;
+    let r = wait_for("the partitioned host's VMs to run elsewhere", Duration::from_secs(90), || {
+        names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().map_err(|_| "sampler panicked")?;
+    let took = r?;
+    eprintln!("  {h} partitioned: its VMs ran elsewhere after {took:?} ({samples} samples of the QEMU processes)");
+    let (most, which) = worst.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    check(most <= 1, format!("{which} ran on {most} hosts at once"))?;
+    check(samples > 100, format!("the processes were sampled often: {samples} samples"))?;
+    check(!events_of("host.failed", h).is_empty(), format!("{h} declared failed"))?;
+    // Back on the underlay: it was fenced, nothing of those VMs runs there.
+    lab_cmd(&["heal", h])?;
+    wait_for(&format!("{h} to come back"), Duration::from_secs(60), || {
+        matches!(host_state(h).as_deref(), Some("recovering" | "ready")).then_some(())
+    })?;
+    let counts = qemu_count(&names);
+    check(counts.values().all(|&c| c == 1), format!("each VM runs on one host after the heal: {counts:?}"))?;
+    for n in &names {
+        let o = corral(&["vm", "exec", n, "--", "hostname"]);
+        check(String::from_utf8_lossy(&o.stdout).trim() == n, format!("{n} answers: {}", text(&o)))?;
+    }
+    Ok(())
+}
+
+pub fn flapping_host_is_quarantined() -> Result<(), Failed> {
+    let r = flapping();
+    restore();
+    r
+}
+
+fn flapping() -> Result<(), Failed> {
+    let h = "lab-1";
+    // Fails and returns until the damping quarantines it (three failures in ten minutes).
+    for round in 1..=3 {
+        if json(&["host", "show", h])?["cordoned"] == true {
+            break;
+        }
+        lab_cmd(&["kill", h])?;
+        wait_for(&format!("{h} failed (round {round})"), Duration::from_secs(30), || {
+            (host_state(h).as_deref() == Some("failed")).then_some(())
+        })?;
+        lab_cmd(&["heal", h])?;
+        wait_for(&format!("{h} back (round {round})"), Duration::from_secs(60), || {
+            json(&["host", "show", h]).ok().filter(|x| x["state"] == "recovering" || x["state"] == "ready")
+        })?;
+    }
+    let hs = json(&["host", "show", h])?;
+    check(hs["cordoned"] == true, format!("{h} is quarantined (cordoned): {hs}"))?;
+    check(
+        hs["maintenance"].as_str().is_some_and(|m| m.contains("quarantined")),
+        format!("and says why: {}", hs["maintenance"]),
+    )?;
+    check(!events_of("host.quarantined", h).is_empty(), "the quarantine is an event")?;
+    let msg = fails(&["vm", "create", "t-flap", "--host", h])?;
+    check(msg.contains(h), format!("no placement on a quarantined host: {msg}"))?;
+    json(&["host", "uncordon", h])?;
+    Ok(())
+}

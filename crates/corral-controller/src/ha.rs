@@ -1,0 +1,391 @@
+//! High availability: failure detection, fencing by lease, and restarting VMs of failed hosts.
+//!
+//! Every heartbeat renews the host's lease (`--lease`, default 8 s); an agent that cannot
+//! renew it stops its VMs itself before it runs out. A host whose heartbeats are missing for
+//! `--suspect-after` (default 2.5 s) is a suspect: its peers are asked to reach it over the
+//! underlay (its agent, else a ping). Only if every peer that answers fails to reach it is the
+//! host declared failed; a controller-side hiccup (peers reach it, or no peer answers) fails
+//! nothing over. The VMs of a failed host are restarted elsewhere only once its lease has
+//! expired, so a VM never runs twice: by then the partitioned agent has fenced itself, or the
+//! host is dead.
+//!
+//! A host that comes back is told it was fenced (its agent stops whatever still runs), the
+//! orphan sweep removes the copies that now live elsewhere, and it takes no VMs while it
+//! recovers (damping); a host that failed three times in ten minutes is quarantined
+//! (cordoned) until an operator uncordons it. Every step is an event with its time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_api::agent::{HeartbeatReply, ProbeRequest, Register};
+use corral_api::drs::HostPower;
+use corral_api::{now_ms, ApiError, HaPolicy, HaStatus, HaUnprotected, Pending, Vm, VmState};
+use corral_store::StoreExt;
+
+use crate::service::{lock, store_err, Controller, HostFlags, HOSTS, HOST_FLAGS};
+
+/// Failures kept for damping, and the window they count in.
+const DAMPING_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Failures within the window that quarantine a host.
+const QUARANTINE_AFTER: usize = 3;
+/// A suspect whose peers reach it is probed again after this long.
+const REPROBE: Duration = Duration::from_secs(3);
+
+/// A host declared failed (stored with its flags).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// Its last heartbeat (0: none since the controller started).
+    pub last_heartbeat_ms: u64,
+    /// When the peers' probes confirmed it.
+    pub detected_ms: u64,
+    /// The peers that could not reach it.
+    pub confirmed_by: Vec<String>,
+    /// When its lease ran out and its VMs were restarted elsewhere.
+    #[serde(default)]
+    pub fenced_ms: Option<u64>,
+}
+
+/// What the HA loop keeps between ticks, in memory.
+#[derive(Debug)]
+pub(crate) struct HaLive {
+    /// When this controller started: hosts not heard from since count from here.
+    started: Instant,
+    /// Suspects being probed now.
+    probing: Mutex<BTreeSet<String>>,
+    /// Suspects their peers reached (agent down, host up), and when.
+    reached: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Default for HaLive {
+    fn default() -> Self {
+        Self { started: Instant::now(), probing: Default::default(), reached: Default::default() }
+    }
+}
+
+impl Controller {
+    /// When the host was last heard from (this controller's start if never).
+    fn last_heard(&self, host: &str) -> (Instant, u64) {
+        self.last_heartbeat(host).unwrap_or((self.ha.started, 0))
+    }
+
+    /// The reply to a heartbeat of `host`: its lease, and whether it must fence itself. A
+    /// failed host that reports nothing running any more is back: it recovers (no
+    /// placements) for `--recover-after`.
+    pub(crate) fn ha_on_heartbeat(&self, host: &str, alive: bool) -> Result<HeartbeatReply, ApiError> {
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        let mut f = self.flags(host)?;
+        let Some(failure) = f.failed.clone() else { return Ok(HeartbeatReply { lease_ms, fenced: false }) };
+        if failure.fenced_ms.is_none() {
+            // Back before its lease ran out: nothing was moved, nothing to undo.
+            f.failed = None;
+            self.put_flags(host, &f)?;
+            self.event("host.returned", host, "reports again before its lease ran out: no VM was moved");
+            return Ok(HeartbeatReply { lease_ms, fenced: false });
+        }
+        if alive {
+            // Its VMs may run elsewhere now: it stops them before anything else.
+            return Ok(HeartbeatReply { lease_ms, fenced: true });
+        }
+        f.failed = None;
+        f.recovering_until_ms = Some(now_ms() + self.settings.recover_after.as_millis() as u64);
+        self.put_flags(host, &f)?;
+        self.event(
+            "host.returned",
+            host,
+            format!(
+                "reports again, nothing running, {:.1} s after it was declared failed; takes no VMs for {:?}",
+                (now_ms().saturating_sub(failure.detected_ms)) as f64 / 1000.0,
+                self.settings.recover_after
+            ),
+        );
+        Ok(HeartbeatReply { lease_ms, fenced: false })
+    }
+
+    fn put_flags(&self, host: &str, f: &HostFlags) -> Result<(), ApiError> {
+        self.store.put_json(HOST_FLAGS, host, f).map_err(store_err)
+    }
+
+    /// Called often by the controller's loop: finds suspects, has them probed, and fails over
+    /// hosts whose lease has run out.
+    pub async fn ha_tick(self: &Arc<Self>) {
+        if self.settings.lease.is_zero() {
+            return;
+        }
+        let Ok(regs) = self.store.list_json::<Register>(HOSTS) else { return };
+        for r in regs {
+            let Ok(f) = self.flags(&r.name) else { continue };
+            // Standby and waking hosts are off on purpose.
+            if f.power != HostPower::On {
+                continue;
+            }
+            let (heard, _) = self.last_heard(&r.name);
+            if let Some(failure) = &f.failed {
+                if failure.fenced_ms.is_none() && heard.elapsed() >= self.settings.lease {
+                    self.fail_over(&r.name).await;
+                }
+                continue;
+            }
+            if heard.elapsed() < self.settings.suspect_after {
+                lock(&self.ha.reached).remove(&r.name);
+                continue;
+            }
+            if lock(&self.ha.reached).get(&r.name).is_some_and(|t| t.elapsed() < REPROBE) {
+                continue;
+            }
+            if !lock(&self.ha.probing).insert(r.name.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.check_suspect(&r).await;
+                lock(&me.ha.probing).remove(&r.name);
+            });
+        }
+    }
+
+    /// Asks the suspect's peers to reach it; declares it failed only if none can.
+    async fn check_suspect(self: &Arc<Self>, r: &Register) {
+        let host = &r.name;
+        let peers: Vec<String> = self.ready_hosts().into_iter().filter(|h| h != host).take(3).collect();
+        if peers.is_empty() {
+            tracing::warn!("host {host} misses heartbeats and no peer can check it: not failed over");
+            return;
+        }
+        let req = ProbeRequest { url: r.url.clone(), ip: r.underlay.map(|a| a.to_string()) };
+        let asks = peers.iter().map(|p| {
+            let req = req.clone();
+            async move {
+                let a = self.agent(p).ok()?;
+                tokio::time::timeout(Duration::from_secs(4), a.probe(&req)).await.ok()?.ok().map(|rep| (p.clone(), rep))
+            }
+        });
+        let answers: Vec<(String, corral_api::agent::ProbeReply)> =
+            futures::future::join_all(asks).await.into_iter().flatten().collect();
+        if answers.is_empty() {
+            // The controller cannot reach anyone: its problem, not the host's.
+            tracing::warn!("host {host} misses heartbeats but no peer answered the probe: not failed over");
+            return;
+        }
+        if let Some((p, rep)) = answers.iter().find(|(_, rep)| rep.reachable) {
+            let first = lock(&self.ha.reached).insert(host.clone(), Instant::now()).is_none();
+            if first {
+                self.event(
+                    "host.unreachable",
+                    host,
+                    format!(
+                        "no heartbeat for {:.1} s, but {p} reaches it ({}): its agent is down, its VMs are left alone",
+                        self.last_heard(host).0.elapsed().as_secs_f64(),
+                        rep.how
+                    ),
+                );
+            }
+            return;
+        }
+        let (heard, last_ms) = self.last_heard(host);
+        if heard.elapsed() < self.settings.suspect_after {
+            return; // it came back while its peers looked
+        }
+        let Ok(mut f) = self.flags(host) else { return };
+        if f.failed.is_some() || f.power != HostPower::On {
+            return;
+        }
+        let now = now_ms();
+        let confirmed_by: Vec<String> = answers.iter().map(|(p, _)| p.clone()).collect();
+        f.failed = Some(Failure {
+            last_heartbeat_ms: last_ms,
+            detected_ms: now,
+            confirmed_by: confirmed_by.clone(),
+            fenced_ms: None,
+        });
+        f.failures.retain(|t| now.saturating_sub(*t) < DAMPING_WINDOW_MS);
+        f.failures.push(now);
+        let quarantine = f.failures.len() >= QUARANTINE_AFTER && !f.cordoned;
+        if quarantine {
+            f.cordoned = true;
+            f.maintenance = Some(format!(
+                "quarantined: failed {} times in {} min; `corral host uncordon {host}` once it is fixed",
+                f.failures.len(),
+                DAMPING_WINDOW_MS / 60_000
+            ));
+        }
+        if let Err(e) = self.put_flags(host, &f) {
+            tracing::warn!("recording the failure of {host}: {}", e.message);
+            return;
+        }
+        let lease_left = self.settings.lease.saturating_sub(heard.elapsed());
+        self.event(
+            "host.failed",
+            host,
+            format!(
+                "no heartbeat for {:.1} s; {} cannot reach it ({}); its VMs restart elsewhere when its lease runs out in {:.1} s",
+                heard.elapsed().as_secs_f64(),
+                confirmed_by.join(", "),
+                answers.iter().map(|(_, r)| r.how.as_str()).collect::<Vec<_>>().join("; "),
+                lease_left.as_secs_f64()
+            ),
+        );
+        if quarantine {
+            self.event("host.quarantined", host, f.maintenance.clone().unwrap_or_default());
+        }
+    }
+
+    /// The lease of a failed host has run out: its VMs are fenced. HA VMs are restarted
+    /// elsewhere, highest restart priority first; the others wait for their host.
+    async fn fail_over(self: &Arc<Self>, host: &str) {
+        let Ok(mut f) = self.flags(host) else { return };
+        let Some(failure) = f.failed.as_mut() else { return };
+        failure.fenced_ms = Some(now_ms());
+        let detected_ms = failure.detected_ms;
+        if self.put_flags(host, &f).is_err() {
+            return;
+        }
+        let Ok(vms) = self.vms() else { return };
+        let mut mine: Vec<Vm> = vms
+            .into_iter()
+            .filter(|v| {
+                v.host == host
+                    && (v.state.holds_resources() || matches!(v.pending, Some(Pending::Create { start: true })))
+            })
+            .collect();
+        let prio = |v: &Vm| {
+            v.cluster.as_ref().and_then(|c| self.cluster(c).ok()).map(|c| c.profile.restart_priority).unwrap_or(0)
+        };
+        mine.sort_by_key(|v| (std::cmp::Reverse(prio(v)), v.name.clone()));
+        let (ha, off): (Vec<Vm>, Vec<Vm>) = mine.into_iter().partition(|v| v.ha != HaPolicy::Off);
+        self.event(
+            "host.fenced",
+            host,
+            format!(
+                "lease expired: its VMs are stopped; restarting {} HA VM(s) elsewhere{}",
+                ha.len(),
+                if off.is_empty() { String::new() } else { format!(", {} without HA wait for it", off.len()) }
+            ),
+        );
+        for mut v in off {
+            v.state = VmState::Error;
+            v.error = Some(format!(
+                "host {host} failed and this VM has no HA: it can be started again when the host returns"
+            ));
+            let _ = self.put_vm(&v);
+        }
+        for v in ha {
+            let Ok(guard) = self.busy(&v.name) else { continue };
+            let me = self.clone();
+            let host = host.to_string();
+            tokio::spawn(async move {
+                let _g = guard;
+                me.restart_elsewhere(&v, &host, detected_ms).await;
+            });
+        }
+    }
+
+    /// Restarts an HA VM of a failed host on another one, fresh from its template with the
+    /// same identity.
+    async fn restart_elsewhere(self: &Arc<Self>, v: &Vm, failed: &str, detected_ms: u64) {
+        let placed = async {
+            let _p = self.placing.lock().await;
+            let mut vm = self.vm(&v.name)?;
+            let mut views = self.host_views()?;
+            for h in views.iter_mut().filter(|h| h.name == failed) {
+                h.schedulable = false;
+            }
+            let to = self.place_member(&vm, &views, None)?;
+            vm.host = to.clone();
+            vm.state = VmState::Starting;
+            vm.pending = Some(Pending::Create { start: true });
+            vm.disk = None;
+            vm.error = None;
+            vm.migration = None;
+            self.put_vm(&vm)?;
+            Ok::<String, ApiError>(to)
+        }
+        .await;
+        let res = match placed {
+            Ok(to) => {
+                self.forget_pushed(&v.name);
+                self.bring_up(&v.name, true).await.map(|vm| (to, vm))
+            }
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok((_, vm)) => {
+                let since = now_ms().saturating_sub(detected_ms);
+                self.event(
+                    "vm.failover",
+                    &v.name,
+                    format!(
+                        "{failed} → {}: running again {:.1} s after {failed} was declared failed (same UUID, MAC {}, IP {})",
+                        vm.host,
+                        since as f64 / 1000.0,
+                        vm.mac,
+                        vm.ip.as_deref().unwrap_or("-")
+                    ),
+                );
+                self.sync_networks().await;
+            }
+            Err(e) => {
+                self.event(
+                    "vm.failover-failed",
+                    &v.name,
+                    format!("could not be restarted away from {failed}: {}", e.message),
+                );
+                if let Ok(mut vm) = self.vm(&v.name) {
+                    vm.pending = None;
+                    vm.state = VmState::Error;
+                    vm.error = Some(format!("host {failed} failed and no other host could take it: {}", e.message));
+                    let _ = self.put_vm(&vm);
+                }
+            }
+        }
+    }
+
+    /// `corral ha status`: protected and unprotected VMs, hosts down, spare capacity.
+    pub fn ha_status(&self) -> Result<HaStatus, ApiError> {
+        let vms = self.vms()?;
+        let views = self.host_views()?;
+        let mut st = HaStatus {
+            lease_ms: self.settings.lease.as_millis() as u64,
+            suspect_after_ms: self.settings.suspect_after.as_millis() as u64,
+            ..Default::default()
+        };
+        for h in self.hosts()? {
+            if matches!(h.state, corral_api::HostState::Failed | corral_api::HostState::Recovering) {
+                st.hosts_down.push(h.name);
+            }
+        }
+        for v in &vms {
+            if v.ha == HaPolicy::Off {
+                st.unprotected.push(HaUnprotected {
+                    name: v.name.clone(),
+                    host: v.host.clone(),
+                    why: "HA is off: it waits for its host (create with --ha restart-fresh, or set ha in its profile)"
+                        .into(),
+                });
+            } else {
+                st.protected.push(v.name.clone());
+            }
+        }
+        // Spare capacity: could the protected VMs of each host, in turn, fit on the others?
+        let mut worst: Option<String> = None;
+        for h in views.iter().filter(|h| h.schedulable) {
+            let need: Vec<&Vm> =
+                vms.iter().filter(|v| v.host == h.name && v.ha != HaPolicy::Off && v.state.holds_resources()).collect();
+            let (cpu, mem): (u32, u64) = (need.iter().map(|v| v.vcpus).sum(), need.iter().map(|v| v.memory_mib).sum());
+            let free_mem: u64 = views
+                .iter()
+                .filter(|o| o.name != h.name && o.schedulable)
+                .map(|o| o.memory_mib.saturating_sub(o.used_memory_mib))
+                .sum();
+            if mem > free_mem {
+                worst = Some(format!(
+                    "if {} failed, its protected VMs ({cpu} vCPU, {mem} MiB) would not fit in the {free_mem} MiB free elsewhere",
+                    h.name
+                ));
+            }
+        }
+        st.spare_ok = worst.is_none();
+        st.spare_note = worst.unwrap_or_else(|| "the protected VMs of any one host fit on the others".into());
+        Ok(st)
+    }
+}
