@@ -99,6 +99,14 @@ enum Cmd {
         /// A failed host that comes back takes no VMs for this long (damping).
         #[arg(long, default_value = "30s", value_parser = duration_arg)]
         recover_after: Duration,
+        /// HA admission control: keep room to restart the HA VMs of this many failed hosts
+        /// (0: no check).
+        #[arg(long, default_value_t = 1)]
+        ha_reserve_hosts: usize,
+        /// What to do with an HA VM that would break that reserve: refuse it, or warn (an
+        /// event) and admit it.
+        #[arg(long, default_value = "refuse", value_parser = ["refuse", "warn"])]
+        ha_admission: String,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -513,6 +521,8 @@ async fn run(cli: Cli) -> Result<i32> {
             lease,
             suspect_after,
             recover_after,
+            ha_reserve_hosts,
+            ha_admission,
         } => {
             init_logs("info");
             if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
@@ -543,6 +553,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 lease,
                 suspect_after,
                 recover_after,
+                ha_reserve_hosts,
+                ha_admission_warn: ha_admission == "warn",
             })
             .await?;
         }

@@ -521,8 +521,10 @@ fn main() {
         t("drs_auto_spreads_cpu_load_by_migration", drs::auto_spreads_cpu_load_by_migration),
         t("drs_consolidation_standby_then_wake", drs::consolidation_puts_hosts_in_standby_and_load_wakes_them),
         t("drs_bad_input", drs::drs_bad_input),
+        t("ha_admission_keeps_room_for_a_failure", ha::admission_keeps_room_for_a_failure),
         t("ha_killed_host_vms_restart_elsewhere", ha::killed_host_vms_restart_elsewhere),
         t("ha_partitioned_host_fences_itself_first", ha::partitioned_host_fences_itself_first),
+        t("ha_crashed_qemu_restarts_on_its_host", ha::crashed_qemu_restarts_on_its_host),
         t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];

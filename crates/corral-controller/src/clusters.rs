@@ -614,6 +614,10 @@ impl Controller {
                 v.host = p.host;
             }
         }
+        if c.profile.ha != corral_api::HaPolicy::Off {
+            let extra: Vec<(String, u32, u64)> = vms.iter().map(|v| (v.host.clone(), v.vcpus, v.memory_mib)).collect();
+            self.admit_ha(&extra)?;
+        }
         Ok((vms, configure_ms, t1.elapsed().as_millis() as u64))
     }
 

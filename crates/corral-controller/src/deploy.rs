@@ -80,7 +80,17 @@ impl Controller {
                 host: req.host.clone(),
                 cpu_overcommit: self.settings.cpu_overcommit,
             };
-            let host = self.wake_while_short(|| place_one(&self.host_views()?, &request).map_err(place_error)).await?;
+            // Room for the VM, and for an HA VM room kept for host failures: a standby host
+            // is woken when either is short.
+            let host = self
+                .wake_while_short(|| {
+                    let host = place_one(&self.host_views()?, &request).map_err(place_error)?;
+                    if req.ha != corral_api::HaPolicy::Off {
+                        self.admit_ha(&[(host.clone(), req.vcpus, req.memory_mib)])?;
+                    }
+                    Ok(host)
+                })
+                .await?;
             let uuid = uuid::Uuid::new_v4();
             let vm = Vm {
                 name: req.name.clone(),

@@ -46,9 +46,27 @@ pub struct Failure {
     pub fenced_ms: Option<u64>,
 }
 
+/// Restarts in place of one VM within the damping window before it is left in error.
+const RESTARTS_IN_PLACE: usize = 3;
+
+/// Whether this report says the VM's QEMU died by itself (crashed or killed) while it ran:
+/// not stopped by an operation, nor fenced.
+pub(crate) fn crashed(vm: &Vm, st: &corral_api::agent::VmStatus) -> bool {
+    vm.ha != HaPolicy::Off
+        && vm.state == VmState::Running
+        && vm.pending.is_none()
+        && vm.migration.is_none()
+        && st.state == VmState::Inactive
+        && st.error.as_deref().is_some_and(|e| e.starts_with("QEMU exited"))
+}
+
 /// What the HA loop keeps between ticks, in memory.
 #[derive(Debug)]
 pub(crate) struct HaLive {
+    /// HA VMs whose QEMU died on a live host, to restart there.
+    crashed: Mutex<Vec<String>>,
+    /// When each VM was last restarted in place.
+    restarts: Mutex<BTreeMap<String, Vec<Instant>>>,
     /// When this controller started: hosts not heard from since count from here.
     started: Instant,
     /// Suspects being probed now.
@@ -59,7 +77,13 @@ pub(crate) struct HaLive {
 
 impl Default for HaLive {
     fn default() -> Self {
-        Self { started: Instant::now(), probing: Default::default(), reached: Default::default() }
+        Self {
+            crashed: Default::default(),
+            restarts: Default::default(),
+            started: Instant::now(),
+            probing: Default::default(),
+            reached: Default::default(),
+        }
     }
 }
 
@@ -102,6 +126,57 @@ impl Controller {
         Ok(HeartbeatReply { lease_ms, fenced: false })
     }
 
+    /// A heartbeat reported that this HA VM's QEMU died: the HA loop restarts it.
+    pub(crate) fn ha_crashed(&self, name: &str) {
+        lock(&self.ha.crashed).push(name.to_string());
+    }
+
+    /// Restarts a crashed HA VM on its own host; if that fails, or it keeps crashing, on
+    /// another host; if none can take it, it stays in error.
+    async fn restart_in_place(self: &Arc<Self>, name: &str) {
+        let Ok(vm) = self.vm(name) else { return };
+        if vm.state != VmState::Inactive || vm.ha == HaPolicy::Off {
+            return;
+        }
+        let Ok(_g) = self.busy(name) else { return };
+        let recent = {
+            let mut r = lock(&self.ha.restarts);
+            let v = r.entry(name.to_string()).or_default();
+            v.retain(|t| t.elapsed() < Duration::from_millis(DAMPING_WINDOW_MS));
+            v.push(Instant::now());
+            v.len()
+        };
+        let why = vm.error.clone().unwrap_or_default();
+        let t = Instant::now();
+        if recent <= RESTARTS_IN_PLACE {
+            let res = async { self.agent(&vm.host)?.action(name, corral_api::VmAction::Start).await };
+            match res.await {
+                Ok(st) => {
+                    let _ = self.settle(name, &st);
+                    self.event(
+                        "vm.restarted",
+                        name,
+                        format!("{why}; restarted on {} in {:.1} s", vm.host, t.elapsed().as_secs_f64()),
+                    );
+                    return;
+                }
+                Err(e) => self.event("vm.restart-failed", name, format!("on {}: {}", vm.host, e.message)),
+            }
+        } else {
+            self.event(
+                "vm.restart-damped",
+                name,
+                format!(
+                    "crashed {recent} times in {} min on {}: trying another host",
+                    DAMPING_WINDOW_MS / 60_000,
+                    vm.host
+                ),
+            );
+        }
+        let host = vm.host.clone();
+        self.restart_elsewhere(&vm, &host, now_ms(), "it could not run again on its host").await;
+    }
+
     fn put_flags(&self, host: &str, f: &HostFlags) -> Result<(), ApiError> {
         self.store.put_json(HOST_FLAGS, host, f).map_err(store_err)
     }
@@ -111,6 +186,11 @@ impl Controller {
     pub async fn ha_tick(self: &Arc<Self>) {
         if self.settings.lease.is_zero() {
             return;
+        }
+        let crashed: Vec<String> = std::mem::take(&mut *lock(&self.ha.crashed));
+        for name in crashed {
+            let me = self.clone();
+            tokio::spawn(async move { me.restart_in_place(&name).await });
         }
         let Ok(regs) = self.store.list_json::<Register>(HOSTS) else { return };
         for r in regs {
@@ -275,22 +355,25 @@ impl Controller {
             let host = host.to_string();
             tokio::spawn(async move {
                 let _g = guard;
-                me.restart_elsewhere(&v, &host, detected_ms).await;
+                let reason = format!("{host} was declared failed");
+                me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
             });
         }
     }
 
     /// Restarts an HA VM of a failed host on another one, fresh from its template with the
     /// same identity.
-    async fn restart_elsewhere(self: &Arc<Self>, v: &Vm, failed: &str, detected_ms: u64) {
+    async fn restart_elsewhere(self: &Arc<Self>, v: &Vm, failed: &str, detected_ms: u64, reason: &str) {
         let placed = async {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(&v.name)?;
             let mut views = self.host_views()?;
-            for h in views.iter_mut().filter(|h| h.name == failed) {
+            let mut spare = self.views_for_restart()?;
+            for h in views.iter_mut().chain(spare.iter_mut()).filter(|h| h.name == failed) {
                 h.schedulable = false;
             }
-            let to = self.place_member(&vm, &views, None)?;
+            // Hosts that are fully up first; recovering ones if only they have room.
+            let to = self.place_member(&vm, &views, None).or_else(|_| self.place_member(&vm, &spare, None))?;
             vm.host = to.clone();
             vm.state = VmState::Starting;
             vm.pending = Some(Pending::Create { start: true });
@@ -315,7 +398,7 @@ impl Controller {
                     "vm.failover",
                     &v.name,
                     format!(
-                        "{failed} → {}: running again {:.1} s after {failed} was declared failed (same UUID, MAC {}, IP {})",
+                        "{failed} → {}: running again {:.1} s after {reason} (same UUID, MAC {}, IP {})",
                         vm.host,
                         since as f64 / 1000.0,
                         vm.mac,
@@ -340,10 +423,69 @@ impl Controller {
         }
     }
 
+    /// Hosts as placement sees them, except that hosts recovering from a failure may take
+    /// HA restarts: damping keeps new work off them, but a VM left down is worse.
+    fn views_for_restart(&self) -> Result<Vec<corral_sched::HostView>, ApiError> {
+        let mut views = self.host_views()?;
+        for v in views.iter_mut().filter(|v| !v.schedulable) {
+            let f = self.flags(&v.name)?;
+            let recovering = f.recovering_until_ms.is_some_and(|t| now_ms() < t);
+            v.schedulable =
+                recovering && self.host_ready(&v.name) && f.failed.is_none() && !f.cordoned && f.power == HostPower::On;
+        }
+        Ok(views)
+    }
+
+    /// HA VMs (vCPUs, MiB) per host: stored ones that hold or will hold resources, plus
+    /// `extra` about to be admitted.
+    fn protected(&self, extra: &[(String, u32, u64)]) -> Result<Vec<(String, u32, u64)>, ApiError> {
+        let mut p: Vec<(String, u32, u64)> = self
+            .vms()?
+            .into_iter()
+            .filter(|v| v.ha != HaPolicy::Off && (v.state.holds_resources() || v.pending.is_some()))
+            .map(|v| (v.host, v.vcpus, v.memory_mib))
+            .collect();
+        p.extend(extra.iter().cloned());
+        Ok(p)
+    }
+
+    /// Admission control for new HA VMs (`extra`: host, vCPUs, MiB each): the pool must keep
+    /// room to restart the HA VMs of `--ha-reserve-hosts` failed hosts. Refused with the
+    /// reason, or (with `--ha-admission warn`) admitted with a warning event.
+    pub(crate) fn admit_ha(&self, extra: &[(String, u32, u64)]) -> Result<(), ApiError> {
+        if extra.is_empty() || self.settings.ha_reserve_hosts == 0 {
+            return Ok(());
+        }
+        let mut views = self.views_for_restart()?;
+        for (h, c, m) in extra {
+            if let Some(v) = views.iter_mut().find(|v| &v.name == h) {
+                v.used_vcpus += c;
+                v.used_memory_mib += m;
+            }
+        }
+        let protected = self.protected(extra)?;
+        let n = self.settings.ha_reserve_hosts;
+        match corral_sched::check_reserve(&views, &protected, n, self.settings.cpu_overcommit) {
+            Ok(()) => Ok(()),
+            Err(short) if self.settings.ha_admission_warn => {
+                self.event(
+                    "ha.reserve-broken",
+                    &short.hosts,
+                    format!("admitted anyway (--ha-admission warn): {short}"),
+                );
+                Ok(())
+            }
+            Err(short) => Err(ApiError::no_capacity(format!(
+                "not admitted: the pool keeps room to restart the HA VMs of {n} failed host(s), and {short}; add \
+                 capacity, use --ha off, or lower the controller's --ha-reserve-hosts (see `corral ha status`)"
+            ))),
+        }
+    }
+
     /// `corral ha status`: protected and unprotected VMs, hosts down, spare capacity.
     pub fn ha_status(&self) -> Result<HaStatus, ApiError> {
         let vms = self.vms()?;
-        let views = self.host_views()?;
+        let views = self.views_for_restart()?;
         let mut st = HaStatus {
             lease_ms: self.settings.lease.as_millis() as u64,
             suspect_after_ms: self.settings.suspect_after.as_millis() as u64,
@@ -366,26 +508,16 @@ impl Controller {
                 st.protected.push(v.name.clone());
             }
         }
-        // Spare capacity: could the protected VMs of each host, in turn, fit on the others?
-        let mut worst: Option<String> = None;
-        for h in views.iter().filter(|h| h.schedulable) {
-            let need: Vec<&Vm> =
-                vms.iter().filter(|v| v.host == h.name && v.ha != HaPolicy::Off && v.state.holds_resources()).collect();
-            let (cpu, mem): (u32, u64) = (need.iter().map(|v| v.vcpus).sum(), need.iter().map(|v| v.memory_mib).sum());
-            let free_mem: u64 = views
-                .iter()
-                .filter(|o| o.name != h.name && o.schedulable)
-                .map(|o| o.memory_mib.saturating_sub(o.used_memory_mib))
-                .sum();
-            if mem > free_mem {
-                worst = Some(format!(
-                    "if {} failed, its protected VMs ({cpu} vCPU, {mem} MiB) would not fit in the {free_mem} MiB free elsewhere",
-                    h.name
-                ));
+        // Spare capacity: could the HA VMs of the worst --ha-reserve-hosts hosts restart on
+        // the others?
+        let n = self.settings.ha_reserve_hosts.max(1);
+        match corral_sched::check_reserve(&views, &self.protected(&[])?, n, self.settings.cpu_overcommit) {
+            Ok(()) => {
+                st.spare_ok = true;
+                st.spare_note = format!("the HA VMs of any {n} failed host(s) fit on the others");
             }
+            Err(short) => st.spare_note = short.to_string(),
         }
-        st.spare_ok = worst.is_none();
-        st.spare_note = worst.unwrap_or_else(|| "the protected VMs of any one host fit on the others".into());
         Ok(st)
     }
 }

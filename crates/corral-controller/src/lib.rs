@@ -45,6 +45,9 @@ pub struct Config {
     pub lease: Duration,
     pub suspect_after: Duration,
     pub recover_after: Duration,
+    /// HA admission control: failed hosts to keep room for, and warn instead of refusing.
+    pub ha_reserve_hosts: usize,
+    pub ha_admission_warn: bool,
 }
 
 /// Runs the controller until the process is killed.
@@ -66,6 +69,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             lease: cfg.lease,
             suspect_after: cfg.suspect_after,
             recover_after: cfg.recover_after,
+            ha_reserve_hosts: cfg.ha_reserve_hosts,
+            ha_admission_warn: cfg.ha_admission_warn,
         },
         cfg.token.clone(),
     ));

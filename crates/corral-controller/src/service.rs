@@ -50,6 +50,10 @@ pub struct Settings {
     pub suspect_after: Duration,
     /// A failed host that returns takes no VMs for this long.
     pub recover_after: Duration,
+    /// HA admission control: room is kept to restart the HA VMs of this many failed hosts.
+    pub ha_reserve_hosts: usize,
+    /// Admit HA VMs that break the reserve, with a warning event, instead of refusing them.
+    pub ha_admission_warn: bool,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
@@ -265,6 +269,9 @@ impl Controller {
             }
             lock(&self.vm_usage).insert(st.name.clone(), st.usage.clone());
             let changed = vm.state != st.state || vm.error != st.error || vm.boot_ms != st.boot_ms;
+            if changed && crate::ha::crashed(&vm, st) {
+                self.ha_crashed(&vm.name);
+            }
             if changed {
                 apply_status(&mut vm, st);
                 self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;

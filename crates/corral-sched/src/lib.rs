@@ -6,15 +6,18 @@
 //! [`place_one`] places a single VM; [`place_group`] places a whole virtual cluster at once,
 //! all or nothing, spread or packed, with anti-affinity and label constraints. [`drs::plan`]
 //! balances load and consolidates: which VMs to live-migrate where, which hosts to wake and
-//! which to put in standby. [`converge`] decides when a live migration switches to post-copy.
+//! which to put in standby. [`check_reserve`] is HA admission control: room to restart the
+//! protected VMs of failed hosts. [`converge`] decides when a live migration switches to post-copy.
 
 pub mod converge;
 pub mod drs;
 pub mod group;
 pub mod place;
+pub mod reserve;
 mod slot;
 
 pub use group::{
     place_group, GroupError, GroupRequest, Overcommit, ParsePolicyError, Placement, Policy, Shortfall, VmReq,
 };
 pub use place::{place_one, HostView, PlaceError, Request};
+pub use reserve::{check_reserve, ReserveShort};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use super::{check, corral, create, fails, json, lab, text, vm, wait_for};
+use super::{check, corral, create, fails, json, kill9, lab, qemu_pid, text, vm, wait_for};
 
 fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
     let mut a = vec!["lab"];
@@ -59,7 +59,9 @@ fn qemu_count(names: &[String]) -> BTreeMap<String, usize> {
 
 /// Puts every lab host back: link up, agents running, nothing cordoned.
 pub fn restore() {
-    let st = lab().state();
+    // After `lab down` there is nothing to heal.
+    let Ok(b) = std::fs::read(lab().dir.join("lab.json")) else { return };
+    let st: Value = serde_json::from_slice(&b).unwrap_or_default();
     for h in st["hosts"].as_array().into_iter().flatten().filter(|h| !h["fault"].is_null()) {
         let _ = corral(&["lab", "heal", h["name"].as_str().unwrap_or_default()]);
     }
@@ -69,22 +71,28 @@ pub fn killed_host_vms_restart_elsewhere() -> Result<(), Failed> {
     let r = killed_host();
     restore();
     let _ = corral(&["cluster", "delete", "c-ha"]);
+    for h in ["lab-1", "lab-2", "lab-3"] {
+        let _ = corral(&["host", "label", h]);
+    }
     r
 }
 
 fn killed_host() -> Result<(), Failed> {
     let h = "lab-3";
     let pf = lab().dir.join("ha.toml");
-    std::fs::write(&pf, "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nha = \"restart-fresh\"\n")?;
+    // All three members on lab-3, by a label only it carries (the others must stay open:
+    // admission control keeps room there to restart them).
+    std::fs::write(
+        &pf,
+        "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nha = \"restart-fresh\"\n[placement]\nlabels = { ha-trial = \"yes\" }\n",
+    )?;
     let o = corral(&["profile", "create", "ha", "--file", &pf.display().to_string()]);
     check(o.status.success() || text(&o).contains("already exists"), format!("profile ha: {}", text(&o)))?;
-    // All three members on lab-3: the others are cordoned while the cluster is made.
-    for c in ["lab-1", "lab-2"] {
-        json(&["host", "cordon", c])?;
-    }
+    json(&["host", "label", h, "ha-trial=yes"])?;
     let made = json(&["cluster", "create", "c-ha", "--profile", "ha", "--size", "3", "--subnet", "100.64.30.0/24"]);
-    for c in ["lab-1", "lab-2"] {
-        json(&["host", "uncordon", c])?;
+    // From now on every host may take them (restarts honour the profile's labels too).
+    for o in ["lab-1", "lab-2"] {
+        json(&["host", "label", o, "ha-trial=yes"])?;
     }
     check(made?["state"] == "succeeded", "cluster c-ha deployed")?;
     create("t-haoff", &["--host", h])?;
@@ -206,6 +214,56 @@ fn partitioned() -> Result<(), Failed> {
         check(String::from_utf8_lossy(&o.stdout).trim() == n, format!("{n} answers: {}", text(&o)))?;
     }
     Ok(())
+}
+
+pub fn admission_keeps_room_for_a_failure() -> Result<(), Failed> {
+    let r = admission();
+    for n in ["t-ad1", "t-ad2", "t-ad3"] {
+        let _ = corral(&["vm", "delete", n]);
+    }
+    r
+}
+
+fn big(name: &str, host: &str, ha: &str) -> Vec<String> {
+    ["vm", "create", name, "--memory", "4500M", "--host", host, "--ha", ha].map(String::from).to_vec()
+}
+
+fn admission() -> Result<(), Failed> {
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        json(&a)
+    };
+    // Each host has about 6 GiB: two big HA VMs leave a third host able to take either.
+    run(big("t-ad1", "lab-1", "restart-fresh"))?;
+    run(big("t-ad2", "lab-2", "restart-fresh"))?;
+    let st = json(&["ha", "status"])?;
+    check(st["spare_ok"] == true, format!("room kept for one failure: {st}"))?;
+    // A third would leave no host that could take one of them.
+    let a = big("t-ad3", "lab-3", "restart-fresh");
+    let msg = fails(&a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    check(msg.contains("not admitted") && msg.contains("--ha-reserve-hosts"), format!("refused, saying why: {msg}"))?;
+    check(fails(&["vm", "show", "t-ad3"])?.contains("no VM named"), "nothing recorded")?;
+    // Without HA it asks for no reserve.
+    let v = run(big("t-ad3", "lab-3", "off"))?;
+    check(v["state"] == "running", format!("admitted without HA: {v}"))?;
+    let st = json(&["ha", "status"])?;
+    check(
+        st["spare_ok"] == false && st["spare_note"].as_str().is_some_and(|n| n.contains("would not all find a host")),
+        format!("ha status now says the reserve is short: {st}"),
+    )
+}
+
+pub fn crashed_qemu_restarts_on_its_host() -> Result<(), Failed> {
+    let v = create("t-hc", &["--host", "lab-1", "--ha", "restart-fresh"])?;
+    let pid = qemu_pid(&v).ok_or("QEMU pid")?;
+    kill9(pid);
+    let again = wait_for("t-hc to run again", Duration::from_secs(60), || {
+        vm("t-hc").ok().filter(|v| v["state"] == "running" && qemu_pid(v).is_some_and(|p| p != pid))
+    })?;
+    check(again["host"] == "lab-1" && again["uuid"] == v["uuid"], format!("on its own host, same VM: {again}"))?;
+    check(!events_of("vm.restarted", "t-hc").is_empty(), "the restart is an event")?;
+    let o = corral(&["vm", "exec", "t-hc", "--", "hostname"]);
+    check(String::from_utf8_lossy(&o.stdout).trim() == "t-hc", format!("its guest answers: {}", text(&o)))
 }
 
 pub fn flapping_host_is_quarantined() -> Result<(), Failed> {
