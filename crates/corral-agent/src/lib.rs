@@ -58,6 +58,8 @@ pub struct Agent {
     pulling: tokio::sync::Mutex<()>,
     /// This host's lease from the controller (self-fencing).
     pub lease: fence::Lease,
+    /// The controller that leads, as far as this agent knows (one of `--controller`'s).
+    leader: Mutex<String>,
 }
 
 impl Agent {
@@ -92,7 +94,8 @@ impl Agent {
         let _one = self.pulling.lock().await;
         if !self.vms.templates().iter().any(|t| t.info.name == name) {
             let started = std::time::Instant::now();
-            templates::pull(&self.http, &self.cfg.controller, self.cfg.token.as_deref(), name, &self.cfg.templates_dir)
+            let leader = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            templates::pull(&self.http, &leader, self.cfg.token.as_deref(), name, &self.cfg.templates_dir)
                 .await
                 .map_err(|e| {
                     corral_api::ApiError::unavailable(format!(
@@ -151,6 +154,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         net,
         pulling: tokio::sync::Mutex::new(()),
         lease: fence::Lease::load(&cfg.data_dir),
+        leader: Mutex::new(controllers(&cfg.controller).first().cloned().unwrap_or_default()),
     });
 
     let listener =
@@ -178,11 +182,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The controller URLs of `--controller` (comma-separated; several when controllers share an
+/// etcd store and one leads).
+fn controllers(list: &str) -> Vec<String> {
+    list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
+}
+
 /// Registers with the controller, then heartbeats; registers again whenever the controller
-/// does not know this host (for instance after it lost its state).
+/// does not know this host (for instance after it lost its state). With several controllers
+/// it talks to the leader: a standby answers 503 naming the leader, which it follows; an
+/// unreachable one makes it try the next.
 async fn heartbeat_loop(agent: Arc<Agent>) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-    let base = agent.cfg.controller.trim_end_matches('/').to_string();
+    let all = controllers(&agent.cfg.controller);
     let post = |url: String| {
         let r = http.post(url);
         match &agent.cfg.token {
@@ -190,16 +202,27 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             None => r,
         }
     };
+    let leader_of = |r: &reqwest::Response| {
+        r.headers().get("x-corral-leader").and_then(|v| v.to_str().ok()).map(|v| v.trim_end_matches('/').to_string())
+    };
     let mut registered = false;
     loop {
+        let base = agent.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut next: Option<String> = None;
         if !registered {
             match post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!("registered with controller {base}");
                     registered = true;
                 }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    next = leader_of(&r).or(Some(String::new()))
+                }
                 Ok(r) => tracing::warn!("controller refused registration: {}", r.status()),
-                Err(e) => tracing::debug!("controller {base} not reachable yet: {e}"),
+                Err(e) => {
+                    tracing::debug!("controller {base} not reachable: {e}");
+                    next = Some(String::new());
+                }
             }
         }
         if registered {
@@ -215,11 +238,35 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                     }
                     agent.lease.renewed(sent, reply.lease_ms);
                 }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    next = leader_of(&r).or(Some(String::new()))
+                }
                 Ok(r) => tracing::warn!("heartbeat refused: {}", r.status()),
-                Err(e) => tracing::debug!("heartbeat failed: {e}"),
+                Err(e) => {
+                    tracing::debug!("heartbeat to {base} failed: {e}");
+                    next = Some(String::new());
+                }
             }
         }
         agent.lease.tried();
+        // Follow the leader named by a standby, else try the next controller of the list.
+        if let Some(n) = next.filter(|_| all.len() > 1) {
+            let named = !n.is_empty();
+            let to = if n.is_empty() {
+                let i = all.iter().position(|u| *u == base).map_or(0, |i| (i + 1) % all.len());
+                all[i].clone()
+            } else {
+                n
+            };
+            if to != base {
+                tracing::info!("controller {base} is not the leader: trying {to}");
+                *agent.leader.lock().unwrap_or_else(|p| p.into_inner()) = to;
+                registered = false;
+                if named {
+                    continue; // named by a standby: go at once
+                }
+            }
+        }
         tokio::time::sleep(agent.cfg.heartbeat).await;
     }
 }

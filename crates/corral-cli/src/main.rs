@@ -107,6 +107,26 @@ enum Cmd {
         /// event) and admit it.
         #[arg(long, default_value = "refuse", value_parser = ["refuse", "warn"])]
         ha_admission: String,
+        /// Keep the state in etcd (v3 API) at these endpoints (comma-separated host:port)
+        /// instead of the embedded file in --data.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Key prefix of Corral's state in etcd.
+        #[arg(long, default_value = "/corral/")]
+        etcd_prefix: String,
+        /// With --etcd: seconds a leader's lease lasts; a standby controller takes over this
+        /// long after the leader dies.
+        #[arg(long, default_value_t = 3)]
+        leader_ttl: i64,
+        /// The URL agents, clients and other controllers reach this controller at (default
+        /// http://LISTEN).
+        #[arg(long)]
+        advertise: Option<String>,
+    },
+    /// The controller's state store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
@@ -230,6 +250,10 @@ enum LabCmd {
         dir: PathBuf,
         #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
         accel: String,
+        /// Controllers: with more than one they share a 3-member etcd cluster the lab runs
+        /// on loopback; one leads, the others stand by and take over when it dies.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        controllers: u32,
     },
     /// Remove every namespace, device, process and file the lab made.
     Down {
@@ -272,9 +296,46 @@ enum LabCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum StoreCmd {
+    /// Copy every table from one state store to another, e.g. from the embedded file to etcd:
+    /// `corral store migrate --from redb:/var/lib/corral/controller/state.redb --to
+    /// etcd:10.0.0.1:2379,10.0.0.2:2379/corral/`. Stop the controller first.
+    Migrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Opens a store named `redb:PATH` or `etcd:HOST:PORT[,HOST:PORT...][/PREFIX/]`.
+fn open_store(spec: &str) -> Result<Box<dyn corral_store::Store>> {
+    if let Some(path) = spec.strip_prefix("redb:") {
+        if !Path::new(path).exists() {
+            bail!("no redb store at {path}: give the controller's <data>/state.redb");
+        }
+        return Ok(Box::new(corral_store::RedbStore::open(Path::new(path))?));
+    }
+    if let Some(rest) = spec.strip_prefix("etcd:") {
+        let (eps, prefix) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/corral/"),
+        };
+        let eps: Vec<String> = eps.split(',').filter(|e| !e.is_empty()).map(String::from).collect();
+        if eps.is_empty() {
+            bail!("{spec:?} names no etcd endpoint: write etcd:HOST:PORT[,HOST:PORT...][/PREFIX/]");
+        }
+        return Ok(Box::new(corral_store::EtcdStore::connect(&eps, prefix)?));
+    }
+    bail!("unknown store {spec:?}: write redb:PATH or etcd:HOST:PORT[,HOST:PORT...][/PREFIX/]")
+}
+
+#[derive(Debug, Subcommand)]
 enum HaCmd {
     /// Protected and unprotected VMs, hosts down, spare capacity, lease.
     Status,
+    /// Each controller of --url / CORRAL_URL: up or not, leading or standing by.
+    Controllers,
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,6 +459,7 @@ fn lab_options(dir: PathBuf) -> anyhow::Result<corral_lab::UpOptions> {
         cache,
         exe: std::env::current_exe().context("cannot find the corral binary")?,
         accel: s.accel.clone(),
+        controllers: 1 + s.standby_controllers.len() as u32,
     })
 }
 
@@ -523,7 +585,14 @@ async fn run(cli: Cli) -> Result<i32> {
             recover_after,
             ha_reserve_hosts,
             ha_admission,
+            etcd,
+            etcd_prefix,
+            leader_ttl,
+            advertise,
         } => {
+            if !(2..=60).contains(&leader_ttl) {
+                bail!("--leader-ttl {leader_ttl} is out of range: give 2 to 60 seconds");
+            }
             init_logs("info");
             if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
                 bail!(
@@ -555,8 +624,18 @@ async fn run(cli: Cli) -> Result<i32> {
                 recover_after,
                 ha_reserve_hosts,
                 ha_admission_warn: ha_admission == "warn",
+                etcd,
+                etcd_prefix,
+                leader_ttl_s: leader_ttl,
+                advertise,
             })
             .await?;
+        }
+        Cmd::Store { cmd: StoreCmd::Migrate { from, to } } => {
+            let (src, dst) = (open_store(&from)?, open_store(&to)?);
+            let (tables, entries) = corral_store::copy(src.as_ref(), dst.as_ref(), 100)
+                .with_context(|| format!("copying the state from {from} to {to}"))?;
+            eprintln!("store migrate: {entries} entries in {tables} tables copied from {from} to {to}");
         }
         Cmd::Agent(a) => {
             init_logs("info");
@@ -624,6 +703,40 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Vm { cmd } => return vm(cmd, &client()?, o).await,
         Cmd::Drs { cmd } => drs::drs(cmd, &client()?, o == Output::Json).await?,
+        Cmd::Ha { cmd: HaCmd::Controllers } => {
+            let rows: Vec<serde_json::Value> = client()?
+                .get_each("/v1/leader")
+                .await
+                .into_iter()
+                .map(|(url, r)| match r {
+                    Ok(v) => {
+                        serde_json::json!({"url": url, "up": true, "leading": v["leading"], "leader": v["leader"]})
+                    }
+                    Err(e) => serde_json::json!({"url": url, "up": false, "leading": false, "error": e.to_string()}),
+                })
+                .collect();
+            print(o, &rows, |rows| {
+                output::table(
+                    &["CONTROLLER", "STATE", "LEADER"],
+                    rows.iter()
+                        .map(|r| {
+                            let state = if r["up"] != true {
+                                "down".to_string()
+                            } else if r["leading"] == true {
+                                "leading".into()
+                            } else {
+                                "standby".into()
+                            };
+                            vec![
+                                r["url"].as_str().unwrap_or("").into(),
+                                state,
+                                r["leader"].as_str().unwrap_or("-").into(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })?;
+        }
         Cmd::Ha { cmd: HaCmd::Status } => {
             let st: corral_api::HaStatus = client()?.get("/v1/ha").await?;
             print(o, &st, output::ha)?;
@@ -643,7 +756,7 @@ async fn run(cli: Cli) -> Result<i32> {
 async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
     init_logs("warn");
     match cmd {
-        LabCmd::Up { hosts, index, dir, accel } => {
+        LabCmd::Up { hosts, index, dir, accel, controllers } => {
             let cache = cache_dir();
             let opts = corral_lab::UpOptions {
                 hosts,
@@ -653,12 +766,18 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
                 cache,
                 exe: std::env::current_exe().context("cannot find the corral binary")?,
                 accel,
+                controllers,
             };
             let s = corral_lab::up(&opts).await?;
             match o {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Output::Table => {
-                    eprintln!("lab up: controller at {}, {} hosts ({})", s.url, s.hosts.len(), s.dir.display());
+                    eprintln!(
+                        "lab up: controller at {}, {} hosts ({})",
+                        s.urls().join(", "),
+                        s.hosts.len(),
+                        s.dir.display()
+                    );
                     println!("{}", s.exports()?);
                 }
             }

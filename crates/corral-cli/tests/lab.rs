@@ -13,6 +13,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "lab/clusters.rs"]
 mod clusters;
+#[path = "lab/control.rs"]
+mod control;
 #[path = "lab/drs.rs"]
 mod drs;
 #[path = "lab/ha.rs"]
@@ -526,6 +528,8 @@ fn main() {
         t("ha_partitioned_host_fences_itself_first", ha::partitioned_host_fences_itself_first),
         t("ha_crashed_qemu_restarts_on_its_host", ha::crashed_qemu_restarts_on_its_host),
         t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
+        // On a lab of its own (two controllers on etcd), made and removed by the trial.
+        t("control_plane_leader_killed_mid_deployment", control::leader_killed_mid_deployment_standby_finishes),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

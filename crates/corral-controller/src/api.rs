@@ -108,8 +108,42 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
     let api = Arc::new(api);
     router
         .route("/v1/openapi.json", axum::routing::get(move || async move { Json((*api).clone()) }))
-        .route("/v1/templates/{name}/files/{part}", axum::routing::get(template_file).with_state(c))
+        .route("/v1/templates/{name}/files/{part}", axum::routing::get(template_file).with_state(c.clone()))
+        .route("/v1/leader", axum::routing::get(leader).with_state(c.clone()))
+        .layer(axum::middleware::from_fn_with_state(c, leader_only))
         .layer(axum::middleware::from_fn_with_state(token, corral_http::require_token))
+}
+
+/// Who leads: `{"me": URL, "leading": bool, "leader": URL|null}`.
+async fn leader(State(c): C) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "me": c.leadership.me,
+        "leading": c.leadership.is_leader(),
+        "leader": c.leadership.leader(),
+    }))
+}
+
+/// A standby controller serves only its health, who leads, and template files; everything
+/// else is answered 503 with the leader's URL (header `x-corral-leader`), which agents and
+/// the CLI follow.
+async fn leader_only(State(c): C, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let p = req.uri().path();
+    if c.leadership.is_leader() || p == "/v1/health" || p == "/v1/leader" || p.contains("/files/") {
+        return next.run(req).await;
+    }
+    let leader = c.leadership.leader();
+    let message = match &leader {
+        Some(l) => format!("this controller ({}) is on standby: the leader is {l}", c.leadership.me),
+        None => format!(
+            "this controller ({}) is on standby and no leader is elected yet: retry in a few seconds",
+            c.leadership.me
+        ),
+    };
+    let mut resp = HttpError(ApiError::unavailable(message)).into_response();
+    if let Some(v) = leader.and_then(|l| header::HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert("x-corral-leader", v);
+    }
+    resp
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, description = "the controller is up")))]

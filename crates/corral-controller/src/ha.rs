@@ -67,8 +67,8 @@ pub(crate) struct HaLive {
     crashed: Mutex<Vec<String>>,
     /// When each VM was last restarted in place.
     restarts: Mutex<BTreeMap<String, Vec<Instant>>>,
-    /// When this controller started: hosts not heard from since count from here.
-    started: Instant,
+    /// When this controller started leading: hosts not heard from since count from here.
+    started: Mutex<Instant>,
     /// Suspects being probed now.
     probing: Mutex<BTreeSet<String>>,
     /// Suspects their peers reached (agent down, host up), and when.
@@ -80,7 +80,7 @@ impl Default for HaLive {
         Self {
             crashed: Default::default(),
             restarts: Default::default(),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             probing: Default::default(),
             reached: Default::default(),
         }
@@ -90,7 +90,12 @@ impl Default for HaLive {
 impl Controller {
     /// When the host was last heard from (this controller's start if never).
     fn last_heard(&self, host: &str) -> (Instant, u64) {
-        self.last_heartbeat(host).unwrap_or((self.ha.started, 0))
+        self.last_heartbeat(host).unwrap_or((*lock(&self.ha.started), 0))
+    }
+
+    /// This controller has just started leading: hosts get a full suspect period to report.
+    pub(crate) fn ha_restart_clock(&self) {
+        *lock(&self.ha.started) = Instant::now();
     }
 
     /// The reply to a heartbeat of `host`: its lease, and whether it must fence itself. A
@@ -317,6 +322,7 @@ impl Controller {
         let Some(failure) = f.failed.as_mut() else { return };
         failure.fenced_ms = Some(now_ms());
         let detected_ms = failure.detected_ms;
+        let failure_last_ms = failure.last_heartbeat_ms;
         if self.put_flags(host, &f).is_err() {
             return;
         }
@@ -349,21 +355,54 @@ impl Controller {
             ));
             let _ = self.put_vm(&v);
         }
+        let mut jobs = vec![];
         for v in ha {
             let Ok(guard) = self.busy(&v.name) else { continue };
-            let me = self.clone();
-            let host = host.to_string();
-            tokio::spawn(async move {
-                let _g = guard;
-                let reason = format!("{host} was declared failed");
-                me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
-            });
+            jobs.push((guard, v));
         }
+        let me = self.clone();
+        let host = host.to_string();
+        let (last_ms, fenced_ms) = (failure_last_ms, now_ms());
+        tokio::spawn(async move {
+            let reason = format!("{host} was declared failed");
+            let restarts = jobs.into_iter().map(|(g, v)| {
+                let (me, reason, host) = (me.clone(), reason.clone(), host.clone());
+                async move {
+                    let _g = g;
+                    let r = me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
+                    (v.name, r)
+                }
+            });
+            let done = futures::future::join_all(restarts).await;
+            // The whole failover on one line, times from the last heartbeat.
+            let at = |ms: u64| format!("+{:.1} s", ms.saturating_sub(last_ms) as f64 / 1000.0);
+            let mut parts = vec![
+                format!(
+                    "last heartbeat {}",
+                    if last_ms == 0 { "before the controller started".into() } else { "+0.0 s".to_string() }
+                ),
+                format!("declared failed {}", at(detected_ms)),
+                format!("lease out, fenced {}", at(fenced_ms)),
+            ];
+            for (name, r) in done {
+                parts.push(match r {
+                    Some((to, ms)) => format!("{name} running on {to} {}", at(ms)),
+                    None => format!("{name} not restarted"),
+                });
+            }
+            me.event("host.failover", &host, parts.join("; "));
+        });
     }
 
     /// Restarts an HA VM of a failed host on another one, fresh from its template with the
     /// same identity.
-    async fn restart_elsewhere(self: &Arc<Self>, v: &Vm, failed: &str, detected_ms: u64, reason: &str) {
+    async fn restart_elsewhere(
+        self: &Arc<Self>,
+        v: &Vm,
+        failed: &str,
+        detected_ms: u64,
+        reason: &str,
+    ) -> Option<(String, u64)> {
         let placed = async {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(&v.name)?;
@@ -406,6 +445,7 @@ impl Controller {
                     ),
                 );
                 self.sync_networks().await;
+                Some((vm.host, now_ms()))
             }
             Err(e) => {
                 self.event(
@@ -419,6 +459,7 @@ impl Controller {
                     vm.error = Some(format!("host {failed} failed and no other host could take it: {}", e.message));
                     let _ = self.put_vm(&vm);
                 }
+                None
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod clusters;
 pub mod deploy;
 pub mod drs;
 pub mod ha;
+pub mod leader;
 pub mod migrate;
 pub mod network;
 pub mod service;
@@ -48,15 +49,37 @@ pub struct Config {
     /// HA admission control: failed hosts to keep room for, and warn instead of refusing.
     pub ha_reserve_hosts: usize,
     pub ha_admission_warn: bool,
+    /// etcd endpoints for the state (empty: the embedded redb file in `data_dir`).
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd.
+    pub etcd_prefix: String,
+    /// With etcd: the leader lease, seconds (a standby takes over this long after the leader
+    /// dies).
+    pub leader_ttl_s: i64,
+    /// The URL other controllers, agents and clients reach this one at (default http://LISTEN).
+    pub advertise: Option<String>,
 }
 
 /// Runs the controller until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let store = corral_store::RedbStore::open(&cfg.data_dir.join("state.redb"))?;
+    // The embedded file by default; etcd when endpoints are given.
+    let me = cfg.advertise.clone().unwrap_or_else(|| format!("http://{}", cfg.listen));
+    let (store, etcd): (Arc<dyn corral_store::Store>, _) = if cfg.etcd.is_empty() {
+        (Arc::new(corral_store::RedbStore::open(&cfg.data_dir.join("state.redb"))?), None)
+    } else {
+        let s = Arc::new(corral_store::EtcdStore::connect(&cfg.etcd, &cfg.etcd_prefix)?);
+        tracing::info!(
+            "state in etcd at {} under {}; campaigning to lead as {me}",
+            cfg.etcd.join(","),
+            cfg.etcd_prefix
+        );
+        (s.clone(), Some(s))
+    };
+    let leadership = if etcd.is_some() { leader::Leadership::candidate(&me) } else { leader::Leadership::alone(&me) };
     let c = Arc::new(Controller::new(
-        Arc::new(store),
+        store,
         service::Settings {
             host_timeout: cfg.host_timeout,
             cpu_overcommit: cfg.cpu_overcommit,
@@ -73,7 +96,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ha_admission_warn: cfg.ha_admission_warn,
         },
         cfg.token.clone(),
+        leadership,
     ));
+    if let Some(e) = etcd {
+        tokio::spawn(leader::run(c.clone(), e, cfg.leader_ttl_s));
+    }
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("controller listening on {}", cfg.listen);
@@ -82,7 +109,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // Give agents a heartbeat's time to report before judging what hosts run.
         tokio::time::sleep(Duration::from_secs(2)).await;
         loop {
-            r.reconcile_once().await;
+            if r.leadership.is_leader() {
+                r.reconcile_once().await;
+            }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
@@ -90,14 +119,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         loop {
-            d.drs_tick().await;
+            if d.leadership.is_leader() {
+                d.drs_tick().await;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let h = c.clone();
     tokio::spawn(async move {
         loop {
-            h.ha_tick().await;
+            if h.leadership.is_leader() {
+                h.ha_tick().await;
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });

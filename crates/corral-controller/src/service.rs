@@ -116,6 +116,8 @@ pub struct Controller {
     pub(crate) slots: crate::migrate::Slots,
     pub(crate) drs: crate::drs::DrsLive,
     pub(crate) ha: crate::ha::HaLive,
+    /// Whether this controller leads (always, with the embedded store).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl std::fmt::Debug for Controller {
@@ -179,7 +181,14 @@ pub(crate) fn definition(vm: &Vm) -> VmDefinition {
 }
 
 impl Controller {
-    pub fn new(store: Arc<dyn Store>, settings: Settings, token: Option<String>) -> Self {
+    /// A controller on `store`. It loads the stored operations only once it leads (at once
+    /// when `leadership` is [`Leadership::alone`](crate::leader::Leadership::alone)).
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        token: Option<String>,
+        leadership: crate::leader::Leadership,
+    ) -> Self {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
         let c = Self {
             store,
@@ -197,8 +206,11 @@ impl Controller {
             slots: Default::default(),
             drs: Default::default(),
             ha: Default::default(),
+            leadership,
         };
-        c.load_ops();
+        if c.leadership.is_leader() {
+            c.load_ops();
+        }
         c
     }
 

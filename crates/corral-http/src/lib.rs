@@ -35,7 +35,7 @@ pub async fn detached<T: Send + 'static>(
 }
 
 /// Paths anyone may read.
-const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json"];
+const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json", "/v1/leader"];
 
 /// Middleware: requires `Authorization: Bearer <token>` when a token is configured.
 pub async fn require_token(State(token): State<Option<String>>, req: Request, next: Next) -> Response {

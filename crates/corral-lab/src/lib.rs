@@ -28,6 +28,9 @@ pub struct UpOptions {
     pub cache: PathBuf,
     /// The `corral` binary to run.
     pub exe: PathBuf,
+    /// Controllers: 1 keeps the state in an embedded file; more share a 3-member etcd
+    /// cluster the lab runs on loopback, one leading and the others on standby.
+    pub controllers: u32,
     pub accel: String,
 }
 
@@ -71,6 +74,28 @@ pub struct LabState {
     /// The accelerator the agents were started with (`--accel`).
     #[serde(default = "default_accel")]
     pub accel: String,
+    /// Standby controllers (with `--controllers N`, N > 1): URL and PID of each.
+    #[serde(default)]
+    pub standby_controllers: Vec<LabController>,
+    /// The etcd members the controllers share (with `--controllers N`, N > 1).
+    #[serde(default)]
+    pub etcd: Vec<LabEtcd>,
+}
+
+/// A controller beyond the first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabController {
+    pub url: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// An etcd member of the lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabEtcd {
+    pub member: corral_store::local_etcd::Member,
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 fn default_accel() -> String {
@@ -102,7 +127,15 @@ impl LabState {
     pub fn exports(&self) -> Result<String> {
         let token = std::fs::read_to_string(self.token_file())
             .context("the lab's token file is missing: run `corral lab up` again")?;
-        Ok(format!("export CORRAL_URL={}\nexport CORRAL_TOKEN={}", self.url, token.trim()))
+        Ok(format!("export CORRAL_URL={}\nexport CORRAL_TOKEN={}", self.urls().join(","), token.trim()))
+    }
+    /// Every controller's URL, the first controller's first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone()).chain(self.standby_controllers.iter().map(|c| c.url.clone())).collect()
+    }
+    /// The etcd client endpoints, if the lab runs etcd.
+    pub fn etcd_clients(&self) -> Vec<String> {
+        self.etcd.iter().map(|e| e.member.client()).collect()
     }
     /// The API token shared by the lab's controller, agents and CLI.
     /// Hosts not in standby.
@@ -236,6 +269,14 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
         url: format!("http://{gw}:7700"),
         controller_pid: None,
         accel: o.accel.clone(),
+        standby_controllers: (1..o.controllers.max(1))
+            .map(|i| LabController { url: format!("http://{gw}:{}", 7700 + 10 * i), pid: None })
+            .collect(),
+        etcd: if o.controllers > 1 {
+            corral_store::local_etcd::plan(3)?.into_iter().map(|member| LabEtcd { member, pid: None }).collect()
+        } else {
+            vec![]
+        },
         hosts: (1..=o.hosts)
             .map(|i| LabHost {
                 name: format!("lab-{i}"),
@@ -283,24 +324,61 @@ pub async fn up(o: &UpOptions) -> Result<LabState> {
 async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     let dir = s.dir.clone();
     let marker = dir.display().to_string();
-    let gw = format!("198.18.{}.1", s.index);
     if !s.library().exists() {
         link_templates(&o.templates, &s.library())?;
     }
-    if !s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+    // The etcd members first (several controllers share their state there).
+    let members: Vec<corral_store::local_etcd::Member> = s.etcd.iter().map(|e| e.member.clone()).collect();
+    for i in 0..s.etcd.len() {
+        if s.etcd[i].pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+            continue;
+        }
+        let c = corral_store::local_etcd::member_command(&dir.join("etcd"), &s.etcd[i].member, &members);
+        s.etcd[i].pid = Some(spawn_daemon(c, &dir.join(format!("etcd-{}.log", s.etcd[i].member.name)))?);
+        s.save()?;
+    }
+    let eps = s.etcd_clients();
+    if !eps.is_empty() {
+        let e = eps.clone();
+        tokio::task::spawn_blocking(move || corral_store::local_etcd::wait_ready(&e, Duration::from_secs(60)))
+            .await?
+            .context("the lab's etcd cluster did not come up; see etcd-*.log in the lab directory")?;
+    }
+    // Controllers: the first, then the standby ones.
+    let all_urls = s.urls();
+    let (library, token_file) = (s.library(), s.token_file());
+    let controller = |url: &str, data: &str| {
         let mut c = Command::new(&o.exe);
-        c.args(["controller", "--listen", &format!("{gw}:7700"), "--data", &format!("{marker}/controller")]);
-        c.arg("--templates").arg(s.library()).arg("--token-file").arg(s.token_file());
+        let listen = url.trim_start_matches("http://");
+        c.args(["controller", "--listen", listen, "--data", &format!("{marker}/{data}")]);
+        c.arg("--templates").arg(&library).arg("--token-file").arg(&token_file);
         // Consolidation's standby and wake-up stop and start a host's agent, as a power-off
         // and a power-on would.
         let power = |what: &str| format!("'{}' lab power {what} {{host}} --dir '{marker}'", o.exe.display());
         c.arg("--standby-command").arg(power("off")).arg("--wake-command").arg(power("on"));
+        if !eps.is_empty() {
+            c.arg("--etcd").arg(eps.join(",")).arg("--advertise").arg(url);
+        }
+        c
+    };
+    if !s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+        let c = controller(&s.url.clone(), "controller");
         s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
         s.save()?;
     }
-    wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20))
-        .await
-        .context("the controller did not come up; see controller.log in the lab directory")?;
+    for i in 0..s.standby_controllers.len() {
+        if s.standby_controllers[i].pid.is_some_and(|p| pid_is_ours(p, &marker)) {
+            continue;
+        }
+        let c = controller(&s.standby_controllers[i].url.clone(), &format!("controller-{}", i + 2));
+        s.standby_controllers[i].pid = Some(spawn_daemon(c, &dir.join(format!("controller-{}.log", i + 2)))?);
+        s.save()?;
+    }
+    for u in &all_urls {
+        wait_http(&format!("{u}/v1/health"), Duration::from_secs(20))
+            .await
+            .context("a controller did not come up; see controller*.log in the lab directory")?;
+    }
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
@@ -328,7 +406,7 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
             "--listen",
             &format!("{}:7701", h.ip),
             "--controller",
-            &s.url,
+            &all_urls.join(","),
             "--data",
             &h.data.display().to_string(),
             "--templates",
@@ -462,8 +540,16 @@ async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
 async fn ready_hosts(s: &LabState) -> Option<usize> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
     let token = std::fs::read_to_string(s.token_file()).ok()?;
-    let resp = http.get(format!("{}/v1/hosts", s.url)).bearer_auth(token.trim()).send().await.ok()?;
-    let hosts: Vec<corral_api::Host> = resp.json().await.ok()?;
+    // Whichever controller leads answers (standby ones answer 503).
+    let mut hosts: Option<Vec<corral_api::Host>> = None;
+    for u in s.urls() {
+        let Ok(resp) = http.get(format!("{u}/v1/hosts")).bearer_auth(token.trim()).send().await else { continue };
+        if let Ok(h) = resp.json().await {
+            hosts = Some(h);
+            break;
+        }
+    }
+    let hosts = hosts?;
     // A host back from a failure reports but recovers a while before taking VMs: it is up.
     Some(
         hosts
@@ -493,6 +579,8 @@ async fn wait_hosts(s: &LabState, n: usize, timeout: Duration) -> Result<()> {
 async fn healthy(s: &LabState) -> bool {
     let marker = s.dir.display().to_string();
     s.controller_pid.is_some_and(|p| pid_is_ours(p, &marker))
+        && s.standby_controllers.iter().all(|c| c.pid.is_some_and(|p| pid_is_ours(p, &marker)))
+        && s.etcd.iter().all(|e| e.pid.is_some_and(|p| pid_is_ours(p, &marker)))
         && s.hosts
             .iter()
             .all(|h| h.standby || h.fault.is_some() || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)))
@@ -554,6 +642,9 @@ pub fn down(dir: &Path) -> Result<bool> {
         }
     }
     if let Some(p) = s.controller_pid {
+        kill_pid(p, &marker);
+    }
+    for p in s.standby_controllers.iter().filter_map(|c| c.pid).chain(s.etcd.iter().filter_map(|e| e.pid)) {
         kill_pid(p, &marker);
     }
     // Keep going past a failure so one stuck device does not leave the rest behind.

@@ -94,7 +94,7 @@ mod tests {
         // a and b fail: 768 needed, c has 1024.
         assert_eq!(check_reserve(&views, &p, 2, 4.0), Ok(()));
         // Three failures leave nowhere.
-        let e = check_reserve(&views, &p, 3, 4.0).unwrap_err();
+        let e = check_reserve(&views, &p, 3, 4.0).expect_err("three of three hosts failed");
         assert_eq!(e.free_mib, 0);
         assert!(e.to_string().contains("a, b, c"), "{e}");
     }
@@ -104,7 +104,7 @@ mod tests {
         let views = vec![host("a", 6000, 4500), host("b", 6000, 4500), host("c", 6000, 4500)];
         let p: Vec<(String, u32, u64)> = ["a", "b", "c"].iter().map(|h| (h.to_string(), 1, 4500)).collect();
         // 3000 MiB free elsewhere in all, but no host has 4500.
-        let e = check_reserve(&views, &p, 1, 4.0).unwrap_err();
+        let e = check_reserve(&views, &p, 1, 4.0).expect_err("short");
         assert_eq!(e.free_mib, 3000);
         let views = vec![host("a", 6000, 4500), host("b", 6000, 4500), host("c", 6000, 0)];
         assert_eq!(check_reserve(&views, &p[..2], 1, 4.0), Ok(()));
@@ -115,7 +115,7 @@ mod tests {
         let views = vec![host("a", 1024, 1000), host("b", 1024, 100), host("c", 1024, 1000)];
         let p = vec![("a".to_string(), 1, 1000), ("b".to_string(), 1, 100)];
         // a's 1000 MiB would need b (924 free) and c (24 free): 948 < 1000.
-        let e = check_reserve(&views, &p, 1, 4.0).unwrap_err();
+        let e = check_reserve(&views, &p, 1, 4.0).expect_err("short");
         assert_eq!((e.hosts.as_str(), e.need_mib, e.free_mib), ("a", 1000, 948));
     }
 

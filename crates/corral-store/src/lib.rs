@@ -1,13 +1,18 @@
 //! Corral's state store. The controller keeps its desired state (VMs, hosts, and later clusters,
 //! profiles and address pools) in a key-value [`Store`]: tables of string keys and JSON values.
 //! The trait is the seam between the controller and a backend; [`RedbStore`] keeps state in one
-//! embedded file (the default), and a replicated backend plugs in behind the same trait.
+//! embedded file (the default), [`EtcdStore`] in an etcd cluster (replicated), and [`copy`]
+//! moves everything from one to the other (`corral store migrate`).
 //!
 //! Every write is durable when the call returns, so the controller writes its intent first
 //! and acts on it afterwards: a crash in between loses nothing.
 
+mod etcd_store;
+pub mod local_etcd;
 mod redb_store;
 
+pub use etcd_store::EtcdStore;
+pub use local_etcd::LocalEtcd;
 pub use redb_store::RedbStore;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -42,6 +47,25 @@ pub trait Store: Send + Sync + 'static {
     /// Sets `key` to `new` only if its current value equals `expected` (None = absent).
     /// Returns false, writing nothing, when it does not.
     fn compare_and_swap(&self, table: &str, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool>;
+    /// The names of the tables that hold entries, in order.
+    fn tables(&self) -> Result<Vec<String>>;
+}
+
+/// Copies every entry of `from` into `to`, table by table in batches of `batch` writes (each
+/// batch atomic); returns (tables, entries) copied. Entries `to` has that `from` lacks stay.
+pub fn copy(from: &dyn Store, to: &dyn Store, batch: usize) -> Result<(usize, usize)> {
+    let tables = from.tables()?;
+    let mut n = 0;
+    for t in &tables {
+        let entries = from.scan(t, "")?;
+        for chunk in entries.chunks(batch.max(1)) {
+            let ops =
+                chunk.iter().map(|(k, v)| Op::Put { table: t.clone(), key: k.clone(), value: v.clone() }).collect();
+            to.apply(ops)?;
+            n += chunk.len();
+        }
+    }
+    Ok((tables.len(), n))
 }
 
 /// Typed helpers over any [`Store`], storing values as JSON.

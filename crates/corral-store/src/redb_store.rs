@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle};
 
 use crate::{Op, Result, Store, StoreError};
 
@@ -96,6 +96,13 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(backend)?;
         Ok(true)
+    }
+
+    fn tables(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let mut names: Vec<String> = txn.list_tables().map_err(backend)?.map(|t| t.name().to_string()).collect();
+        names.sort();
+        Ok(names)
     }
 }
 

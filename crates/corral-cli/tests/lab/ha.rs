@@ -133,6 +133,14 @@ fn killed_host() -> Result<(), Failed> {
     for k in ["host.failed", "host.fenced"] {
         check(!events_of(k, h).is_empty(), format!("{k} recorded for {h}"))?;
     }
+    // The failover's timeline, in one event: heartbeat, detection, fence, each restart.
+    let line = wait_for("the failover's timeline", Duration::from_secs(30), || {
+        events_of("host.failover", h).last().and_then(|e| e["message"].as_str().map(String::from))
+    })?;
+    check(
+        line.contains("declared failed") && line.contains("fenced") && names.iter().all(|n| line.contains(n.as_str())),
+        format!("timeline names every step and VM: {line}"),
+    )?;
     let off = vm("t-haoff")?;
     check(off["host"] == h && off["state"] == "error", format!("t-haoff (no HA) waits for its host: {off}"))?;
     let st = json(&["ha", "status"])?;

@@ -1,0 +1,107 @@
+//! The replicated control plane on the live lab: a second lab (index 202) with two
+//! controllers sharing a 3-member etcd cluster. The leader is killed in the middle of a
+//! cluster deployment; the standby takes over within seconds and finishes it, and the CLI,
+//! given both URLs, follows whichever leads. The lab is always taken down at the end.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use super::{check, exe, kill9, pid_alive, text, wait_for};
+
+const INDEX: &str = "202";
+
+fn dir() -> PathBuf {
+    std::env::temp_dir().join(format!("corral-test-lab-{INDEX}"))
+}
+
+/// `corral ARGS` against this lab: both controllers' URLs, the lab's token.
+fn c(args: &[&str]) -> Output {
+    let urls = format!("http://198.18.{INDEX}.1:7700,http://198.18.{INDEX}.1:7710");
+    Command::new(exe()).args(args).env("CORRAL_URL", urls).env("CORRAL_LAB_DIR", dir()).output().expect("run corral")
+}
+
+fn j(args: &[&str]) -> Result<Value, Failed> {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let o = c(&a);
+    check(o.status.success(), format!("corral {}: {}", args.join(" "), text(&o)))?;
+    serde_json::from_slice(&o.stdout).map_err(|e| format!("corral {}: {e}", args.join(" ")).into())
+}
+
+fn leader() -> Option<String> {
+    let cs = j(&["ha", "controllers"]).ok()?;
+    cs.as_array()?.iter().find(|c| c["leading"] == true).and_then(|c| c["url"].as_str().map(String::from))
+}
+
+pub fn leader_killed_mid_deployment_standby_finishes() -> Result<(), Failed> {
+    let d = dir().display().to_string();
+    let _ = c(&["lab", "down", "--dir", &d]);
+    let r = run(&d);
+    let down = c(&["lab", "down", "--dir", &d]);
+    r?;
+    check(down.status.success(), format!("lab down: {}", text(&down)))
+}
+
+fn run(d: &str) -> Result<(), Failed> {
+    let o = c(&["lab", "up", "--hosts", "2", "--controllers", "2", "--index", INDEX, "--dir", d]);
+    check(o.status.success(), format!("lab up with two controllers: {}", text(&o)))?;
+    check(text(&o).contains(":7710"), format!("both controllers exported: {}", text(&o)))?;
+    j(&["drs", "set", "--mode", "off"])?;
+    let first = wait_for("a leader", Duration::from_secs(30), leader)?;
+    let pf = dir().join("small.toml");
+    std::fs::write(&pf, "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\n")?;
+    let o = c(&["profile", "create", "small", "--file", &pf.display().to_string()]);
+    check(o.status.success(), format!("profile: {}", text(&o)))?;
+    let started = j(&["cluster", "create", "c-lead", "--profile", "small", "--size", "6", "--no-wait"])?;
+    wait_for("some members running", Duration::from_secs(120), || {
+        let v = j(&["cluster", "show", "c-lead"]).ok()?;
+        let n = v["members"].as_array()?.iter().filter(|m| m["state"] == "running").count();
+        (1..6).contains(&n).then_some(())
+    })?;
+    // Kill the leader.
+    let st: Value = serde_json::from_slice(&std::fs::read(dir().join("lab.json"))?)?;
+    let pid = if st["url"] == first.as_str() {
+        st["controller_pid"].as_u64()
+    } else {
+        st["standby_controllers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["url"] == first.as_str()))
+            .and_then(|x| x["pid"].as_u64())
+    }
+    .ok_or("the leader's PID")?;
+    let t0 = Instant::now();
+    kill9(pid);
+    wait_for("the leader to die", Duration::from_secs(10), || (!pid_alive(pid)).then_some(()))?;
+    let (second, took) = wait_for("the standby to take over", Duration::from_secs(30), || {
+        leader().filter(|l| *l != first).map(|l| (l, t0.elapsed()))
+    })?;
+    eprintln!("  leader {first} killed; {second} leads after {took:?}");
+    // The new leader finishes the deployment: six members running, one each.
+    let v = wait_for("the deployment to finish under the new leader", Duration::from_secs(240), || {
+        let v = j(&["cluster", "show", "c-lead"]).ok()?;
+        let ms = v["members"].as_array()?;
+        (ms.len() == 6 && ms.iter().all(|m| m["state"] == "running")).then_some(v)
+    })?;
+    let names: Vec<&str> = v["members"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+    let mut uniq = names.clone();
+    uniq.sort();
+    uniq.dedup();
+    check(uniq.len() == 6, format!("six distinct members: {names:?}"))?;
+    let op = j(&["operation", "show", started["id"].as_str().unwrap_or_default()])?;
+    check(op["state"] != "running", format!("the old leader's operation is settled by the new one: {op}"))?;
+    let ev = j(&["events"])?;
+    check(
+        ev.as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "controller.leader" && e["subject"] == second.as_str())),
+        "the takeover is an event",
+    )?;
+    let hosts = j(&["host", "list"])?;
+    check(
+        hosts.as_array().is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["state"] == "ready")),
+        format!("the agents report to the new leader: {hosts}"),
+    )
+}
