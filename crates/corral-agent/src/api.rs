@@ -91,6 +91,9 @@ async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String,
 struct DeleteQuery {
     /// Delete only if the VM has this UUID (protects a newer VM of the same name).
     uuid: Option<uuid::Uuid>,
+    /// Leave its disk on shared storage (this copy is an orphan; the VM runs elsewhere).
+    #[serde(default)]
+    keep_shared: bool,
 }
 
 async fn delete(
@@ -98,7 +101,7 @@ async fn delete(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, HttpError> {
-    corral_http::detached(async move { a.vms.delete(&name, q.uuid).await }).await?;
+    corral_http::detached(async move { a.vms.delete(&name, q.uuid, q.keep_shared).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

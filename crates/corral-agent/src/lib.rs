@@ -43,6 +43,8 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// API token: required on requests to this agent, and sent to the controller.
     pub token: Option<String>,
+    /// The shared storage pool (the same directory on every host, e.g. an NFS mount).
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// A running agent.
@@ -78,6 +80,7 @@ impl Agent {
             templates: self.vms.templates().into_iter().map(|t| t.info).collect(),
             underlay: self.underlay(),
             interfaces: netdev::Net::interfaces(),
+            shared_dir: self.cfg.shared_dir.as_ref().map(|d| d.display().to_string()),
         }
     }
 
@@ -141,6 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         accel: verdict.accel,
         boot_timeout: cfg.boot_timeout,
         stop_timeout: Duration::from_secs(20),
+        shared_dir: cfg.shared_dir.clone(),
     };
     let vms = vm::Manager::open(settings, tpls).await?;
     vms.refresh_filter().await;

@@ -23,6 +23,9 @@ pub struct VmDefinition {
     /// The virtual network the VM's NIC joins.
     #[serde(default)]
     pub network: Option<NetAttach>,
+    /// Where its disk lives: on the host, or in the pool every host mounts.
+    #[serde(default)]
+    pub storage: crate::Storage,
 }
 
 /// Which virtual network a NIC joins.
@@ -76,6 +79,9 @@ pub struct Register {
     /// The host's own network interfaces (candidates for bridged networks).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// The shared storage pool this host mounts (`--shared-dir`), if any.
+    #[serde(default)]
+    pub shared_dir: Option<String>,
 }
 
 /// A template as an agent holds it.

@@ -68,9 +68,13 @@ pub struct Profile {
     pub placement: Placement,
     /// Higher restarts first after a host failure.
     pub restart_priority: i32,
-    /// What happens to members when their host fails (`ha = "restart-fresh"` or `"off"`).
+    /// What happens to members when their host fails (`ha = "restart"`, `"restart-fresh"`
+    /// or `"off"`).
     #[serde(default)]
     pub ha: crate::HaPolicy,
+    /// Where members' disks live (`storage = "shared"` or `"local"`).
+    #[serde(default)]
+    pub storage: crate::Storage,
     /// For `network = "bridged"`: the host interface, VLAN and address range.
     #[serde(default)]
     pub bridged: Option<Bridged>,

@@ -211,9 +211,45 @@ pub struct CreateVm {
     /// Start it right away (default) or leave it inactive.
     #[serde(default = "yes")]
     pub start: bool,
-    /// What happens to it when its host fails; `off` when absent.
+    /// What happens to it when its host fails. Absent: `restart` on shared storage, `off`
+    /// on local storage.
     #[serde(default)]
-    pub ha: HaPolicy,
+    pub ha: Option<HaPolicy>,
+    /// Where its disk lives; `local` when absent.
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+/// A storage pool: where a VM's disk lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storage {
+    /// On its host's own disk: gone with the host.
+    #[default]
+    Local,
+    /// In the pool every host mounts (e.g. NFS; in the lab one directory): another host can
+    /// run the VM with its disk as it was.
+    Shared,
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Storage::Local => "local",
+            Storage::Shared => "shared",
+        })
+    }
+}
+
+impl std::str::FromStr for Storage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Storage::Local),
+            "shared" => Ok(Storage::Shared),
+            _ => Err(format!("unknown storage {s:?}: use local or shared")),
+        }
+    }
 }
 
 /// What happens to a VM when its host fails.
@@ -223,6 +259,8 @@ pub enum HaPolicy {
     /// It stays with its host: it runs again when the host returns and it is started.
     #[default]
     Off,
+    /// Restarted on another host with its disk as it was (shared storage only).
+    Restart,
     /// Restarted on another host from its template, with the same name, UUID, MAC and IP
     /// (its disk stayed on the failed host: what it wrote there is not carried over).
     RestartFresh,
@@ -232,6 +270,7 @@ impl std::fmt::Display for HaPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             HaPolicy::Off => "off",
+            HaPolicy::Restart => "restart",
             HaPolicy::RestartFresh => "restart-fresh",
         })
     }
@@ -242,8 +281,9 @@ impl std::str::FromStr for HaPolicy {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "off" => Ok(HaPolicy::Off),
+            "restart" => Ok(HaPolicy::Restart),
             "restart-fresh" => Ok(HaPolicy::RestartFresh),
-            _ => Err(format!("unknown HA policy {s:?}: use off or restart-fresh")),
+            _ => Err(format!("unknown HA policy {s:?}: use off, restart (shared storage) or restart-fresh")),
         }
     }
 }
@@ -301,6 +341,9 @@ pub struct Vm {
     /// What happens to it when its host fails.
     #[serde(default)]
     pub ha: HaPolicy,
+    /// Where its disk lives.
+    #[serde(default)]
+    pub storage: Storage,
 }
 
 /// Work the controller still owes a VM; the reconciler finishes it after a crash.

@@ -235,6 +235,10 @@ struct AgentArgs {
     /// File holding the API token shared with the controller.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The shared storage pool: the same directory on every host (e.g. an NFS mount). VMs
+    /// created with --storage shared keep their disk there and can restart on another host.
+    #[arg(long)]
+    shared_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,11 +394,15 @@ enum VmCmd {
         /// Define it but do not start it.
         #[arg(long)]
         no_start: bool,
-        /// When its host fails: restart-fresh (restarted elsewhere from its template, same
-        /// name, UUID, MAC and IP; what it wrote to its disk stays behind) or off (it waits
-        /// for its host).
-        #[arg(long, default_value = "off", value_parser = ["off", "restart-fresh"])]
-        ha: String,
+        /// When its host fails: restart (elsewhere, with its disk as it was: shared storage
+        /// only), restart-fresh (elsewhere, from its template, same name, UUID, MAC and IP;
+        /// what it wrote stays behind) or off (it waits for its host). Default: restart on
+        /// shared storage, off on local storage.
+        #[arg(long, value_parser = ["off", "restart", "restart-fresh"])]
+        ha: Option<String>,
+        /// Where its disk lives: local (on its host) or shared (the pool every host mounts).
+        #[arg(long, default_value = "local", value_parser = ["local", "shared"])]
+        storage: String,
     },
     /// List VMs.
     List,
@@ -655,6 +663,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
                 boot_timeout: Duration::from_secs(a.boot_timeout),
                 token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
+                shared_dir: a.shared_dir,
             })
             .await?;
         }
@@ -832,10 +841,11 @@ async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
 async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha } => {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
-            let ha = ha.parse().map_err(anyhow::Error::msg)?;
-            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start, ha };
+            let ha = ha.map(|h| h.parse()).transpose().map_err(anyhow::Error::msg)?;
+            let storage = storage.parse().map_err(anyhow::Error::msg)?;
+            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start, ha, storage };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,

@@ -136,6 +136,7 @@ pub fn vm(v: &Vm) {
     println!("ip:        {}", opt(&v.ip));
     println!("workload:  {}", v.workload);
     println!("ha:        {}", v.ha);
+    println!("storage:   {}", v.storage);
     println!("disk:      {}", opt(&v.disk));
     println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
     if let Some(u) = &v.usage {

@@ -524,9 +524,10 @@ fn main() {
         t("drs_consolidation_standby_then_wake", drs::consolidation_puts_hosts_in_standby_and_load_wakes_them),
         t("drs_bad_input", drs::drs_bad_input),
         t("ha_admission_keeps_room_for_a_failure", ha::admission_keeps_room_for_a_failure),
+        t("ha_crashed_qemu_restarts_on_its_host", ha::crashed_qemu_restarts_on_its_host),
+        t("ha_shared_storage_vms_restart_with_their_disk", ha::shared_storage_vms_restart_with_their_disk),
         t("ha_killed_host_vms_restart_elsewhere", ha::killed_host_vms_restart_elsewhere),
         t("ha_partitioned_host_fences_itself_first", ha::partitioned_host_fences_itself_first),
-        t("ha_crashed_qemu_restarts_on_its_host", ha::crashed_qemu_restarts_on_its_host),
         t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
         // On a lab of its own (two controllers on etcd), made and removed by the trial.
         t("control_plane_leader_killed_mid_deployment", control::leader_killed_mid_deployment_standby_finishes),

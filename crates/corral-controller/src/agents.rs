@@ -94,9 +94,19 @@ impl AgentClient {
             .await
     }
 
-    /// Deletes the VM `name` if it is the one with `uuid`; gone already counts as done.
+    /// Deletes the VM `name` if it is the one with `uuid`, its disk on shared storage
+    /// included; gone already counts as done.
     pub async fn delete(&self, name: &str, uuid: &uuid::Uuid) -> Result<(), ApiError> {
-        let url = format!("{}/v1/vms/{name}?uuid={uuid}", self.base);
+        self.delete_url(format!("{}/v1/vms/{name}?uuid={uuid}", self.base)).await
+    }
+
+    /// Deletes this host's copy of VM `name` (an orphan, a failed attempt, the source of a
+    /// move): a disk on shared storage stays, the VM may run on it elsewhere.
+    pub async fn delete_copy(&self, name: &str, uuid: &uuid::Uuid) -> Result<(), ApiError> {
+        self.delete_url(format!("{}/v1/vms/{name}?uuid={uuid}&keep_shared=true", self.base)).await
+    }
+
+    async fn delete_url(&self, url: String) -> Result<(), ApiError> {
         match self.send::<()>(self.http.delete(url).timeout(Self::SLOW)).await {
             Err(e) if e.status == 404 => Ok(()),
             r => r,

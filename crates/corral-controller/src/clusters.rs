@@ -95,6 +95,8 @@ struct ProfileToml {
     #[serde(default)]
     ha: Option<String>,
     #[serde(default)]
+    storage: Option<String>,
+    #[serde(default)]
     bridged: Option<corral_api::cluster::Bridged>,
 }
 
@@ -315,12 +317,15 @@ impl Controller {
                 return Err(bad("field `placement.labels`: keys and values must not be empty".into()));
             }
         }
-        let ha = match &t.ha {
-            None => corral_api::HaPolicy::Off,
-            Some(h) => h.parse().map_err(|e: String| bad(format!("field `ha`: {e}")))?,
+        let storage: corral_api::Storage = match &t.storage {
+            None => corral_api::Storage::Local,
+            Some(s) => s.parse().map_err(|e: String| bad(format!("field `storage`: {e}")))?,
         };
+        let asked = t.ha.as_deref().map(str::parse).transpose().map_err(|e: String| bad(format!("field `ha`: {e}")))?;
+        let ha = crate::ha::resolve_ha(asked, storage).map_err(|e| bad(format!("field `ha`: {}", e.message)))?;
         Ok(Profile {
             ha,
+            storage,
             name: name.clone(),
             template: t.template,
             vcpus: t.vcpus,
@@ -479,7 +484,7 @@ impl Controller {
     /// Host views for placing members of `c`: a bridged network's members go only to hosts
     /// that have its interface.
     pub(crate) fn views_for(&self, c: &Cluster) -> Result<Vec<HostView>, ApiError> {
-        let mut views = self.host_views()?;
+        let mut views = self.views_for_storage(c.profile.storage)?;
         if let Some(b) = &c.profile.bridged {
             let regs: Vec<corral_api::agent::Register> =
                 self.store.list_json(crate::service::HOSTS).map_err(store_err)?;
@@ -593,6 +598,7 @@ impl Controller {
                 network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
                 migration: None,
                 ha: p.ha,
+                storage: p.storage,
             });
         }
         let configure_ms = t0.elapsed().as_millis() as u64;
@@ -905,7 +911,7 @@ impl Controller {
         vm.host = to.to_string();
         vm.disk = Some(st.disk.clone());
         self.put_vm(&vm)?;
-        if let Err(e) = src.delete(name, &vm.uuid).await {
+        if let Err(e) = src.delete_copy(name, &vm.uuid).await {
             tracing::warn!("removing the old copy of {name} from {from}: {}", e.message);
         }
         self.event("vm.moved", name, format!("moved from {from} to {to} in {} ms", started.elapsed().as_millis()));

@@ -65,6 +65,7 @@ impl Controller {
     /// Creates a single VM: validate, place, record (with its pending work), then bring it up.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<Vm, ApiError> {
         self.validate_create(&req)?;
+        let ha = crate::ha::resolve_ha(req.ha, req.storage)?;
         let vm = {
             let _p = self.placing.lock().await;
             if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
@@ -84,8 +85,8 @@ impl Controller {
             // is woken when either is short.
             let host = self
                 .wake_while_short(|| {
-                    let host = place_one(&self.host_views()?, &request).map_err(place_error)?;
-                    if req.ha != corral_api::HaPolicy::Off {
+                    let host = place_one(&self.views_for_storage(req.storage)?, &request).map_err(place_error)?;
+                    if ha != corral_api::HaPolicy::Off {
                         self.admit_ha(&[(host.clone(), req.vcpus, req.memory_mib)])?;
                     }
                     Ok(host)
@@ -114,7 +115,8 @@ impl Controller {
                 disk_mib: None,
                 network: None,
                 migration: None,
-                ha: req.ha,
+                ha,
+                storage: req.storage,
             };
             // Intent first: the record exists before the host is asked to do anything.
             self.put_vm(&vm)?;
@@ -152,7 +154,7 @@ impl Controller {
             Err(e) if e.status == 409 && e.message.contains("already exists") => {
                 // A stale copy from an earlier attempt holds the name on this host.
                 let stale = agent.get(name).await?;
-                agent.delete(name, &stale.uuid).await?;
+                agent.delete_copy(name, &stale.uuid).await?;
                 agent.create(&definition(&vm), false).await?
             }
             r => r?,
@@ -197,7 +199,7 @@ impl Controller {
             }
             // Leave nothing behind on the failed host (if it is down, the orphan sweep will).
             if let Ok(a) = self.agent(&vm.host) {
-                let _ = a.delete(name, &vm.uuid).await;
+                let _ = a.delete_copy(name, &vm.uuid).await;
             }
             let to = self.relocate(name, &tried).await.map_err(|e| ApiError {
                 message: format!("{}; no other host can take it: {}", err.message, e.message),
@@ -354,7 +356,7 @@ impl Controller {
                         return;
                     }
                     if let Ok(a) = me.agent(&host) {
-                        match a.delete(&st.name, &st.uuid).await {
+                        match a.delete_copy(&st.name, &st.uuid).await {
                             Ok(()) => me.event(
                                 "vm.orphan-removed",
                                 &st.name,
@@ -385,6 +387,7 @@ impl Controller {
         if vm.host == to {
             return Err(ApiError::bad_request(format!("VM {name:?} is already on {to}")));
         }
+        crate::ha::refuse_shared_move(&vm)?;
         {
             let _p = self.placing.lock().await;
             let views = self.host_views()?;

@@ -301,7 +301,9 @@ impl Controller {
                 memory_mib: v.memory_mib,
                 memory_reserved_mib: v.memory_mib,
                 migrating_to: v.migration.as_ref().and_then(|m| index(&m.to)),
+                // Disks on shared storage are not moved yet.
                 pinned: v.state != VmState::Running
+                    || v.storage == corral_api::Storage::Shared
                     || v.pending.is_some()
                     || self.is_busy(&v.name)
                     || !self.host_ready(&v.host),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use corral_api::agent::{HeartbeatReply, ProbeRequest, Register};
 use corral_api::drs::HostPower;
-use corral_api::{now_ms, ApiError, HaPolicy, HaStatus, HaUnprotected, Pending, Vm, VmState};
+use corral_api::{now_ms, ApiError, HaPolicy, HaStatus, HaUnprotected, Pending, Storage, Vm, VmState};
 use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller, HostFlags, HOSTS, HOST_FLAGS};
@@ -58,6 +58,33 @@ pub(crate) fn crashed(vm: &Vm, st: &corral_api::agent::VmStatus) -> bool {
         && vm.migration.is_none()
         && st.state == VmState::Inactive
         && st.error.as_deref().is_some_and(|e| e.starts_with("QEMU exited"))
+}
+
+/// The HA policy a new VM gets: what was asked, checked against its storage; by default
+/// `restart` on shared storage (its disk survives its host) and `off` on local storage.
+pub(crate) fn resolve_ha(asked: Option<HaPolicy>, storage: Storage) -> Result<HaPolicy, ApiError> {
+    match (asked, storage) {
+        (None, Storage::Shared) => Ok(HaPolicy::Restart),
+        (None, Storage::Local) => Ok(HaPolicy::Off),
+        (Some(HaPolicy::Restart), Storage::Local) => Err(ApiError::bad_request(
+            "--ha restart needs the disk on shared storage (--storage shared); on local storage use \
+             --ha restart-fresh (restarted from its template) or off",
+        )),
+        (Some(h), _) => Ok(h),
+    }
+}
+
+/// Live migration and cold moves copy a VM's disk between hosts; a disk in the shared pool is
+/// not copied, and moving one is not supported yet.
+pub(crate) fn refuse_shared_move(vm: &Vm) -> Result<(), ApiError> {
+    if vm.storage == Storage::Shared {
+        return Err(ApiError::conflict(format!(
+            "VM {:?} has its disk on shared storage: moving it between hosts is not supported yet (it restarts \
+             elsewhere with its disk if its host fails)",
+            vm.name
+        )));
+    }
+    Ok(())
 }
 
 /// What the HA loop keeps between ticks, in memory.
@@ -406,8 +433,13 @@ impl Controller {
         let placed = async {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(&v.name)?;
-            let mut views = self.host_views()?;
+            let mut views = self.views_for_storage(vm.storage)?;
             let mut spare = self.views_for_restart()?;
+            for s in spare.iter_mut() {
+                if views.iter().any(|v| v.name == s.name && !v.schedulable) && vm.storage == Storage::Shared {
+                    s.schedulable = s.schedulable && self.host_mounts_shared(&s.name);
+                }
+            }
             for h in views.iter_mut().chain(spare.iter_mut()).filter(|h| h.name == failed) {
                 h.schedulable = false;
             }
@@ -477,6 +509,30 @@ impl Controller {
         Ok(views)
     }
 
+    /// Hosts as placement sees them for a VM on `storage`: a VM on shared storage goes only
+    /// to hosts that mount the pool.
+    pub(crate) fn views_for_storage(&self, storage: Storage) -> Result<Vec<corral_sched::HostView>, ApiError> {
+        let mut views = self.host_views()?;
+        if storage == Storage::Shared {
+            let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+            for v in views.iter_mut() {
+                if !regs.iter().any(|r| r.name == v.name && r.shared_dir.is_some()) {
+                    v.schedulable = false;
+                }
+            }
+            if !regs.iter().any(|r| r.shared_dir.is_some()) {
+                return Err(ApiError::no_capacity(
+                    "no host mounts shared storage: start agents with --shared-dir PATH (the same pool on every host)",
+                ));
+            }
+        }
+        Ok(views)
+    }
+
+    fn host_mounts_shared(&self, host: &str) -> bool {
+        self.store.get_json::<Register>(HOSTS, host).ok().flatten().is_some_and(|r| r.shared_dir.is_some())
+    }
+
     /// HA VMs (vCPUs, MiB) per host: stored ones that hold or will hold resources, plus
     /// `extra` about to be admitted.
     fn protected(&self, extra: &[(String, u32, u64)]) -> Result<Vec<(String, u32, u64)>, ApiError> {
@@ -539,12 +595,13 @@ impl Controller {
         }
         for v in &vms {
             if v.ha == HaPolicy::Off {
-                st.unprotected.push(HaUnprotected {
-                    name: v.name.clone(),
-                    host: v.host.clone(),
-                    why: "HA is off: it waits for its host (create with --ha restart-fresh, or set ha in its profile)"
-                        .into(),
-                });
+                let why = if v.storage == Storage::Shared {
+                    "HA is off: it waits for its host (create with --ha restart)"
+                } else {
+                    "HA is off and its disk is on its host: it waits for the host (use --storage shared, or --ha \
+                     restart-fresh to restart it from its template)"
+                };
+                st.unprotected.push(HaUnprotected { name: v.name.clone(), host: v.host.clone(), why: why.into() });
             } else {
                 st.protected.push(v.name.clone());
             }

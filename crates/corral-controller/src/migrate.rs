@@ -153,6 +153,7 @@ impl Controller {
         let m = {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(name)?;
+            crate::ha::refuse_shared_move(&vm)?;
             let to = self.destination(&vm, req.to.as_deref())?;
             let id = format!("mig-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
             let m = Migration {
@@ -413,7 +414,7 @@ impl Controller {
         m.ended_ms.get_or_insert(now_ms());
         self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.name, &vm)?]).map_err(store_err)?;
         self.sync_networks().await;
-        if let Err(e) = self.agent(&m.source)?.delete(&m.vm, &m.uuid).await {
+        if let Err(e) = self.agent(&m.source)?.delete_copy(&m.vm, &m.uuid).await {
             tracing::warn!(
                 "removing the old copy of {} from {}: {} (the orphan sweep will)",
                 m.vm,
@@ -472,7 +473,7 @@ impl Controller {
         why: String,
     ) -> Result<(), ApiError> {
         if let Ok(a) = self.agent(&m.destination) {
-            if let Err(e) = a.delete(&m.vm, &m.uuid).await {
+            if let Err(e) = a.delete_copy(&m.vm, &m.uuid).await {
                 tracing::warn!("removing the arriving copy of {} from {}: {}", m.vm, m.destination, e.message);
             }
         }

@@ -177,6 +177,7 @@ pub(crate) fn definition(vm: &Vm) -> VmDefinition {
         workload: vm.workload.clone(),
         disk_mib: vm.disk_mib,
         network: vm.network,
+        storage: vm.storage,
     }
 }
 

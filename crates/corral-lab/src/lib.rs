@@ -1,8 +1,9 @@
 //! The lab (`corral lab up|down|status`): a Corral deployment on one machine. Each host is a
 //! Linux network namespace joined to an underlay bridge (198.18.<index>.0/24) by `eth0`, running
 //! the real agent; the controller runs beside the bridge. Each host also has `eth1` on a second,
-//! provider bridge (`crl<index>pv`), for bridged networks. The same binaries run a real
-//! deployment.
+//! provider bridge (`crl<index>pv`), for bridged networks, and every host's agent uses
+//! `<dir>/shared` as its shared storage pool (as an NFS mount would be). The same binaries run
+//! a real deployment.
 //!
 //! Every resource is recorded in the lab's state file *before* it is made, so `down` removes
 //! everything even after a crash half-way through `up`. Processes are ended by the PIDs the lab
@@ -386,6 +387,7 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     let n = s.hosts.len() as u64;
     let per_host_mib = (mem_total / 1024) * 8 / 10 / n;
     std::fs::create_dir_all(&o.cache)?;
+    std::fs::create_dir_all(dir.join("shared"))?;
     for i in 0..s.hosts.len() {
         let h = s.hosts[i].clone();
         if h.standby || h.fault.is_some() || h.agent_pid.is_some_and(|p| pid_is_ours(p, &marker)) {
@@ -420,6 +422,8 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
             "--memory",
             &format!("{per_host_mib}"),
         ]);
+        // Every host mounts the same shared pool: one directory of the lab.
+        c.arg("--shared-dir").arg(dir.join("shared"));
         s.hosts[i].agent_pid = Some(spawn_daemon(c, &dir.join(format!("{}.log", h.name)))?);
         s.save()?;
         if !o.cache.join("accel.json").exists() {

@@ -261,6 +261,59 @@ fn admission() -> Result<(), Failed> {
     )
 }
 
+pub fn shared_storage_vms_restart_with_their_disk() -> Result<(), Failed> {
+    let r = shared_storage();
+    restore();
+    r
+}
+
+fn shared_storage() -> Result<(), Failed> {
+    let h = "lab-1";
+    let names: Vec<String> = (1..=3).map(|i| format!("t-sh{i}")).collect();
+    for n in &names {
+        let v = create(n, &["--host", h, "--storage", "shared"])?;
+        check(v["storage"] == "shared" && v["ha"] == "restart", format!("{n}: shared, HA restart by default: {v}"))?;
+        let o = corral(&["vm", "exec", n, "--", "sh", "-c", &format!("echo {n}-data > /root/keep && sync")]);
+        check(o.status.success(), format!("write in {n}: {}", text(&o)))?;
+    }
+    // The disk is locked: a second writer on it fails while the VM runs.
+    let disk = vm(&names[0])?["disk"].as_str().unwrap_or_default().to_string();
+    let target = std::fs::canonicalize(&disk)?;
+    check(
+        target.starts_with(lab().dir.join("shared")),
+        format!("{disk} lives in the shared pool: {}", target.display()),
+    )?;
+    let o = std::process::Command::new("qemu-io").args(["-f", "qcow2", "-c", "write 0 512", &disk]).output()?;
+    let said = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    check(!o.status.success() && said.contains("lock"), format!("a second writer is refused by the lock: {said}"))?;
+
+    let t0 = Instant::now();
+    lab_cmd(&["kill", h])?;
+    wait_for("the shared-storage VMs to run elsewhere", Duration::from_secs(90), || {
+        names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then_some(())
+    })?;
+    eprintln!("  {h} killed: its shared-storage VMs ran elsewhere after {:?}", t0.elapsed());
+    for n in &names {
+        let o = corral(&["vm", "exec", n, "--", "cat", "/root/keep"]);
+        let got = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        check(got == format!("{n}-data"), format!("{n} restarted with its disk as it was: {got:?} {}", text(&o)))?;
+    }
+    // Back: its copies are removed as orphans, the disks they shared stay.
+    lab_cmd(&["heal", h])?;
+    wait_for(&format!("{h} back"), Duration::from_secs(60), || {
+        matches!(host_state(h).as_deref(), Some("recovering" | "ready")).then_some(())
+    })?;
+    wait_for(&format!("{h}'s orphaned copies removed"), Duration::from_secs(30), || {
+        names.iter().all(|n| !lab().dir.join(h).join("vms").join(n).exists()).then_some(())
+    })?;
+    check(target.exists(), "the shared disk survived the orphan sweep")?;
+    let o = corral(&["vm", "exec", &names[0], "--", "cat", "/root/keep"]);
+    check(o.status.success(), format!("{} still answers: {}", names[0], text(&o)))?;
+    // A real delete removes the disk from the pool.
+    super::delete(&names[0])?;
+    check(!target.exists(), format!("{} removed with its VM", target.display()))
+}
+
 pub fn crashed_qemu_restarts_on_its_host() -> Result<(), Failed> {
     let v = create("t-hc", &["--host", "lab-1", "--ha", "restart-fresh"])?;
     let pid = qemu_pid(&v).ok_or("QEMU pid")?;
