@@ -512,15 +512,24 @@ fn token_from_file(path: &Path, create: bool) -> Result<String> {
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
             }
+            // Written aside, then linked into place: of controllers starting together, the
+            // first link wins and the others read its token.
+            let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot write token file {}", path.display()))?;
+                .open(&tmp)
+                .with_context(|| format!("cannot write token file {}", tmp.display()))?;
             f.write_all(t.as_bytes())?;
-            Ok(t)
+            drop(f);
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(t),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => token_from_file(path, false),
+                Err(e) => Err(anyhow::Error::from(e).context(format!("cannot write token file {}", path.display()))),
+            }
         }
         _ => bail!("token file {} is missing or empty", path.display()),
     }

@@ -62,7 +62,8 @@ pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
         // Keep our lease alive, leading or not.
         if let Some(id) = lease {
             let e = etcd.clone();
-            match blocking(move || e.keep_alive(id)).await {
+            let within = ttl / 3;
+            match blocking(move || e.keep_alive(id, within)).await {
                 Some(Ok(true)) => renewed = Instant::now(),
                 Some(Ok(false)) => {
                     lease = None;

@@ -367,6 +367,10 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
         s.controller_pid = Some(spawn_daemon(c, &dir.join("controller.log"))?);
         s.save()?;
     }
+    // The first controller makes the token file; the others must find it there, not race it.
+    wait_http(&format!("{}/v1/health", s.url), Duration::from_secs(20))
+        .await
+        .context("the controller did not come up; see controller.log in the lab directory")?;
     for i in 0..s.standby_controllers.len() {
         if s.standby_controllers[i].pid.is_some_and(|p| pid_is_ours(p, &marker)) {
             continue;

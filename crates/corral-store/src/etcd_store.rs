@@ -101,13 +101,23 @@ impl EtcdStore {
         Ok(self.run(async move { l.grant(ttl_s, None).await })?.id())
     }
 
-    /// Renews a lease once; false if it has expired (its keys are gone).
-    pub fn keep_alive(&self, lease: i64) -> Result<bool> {
+    /// Renews a lease once, waiting at most `within` (a cluster without quorum never answers
+    /// a renewal); false if it has expired (its keys are gone).
+    pub fn keep_alive(&self, lease: i64, within: Duration) -> Result<bool> {
         let mut l = self.lease.clone();
         let resp = self.run(async move {
-            let (mut keeper, mut stream) = l.keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
+            let renew = async {
+                let (mut keeper, mut stream) = l.keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(within, renew).await {
+                Ok(r) => r,
+                Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("lease renewal not answered within {within:?}"),
+                ))),
+            }
         });
         match resp {
             Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
@@ -183,7 +193,14 @@ fn call<T: Send + 'static>(
         let _ = tx.send(f.await);
     }))
     .map_err(|_| format!("etcd {endpoints}: the client has stopped"))?;
-    match rx.recv_timeout(DEADLINE) {
+    // On a multi-threaded tokio runtime, let it run its other tasks elsewhere while this
+    // thread waits (a slow etcd must not stall the controller's HTTP server).
+    let wait = || rx.recv_timeout(DEADLINE);
+    let got = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+        _ => wait(),
+    };
+    match got {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("etcd {endpoints}: {e}")),
         Err(_) => Err(format!("etcd {endpoints} did not answer within {DEADLINE:?}")),

@@ -69,9 +69,9 @@ fn etcd_backend_behaves_like_redb_and_survives_losing_a_member() {
     let lb = etcd.grant_lease(3).expect("lease");
     assert_eq!(etcd.acquire("leader", "http://a", la).expect("acquire"), ("http://a".to_string(), true));
     assert_eq!(etcd.acquire("leader", "http://b", lb).expect("acquire"), ("http://a".to_string(), false));
-    assert!(etcd.keep_alive(la).expect("keep alive"), "a live lease renews");
+    assert!(etcd.keep_alive(la, Duration::from_secs(2)).expect("keep alive"), "a live lease renews");
     etcd.revoke(la).expect("revoke");
-    assert!(!etcd.keep_alive(la).expect("keep alive"), "a revoked lease does not");
+    assert!(!etcd.keep_alive(la, Duration::from_secs(2)).expect("keep alive"), "a revoked lease does not");
     assert_eq!(etcd.acquire("leader", "http://b", lb).expect("acquire"), ("http://b".to_string(), true));
 
     // One member down: a majority remains and serves reads and writes.

@@ -1,7 +1,8 @@
 //! The replicated control plane on the live lab: a second lab (index 202) with two
 //! controllers sharing a 3-member etcd cluster. The leader is killed in the middle of a
 //! cluster deployment; the standby takes over within seconds and finishes it, and the CLI,
-//! given both URLs, follows whichever leads. The lab is always taken down at the end.
+//! given both URLs, follows whichever leads. Then etcd loses its quorum and the leader stops
+//! acting. The lab is always taken down at the end.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -103,5 +104,22 @@ fn run(d: &str) -> Result<(), Failed> {
     check(
         hosts.as_array().is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["state"] == "ready")),
         format!("the agents report to the new leader: {hosts}"),
+    )?;
+    // etcd loses its quorum: the leader stops acting rather than act on state it cannot
+    // write, and the CLI says no controller leads.
+    let st: Value = serde_json::from_slice(&std::fs::read(dir().join("lab.json"))?)?;
+    let etcd: Vec<u64> =
+        st["etcd"].as_array().into_iter().flatten().filter_map(|e| e["pid"].as_u64()).take(2).collect();
+    check(etcd.len() == 2, format!("two etcd members to stop: {}", st["etcd"]))?;
+    for p in &etcd {
+        kill9(*p);
+    }
+    let t1 = Instant::now();
+    wait_for("the leader to step down without etcd", Duration::from_secs(30), || leader().is_none().then_some(()))?;
+    eprintln!("  etcd lost its quorum: no controller leads after {:?}", t1.elapsed());
+    let o = c(&["vm", "list"]);
+    check(
+        !o.status.success() && text(&o).contains("standby"),
+        format!("requests are refused, saying why: {}", text(&o)),
     )
 }
