@@ -91,10 +91,10 @@ enum Cmd {
         /// agent that cannot renew it stops its VMs before it runs out; a failed host's VMs
         /// restart elsewhere only after it has. Keep it well above a heartbeat and a
         /// controller pause you want to ride out.
-        #[arg(long, default_value = "8s", value_parser = duration_arg)]
+        #[arg(long, default_value = "7s", value_parser = duration_arg)]
         lease: Duration,
         /// Missing heartbeats for this long make a host a suspect, checked by its peers.
-        #[arg(long, default_value = "2500ms", value_parser = duration_arg)]
+        #[arg(long, default_value = "2s", value_parser = duration_arg)]
         suspect_after: Duration,
         /// A failed host that comes back takes no VMs for this long (damping).
         #[arg(long, default_value = "30s", value_parser = duration_arg)]

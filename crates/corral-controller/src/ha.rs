@@ -1,8 +1,8 @@
 //! High availability: failure detection, fencing by lease, and restarting VMs of failed hosts.
 //!
-//! Every heartbeat renews the host's lease (`--lease`, default 8 s); an agent that cannot
+//! Every heartbeat renews the host's lease (`--lease`, default 7 s); an agent that cannot
 //! renew it stops its VMs itself before it runs out. A host whose heartbeats are missing for
-//! `--suspect-after` (default 2.5 s) is a suspect: its peers are asked to reach it over the
+//! `--suspect-after` (default 2 s) is a suspect: its peers are asked to reach it over the
 //! underlay (its agent, else a ping). Only if every peer that answers fails to reach it is the
 //! host declared failed; a controller-side hiccup (peers reach it, or no peer answers) fails
 //! nothing over. The VMs of a failed host are restarted elsewhere only once its lease has
