@@ -382,25 +382,34 @@ impl Controller {
             ));
             let _ = self.put_vm(&v);
         }
-        let mut jobs = vec![];
+        // Restart priority: each level (highest first) is restarted, all its VMs at once,
+        // before the next level starts.
+        let mut levels: Vec<(i32, Vec<(crate::service::BusyGuard, Vm)>)> = vec![];
         for v in ha {
             let Ok(guard) = self.busy(&v.name) else { continue };
-            jobs.push((guard, v));
+            let p = prio(&v);
+            match levels.last_mut() {
+                Some((lp, jobs)) if *lp == p => jobs.push((guard, v)),
+                _ => levels.push((p, vec![(guard, v)])),
+            }
         }
         let me = self.clone();
         let host = host.to_string();
         let (last_ms, fenced_ms) = (failure_last_ms, now_ms());
         tokio::spawn(async move {
             let reason = format!("{host} was declared failed");
-            let restarts = jobs.into_iter().map(|(g, v)| {
-                let (me, reason, host) = (me.clone(), reason.clone(), host.clone());
-                async move {
-                    let _g = g;
-                    let r = me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
-                    (v.name, r)
-                }
-            });
-            let done = futures::future::join_all(restarts).await;
+            let mut done = vec![];
+            for (_, jobs) in levels {
+                let restarts = jobs.into_iter().map(|(g, v)| {
+                    let (me, reason, host) = (me.clone(), reason.clone(), host.clone());
+                    async move {
+                        let _g = g;
+                        let r = me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
+                        (v.name, r)
+                    }
+                });
+                done.extend(futures::future::join_all(restarts).await);
+            }
             // The whole failover on one line, times from the last heartbeat.
             let at = |ms: u64| format!("+{:.1} s", ms.saturating_sub(last_ms) as f64 / 1000.0);
             let mut parts = vec![

@@ -1,5 +1,5 @@
 //! High availability on the live lab: a host killed as in a power loss has its HA VMs running
-//! elsewhere with their identity; a partitioned host fences itself before its VMs restart
+//! elsewhere with their identity, higher restart priority first; a partitioned host fences itself before its VMs restart
 //! elsewhere, so no sampled moment shows two QEMU processes of one VM; a host that keeps
 //! failing is quarantined. Every trial heals what it broke (the harness's clean-up does too).
 
@@ -71,6 +71,7 @@ pub fn killed_host_vms_restart_elsewhere() -> Result<(), Failed> {
     let r = killed_host();
     restore();
     let _ = corral(&["cluster", "delete", "c-ha"]);
+    let _ = corral(&["profile", "delete", "ha"]);
     for h in ["lab-1", "lab-2", "lab-3"] {
         let _ = corral(&["host", "label", h]);
     }
@@ -84,7 +85,7 @@ fn killed_host() -> Result<(), Failed> {
     // admission control keeps room there to restart them).
     std::fs::write(
         &pf,
-        "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nha = \"restart-fresh\"\n[placement]\nlabels = { ha-trial = \"yes\" }\n",
+        "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\nha = \"restart-fresh\"\nrestart_priority = 10\n[placement]\nlabels = { ha-trial = \"yes\" }\n",
     )?;
     let o = corral(&["profile", "create", "ha", "--file", &pf.display().to_string()]);
     check(o.status.success() || text(&o).contains("already exists"), format!("profile ha: {}", text(&o)))?;
@@ -96,6 +97,8 @@ fn killed_host() -> Result<(), Failed> {
     }
     check(made?["state"] == "succeeded", "cluster c-ha deployed")?;
     create("t-haoff", &["--host", h])?;
+    // An HA VM of lower restart priority (0): restarted after the cluster's members (10).
+    create("t-halow", &["--host", h, "--ha", "restart-fresh"])?;
     let members: Vec<Value> =
         json(&["cluster", "show", "c-ha"])?["members"].as_array().cloned().ok_or("cluster members")?;
     let names: Vec<String> = members.iter().filter_map(|m| m["name"].as_str().map(String::from)).collect();
@@ -132,6 +135,14 @@ fn killed_host() -> Result<(), Failed> {
     }
     for k in ["host.failed", "host.fenced"] {
         check(!events_of(k, h).is_empty(), format!("{k} recorded for {h}"))?;
+    }
+    // Restart priority: the low one is restarted only once every member runs again.
+    let low = wait_for("t-halow to run elsewhere", Duration::from_secs(90), || {
+        events_of("vm.failover", "t-halow").first().and_then(|e| e["ms"].as_u64())
+    })?;
+    for n in &names {
+        let ms = events_of("vm.failover", n).first().and_then(|e| e["ms"].as_u64()).unwrap_or(u64::MAX);
+        check(ms <= low, format!("{n} (priority 10) restarted before t-halow (priority 0): {ms} vs {low}"))?;
     }
     // The failover's timeline, in one event: heartbeat, detection, fence, each restart.
     let line = wait_for("the failover's timeline", Duration::from_secs(30), || {
