@@ -192,6 +192,25 @@ fn controllers(list: &str) -> Vec<String> {
     list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
 }
 
+/// Where the heartbeat loop turns when this controller will not do.
+enum Elsewhere {
+    /// The leader a standby controller named.
+    Leader(String),
+    /// The next controller of the list (this one is unreachable, or a standby that knows no
+    /// leader yet).
+    Next,
+}
+
+impl Elsewhere {
+    /// From a standby's 503 answer.
+    fn of(r: &reqwest::Response) -> Self {
+        match r.headers().get(corral_api::LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(l) => Elsewhere::Leader(l.trim_end_matches('/').to_string()),
+            None => Elsewhere::Next,
+        }
+    }
+}
+
 /// Registers with the controller, then heartbeats; registers again whenever the controller
 /// does not know this host (for instance after it lost its state). With several controllers
 /// it talks to the leader: a standby answers 503 naming the leader, which it follows; an
@@ -206,26 +225,21 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             None => r,
         }
     };
-    let leader_of = |r: &reqwest::Response| {
-        r.headers().get("x-corral-leader").and_then(|v| v.to_str().ok()).map(|v| v.trim_end_matches('/').to_string())
-    };
     let mut registered = false;
     loop {
         let base = agent.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut next: Option<String> = None;
+        let mut elsewhere: Option<Elsewhere> = None;
         if !registered {
             match post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!("registered with controller {base}");
                     registered = true;
                 }
-                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                    next = leader_of(&r).or(Some(String::new()))
-                }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => elsewhere = Some(Elsewhere::of(&r)),
                 Ok(r) => tracing::warn!("controller refused registration: {}", r.status()),
                 Err(e) => {
                     tracing::debug!("controller {base} not reachable: {e}");
-                    next = Some(String::new());
+                    elsewhere = Some(Elsewhere::Next);
                 }
             }
         }
@@ -242,25 +256,23 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                     }
                     agent.lease.renewed(sent, reply.lease_ms);
                 }
-                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                    next = leader_of(&r).or(Some(String::new()))
-                }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => elsewhere = Some(Elsewhere::of(&r)),
                 Ok(r) => tracing::warn!("heartbeat refused: {}", r.status()),
                 Err(e) => {
                     tracing::debug!("heartbeat to {base} failed: {e}");
-                    next = Some(String::new());
+                    elsewhere = Some(Elsewhere::Next);
                 }
             }
         }
         agent.lease.tried();
         // Follow the leader named by a standby, else try the next controller of the list.
-        if let Some(n) = next.filter(|_| all.len() > 1) {
-            let named = !n.is_empty();
-            let to = if n.is_empty() {
-                let i = all.iter().position(|u| *u == base).map_or(0, |i| (i + 1) % all.len());
-                all[i].clone()
-            } else {
-                n
+        if let Some(e) = elsewhere.filter(|_| all.len() > 1) {
+            let (to, named) = match e {
+                Elsewhere::Leader(l) => (l, true),
+                Elsewhere::Next => {
+                    let i = all.iter().position(|u| *u == base).map_or(0, |i| (i + 1) % all.len());
+                    (all[i].clone(), false)
+                }
             };
             if to != base {
                 tracing::info!("controller {base} is not the leader: trying {to}");

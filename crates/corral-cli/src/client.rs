@@ -50,7 +50,7 @@ impl Client {
                 e.to_string()
             }),
             Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && self.bases.len() > 1 => {
-                let leader = r.headers().get("x-corral-leader").and_then(|v| v.to_str().ok()).map(String::from);
+                let leader = r.headers().get(corral_api::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
                 Attempt::Standby(leader, r)
             }
             Ok(r) => Attempt::Answer(r),

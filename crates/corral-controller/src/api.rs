@@ -141,7 +141,7 @@ async fn leader_only(State(c): C, req: axum::extract::Request, next: axum::middl
     };
     let mut resp = HttpError(ApiError::unavailable(message)).into_response();
     if let Some(v) = leader.and_then(|l| header::HeaderValue::from_str(&l).ok()) {
-        resp.headers_mut().insert("x-corral-leader", v);
+        resp.headers_mut().insert(corral_api::LEADER_HEADER, v);
     }
     resp
 }

@@ -333,7 +333,7 @@ impl Controller {
                     && !flags.cordoned
                     && flags.maintenance.is_none()
                     && flags.failed.is_none()
-                    && flags.recovering_until_ms.is_none_or(|t| now_ms() >= t),
+                    && !flags.recovering(),
                 keep_on: settings.keep_on.contains(&r.name) || parked || !ready || (lives_there[i] && !on),
             });
         }

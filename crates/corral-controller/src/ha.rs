@@ -444,11 +444,7 @@ impl Controller {
             let mut vm = self.vm(&v.name)?;
             let mut views = self.views_for_storage(vm.storage)?;
             let mut spare = self.views_for_restart()?;
-            for s in spare.iter_mut() {
-                if views.iter().any(|v| v.name == s.name && !v.schedulable) && vm.storage == Storage::Shared {
-                    s.schedulable = s.schedulable && self.host_mounts_shared(&s.name);
-                }
-            }
+            self.restrict_to_storage(&mut spare, vm.storage)?;
             for h in views.iter_mut().chain(spare.iter_mut()).filter(|h| h.name == failed) {
                 h.schedulable = false;
             }
@@ -511,9 +507,11 @@ impl Controller {
         let mut views = self.host_views()?;
         for v in views.iter_mut().filter(|v| !v.schedulable) {
             let f = self.flags(&v.name)?;
-            let recovering = f.recovering_until_ms.is_some_and(|t| now_ms() < t);
-            v.schedulable =
-                recovering && self.host_ready(&v.name) && f.failed.is_none() && !f.cordoned && f.power == HostPower::On;
+            v.schedulable = f.recovering()
+                && self.host_ready(&v.name)
+                && f.failed.is_none()
+                && !f.cordoned
+                && f.power == HostPower::On;
         }
         Ok(views)
     }
@@ -522,24 +520,28 @@ impl Controller {
     /// to hosts that mount the pool.
     pub(crate) fn views_for_storage(&self, storage: Storage) -> Result<Vec<corral_sched::HostView>, ApiError> {
         let mut views = self.host_views()?;
-        if storage == Storage::Shared {
-            let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-            for v in views.iter_mut() {
-                if !regs.iter().any(|r| r.name == v.name && r.shared_dir.is_some()) {
-                    v.schedulable = false;
-                }
-            }
-            if !regs.iter().any(|r| r.shared_dir.is_some()) {
-                return Err(ApiError::no_capacity(
-                    "no host mounts shared storage: start agents with --shared-dir PATH (the same pool on every host)",
-                ));
-            }
-        }
+        self.restrict_to_storage(&mut views, storage)?;
         Ok(views)
     }
 
-    fn host_mounts_shared(&self, host: &str) -> bool {
-        self.store.get_json::<Register>(HOSTS, host).ok().flatten().is_some_and(|r| r.shared_dir.is_some())
+    /// Makes hosts that cannot hold a disk on `storage` unschedulable (for shared storage:
+    /// those that do not mount the pool); an error if no host can.
+    fn restrict_to_storage(&self, views: &mut [corral_sched::HostView], storage: Storage) -> Result<(), ApiError> {
+        if storage == Storage::Local {
+            return Ok(());
+        }
+        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        if !regs.iter().any(|r| r.shared_dir.is_some()) {
+            return Err(ApiError::no_capacity(
+                "no host mounts shared storage: start agents with --shared-dir PATH (the same pool on every host)",
+            ));
+        }
+        for v in views.iter_mut() {
+            if !regs.iter().any(|r| r.name == v.name && r.shared_dir.is_some()) {
+                v.schedulable = false;
+            }
+        }
+        Ok(())
     }
 
     /// HA VMs (vCPUs, MiB) per host: stored ones that hold or will hold resources, plus

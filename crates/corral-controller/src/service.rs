@@ -93,6 +93,13 @@ pub struct HostFlags {
     pub recovering_until_ms: Option<u64>,
 }
 
+impl HostFlags {
+    /// Back from a failure and still in its damping period (no placements).
+    pub(crate) fn recovering(&self) -> bool {
+        self.recovering_until_ms.is_some_and(|t| now_ms() < t)
+    }
+}
+
 type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
 
 /// The controller: store, live host data, and the agents.
@@ -151,7 +158,7 @@ impl Drop for BusyGuard {
 fn ha_state(state: HostState, flags: &HostFlags) -> HostState {
     if flags.failed.as_ref().is_some_and(|f| f.fenced_ms.is_some() || state != HostState::Ready) {
         HostState::Failed
-    } else if state == HostState::Ready && flags.recovering_until_ms.is_some_and(|t| now_ms() < t) {
+    } else if state == HostState::Ready && flags.recovering() {
         HostState::Recovering
     } else {
         state

@@ -438,16 +438,22 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
     wait_hosts(s, s.powered(), Duration::from_secs(120)).await
 }
 
-/// Powers a lab host off (its agent is stopped; the host takes no work) or on again (its agent
-/// is started and reports). What the controller's standby and wake commands run in a lab.
-pub async fn power(o: &UpOptions, host: &str, on: bool) -> Result<()> {
-    let Some(mut s) = LabState::load(&o.dir)? else {
-        bail!("no lab in {}: start one with `corral lab up`", o.dir.display());
+/// The lab in `dir` and the index of its host `host`, or an error saying what is missing.
+fn lab_host(dir: &Path, host: &str) -> Result<(LabState, usize)> {
+    let Some(s) = LabState::load(dir)? else {
+        bail!("no lab in {}: start one with `corral lab up`", dir.display());
     };
     let Some(i) = s.hosts.iter().position(|h| h.name == host) else {
         let names: Vec<&str> = s.hosts.iter().map(|h| h.name.as_str()).collect();
         bail!("no lab host named {host:?}: the lab has {}", names.join(", "));
     };
+    Ok((s, i))
+}
+
+/// Powers a lab host off (its agent is stopped; the host takes no work) or on again (its agent
+/// is started and reports). What the controller's standby and wake commands run in a lab.
+pub async fn power(o: &UpOptions, host: &str, on: bool) -> Result<()> {
+    let (mut s, i) = lab_host(&o.dir, host)?;
     let marker = s.dir.display().to_string();
     if on {
         s.hosts[i].standby = false;
@@ -478,13 +484,7 @@ pub enum Fault {
 /// Injects a fault into a lab host (`corral lab kill|partition|heal HOST`), so failures can
 /// be rehearsed the way the tests do.
 pub async fn fault(o: &UpOptions, host: &str, f: Fault) -> Result<()> {
-    let Some(mut s) = LabState::load(&o.dir)? else {
-        bail!("no lab in {}: start one with `corral lab up`", o.dir.display());
-    };
-    let Some(i) = s.hosts.iter().position(|h| h.name == host) else {
-        let names: Vec<&str> = s.hosts.iter().map(|h| h.name.as_str()).collect();
-        bail!("no lab host named {host:?}: the lab has {}", names.join(", "));
-    };
+    let (mut s, i) = lab_host(&o.dir, host)?;
     let veth = s.hosts[i].veth.clone();
     match f {
         Fault::Kill => {
