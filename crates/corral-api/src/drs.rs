@@ -17,27 +17,7 @@ pub enum DrsMode {
     Auto,
 }
 
-impl std::fmt::Display for DrsMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DrsMode::Off => "off",
-            DrsMode::Advise => "advise",
-            DrsMode::Auto => "auto",
-        })
-    }
-}
-
-impl std::str::FromStr for DrsMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(DrsMode::Off),
-            "advise" => Ok(DrsMode::Advise),
-            "auto" => Ok(DrsMode::Auto),
-            _ => Err(format!("unknown DRS mode {s:?}: use off, advise or auto")),
-        }
-    }
-}
+words!(DrsMode, "DRS mode", "off, advise or auto", { Off => "off", Advise => "advise", Auto => "auto" });
 
 /// Default seconds between rounds.
 pub const DEFAULT_INTERVAL_S: f64 = 60.0;

@@ -4,6 +4,37 @@
 //! Conventions: names of states and enums are lower-case on the wire; sizes are MiB unless the
 //! field name says otherwise; times are milliseconds since the Unix epoch (`*_ms` fields).
 
+/// The words of an enum of unit variants, from one table: `as_str`, `Display` and `FromStr`,
+/// whose error names what was expected (`unknown <what> "x": use <hint>`).
+macro_rules! words {
+    ($t:ty, $what:literal, $hint:literal, { $($v:ident => $w:literal),+ $(,)? }) => {
+        impl $t {
+            /// Its word, as users write it and see it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $w,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($w => Ok(Self::$v),)+
+                    _ => Err(format!(concat!("unknown ", $what, " {:?}: use ", $hint), s)),
+                }
+            }
+        }
+    };
+}
+
 pub mod agent;
 pub mod cluster;
 pub mod drs;
@@ -220,6 +251,10 @@ pub struct CreateVm {
     pub storage: Storage,
 }
 
+/// The header a standby controller's 503 answers carry: the URL of the controller that leads,
+/// which agents and the CLI follow.
+pub const LEADER_HEADER: &str = "x-corral-leader";
+
 /// A storage pool: where a VM's disk lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -232,25 +267,7 @@ pub enum Storage {
     Shared,
 }
 
-impl std::fmt::Display for Storage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Storage::Local => "local",
-            Storage::Shared => "shared",
-        })
-    }
-}
-
-impl std::str::FromStr for Storage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "local" => Ok(Storage::Local),
-            "shared" => Ok(Storage::Shared),
-            _ => Err(format!("unknown storage {s:?}: use local or shared")),
-        }
-    }
-}
+words!(Storage, "storage", "local or shared", { Local => "local", Shared => "shared" });
 
 /// What happens to a VM when its host fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -266,27 +283,11 @@ pub enum HaPolicy {
     RestartFresh,
 }
 
-impl std::fmt::Display for HaPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HaPolicy::Off => "off",
-            HaPolicy::Restart => "restart",
-            HaPolicy::RestartFresh => "restart-fresh",
-        })
-    }
-}
-
-impl std::str::FromStr for HaPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(HaPolicy::Off),
-            "restart" => Ok(HaPolicy::Restart),
-            "restart-fresh" => Ok(HaPolicy::RestartFresh),
-            _ => Err(format!("unknown HA policy {s:?}: use off, restart (shared storage) or restart-fresh")),
-        }
-    }
-}
+words!(HaPolicy, "HA policy", "off, restart (shared storage) or restart-fresh", {
+    Off => "off",
+    Restart => "restart",
+    RestartFresh => "restart-fresh",
+});
 
 fn yes() -> bool {
     true
@@ -546,6 +547,27 @@ mod tests {
     fn states_are_lower_case_on_the_wire() {
         assert_eq!(serde_json::to_string(&VmState::Suspended).ok().as_deref(), Some("\"suspended\""));
         assert_eq!(VmState::Running.to_string(), "running");
+    }
+
+    #[test]
+    fn words_round_trip_and_say_what_is_expected() {
+        for h in [HaPolicy::Off, HaPolicy::Restart, HaPolicy::RestartFresh] {
+            assert_eq!(h.to_string().parse::<HaPolicy>(), Ok(h));
+            assert_eq!(serde_json::to_string(&h).ok(), Some(format!("\"{h}\"")), "the wire word is the same");
+        }
+        for m in [drs::DrsMode::Off, drs::DrsMode::Advise, drs::DrsMode::Auto] {
+            assert_eq!(m.as_str().parse::<drs::DrsMode>(), Ok(m));
+        }
+        assert_eq!("shared".parse::<Storage>(), Ok(Storage::Shared));
+        assert_eq!("nfs".parse::<Storage>(), Err("unknown storage \"nfs\": use local or shared".to_string()));
+        assert_eq!(
+            "fast".parse::<migration::MigrationMode>(),
+            Err("unknown migration mode \"fast\": use auto, precopy or postcopy".to_string())
+        );
+        assert_eq!(
+            "sometimes".parse::<drs::DrsMode>(),
+            Err("unknown DRS mode \"sometimes\": use off, advise or auto".to_string())
+        );
     }
 
     #[test]

@@ -20,29 +20,16 @@ pub enum MigrationMode {
     Postcopy,
 }
 
+words!(MigrationMode, "migration mode", "auto, precopy or postcopy", {
+    Auto => "auto",
+    Precopy => "precopy",
+    Postcopy => "postcopy",
+});
+
 impl MigrationMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationMode::Auto => "auto",
-            MigrationMode::Precopy => "precopy",
-            MigrationMode::Postcopy => "postcopy",
-        }
-    }
     /// Whether the destination must be ready for post-copy.
     pub fn may_postcopy(self) -> bool {
         self != MigrationMode::Precopy
-    }
-}
-
-impl std::str::FromStr for MigrationMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "precopy" => Ok(Self::Precopy),
-            "postcopy" => Ok(Self::Postcopy),
-            _ => Err(format!("unknown migration mode {s:?}: use auto, precopy or postcopy")),
-        }
     }
 }
 
