@@ -62,12 +62,22 @@ async fn host(State(a): State<Arc<Agent>>) -> Json<corral_api::agent::Register> 
     Json(a.registration())
 }
 
-/// Can this host reach another one? The controller's second path before a failover.
+/// Can this host reach one of its peers? The controller's second path before a failover.
+/// Only a peer named in this host's lease is probed: no URL is taken from the request.
 async fn probe(
     State(a): State<Arc<Agent>>,
     Json(req): Json<corral_api::agent::ProbeRequest>,
-) -> Json<corral_api::agent::ProbeReply> {
-    Json(crate::hostinfo::probe(&a.http, &req).await)
+) -> R<corral_api::agent::ProbeReply> {
+    let peer = a.fencer.peer(&req.host).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "{:?} is not a peer of this host (the controller names them in the lease)",
+            req.host
+        ))
+    })?;
+    Ok(Json(match crate::fence::reach(&a.http, &peer).await {
+        Ok(how) => corral_api::agent::ProbeReply { reachable: true, how },
+        Err(how) => corral_api::agent::ProbeReply { reachable: false, how },
+    }))
 }
 
 async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<VmStatus>> {

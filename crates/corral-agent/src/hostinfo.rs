@@ -117,38 +117,6 @@ pub fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map(|v| v as u64).unwrap_or(100)
 }
 
-/// Tries to reach another host, its agent over HTTP and its underlay address with one ping
-/// at once: any answer from the agent, or a ping reply, means the host is up (its agent may
-/// be down). Bounded to about a second.
-pub async fn probe(http: &reqwest::Client, req: &corral_api::agent::ProbeRequest) -> corral_api::agent::ProbeReply {
-    use corral_api::agent::ProbeReply;
-    let url = format!("{}/v1/health", req.url.trim_end_matches('/'));
-    let agent = async {
-        match http.get(&url).timeout(std::time::Duration::from_millis(900)).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(if e.is_timeout() { "no answer".to_string() } else { e.to_string() }),
-        }
-    };
-    let ping = async {
-        let Some(ip) = &req.ip else { return Err("no underlay address to ping".to_string()) };
-        match tokio::process::Command::new("ping").args(["-c", "1", "-W", "0.9", "-q", ip]).output().await {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(_) => Err(format!("{ip} does not answer ping")),
-            Err(e) => Err(format!("cannot run ping: {e}")),
-        }
-    };
-    match tokio::join!(agent, ping) {
-        (Ok(()), _) => ProbeReply { reachable: true, how: format!("its agent answered at {}", req.url) },
-        (Err(a), Ok(())) => ProbeReply {
-            reachable: true,
-            how: format!("its agent at {} does not answer ({a}), but its address answers ping", req.url),
-        },
-        (Err(a), Err(p)) => {
-            ProbeReply { reachable: false, how: format!("its agent at {} does not answer ({a}); {p}", req.url) }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod templates;
 pub mod vm;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub struct Config {
     pub token: Option<String>,
     /// The shared storage pool (the same directory on every host, e.g. an NFS mount).
     pub shared_dir: Option<PathBuf>,
+    /// Isolation addresses (`--isolation-address`): with no peer known, reaching one of
+    /// them tells a control-plane outage from isolation.
+    pub isolation: Vec<std::net::Ipv4Addr>,
 }
 
 /// A running agent.
@@ -58,8 +62,8 @@ pub struct Agent {
     pub net: Option<netdev::Net>,
     /// One template transfer at a time.
     pulling: tokio::sync::Mutex<()>,
-    /// This host's lease from the controller (self-fencing).
-    pub lease: fence::Lease,
+    /// This host's lease from the controller, its peers, and whether it is isolated.
+    pub fencer: Arc<fence::Fencer>,
     /// The controller that leads, as far as this agent knows (one of `--controller`'s).
     leader: Mutex<String>,
 }
@@ -137,6 +141,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+    // The lease is read before any QEMU is re-attached: one that ran out while the agent was
+    // away, on a host that reaches no majority of its peers, fences the HA VMs first.
+    let fencer = Arc::new(fence::Fencer::load(&cfg.data_dir, cfg.isolation.clone()));
+    // Transfers may be long, but a peer that stops sending ends them.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(30))
+        .build()?;
+    if fencer.verdict(fence::boottime_ms()) != fence::Verdict::Held {
+        fencer.probe_round(&http).await;
+        if let fence::Verdict::Isolated(why) = fencer.verdict(fence::boottime_ms()) {
+            let n = watchdog::kill_restartable(&cfg.data_dir, fencer.record().as_ref(), &why).await;
+            if n > 0 {
+                tracing::warn!("lease out and isolated at start: {n} HA VM(s) stopped before re-attaching");
+            }
+        }
+    }
+    std::fs::write(cfg.data_dir.join(watchdog::AGENT_PID_FILE), std::process::id().to_string())
+        .with_context(|| format!("cannot write the agent's PID file in {}", cfg.data_dir.display()))?;
+    if let Err(e) = watchdog::ensure(&cfg.data_dir) {
+        tracing::warn!("cannot start the fencing watchdog: {e}; fencing depends on this agent alone");
+    }
     let settings = vm::Settings {
         net: net.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -148,7 +174,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let vms = vm::Manager::open(settings, tpls).await?;
     vms.refresh_filter().await;
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
     let agent = Arc::new(Agent {
         cfg: cfg.clone(),
         vms,
@@ -157,7 +182,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         http,
         net,
         pulling: tokio::sync::Mutex::new(()),
-        lease: fence::Lease::load(&cfg.data_dir),
+        fencer: fencer.clone(),
         leader: Mutex::new(controllers(&cfg.controller).first().cloned().unwrap_or_default()),
     });
 
@@ -173,11 +198,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(heartbeat_loop(agent.clone()));
+    watchdog::spawn_prober(fencer.clone(), agent.http.clone(), false);
     let f = agent.clone();
     tokio::spawn(async move {
+        let mut was = fence::Verdict::Held;
         loop {
-            if let Some(why) = f.lease.must_fence(corral_api::now_ms()) {
-                f.vms.fence_all(&why).await;
+            let v = f.fencer.verdict(fence::boottime_ms());
+            if let fence::Verdict::Isolated(why) = &v {
+                let lease = f.fencer.record();
+                f.vms.fence(|r| watchdog::restartable(r, lease.as_ref()), why).await;
+            }
+            if std::mem::discriminant(&v) != std::mem::discriminant(&was) {
+                match &v {
+                    fence::Verdict::Held => tracing::info!("lease renewed"),
+                    fence::Verdict::CutOff(why) | fence::Verdict::Isolated(why) => tracing::warn!("{why}"),
+                }
+                was = v;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -245,17 +281,22 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         }
         if registered {
             let hb = agent.heartbeat();
-            let sent = corral_api::now_ms();
+            let sent = fence::boottime_ms();
             match post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
                 Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
-                Ok(r) if r.status().is_success() => {
-                    let reply: HeartbeatReply = r.json().await.unwrap_or_default();
-                    if reply.fenced {
-                        // Declared failed while away: its VMs may run elsewhere now.
-                        agent.vms.fence_all("fenced: the controller declared this host failed and moved its VMs").await;
+                Ok(r) if r.status().is_success() => match r.json::<HeartbeatReply>().await {
+                    Ok(reply) => {
+                        if !reply.fence.is_empty() {
+                            // Declared failed while away: these VMs run elsewhere now.
+                            let why =
+                                "fenced: the controller declared this host failed and restarted this VM elsewhere";
+                            agent.vms.fence(|r| reply.fence.contains(&r.def.uuid), why).await;
+                        }
+                        agent.fencer.renewed(sent, &reply);
                     }
-                    agent.lease.renewed(sent, reply.lease_ms);
-                }
+                    // Never a renewal: what cannot be read cannot extend the lease.
+                    Err(e) => tracing::warn!("unreadable heartbeat reply from {base} ({e}): the lease is not renewed"),
+                },
                 Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => elsewhere = Some(Elsewhere::of(&r)),
                 Ok(r) => tracing::warn!("heartbeat refused: {}", r.status()),
                 Err(e) => {
@@ -264,7 +305,6 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                 }
             }
         }
-        agent.lease.tried();
         // Follow the leader named by a standby, else try the next controller of the list.
         if let Some(e) = elsewhere.filter(|_| all.len() > 1) {
             let (to, named) = match e {

@@ -218,7 +218,13 @@ impl Manager {
                 other if saved => {
                     (VmState::Suspended, Some(format!("agent restarted during {other}; saved state kept")))
                 }
-                _ => (VmState::Inactive, Some("QEMU was not running when the agent restarted".to_string())),
+                _ => (
+                    VmState::Inactive,
+                    Some(
+                        crate::watchdog::take_fenced_note(&e.paths.dir)
+                            .unwrap_or_else(|| "QEMU was not running when the agent restarted".to_string()),
+                    ),
+                ),
             };
             e.update(|r| {
                 r.state = state;
@@ -772,27 +778,40 @@ impl Manager {
         Ok(ConsoleChunk { offset: 0, next: 0, data: String::new() })
     }
 
-    /// Stops every VM of this host at once (SIGKILL, as a power cut would): the host has lost
-    /// its lease, or was declared failed, so its VMs may be restarted elsewhere. Does not wait
-    /// for operations in flight; they find their QEMU gone.
-    pub async fn fence_all(&self, why: &str) {
+    /// Stops the VMs `which` selects at once (SIGKILL to every one, as a power cut would, then
+    /// a wait for all): the host is isolated, or was declared failed and these VMs run
+    /// elsewhere now. Does not wait for operations in flight; they find their QEMU gone.
+    pub async fn fence(&self, which: impl Fn(&VmRecord) -> bool, why: &str) -> usize {
         let entries: Vec<Arc<Entry>> = lock(&self.vms).values().cloned().collect();
-        let mut any = false;
-        for e in entries {
-            let Some(pid) = e.live_pid() else { continue };
-            let r = e.snapshot();
-            qemu::kill(pid, &r.def.uuid).await;
-            tracing::warn!("VM {}: {why}", r.def.name);
+        let victims: Vec<(Arc<Entry>, u32, uuid::Uuid)> = entries
+            .into_iter()
+            .filter(|e| which(&e.snapshot()))
+            .filter_map(|e| {
+                let pid = e.live_pid()?;
+                let uuid = e.snapshot().def.uuid;
+                Some((e, pid, uuid))
+            })
+            .collect();
+        if victims.is_empty() {
+            return 0;
+        }
+        for (_, pid, uuid) in &victims {
+            qemu::signal(*pid, uuid, nix::sys::signal::Signal::SIGKILL);
+        }
+        futures::future::join_all(
+            victims.iter().map(|(_, pid, uuid)| qemu::wait_exit(*pid, uuid, Duration::from_secs(10))),
+        )
+        .await;
+        for (e, pid, _) in &victims {
+            tracing::warn!("VM {} (QEMU {pid}): {why}", e.snapshot().def.name);
             let _ = e.update(|r| {
                 r.state = VmState::Inactive;
                 r.pid = None;
                 r.error = Some(why.to_string());
             });
-            any = true;
         }
-        if any {
-            self.refresh_filter().await;
-        }
+        self.refresh_filter().await;
+        victims.len()
     }
 
     /// One pass of the monitor: notices QEMU processes that ended on their own and samples usage.
@@ -807,11 +826,14 @@ impl Manager {
                 if let Some(pid) = r.pid.filter(|p| !qemu::is_ours(*p, &r.def.uuid)) {
                     let said = std::fs::read_to_string(e.paths.qemu_log()).unwrap_or_default();
                     let said = said.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
-                    tracing::info!("VM {}: QEMU process {pid} ended (guest powered off or crashed){said}", r.def.name);
+                    // The watchdog may have fenced it: then that is the reason, not a crash.
+                    let why = crate::watchdog::take_fenced_note(&e.paths.dir)
+                        .unwrap_or_else(|| format!("QEMU exited: the guest powered off or crashed{said}"));
+                    tracing::info!("VM {}: QEMU process {pid} ended: {why}", r.def.name);
                     let _ = e.update(|r| {
                         r.state = VmState::Inactive;
                         r.pid = None;
-                        r.error = Some(format!("QEMU exited: the guest powered off or crashed{said}"));
+                        r.error = Some(why);
                     });
                     ended = true;
                     continue;

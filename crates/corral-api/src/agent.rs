@@ -26,6 +26,10 @@ pub struct VmDefinition {
     /// Where its disk lives: on the host, or in the pool every host mounts.
     #[serde(default)]
     pub storage: crate::Storage,
+    /// Its HA policy: a VM the controller may restart elsewhere is stopped when its host is
+    /// isolated (fencing); one without HA never is.
+    #[serde(default)]
+    pub ha: crate::HaPolicy,
 }
 
 /// Which virtual network a NIC joins.
@@ -113,25 +117,54 @@ pub struct VmStatus {
 /// The controller's answer to a heartbeat: the agent's lease, renewed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
-    /// The lease runs this long from the heartbeat's sending; an agent that cannot renew it
-    /// stops its VMs before it runs out (0: no lease, no self-fencing).
-    #[serde(default)]
+    /// The lease runs this long from the heartbeat's sending; an agent that cannot renew it,
+    /// and cannot reach a majority of its peers either (it is isolated), stops its HA VMs
+    /// before it runs out (0: no lease, no self-fencing).
     pub lease_ms: u64,
-    /// The controller has declared this host failed and moved its VMs: stop them all now.
+    /// The controller has declared this host failed and restarted these VMs elsewhere: stop
+    /// them now (the host's other VMs keep running).
     #[serde(default)]
-    pub fenced: bool,
+    pub fence: Vec<uuid::Uuid>,
+    /// The other hosts whose reachability tells this one whether it is isolated (a majority
+    /// of them must be unreachable), and which the controller asks before it declares this
+    /// host failed. The same list answers `/v1/probe` by host name.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// This host's VMs that the controller may restart elsewhere (HA VMs): the ones fencing
+    /// stops. A VM without HA is never fenced.
+    #[serde(default)]
+    pub restartable: Vec<uuid::Uuid>,
 }
 
-/// `POST /v1/probe` on an agent: can this host reach another one over the underlay? The
-/// controller's second path for confirming a host failure.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ProbeRequest {
-    /// The other host's agent URL (its health endpoint is tried first).
+/// Another host, as a peer of this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Peer {
+    pub name: String,
+    /// Its agent's base URL.
     pub url: String,
-    /// Its underlay address, pinged when its agent does not answer (the host may be up with
-    /// its agent down).
+    /// Its underlay address, pinged when its agent does not answer.
     #[serde(default)]
-    pub ip: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub underlay: Option<std::net::Ipv4Addr>,
+}
+
+/// How long before its lease runs out an isolated agent stops its HA VMs.
+pub fn fence_margin_ms(lease_ms: u64) -> u64 {
+    (lease_ms / 4).max(2000)
+}
+
+/// An agent cut off from the controller stops its HA VMs only once it has also been out of
+/// touch with a majority of its peers for this long: a controller outage is not isolation.
+pub const ISOLATION_GRACE_MS: u64 = 2000;
+
+/// `POST /v1/probe` on an agent: can this host reach one of its peers over the underlay? The
+/// controller's second path for confirming a host failure. Only peers the controller named in
+/// the lease are probed: an agent fetches no URL it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRequest {
+    /// The peer's host name.
+    pub host: String,
 }
 
 /// What a probe found.

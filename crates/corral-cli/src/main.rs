@@ -130,6 +130,13 @@ enum Cmd {
     },
     /// Run the agent of this host.
     Agent(AgentArgs),
+    /// The fencing watchdog the agent starts (it outlives the agent; not for direct use).
+    #[command(name = "agent-watchdog", hide = true)]
+    AgentWatchdog {
+        /// The agent's data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// A lab of hosts (network namespaces) on this machine.
     Lab {
         #[command(subcommand)]
@@ -239,6 +246,10 @@ struct AgentArgs {
     /// created with --storage shared keep their disk there and can restart on another host.
     #[arg(long)]
     shared_dir: Option<PathBuf>,
+    /// An address to ping when this host knows no peer (repeat or comma-separate): reaching
+    /// one tells a control-plane outage from isolation. Isolated hosts stop their HA VMs.
+    #[arg(long = "isolation-address", value_delimiter = ',')]
+    isolation_address: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -673,8 +684,13 @@ async fn run(cli: Cli) -> Result<i32> {
                 boot_timeout: Duration::from_secs(a.boot_timeout),
                 token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
                 shared_dir: a.shared_dir,
+                isolation: a.isolation_address,
             })
             .await?;
+        }
+        Cmd::AgentWatchdog { data } => {
+            init_logs("info");
+            corral_agent::watchdog::run(data).await?;
         }
         Cmd::Lab { cmd } => return lab(cmd, o).await,
         Cmd::Sim { args } => {

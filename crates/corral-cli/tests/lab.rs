@@ -529,6 +529,8 @@ fn main() {
         t("ha_killed_host_vms_restart_elsewhere", ha::killed_host_vms_restart_elsewhere),
         t("ha_partitioned_host_fences_itself_first", ha::partitioned_host_fences_itself_first),
         t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
+        t("ha_controller_outage_keeps_every_vm_running", ha::controller_outage_keeps_every_vm_running),
+        t("ha_agent_killed_and_partitioned_fenced_by_watchdog", ha::agent_killed_and_partitioned_fenced_by_watchdog),
         // On a lab of its own (two controllers on etcd), made and removed by the trial.
         t("control_plane_leader_killed_mid_deployment", control::leader_killed_mid_deployment_standby_finishes),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),

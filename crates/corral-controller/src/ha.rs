@@ -1,13 +1,17 @@
 //! High availability: failure detection, fencing by lease, and restarting VMs of failed hosts.
 //!
-//! Every heartbeat renews the host's lease (`--lease`, default 7 s); an agent that cannot
-//! renew it stops its VMs itself before it runs out. A host whose heartbeats are missing for
-//! `--suspect-after` (default 2 s) is a suspect: its peers are asked to reach it over the
-//! underlay (its agent, else a ping). Only if every peer that answers fails to reach it is the
-//! host declared failed; a controller-side hiccup (peers reach it, or no peer answers) fails
-//! nothing over. The VMs of a failed host are restarted elsewhere only once its lease has
-//! expired, so a VM never runs twice: by then the partitioned agent has fenced itself, or the
-//! host is dead.
+//! Every heartbeat renews the host's lease (`--lease`, default 7 s) and names its peers and
+//! its HA VMs; an agent that cannot renew it *and* reaches no majority of those peers is
+//! isolated and stops its HA VMs itself before the lease runs out (a controller outage is not
+//! isolation: VMs keep running). A host whose heartbeats are missing for `--suspect-after`
+//! (default 2 s) is a suspect: the peers named in its lease are asked to reach it over the
+//! underlay (its agent, else a ping). Only if a majority of them answer and none reaches it is
+//! the host declared failed; a controller-side hiccup (peers reach it, or too few answer)
+//! fails nothing over. The VMs of a failed host are restarted elsewhere only once its lease
+//! has expired and it has had the time an isolated host takes to fence after losing its peers,
+//! so a VM never runs twice: by then the partitioned agent (or its watchdog) has fenced
+//! itself, or the host is dead. A controller that has just started, become leader or been
+//! paused fails nothing over for one full lease, so agents can renew first.
 //!
 //! A host that comes back is told it was fenced (its agent stops whatever still runs), the
 //! orphan sweep removes the copies that now live elsewhere, and it takes no VMs while it
@@ -18,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::agent::{HeartbeatReply, ProbeRequest, Register};
+use corral_api::agent::{HeartbeatReply, Peer, ProbeRequest, Register, VmStatus};
 use corral_api::drs::HostPower;
 use corral_api::{now_ms, ApiError, HaPolicy, HaStatus, HaUnprotected, Pending, Storage, Vm, VmState};
 use corral_store::StoreExt;
@@ -100,6 +104,10 @@ pub(crate) struct HaLive {
     probing: Mutex<BTreeSet<String>>,
     /// Suspects their peers reached (agent down, host up), and when.
     reached: Mutex<BTreeMap<String, Instant>>,
+    /// When each failed host was declared failed, by this controller's clock.
+    detected: Mutex<BTreeMap<String, Instant>>,
+    /// The last HA tick: a long gap means this controller was paused.
+    last_tick: Mutex<Option<Instant>>,
 }
 
 impl Default for HaLive {
@@ -110,6 +118,8 @@ impl Default for HaLive {
             started: Mutex::new(Instant::now()),
             probing: Default::default(),
             reached: Default::default(),
+            detected: Default::default(),
+            last_tick: Default::default(),
         }
     }
 }
@@ -125,37 +135,78 @@ impl Controller {
         *lock(&self.ha.started) = Instant::now();
     }
 
-    /// The reply to a heartbeat of `host`: its lease, and whether it must fence itself. A
-    /// failed host that reports nothing running any more is back: it recovers (no
-    /// placements) for `--recover-after`.
-    pub(crate) fn ha_on_heartbeat(&self, host: &str, alive: bool) -> Result<HeartbeatReply, ApiError> {
+    /// The peers of `host` as its lease names them: the other registered hosts that are
+    /// powered on and not failed. Recorded in its flags when they change.
+    fn lease_peers(&self, host: &str, f: &mut HostFlags) -> Result<Vec<Peer>, ApiError> {
+        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let mut peers = vec![];
+        for r in regs.into_iter().filter(|r| r.name != host) {
+            let pf = self.flags(&r.name)?;
+            if pf.power == HostPower::On && pf.failed.is_none() {
+                peers.push(Peer { name: r.name, url: r.url, underlay: r.underlay });
+            }
+        }
+        let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+        if f.lease_peers != names {
+            f.lease_peers = names;
+            self.put_flags(host, f)?;
+        }
+        Ok(peers)
+    }
+
+    /// The reply to a heartbeat of `host` reporting `reported`: its lease, its peers and its
+    /// HA VMs. A failed host whose HA VMs were restarted elsewhere is told to stop the copies
+    /// it still runs; once it runs none, it recovers (no placements) for `--recover-after`.
+    /// Its VMs without HA were never moved: they keep running.
+    pub(crate) fn ha_on_heartbeat(&self, host: &str, reported: &[VmStatus]) -> Result<HeartbeatReply, ApiError> {
         let lease_ms = self.settings.lease.as_millis() as u64;
         let mut f = self.flags(host)?;
-        let Some(failure) = f.failed.clone() else { return Ok(HeartbeatReply { lease_ms, fenced: false }) };
+        let vms = self.vms()?;
+        let restartable =
+            vms.iter().filter(|v| v.host == host && v.ha != HaPolicy::Off).map(|v| v.uuid).collect::<Vec<_>>();
+        let mut reply = HeartbeatReply { lease_ms, fence: vec![], peers: vec![], restartable };
+        let Some(failure) = f.failed.clone() else {
+            reply.peers = self.lease_peers(host, &mut f)?;
+            return Ok(reply);
+        };
         if failure.fenced_ms.is_none() {
             // Back before its lease ran out: nothing was moved, nothing to undo.
             f.failed = None;
+            lock(&self.ha.detected).remove(host);
             self.put_flags(host, &f)?;
             self.event("host.returned", host, "reports again before its lease ran out: no VM was moved");
-            return Ok(HeartbeatReply { lease_ms, fenced: false });
+            reply.peers = self.lease_peers(host, &mut f)?;
+            return Ok(reply);
         }
-        if alive {
-            // Its VMs may run elsewhere now: it stops them before anything else.
-            return Ok(HeartbeatReply { lease_ms, fenced: true });
+        // Copies that may run elsewhere now: every running one but a VM without HA that is
+        // still this host's.
+        let stays = |st: &VmStatus| {
+            vms.iter().any(|v| v.name == st.name && v.uuid == st.uuid && v.host == host && v.ha == HaPolicy::Off)
+        };
+        reply.fence = reported
+            .iter()
+            .filter(|st| st.state.has_process() && st.state != VmState::Migrated && !stays(st))
+            .map(|st| st.uuid)
+            .collect();
+        if !reply.fence.is_empty() {
+            // It stops them before anything else.
+            return Ok(reply);
         }
         f.failed = None;
+        lock(&self.ha.detected).remove(host);
         f.recovering_until_ms = Some(now_ms() + self.settings.recover_after.as_millis() as u64);
         self.put_flags(host, &f)?;
         self.event(
             "host.returned",
             host,
             format!(
-                "reports again, nothing running, {:.1} s after it was declared failed; takes no VMs for {:?}",
+                "reports again, none of its moved VMs running, {:.1} s after it was declared failed; takes no VMs for {:?}",
                 (now_ms().saturating_sub(failure.detected_ms)) as f64 / 1000.0,
                 self.settings.recover_after
             ),
         );
-        Ok(HeartbeatReply { lease_ms, fenced: false })
+        reply.peers = self.lease_peers(host, &mut f)?;
+        Ok(reply)
     }
 
     /// A heartbeat reported that this HA VM's QEMU died: the HA loop restarts it.
@@ -219,6 +270,14 @@ impl Controller {
         if self.settings.lease.is_zero() {
             return;
         }
+        // A long gap between ticks: this controller was paused (SIGSTOP, a stalled VM). Its
+        // view of heartbeats is stale; agents get a full lease to renew first.
+        let gap = lock(&self.ha.last_tick).replace(Instant::now()).map(|t| t.elapsed()).unwrap_or_default();
+        if gap >= self.settings.suspect_after {
+            tracing::warn!("the HA loop did not run for {gap:?}: no failover for one lease while hosts renew");
+            self.ha_restart_clock();
+        }
+        let settled = lock(&self.ha.started).elapsed() >= self.settings.lease;
         let crashed: Vec<String> = std::mem::take(&mut *lock(&self.ha.crashed));
         for name in crashed {
             let me = self.clone();
@@ -233,7 +292,7 @@ impl Controller {
             }
             let (heard, _) = self.last_heard(&r.name);
             if let Some(failure) = &f.failed {
-                if failure.fenced_ms.is_none() && heard.elapsed() >= self.settings.lease {
+                if failure.fenced_ms.is_none() && settled && self.fenced_by_now(&r.name, heard) {
                     self.fail_over(&r.name).await;
                 }
                 continue;
@@ -256,15 +315,29 @@ impl Controller {
         }
     }
 
-    /// Asks the suspect's peers to reach it; declares it failed only if none can.
+    /// Whether a failed host has surely fenced itself by now: its lease (counted from its
+    /// last heartbeat) has run out, and since it was declared failed it has had the time an
+    /// agent takes to give up on its peers and fence.
+    fn fenced_by_now(&self, host: &str, heard: Instant) -> bool {
+        let lease_ms = self.settings.lease.as_millis() as u64;
+        let after_detection =
+            Duration::from_millis(corral_api::agent::ISOLATION_GRACE_MS + corral_api::agent::fence_margin_ms(lease_ms));
+        let detected = lock(&self.ha.detected).get(host).copied().unwrap_or(*lock(&self.ha.started));
+        heard.elapsed() >= self.settings.lease && detected.elapsed() >= after_detection
+    }
+
+    /// Asks the peers named in the suspect's lease to reach it; declares it failed only if a
+    /// majority of them answer and none reaches it (the host itself fences when it reaches
+    /// no majority of the same peers).
     async fn check_suspect(self: &Arc<Self>, r: &Register) {
         let host = &r.name;
-        let peers: Vec<String> = self.ready_hosts().into_iter().filter(|h| h != host).take(3).collect();
+        let Ok(flags) = self.flags(host) else { return };
+        let peers = flags.lease_peers.clone();
         if peers.is_empty() {
-            tracing::warn!("host {host} misses heartbeats and no peer can check it: not failed over");
+            tracing::warn!("host {host} misses heartbeats and knows no peer that could check it: not failed over");
             return;
         }
-        let req = ProbeRequest { url: r.url.clone(), ip: r.underlay.map(|a| a.to_string()) };
+        let req = ProbeRequest { host: host.clone() };
         let asks = peers.iter().map(|p| {
             let req = req.clone();
             async move {
@@ -274,9 +347,14 @@ impl Controller {
         });
         let answers: Vec<(String, corral_api::agent::ProbeReply)> =
             futures::future::join_all(asks).await.into_iter().flatten().collect();
-        if answers.is_empty() {
-            // The controller cannot reach anyone: its problem, not the host's.
-            tracing::warn!("host {host} misses heartbeats but no peer answered the probe: not failed over");
+        if answers.len() * 2 <= peers.len() {
+            // The controller cannot reach enough of them: its problem, or too many hosts are
+            // down to tell; not the host's failure.
+            tracing::warn!(
+                "host {host} misses heartbeats but only {} of its {} peers answered the probe: not failed over",
+                answers.len(),
+                peers.len()
+            );
             return;
         }
         if let Some((p, rep)) = answers.iter().find(|(_, rep)| rep.reachable) {
@@ -325,6 +403,7 @@ impl Controller {
             tracing::warn!("recording the failure of {host}: {}", e.message);
             return;
         }
+        lock(&self.ha.detected).insert(host.clone(), Instant::now());
         let lease_left = self.settings.lease.saturating_sub(heard.elapsed());
         self.event(
             "host.failed",

@@ -7,12 +7,18 @@
 //! before another can take over: a controller never acts on state it cannot write. When the
 //! lease runs out (leader dead or cut off), a standby takes the key, reloads the operations
 //! from the store and leads; the reconciler finishes what the old leader left pending.
+//!
+//! Leadership is also enforced where it matters, in the store: while it leads, every write of
+//! the controller is conditioned on the leader key still being bound to its lease, in the same
+//! etcd transaction, and once it steps down it writes nothing. So the work of a deposed leader
+//! still in flight (paused past its lease, say) cannot land a write, and since Corral writes
+//! its intent before it acts, it acts on nothing either.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_store::EtcdStore;
+use corral_store::{EtcdStore, WriteGuard};
 
 use crate::service::{lock, Controller};
 
@@ -67,12 +73,12 @@ pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
                 Some(Ok(true)) => renewed = Instant::now(),
                 Some(Ok(false)) => {
                     lease = None;
-                    step_down(&c, "its leader lease expired");
+                    step_down(&c, &etcd, "its leader lease expired");
                 }
                 // Cannot renew: stop acting before the lease can run out under us.
                 Some(Err(err)) if renewed.elapsed() + Duration::from_secs(1) >= ttl => {
                     lease = None;
-                    step_down(&c, &format!("it cannot reach etcd ({err})"));
+                    step_down(&c, &etcd, &format!("it cannot reach etcd ({err})"));
                 }
                 Some(Err(_)) => {}
                 None => {}
@@ -91,6 +97,8 @@ pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
                 if let Some(Ok((holder, ours))) = blocking(move || e.acquire(KEY, &me, id)).await {
                     *lock(&c.leadership.leader) = Some(holder.clone());
                     if ours {
+                        // Its writes land only while the key is still bound to this lease.
+                        etcd.guard_writes(WriteGuard::Leader { name: KEY.into(), lease: id });
                         c.leadership.leading.store(true, Ordering::SeqCst);
                         c.promoted();
                     }
@@ -101,8 +109,9 @@ pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
     }
 }
 
-fn step_down(c: &Controller, why: &str) {
+fn step_down(c: &Controller, etcd: &EtcdStore, why: &str) {
     if c.leadership.leading.swap(false, Ordering::SeqCst) {
+        etcd.guard_writes(WriteGuard::Deposed);
         *lock(&c.leadership.leader) = None;
         tracing::warn!("controller {} stops leading: {why}", c.leadership.me);
     }

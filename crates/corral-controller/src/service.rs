@@ -22,6 +22,8 @@ use crate::agents::AgentClient;
 pub(crate) const VMS: &str = "vms";
 pub(crate) const HOSTS: &str = "hosts";
 pub(crate) const HOST_FLAGS: &str = "host_flags";
+/// The deadline of a call to an agent that sets none of its own.
+pub(crate) const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const EVENTS: &str = "events";
 
 /// Controller settings.
@@ -91,6 +93,11 @@ pub struct HostFlags {
     /// Back from a failure: no placements until then (ms since the epoch).
     #[serde(default)]
     pub recovering_until_ms: Option<u64>,
+    /// The peers named in this host's lease: it fences itself only when it reaches no
+    /// majority of them, and it is declared failed only when a majority of them cannot
+    /// reach it. Kept here so that both sides count the same hosts, across restarts.
+    #[serde(default)]
+    pub lease_peers: Vec<String>,
 }
 
 impl HostFlags {
@@ -138,7 +145,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub(crate) fn store_err(e: corral_store::StoreError) -> ApiError {
-    ApiError::internal(e.to_string())
+    match e {
+        // Another controller leads now: the client should ask it.
+        corral_store::StoreError::NotLeader(_) => ApiError::unavailable(e.to_string()),
+        e => ApiError::internal(e.to_string()),
+    }
 }
 
 /// Removes a VM name from the busy set when dropped.
@@ -185,6 +196,7 @@ pub(crate) fn definition(vm: &Vm) -> VmDefinition {
         disk_mib: vm.disk_mib,
         network: vm.network,
         storage: vm.storage,
+        ha: vm.ha,
     }
 }
 
@@ -197,7 +209,13 @@ impl Controller {
         token: Option<String>,
         leadership: crate::leader::Leadership,
     ) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        // Every call to an agent has a total deadline: a hung agent holds up no loop for
+        // long. Slow calls (a boot, a transfer) set a longer one of their own.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(AGENT_CALL_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         let c = Self {
             store,
             settings,
@@ -269,12 +287,8 @@ impl Controller {
         if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
             return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
         }
-        let alive = hb
-            .vms
-            .iter()
-            .any(|v| !matches!(v.state, VmState::Inactive | VmState::Suspended | VmState::Error | VmState::Migrated));
-        let reply = self.ha_on_heartbeat(host, alive)?;
-        if reply.fenced {
+        let reply = self.ha_on_heartbeat(host, &hb.vms)?;
+        if !reply.fence.is_empty() {
             // Fenced: what it reports is not the VMs' state any more; it stops them first.
             lock(&self.live).remove(host);
             return Ok(reply);

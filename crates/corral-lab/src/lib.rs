@@ -497,6 +497,12 @@ pub async fn fault(o: &UpOptions, host: &str, f: Fault) -> Result<()> {
             if let Some(p) = s.hosts[i].agent_pid.take() {
                 victims.push((p, marker));
             }
+            // The agent's fencing watchdog dies with the machine too.
+            let data = s.hosts[i].data.clone();
+            if let Some(p) = std::fs::read_to_string(data.join("watchdog.pid")).ok().and_then(|p| p.trim().parse().ok())
+            {
+                victims.push((p, data.display().to_string()));
+            }
             // All at once, no warning: SIGKILL to each, then wait for them to go.
             for (pid, mark) in &victims {
                 if pid_is_ours(*pid, mark) {

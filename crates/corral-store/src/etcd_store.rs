@@ -7,6 +7,11 @@
 //! redb file); the etcd client is async, so it runs on a runtime of its own, on its own
 //! thread, and each call waits for its answer (with a deadline, so a lost etcd is an error,
 //! never a hang).
+//!
+//! A leading controller guards its writes ([`EtcdStore::guard_writes`]): every transaction
+//! also compares the leader key's lease with the one the controller won it with, so a deposed
+//! leader's work still in flight (a restart it spawned, a deployment) writes nothing, even if
+//! it does not know yet that it was deposed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +29,18 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// How long one call may wait for etcd.
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// Which writes this store lets through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteGuard {
+    /// Every write (a tool such as `corral store migrate`, or a controller before it first
+    /// leads).
+    Open,
+    /// Only while the key `name` (under the prefix) is bound to `lease`: this controller leads.
+    Leader { name: String, lease: i64 },
+    /// None: this controller led and stepped down.
+    Deposed,
+}
+
 /// A [`Store`] in an etcd cluster.
 pub struct EtcdStore {
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
@@ -31,6 +48,7 @@ pub struct EtcdStore {
     lease: LeaseClient,
     prefix: String,
     endpoints: String,
+    guard: std::sync::Mutex<WriteGuard>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -75,6 +93,7 @@ impl EtcdStore {
             lease: client.lease_client(),
             prefix: prefix.to_string(),
             endpoints: shown,
+            guard: std::sync::Mutex::new(WriteGuard::Open),
         };
         // A first read proves the cluster answers (connect alone is lazy).
         me.get("meta", "probe").map_err(|e| StoreError::Open {
@@ -86,6 +105,21 @@ impl EtcdStore {
 
     fn key(&self, table: &str, key: &str) -> String {
         format!("{}{table}/{key}", self.prefix)
+    }
+
+    /// Sets which writes go through from now on.
+    pub fn guard_writes(&self, g: WriteGuard) {
+        *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = g;
+    }
+
+    /// The comparison every write of this store is conditioned on (none if writes are open),
+    /// or the refusal if it may not write at all.
+    fn write_condition(&self) -> Result<Option<(String, i64)>> {
+        match &*self.guard.lock().unwrap_or_else(|p| p.into_inner()) {
+            WriteGuard::Open => Ok(None),
+            WriteGuard::Leader { name, lease } => Ok(Some((format!("{}{name}", self.prefix), *lease))),
+            WriteGuard::Deposed => Err(StoreError::NotLeader("it stepped down".into())),
+        }
     }
 
     fn run<T: Send + 'static>(
@@ -246,18 +280,29 @@ impl Store for EtcdStore {
                 Op::Delete { table, key } => TxnOp::delete(self.key(&table, &key), None),
             })
             .collect();
+        let cond = self.write_condition()?;
         let kv = self.kv.clone();
-        self.run_retrying(|| {
-            let (mut kv, ops) = (kv.clone(), txn_ops.clone());
-            async move { kv.txn(Txn::new().and_then(ops)).await }
-        })
-        .map_err(|e| match e {
-            StoreError::Backend(m) if m.contains("too many operations") => StoreError::Backend(format!(
-                "{m}: a batch of {n} writes is one transaction; start etcd with --max-txn-ops {} or more",
-                n.next_power_of_two()
-            )),
-            e => e,
-        })?;
+        let resp = self
+            .run_retrying(|| {
+                let (mut kv, ops, cond) = (kv.clone(), txn_ops.clone(), cond.clone());
+                async move {
+                    let txn = match cond {
+                        Some((k, lease)) => Txn::new().when([Compare::lease(k, CompareOp::Equal, lease)]),
+                        None => Txn::new(),
+                    };
+                    kv.txn(txn.and_then(ops)).await
+                }
+            })
+            .map_err(|e| match e {
+                StoreError::Backend(m) if m.contains("too many operations") => StoreError::Backend(format!(
+                    "{m}: a batch of {n} writes is one transaction; start etcd with --max-txn-ops {} or more",
+                    n.next_power_of_two()
+                )),
+                e => e,
+            })?;
+        if !resp.succeeded() {
+            return Err(StoreError::NotLeader("another controller holds the leader key".into()));
+        }
         Ok(())
     }
 
@@ -271,9 +316,29 @@ impl Store for EtcdStore {
             Some(v) => TxnOp::put(k, v, None),
             None => TxnOp::delete(k, None),
         };
+        let cond = self.write_condition()?;
         let mut kv = self.kv.clone();
-        let resp = self.run(async move { kv.txn(Txn::new().when([guard]).and_then([op])).await })?;
-        Ok(resp.succeeded())
+        let mut when = vec![guard];
+        let mut check = vec![];
+        if let Some((leader, lease)) = &cond {
+            when.push(Compare::lease(leader.clone(), CompareOp::Equal, *lease));
+            check.push(TxnOp::get(leader.clone(), None));
+        }
+        let resp = self.run(async move { kv.txn(Txn::new().when(when).and_then([op]).or_else(check)).await })?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        // Refused: because the value differs, or because this controller no longer leads?
+        if let Some((_, lease)) = cond {
+            let holder_lease = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.lease()).unwrap_or(0)),
+                _ => None,
+            });
+            if holder_lease != Some(lease) {
+                return Err(StoreError::NotLeader("another controller holds the leader key".into()));
+            }
+        }
+        Ok(false)
     }
 
     fn tables(&self) -> Result<Vec<String>> {

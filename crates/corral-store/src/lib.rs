@@ -11,7 +11,7 @@ mod etcd_store;
 pub mod local_etcd;
 mod redb_store;
 
-pub use etcd_store::EtcdStore;
+pub use etcd_store::{EtcdStore, WriteGuard};
 pub use local_etcd::LocalEtcd;
 pub use redb_store::RedbStore;
 
@@ -24,6 +24,10 @@ pub enum StoreError {
     Open { path: String, message: String },
     #[error("state store: {0}")]
     Backend(String),
+    /// A write of a controller that does not lead (any more) was refused, in the same
+    /// transaction as the write: nothing of it landed.
+    #[error("state store: this controller no longer leads; the write was refused ({0})")]
+    NotLeader(String),
     #[error("state store: value of {table}/{key} is not valid JSON for its type: {message}")]
     Decode { table: String, key: String, message: String },
 }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_store::{copy, EtcdStore, LocalEtcd, Op, RedbStore, Store, StoreExt};
+use corral_store::{copy, EtcdStore, LocalEtcd, Op, RedbStore, Store, StoreError, StoreExt, WriteGuard};
 
 /// What every backend must do.
 fn conformance(s: &dyn Store) {
@@ -73,6 +73,32 @@ fn etcd_backend_behaves_like_redb_and_survives_losing_a_member() {
     etcd.revoke(la).expect("revoke");
     assert!(!etcd.keep_alive(la, Duration::from_secs(2)).expect("keep alive"), "a revoked lease does not");
     assert_eq!(etcd.acquire("leader", "http://b", lb).expect("acquire"), ("http://b".to_string(), true));
+
+    // Leadership enforced in the writes: a controller that won with lease `la` and was
+    // deposed (b holds the key now) lands nothing, though it does not know yet.
+    let old = EtcdStore::connect(&cluster.clients, "/corral-test/").expect("connect");
+    old.guard_writes(WriteGuard::Leader { name: "leader".into(), lease: la });
+    let refused = old.put_json("vms", "from-the-deposed", &1u32).expect_err("a deposed leader's write");
+    assert!(matches!(refused, StoreError::NotLeader(_)), "refused as not leading: {refused}");
+    assert!(
+        matches!(
+            old.compare_and_swap("vms", "from-the-deposed", None, Some(b"1".to_vec())),
+            Err(StoreError::NotLeader(_))
+        ),
+        "its compare-and-swap too"
+    );
+    assert_eq!(etcd.get("vms", "from-the-deposed").expect("read"), None, "nothing of it landed");
+    // The leader's own writes go through, and a compare-and-swap that loses on the value
+    // is an ordinary "no".
+    let new = EtcdStore::connect(&cluster.clients, "/corral-test/").expect("connect");
+    new.guard_writes(WriteGuard::Leader { name: "leader".into(), lease: lb });
+    new.put_json("vms", "from-the-leader", &2u32).expect("the leader writes");
+    assert_eq!(new.compare_and_swap("vms", "from-the-leader", Some(b"9"), Some(b"3".to_vec())).expect("cas"), false);
+    assert_eq!(new.compare_and_swap("vms", "from-the-leader", Some(b"2"), Some(b"3".to_vec())).expect("cas"), true);
+    // One that stepped down writes nothing at all.
+    new.guard_writes(WriteGuard::Deposed);
+    assert!(matches!(new.put_json("vms", "after-stepping-down", &4u32), Err(StoreError::NotLeader(_))));
+    assert_eq!(etcd.get("vms", "after-stepping-down").expect("read"), None);
 
     // One member down: a majority remains and serves reads and writes.
     cluster.kill(0);

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use super::{check, corral, create, fails, json, kill9, lab, qemu_pid, text, vm, wait_for};
+use super::{
+    check, corral, counter, create, fails, hosts_ready, json, kill9, lab, lab_up, pid_alive, qemu_pid, text, vm,
+    wait_for,
+};
 
 fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
     let mut a = vec!["lab"];
@@ -55,6 +58,52 @@ fn qemu_count(names: &[String]) -> BTreeMap<String, usize> {
         }
     }
     hosts.into_iter().map(|(n, s)| (n, s.len())).collect()
+}
+
+/// Samples every QEMU process on the machine every 20 ms, from `start` to `finish`, and
+/// remembers the most hosts any of the VMs ran on at once.
+struct DoubleRuns {
+    stop: Arc<AtomicBool>,
+    worst: Arc<Mutex<(usize, String)>>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl DoubleRuns {
+    fn start(names: &[String]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst: Arc<Mutex<(usize, String)>> = Arc::new(Mutex::new((0, String::new())));
+        let thread = {
+            let (stop, worst, names) = (stop.clone(), worst.clone(), names.to_vec());
+            std::thread::spawn(move || {
+                let mut samples = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let c = qemu_count(&names);
+                    let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
+                    for (n, k) in c {
+                        if k > w.0 {
+                            *w = (k, n);
+                        }
+                    }
+                    drop(w);
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                samples
+            })
+        };
+        Self { stop, worst, thread }
+    }
+
+    /// Stops sampling; fails if a VM ever ran on two hosts, or if too few samples were taken
+    /// to tell. Returns the number of samples.
+    fn finish(self) -> Result<u64, Failed> {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.thread.join().map_err(|_| "sampler panicked")?;
+        let (most, which) = self.worst.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        check(most <= 1, format!("{which} ran on {most} hosts at once"))?;
+        check(samples > 100, format!("the processes were sampled often: {samples} samples"))?;
+        Ok(samples)
+    }
 }
 
 /// Puts every lab host back: link up, agents running, nothing cordoned.
@@ -187,39 +236,15 @@ fn partitioned() -> Result<(), Failed> {
         create(n, &["--host", h, "--ha", "restart-fresh"])?;
     }
     // Sample every QEMU process on the machine, all through the partition and the restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let worst: Arc<Mutex<(usize, String)>> = Arc::new(Mutex::new((0, String::new())));
-    let sampler = {
-        let (stop, worst, names) = (stop.clone(), worst.clone(), names.clone());
-        std::thread::spawn(move || {
-            let mut samples = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let c = qemu_count(&names);
-                let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
-                for (n, k) in c {
-                    if k > w.0 {
-                        *w = (k, n);
-                    }
-                }
-                drop(w);
-                samples += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            samples
-        })
-    };
+    let sampler = DoubleRuns::start(&names);
     let t0 = Instant::now();
     lab_cmd(&["partition", h])?;
     let r = wait_for("the partitioned host's VMs to run elsewhere", Duration::from_secs(90), || {
         names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
     });
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().map_err(|_| "sampler panicked")?;
+    let samples = sampler.finish()?;
     let took = r?;
     eprintln!("  {h} partitioned: its VMs ran elsewhere after {took:?} ({samples} samples of the QEMU processes)");
-    let (most, which) = worst.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    check(most <= 1, format!("{which} ran on {most} hosts at once"))?;
-    check(samples > 100, format!("the processes were sampled often: {samples} samples"))?;
     check(!events_of("host.failed", h).is_empty(), format!("{h} declared failed"))?;
     // Back on the underlay: it was fenced, nothing of those VMs runs there.
     lab_cmd(&["heal", h])?;
@@ -371,4 +396,157 @@ fn flapping() -> Result<(), Failed> {
     check(msg.contains(h), format!("no placement on a quarantined host: {msg}"))?;
     json(&["host", "uncordon", h])?;
     Ok(())
+}
+
+/// Events of these kinds about `subjects` recorded at or after `since_ms`.
+fn events_since(kinds: &[&str], subjects: &[&str], since_ms: u64) -> Vec<Value> {
+    json(&["events"])
+        .ok()
+        .and_then(|e| e.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["ms"].as_u64().is_some_and(|ms| ms >= since_ms))
+        .filter(|e| kinds.iter().any(|k| e["kind"] == *k) && subjects.iter().any(|s| e["subject"] == *s))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn signal(pid: u64, sig: &str) {
+    let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Checks every second, for `how_long`, that each VM's QEMU process is still alive.
+fn all_alive_for(pids: &[(String, u64)], how_long: Duration, during: &str) -> Result<(), Failed> {
+    let t = Instant::now();
+    while t.elapsed() < how_long {
+        for (n, p) in pids {
+            check(
+                pid_alive(*p),
+                format!("{n}'s QEMU (PID {p}) runs {:.0} s into {during}", t.elapsed().as_secs_f64()),
+            )?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
+/// The only controller is paused (SIGSTOP) for 60 s, then killed and started again 30 s
+/// later: every VM, with HA and without, keeps running on its host the whole time, its
+/// counter goes on, and nothing is fenced, failed over or restarted. (Before, every agent
+/// killed every VM about 5 s into such an outage.)
+pub fn controller_outage_keeps_every_vm_running() -> Result<(), Failed> {
+    let r = controller_outage();
+    if let Some(p) = lab().state()["controller_pid"].as_u64() {
+        signal(p, "-CONT");
+    }
+    let _ = lab_up();
+    for n in ["t-co1", "t-co2", "t-co3"] {
+        let _ = corral(&["vm", "delete", n]);
+    }
+    r
+}
+
+/// Waits until these hosts take new VMs again (an earlier trial's host may still recover).
+fn wait_ready(hosts: &[&str]) -> Result<(), Failed> {
+    wait_for("the hosts to take VMs", Duration::from_secs(90), || {
+        hosts.iter().all(|h| host_state(h).as_deref() == Some("ready")).then_some(())
+    })
+}
+
+fn controller_outage() -> Result<(), Failed> {
+    wait_ready(&["lab-1", "lab-2", "lab-3"])?;
+    let mut vms: Vec<(String, u64, u64)> = vec![];
+    for (n, h, ha) in
+        [("t-co1", "lab-1", "restart-fresh"), ("t-co2", "lab-2", "off"), ("t-co3", "lab-3", "restart-fresh")]
+    {
+        let v = create(n, &["--host", h, "--ha", ha])?;
+        check(v["state"] == "running", format!("{n} running: {v}"))?;
+        vms.push((n.to_string(), qemu_pid(&v).ok_or("QEMU pid")?, counter(n)?));
+    }
+    let names: Vec<&str> = vms.iter().map(|(n, _, _)| n.as_str()).collect();
+    let pids: Vec<(String, u64)> = vms.iter().map(|(n, p, _)| (n.clone(), *p)).collect();
+    let since = now_ms();
+    let cpid = lab().state()["controller_pid"].as_u64().ok_or("controller pid")?;
+
+    // The outage's length is what is tested: 60 s of a paused controller.
+    signal(cpid, "-STOP");
+    let paused = all_alive_for(&pids, Duration::from_secs(60), "the controller's pause");
+    signal(cpid, "-CONT");
+    paused?;
+    wait_for("the controller to answer again", Duration::from_secs(30), || json(&["host", "list"]).ok())?;
+
+    // Then a dead controller, started again 30 s later.
+    kill9(cpid);
+    wait_for("the controller to die", Duration::from_secs(10), || (!pid_alive(cpid)).then_some(()))?;
+    all_alive_for(&pids, Duration::from_secs(30), "the controller's death")?;
+    lab_up()?;
+    wait_for("3 hosts ready", Duration::from_secs(30), || hosts_ready().ok().filter(|n| *n == 3))?;
+    // Give the restarted controller its first lease: a failover would come within it.
+    all_alive_for(&pids, Duration::from_secs(10), "the restarted controller's first lease")?;
+
+    for (n, pid, c0) in &vms {
+        let v = vm(n)?;
+        check(v["state"] == "running", format!("{n} still running: {v}"))?;
+        check(qemu_pid(&v) == Some(*pid), format!("{n} runs in the same QEMU process {pid}: {v}"))?;
+        let c1 = counter(n)?;
+        check(c1 > *c0 + 500, format!("{n}'s counter went on through the outage ({c0} -> {c1})"))?;
+    }
+    let hosts = ["lab-1", "lab-2", "lab-3"];
+    let mut subjects: Vec<&str> = names.clone();
+    subjects.extend(hosts);
+    let bad =
+        events_since(&["host.failed", "host.fenced", "vm.failover", "vm.restarted", "host.failover"], &subjects, since);
+    check(bad.is_empty(), format!("nothing was fenced, failed over or restarted: {bad:?}"))
+}
+
+/// An agent SIGKILLed at the moment its host is cut off: its watchdog (which outlives it)
+/// fences the HA VMs before they start elsewhere (no sampled moment shows one on two hosts);
+/// the VM without HA keeps running there, and is back in the pool after the heal.
+pub fn agent_killed_and_partitioned_fenced_by_watchdog() -> Result<(), Failed> {
+    let r = agent_killed_and_partitioned();
+    restore();
+    for n in ["t-wd1", "t-wd2", "t-wd3"] {
+        let _ = corral(&["vm", "delete", n]);
+    }
+    r
+}
+
+fn agent_killed_and_partitioned() -> Result<(), Failed> {
+    let h = "lab-3";
+    wait_ready(&["lab-1", "lab-2", h])?;
+    let names: Vec<String> = vec!["t-wd1".into(), "t-wd2".into()];
+    for n in &names {
+        create(n, &["--host", h, "--ha", "restart-fresh"])?;
+    }
+    let off = create("t-wd3", &["--host", h, "--ha", "off"])?;
+    let off_pid = qemu_pid(&off).ok_or("QEMU pid of t-wd3")?;
+    let apid = lab().state()["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|x| x["name"] == h))
+        .and_then(|x| x["agent_pid"].as_u64())
+        .ok_or("agent pid")?;
+    let sampler = DoubleRuns::start(&names);
+    let t0 = Instant::now();
+    kill9(apid);
+    lab_cmd(&["partition", h])?;
+    let r = wait_for("the cut-off host's HA VMs to run elsewhere", Duration::from_secs(90), || {
+        names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
+    });
+    let samples = sampler.finish()?;
+    let took = r?;
+    eprintln!("  {h}'s agent killed and the host cut off: its HA VMs ran elsewhere after {took:?} ({samples} samples)");
+    check(pid_alive(off_pid), "the VM without HA was not fenced: it runs on")?;
+    lab_cmd(&["heal", h])?;
+    wait_for(&format!("{h} to come back"), Duration::from_secs(60), || {
+        matches!(host_state(h).as_deref(), Some("recovering" | "ready")).then_some(())
+    })?;
+    let counts = qemu_count(&names);
+    check(counts.values().all(|&c| c == 1), format!("each HA VM runs on one host after the heal: {counts:?}"))?;
+    let v = wait_for("t-wd3 to be running again in the controller's view", Duration::from_secs(30), || {
+        vm("t-wd3").ok().filter(|v| v["state"] == "running")
+    })?;
+    check(v["host"] == h && qemu_pid(&v) == Some(off_pid), format!("t-wd3 never left its host: {v}"))
 }
