@@ -93,8 +93,8 @@ fn etcd_backend_behaves_like_redb_and_survives_losing_a_member() {
     let new = EtcdStore::connect(&cluster.clients, "/corral-test/").expect("connect");
     new.guard_writes(WriteGuard::Leader { name: "leader".into(), lease: lb });
     new.put_json("vms", "from-the-leader", &2u32).expect("the leader writes");
-    assert_eq!(new.compare_and_swap("vms", "from-the-leader", Some(b"9"), Some(b"3".to_vec())).expect("cas"), false);
-    assert_eq!(new.compare_and_swap("vms", "from-the-leader", Some(b"2"), Some(b"3".to_vec())).expect("cas"), true);
+    assert!(!new.compare_and_swap("vms", "from-the-leader", Some(b"9"), Some(b"3".to_vec())).expect("cas"));
+    assert!(new.compare_and_swap("vms", "from-the-leader", Some(b"2"), Some(b"3".to_vec())).expect("cas"));
     // One that stepped down writes nothing at all.
     new.guard_writes(WriteGuard::Deposed);
     assert!(matches!(new.put_json("vms", "after-stepping-down", &4u32), Err(StoreError::NotLeader(_))));
