@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# High-availability benchmark: BENCH_HA_FAILURES (default 20) injected host failures, half power
-# losses (`corral lab kill`) and half partitions (`corral lab partition`), on a 4-host lab
+# High-availability benchmark: BENCH_HA_FAILURES (default 20) injected host failures, in turn power
+# losses (`corral lab kill`), partitions (`corral lab partition`), and agents SIGKILLed as their
+# host is partitioned (the fencing watchdog's case), on a 4-host lab
 # (index 170, /tmp/corral-bench-170) running 4 HA VMs (128 MiB, --ha restart-fresh). Each
 # failure hits the ready host holding most HA VMs; after it, the host is healed and, if the
 # damping quarantined it, uncordoned (what an operator would do) so the rotation goes on.
@@ -11,7 +12,8 @@
 # the machine every 20 ms during the whole run and counts, per VM, the lab hosts (network
 # namespaces) running it: a double run is any sample with two. Then BENCH_HA_PAUSES (default 5)
 # controller pauses of 3 s (SIGSTOP/SIGCONT) and a 15 s watch after each: any `host.failed`
-# or VM restart is a false failover. Last, controller failover: on a second lab with two
+# or VM restart is a false failover. Then a controller outage of BENCH_HA_OUTAGE_S (60) s: VMs
+# lost must be 0. Last, controller failover: on a second lab with two
 # controllers on etcd, the leader is killed BENCH_HA_LEADER_KILLS (default 5) times and the time
 # until the standby leads is measured.
 #
@@ -58,8 +60,13 @@ events_since() { C events -o json | jq --argjson t "$1" '[.[] | select(.ms >= $t
 
 rows=()
 for n in $(seq "$FAILURES"); do
-	kind=kill
-	[ $((n % 2)) -eq 0 ] && kind=partition
+	# Power losses, partitions, and an agent killed as its host is cut off (its fencing
+	# watchdog must stop the HA VMs before they start elsewhere).
+	case $((n % 3)) in
+	1) kind=kill ;;
+	2) kind=partition ;;
+	0) kind=agent-kill+partition ;;
+	esac
 	# The ready host with most HA VMs.
 	victim=$(C host list -o json | jq -r --argjson vms "$(C vm list -o json)" '
 		[.[] | select(.state == "ready") | .name as $h
@@ -72,7 +79,13 @@ for n in $(seq "$FAILURES"); do
 	fi
 	mine=$(C vm list -o json | jq -c --arg h "$victim" '[.[] | select(.host == $h and .ha == "restart-fresh") | .name]')
 	t0=$(now_ms)
-	C lab "$kind" "$victim" >/dev/null 2>&1
+	if [ "$kind" = agent-kill+partition ]; then
+		apid=$(jq -r --arg h "$victim" '.hosts[] | select(.name == $h) | .agent_pid' "$DIR/lab.json")
+		kill -9 "$apid"
+		C lab partition "$victim" >/dev/null 2>&1
+	else
+		C lab "$kind" "$victim" >/dev/null 2>&1
+	fi
 	log "failure $n: $kind $victim (VMs $mine)"
 	want=$(jq length <<<"$mine")
 	deadline=$((t0 + 120000))
@@ -113,6 +126,22 @@ for p in $(seq "$PAUSES"); do
 	false_failovers=$((false_failovers + bad))
 done
 
+# A control-plane outage: the only controller stops for BENCH_HA_OUTAGE_S (default 60) s, then
+# is watched for 15 s. Every VM must keep its QEMU process; nothing may be fenced or failed
+# over.
+OUTAGE_S=${BENCH_HA_OUTAGE_S:-60}
+before=$(pids_of)
+t0=$(now_ms)
+cpid=$(jq -r .controller_pid "$DIR/lab.json")
+kill -STOP "$cpid"
+sleep "$OUTAGE_S"
+kill -CONT "$cpid"
+sleep 15
+after=$(pids_of)
+outage_lost=$(comm -23 <(tr ' ' '\n' <<<"$before" | grep . | sort) <(tr ' ' '\n' <<<"$after" | grep . | sort) | wc -l)
+outage_events=$(events_since "$t0" | jq '[.[] | select(.kind == "host.failed" or .kind == "host.fenced" or .kind == "vm.failover" or .kind == "vm.restarted")] | length')
+log "controller outage of $OUTAGE_S s: $outage_lost VM(s) lost, $outage_events failover event(s)"
+
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 SAMPLER=""
@@ -152,7 +181,8 @@ double_vms=$(jq -r '.double_run_vms | join(" ")' "$SAMPLES")
 mkdir -p "$OUT"
 printf '%s\n' "${rows[@]}" | jq -s --arg cmd "${BENCH_COMMAND:-bash bench/ha.sh}" --arg accel "$accel" \
 	--argjson double "$double" --argjson samples "$nsamples" --arg dvms "$double_vms" \
-	--argjson ff "$false_failovers" --argjson pauses "$PAUSES" --argjson takeovers "$takeover_json" '
+	--argjson ff "$false_failovers" --argjson pauses "$PAUSES" --argjson takeovers "$takeover_json" \
+	--argjson outage_s "$OUTAGE_S" --argjson outage_lost "$outage_lost" --argjson outage_events "$outage_events" '
 	def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
 	{command: $cmd, date: (now | todate), accel: $accel, failures: .,
 	 detect_ms: {median: ([.[].detect_ms | select(. != null)] | med), max: ([.[].detect_ms | select(. != null)] | max)},
@@ -160,6 +190,9 @@ printf '%s\n' "${rows[@]}" | jq -s --arg cmd "${BENCH_COMMAND:-bash bench/ha.sh}
 	 unrecovered: ([.[] | select(.all_ready_ms == null)] | length),
 	 double_run_samples: $double, samples: $samples, double_run_vms: $dvms,
 	 controller_pauses: $pauses, false_failovers: $ff,
+	 controller_outage: {seconds: $outage_s, vms_lost: $outage_lost, failover_events: $outage_events},
+	 agent_kill_partition: {failures: ([.[] | select(.kind == "agent-kill+partition")] | length),
+	   all_ready_ms: ([.[] | select(.kind == "agent-kill+partition") | .all_ready_ms | select(. != null)] | med)},
 	 controller_failover_ms: {runs: $takeovers, median: ($takeovers | med), max: ($takeovers | max)}}' >"$OUT/ha.json"
 
 {
@@ -175,6 +208,8 @@ printf '%s\n' "${rows[@]}" | jq -s --arg cmd "${BENCH_COMMAND:-bash bench/ha.sh}
 		"All HA VMs running elsewhere, guests up: median \(.all_ready_ms.median) ms, max \(.all_ready_ms.max) ms (goal: under 15000 ms); not recovered: \(.unrecovered).",
 		"Double runs: \(.double_run_samples) of \(.samples) samples of every QEMU process (goal: 0).",
 		"False failovers over \(.controller_pauses) controller pauses of 3 s: \(.false_failovers) (goal: 0).",
+		"Controller outage of \(.controller_outage.seconds) s (SIGSTOP): VMs lost \(.controller_outage.vms_lost), failover events \(.controller_outage.failover_events) (goal: 0 and 0).",
+		"Agent killed as its host is cut off: \(.agent_kill_partition.failures) times, HA VMs running elsewhere after a median \(.agent_kill_partition.all_ready_ms) ms; double runs are counted with the rest above (goal: 0).",
 		"Controller failover with etcd (leader killed, 2 controllers, 3 etcd members, --leader-ttl 3 s): median \(.controller_failover_ms.median) ms, max \(.controller_failover_ms.max) ms over \(.controller_failover_ms.runs | length) kills."' "$OUT/ha.json"
 } >"$OUT/ha.md"
 log "results in $OUT/ha.md"

@@ -9,8 +9,9 @@
 //! isolation: a host that still sees its peers keeps every VM running and keeps trying.
 //!
 //! The controller, for its part, restarts a host's VMs elsewhere only once the lease has run
-//! out and a majority of the same peers failed to reach the host, and then waits as long as
-//! the isolated host may take to fence: the two majorities overlap, so at most one side
+//! out and at least half of the same peers failed to reach the host (and none reached it),
+//! and then waits as long as the isolated host may take to fence. A host that reaches more
+//! than half of its peers cannot be one that at least half cannot reach, so at most one side
 //! runs a VM.
 //!
 //! Time is measured on `CLOCK_BOOTTIME` (monotonic, counts suspend), never wall time, so a

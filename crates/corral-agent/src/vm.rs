@@ -99,6 +99,28 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
+/// How long saving a VM's memory to disk (suspend) may take before it is called off.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A console log is rotated once it is larger than this (QEMU appends to it).
+const CONSOLE_MAX: u64 = 1 << 20;
+
+/// Keeps a console log bounded, whatever the guest prints: once it passes `max` bytes its
+/// contents move to `console.log.1` (replacing the previous one) and the log is emptied in
+/// place. QEMU opened it for appending, so it goes on writing at the new end. (What the
+/// guest prints between the copy and the truncation is lost, as with logrotate's
+/// copytruncate.)
+fn rotate_console(log: &Path, max: u64) -> std::io::Result<bool> {
+    let Ok(meta) = std::fs::metadata(log) else { return Ok(false) };
+    if meta.len() <= max {
+        return Ok(false);
+    }
+    let old = log.with_extension("log.1");
+    std::fs::copy(log, &old)?;
+    std::fs::OpenOptions::new().write(true).open(log)?.set_len(0)?;
+    Ok(true)
+}
+
 /// Writes `bytes` to `path` durably (temp file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -141,8 +163,16 @@ impl Entry {
             .filter(|p| qemu::is_ours(*p, &r.def.uuid))
             .or_else(|| from_file().filter(|p| qemu::is_ours(*p, &r.def.uuid)))
     }
+    /// The last lines of the console (read from the last 8 KiB of the log only).
     fn console_tail(&self) -> String {
-        let s = std::fs::read_to_string(self.paths.console_log()).unwrap_or_default();
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = vec![];
+        if let Ok(mut f) = std::fs::File::open(self.paths.console_log()) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(8 * 1024)));
+            let _ = f.take(8 * 1024).read_to_end(&mut bytes);
+        }
+        let s = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = s.lines().rev().take(5).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
     }
@@ -506,6 +536,7 @@ impl Manager {
         })?;
         if !restore {
             let _ = std::fs::remove_file(e.paths.console_log());
+            let _ = std::fs::remove_file(e.paths.console_log().with_extension("log.1"));
         }
         let started = Instant::now();
         let pid = self.spawn_qemu(e, &t, restore).await?;
@@ -513,9 +544,18 @@ impl Manager {
         if restore {
             let src = format!("exec:cat {}", e.paths.saved_state().display());
             qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;
+            let deadline = Instant::now() + self.s.boot_timeout;
             loop {
                 let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
                 match st.as_str() {
+                    "inmigrate" if Instant::now() >= deadline => {
+                        qemu::kill(pid, &r.def.uuid).await;
+                        e.update(|r| r.pid = None)?;
+                        return Err(ApiError::internal(format!(
+                            "restoring the saved state took longer than {} s; the saved state is kept, try resume again",
+                            self.s.boot_timeout.as_secs()
+                        )));
+                    }
                     "inmigrate" => tokio::time::sleep(Duration::from_millis(50)).await,
                     "running" => break,
                     "paused" | "postmigrate" | "prelaunch" => {
@@ -630,10 +670,21 @@ impl Manager {
         let tmp = e.paths.saved_state().with_extension("partial");
         let dst = format!("exec:cat > {}", tmp.display());
         qmp::run(&q, "migrate", Some(json!({ "uri": dst }))).await.map_err(internal)?;
+        let deadline = Instant::now() + SAVE_TIMEOUT;
         loop {
             let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
             match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
                 "completed" => break,
+                _ if Instant::now() >= deadline => {
+                    let _ = qmp::run(&q, "migrate_cancel", None).await;
+                    let _ = qmp::run(&q, "cont", None).await;
+                    let _ = std::fs::remove_file(&tmp);
+                    e.update(|r| r.state = VmState::Running)?;
+                    return Err(ApiError::internal(format!(
+                        "saving the VM's memory took longer than {} s; it keeps running",
+                        SAVE_TIMEOUT.as_secs()
+                    )));
+                }
                 "failed" | "cancelled" => {
                     let why = st.get("error-desc").and_then(|s| s.as_str()).unwrap_or("unknown");
                     let _ = qmp::run(&q, "cont", None).await;
@@ -865,9 +916,38 @@ impl Manager {
                 u.guest_mem_used_mib = guest::mem_used_mib(&e.paths.guest()).await;
             }
             lock(&e.usage).0 = u;
+            if let Err(err) = rotate_console(&e.paths.console_log(), CONSOLE_MAX) {
+                tracing::warn!("VM {}: cannot rotate its console log: {err}", r.def.name);
+            }
         }
         if ended {
             self.refresh_filter().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_log_that_grows_is_rotated_and_stays_bounded() {
+        use std::io::Write;
+        let d = tempfile::tempdir().expect("temporary directory");
+        let log = d.path().join("console.log");
+        // A writer that appends, as QEMU does, and keeps its file open across rotations.
+        let mut w = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open");
+        for round in 0..20 {
+            w.write_all(&vec![b'a' + (round % 26) as u8; 300 * 1024]).expect("write");
+            rotate_console(&log, 1 << 20).expect("rotate");
+            let len = std::fs::metadata(&log).expect("log").len();
+            assert!(len <= 1 << 20, "the log stays bounded: {len} bytes after round {round}");
+        }
+        let kept = std::fs::metadata(d.path().join("console.log.1")).expect("rotated copy").len();
+        assert!(kept <= (1 << 20) + 300 * 1024, "one rotated copy, bounded too: {kept}");
+        // Appends go on at the (new) end, not at the old offset.
+        w.write_all(b"after").expect("write");
+        let now = std::fs::read(&log).expect("read");
+        assert!(now.ends_with(b"after") && now.len() <= 1 << 20);
     }
 }

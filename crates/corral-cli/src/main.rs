@@ -122,6 +122,15 @@ enum Cmd {
         /// http://LISTEN).
         #[arg(long)]
         advertise: Option<String>,
+        /// Events kept (the oldest are removed beyond this).
+        #[arg(long, default_value_t = 10_000)]
+        keep_events: usize,
+        /// Finished migrations, and finished operations, kept (each).
+        #[arg(long, default_value_t = 1_000)]
+        keep_history: usize,
+        /// Events, migrations and operations that ended longer ago than this are removed.
+        #[arg(long, default_value = "30d", value_parser = duration_arg)]
+        keep_for: Duration,
     },
     /// The controller's state store.
     Store {
@@ -617,6 +626,9 @@ async fn run(cli: Cli) -> Result<i32> {
             etcd_prefix,
             leader_ttl,
             advertise,
+            keep_events,
+            keep_history,
+            keep_for,
         } => {
             if !(2..=60).contains(&leader_ttl) {
                 bail!("--leader-ttl {leader_ttl} is out of range: give 2 to 60 seconds");
@@ -656,6 +668,11 @@ async fn run(cli: Cli) -> Result<i32> {
                 etcd_prefix,
                 leader_ttl_s: leader_ttl,
                 advertise,
+                retention: corral_controller::retention::Retention {
+                    events: keep_events,
+                    history: keep_history,
+                    max_age: keep_for,
+                },
             })
             .await?;
         }

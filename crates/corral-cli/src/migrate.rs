@@ -15,12 +15,15 @@ pub fn parse_ms(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("invalid duration {s:?}: write e.g. 50ms, 30s or 2m"))?;
+    let n: u64 =
+        num.parse().map_err(|_| anyhow::anyhow!("invalid duration {s:?}: write e.g. 50ms, 30s, 2m, 6h or 30d"))?;
     Ok(match unit.trim() {
         "" | "ms" => n,
         "s" => n * 1000,
         "m" | "min" => n * 60_000,
-        _ => bail!("invalid duration {s:?}: use the units ms, s or m"),
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => bail!("invalid duration {s:?}: use the units ms, s, m, h or d"),
     })
 }
 
@@ -218,6 +221,8 @@ mod tests {
         assert_eq!(parse_ms("1m").ok(), Some(60_000));
         assert_eq!(parse_ms("300").ok(), Some(300));
         assert!(parse_ms("soon").is_err());
-        assert!(parse_ms("5h").is_err());
+        assert_eq!(parse_ms("6h").ok(), Some(6 * 3_600_000));
+        assert_eq!(parse_ms("30d").ok(), Some(30 * 86_400_000));
+        assert!(parse_ms("5y").is_err());
     }
 }

@@ -308,6 +308,53 @@ fn workload_and_usage_are_reported() -> Result<(), Failed> {
     delete("t-load")
 }
 
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u64) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A guest that floods its serial console and answers with a line far longer than the agent
+/// reads: the console log is rotated and stays bounded, the over-long answer is refused with
+/// the reason (not waited for, not held in memory), and the agent's memory does not grow with
+/// what the guest sends.
+fn guest_floods_stay_bounded() -> Result<(), Failed> {
+    let v = create("t-flood", &["--host", "lab-1"])?;
+    let dir = PathBuf::from(v["disk"].as_str().unwrap_or_default()).parent().map(Path::to_path_buf).ok_or("vm dir")?;
+    let apid = lab().state()["hosts"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == "lab-1"))
+        .and_then(|h| h["agent_pid"].as_u64())
+        .ok_or("agent pid")?;
+    let before = rss_kib(apid).ok_or("agent memory")?;
+    // 3 MiB of console output, with no newline.
+    let o =
+        corral(&["vm", "exec", "t-flood", "--", "sh", "-c", "head -c 3145728 /dev/zero | tr '\\000' x > /dev/ttyS0"]);
+    check(o.status.success(), format!("the guest floods its console: {}", text(&o)))?;
+    let log = dir.join("console.log");
+    let rotated = wait_for("the console log to be rotated", Duration::from_secs(30), || {
+        dir.join("console.log.1").exists().then_some(())
+    });
+    let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let old = std::fs::metadata(dir.join("console.log.1")).map(|m| m.len()).unwrap_or(0);
+    rotated?;
+    check(len <= 2 << 20 && old <= 3 << 20, format!("console logs bounded: {len} + {old} bytes"))?;
+    // An answer of 12 MiB on one line (the limit is 8 MiB): refused quickly, with the reason.
+    let t = Instant::now();
+    let o = corral(&["vm", "exec", "t-flood", "--", "sh", "-c", "head -c 12582912 /dev/zero | tr '\\000' y"]);
+    check(
+        !o.status.success() && text(&o).contains("longer than 8 MiB"),
+        format!("an over-long answer is refused with the reason: {}", text(&o)),
+    )?;
+    check(t.elapsed() < Duration::from_secs(120), format!("refused without waiting it out: {:?}", t.elapsed()))?;
+    let after = rss_kib(apid).ok_or("agent memory")?;
+    check(after < before + 48 * 1024, format!("the agent's memory stays bounded: {before} KiB -> {after} KiB"))?;
+    // The channel still works.
+    let o = corral(&["vm", "exec", "t-flood", "--", "echo", "still here"]);
+    check(String::from_utf8_lossy(&o.stdout).trim() == "still here", format!("the guest still answers: {}", text(&o)))?;
+    delete("t-flood")
+}
+
 fn delete_leaves_no_files() -> Result<(), Failed> {
     let v = create("t-del", &[])?;
     let dir = PathBuf::from(v["disk"].as_str().unwrap_or_default()).parent().map(Path::to_path_buf).ok_or("vm dir")?;
@@ -486,6 +533,7 @@ fn main() {
         t("stop_and_start", stop_and_start),
         t("workload_and_usage_are_reported", workload_and_usage_are_reported),
         t("delete_leaves_no_files", delete_leaves_no_files),
+        t("guest_floods_stay_bounded", guest_floods_stay_bounded),
         t("agent_sigkill_then_restart_reattaches", agent_sigkill_then_restart_reattaches),
         t("controller_restart_keeps_state", controller_restart_keeps_state),
         t("bad_input_is_refused_and_changes_nothing", bad_input_is_refused_and_changes_nothing),
@@ -523,6 +571,7 @@ fn main() {
         t("drs_auto_spreads_cpu_load_by_migration", drs::auto_spreads_cpu_load_by_migration),
         t("drs_consolidation_standby_then_wake", drs::consolidation_puts_hosts_in_standby_and_load_wakes_them),
         t("drs_bad_input", drs::drs_bad_input),
+        t("drs_create_wakes_a_standby_host_and_runs_there", drs::create_wakes_a_standby_host_and_runs_there),
         t("ha_admission_keeps_room_for_a_failure", ha::admission_keeps_room_for_a_failure),
         t("ha_crashed_qemu_restarts_on_its_host", ha::crashed_qemu_restarts_on_its_host),
         t("ha_shared_storage_vms_restart_with_their_disk", ha::shared_storage_vms_restart_with_their_disk),
@@ -531,6 +580,7 @@ fn main() {
         t("ha_flapping_host_is_quarantined", ha::flapping_host_is_quarantined),
         t("ha_controller_outage_keeps_every_vm_running", ha::controller_outage_keeps_every_vm_running),
         t("ha_agent_killed_and_partitioned_fenced_by_watchdog", ha::agent_killed_and_partitioned_fenced_by_watchdog),
+        t("ha_one_stopped_agent_stalls_nothing_else", ha::one_stopped_agent_stalls_nothing_else),
         // On a lab of its own (two controllers on etcd), made and removed by the trial.
         t("control_plane_leader_killed_mid_deployment", control::leader_killed_mid_deployment_standby_finishes),
         t("lab_down_leaves_nothing", lab_down_leaves_nothing),

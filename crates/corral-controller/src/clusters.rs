@@ -648,10 +648,14 @@ impl Controller {
         let profile = self.profile(&req.profile)?;
         self.check_template(&profile.template)?;
         let (op, names) = {
-            let _p = self.placing.lock().await;
-            if self.store.get(CLUSTERS, &req.name).map_err(store_err)?.is_some() {
-                return Err(ApiError::conflict(format!("a cluster named {:?} already exists", req.name)));
-            }
+            let mut p = Some(self.placing.lock().await);
+            let unique = || -> Result<(), ApiError> {
+                if self.store.get(CLUSTERS, &req.name).map_err(store_err)?.is_some() {
+                    return Err(ApiError::conflict(format!("a cluster named {:?} already exists", req.name)));
+                }
+                Ok(())
+            };
+            unique()?;
             let net = match &profile.bridged {
                 None => self.choose_subnet(req.subnet.as_deref(), req.size)?,
                 Some(b) => {
@@ -679,8 +683,13 @@ impl Controller {
                 next_index: req.size + 1,
                 created_ms: now_ms(),
             };
-            let (vms, configure_ms, place_ms) =
-                self.wake_while_short(|| self.plan_members(&c, 1, req.size, &net, vec![])).await?;
+            let (vms, configure_ms, place_ms) = self
+                .wake_while_short(&mut p, || {
+                    // Checked again after a host was woken (the lock was let go meanwhile).
+                    unique()?;
+                    self.plan_members(&c, 1, req.size, &net, vec![])
+                })
+                .await?;
             self.write_members(&c, &vms)?;
             let steps = vec![
                 OpStep { name: "configure".into(), ms: configure_ms },
@@ -758,7 +767,7 @@ impl Controller {
         if size > MAX_CLUSTER {
             return Err(ApiError::bad_request(format!("--size must be at most {MAX_CLUSTER}")));
         }
-        let _p = self.placing.lock().await;
+        let mut p = Some(self.placing.lock().await);
         let mut c = self.cluster(name)?;
         if c.state != ClusterState::Active {
             return Err(ApiError::conflict(format!(
@@ -777,8 +786,17 @@ impl Controller {
             let net = parse_subnet(&c.subnet)?;
             let add = size - have;
             let existing: Vec<String> = members.iter().map(|m| m.host.clone()).collect();
-            let (vms, configure_ms, place_ms) =
-                self.wake_while_short(|| self.plan_members(&c, c.next_index, add, &net, existing.clone())).await?;
+            let (vms, configure_ms, place_ms) = self
+                .wake_while_short(&mut p, || {
+                    // The cluster may have changed while a host was woken (the lock was let go).
+                    if self.cluster(name)?.next_index != c.next_index {
+                        return Err(ApiError::conflict(format!(
+                            "cluster {name} changed while a host was woken for it: run the command again"
+                        )));
+                    }
+                    self.plan_members(&c, c.next_index, add, &net, existing.clone())
+                })
+                .await?;
             c.size = size;
             c.next_index += add;
             self.write_members(&c, &vms)?;

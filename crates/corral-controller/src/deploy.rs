@@ -67,13 +67,17 @@ impl Controller {
         self.validate_create(&req)?;
         let ha = crate::ha::resolve_ha(req.ha, req.storage)?;
         let vm = {
-            let _p = self.placing.lock().await;
-            if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
-                return Err(ApiError::conflict(format!(
-                    "a VM named {:?} already exists: choose another name or delete it first",
-                    req.name
-                )));
-            }
+            let mut p = Some(self.placing.lock().await);
+            let unique = || -> Result<(), ApiError> {
+                if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "a VM named {:?} already exists: choose another name or delete it first",
+                        req.name
+                    )));
+                }
+                Ok(())
+            };
+            unique()?;
             let request = Request {
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
@@ -84,7 +88,9 @@ impl Controller {
             // Room for the VM, and for an HA VM room kept for host failures: a standby host
             // is woken when either is short.
             let host = self
-                .wake_while_short(|| {
+                .wake_while_short(&mut p, || {
+                    // Checked again after a host was woken (the lock was let go meanwhile).
+                    unique()?;
                     let host = place_one(&self.views_for_storage(req.storage)?, &request).map_err(place_error)?;
                     if ha != corral_api::HaPolicy::Off {
                         self.admit_ha(&[(host.clone(), req.vcpus, req.memory_mib)])?;
@@ -126,6 +132,18 @@ impl Controller {
         tracing::info!("creating VM {} on {}", vm.name, vm.host);
         match self.bring_up(&vm.name, false).await {
             Ok(vm) => Ok(vm),
+            // Its host did not answer: the intent stays, and the reconciler creates the VM
+            // there once the host reports. Never left stuck in error for a host that wakes.
+            Err(e) if e.status == 503 => {
+                let mut v = self.vm(&vm.name)?;
+                v.error = Some(format!("waiting for host {}: {}", v.host, e.message));
+                self.put_vm(&v)?;
+                self.event("vm.deferred", &vm.name, format!("host {} did not answer; created once it reports", v.host));
+                Err(ApiError::unavailable(format!(
+                    "{}; VM {:?} is recorded and will be created on {} as soon as it reports (see `corral vm show {}`)",
+                    e.message, vm.name, v.host, vm.name
+                )))
+            }
             Err(e) => {
                 self.give_up(&vm.name, &e).await;
                 Err(e)
@@ -284,6 +302,18 @@ impl Controller {
         let agent = self.agent(&vm.host)?;
         let _b = self.busy(name)?;
         let res = agent.action(name, action).await;
+        if let Err(e) = &res {
+            if e.status == 404 && action == VmAction::Start {
+                // The host never got the VM (its creation was lost): define it there first.
+                let mut v = self.vm(name)?;
+                v.pending = Some(Pending::Create { start: true });
+                v.state = VmState::Starting;
+                v.error = None;
+                self.put_vm(&v)?;
+                self.event("vm.recreated", name, format!("{} did not hold it: created there again", v.host));
+                return self.bring_up(name, false).await;
+            }
+        }
         match res {
             Ok(st) => self.settle(name, &st),
             Err(e) => {

@@ -51,7 +51,15 @@ pub(crate) struct DrsLive {
     to_standby: Mutex<BTreeSet<String>>,
     /// One round (or power change) at a time.
     round: tokio::sync::Mutex<()>,
+    /// When each host was first seen on (joined, woken, or at this controller's start):
+    /// consolidation leaves it on until it has a few rounds of history.
+    on_since: Mutex<BTreeMap<String, Instant>>,
 }
+
+/// Rounds a host stays on after it joined or woke before consolidation may put it in
+/// standby: enough history to judge it (vSphere DPM waits for its history too), and a new
+/// pool is not shut down under the operator's first commands.
+const STANDBY_AFTER_ROUNDS: f64 = 3.0;
 
 /// A snapshot and the names its indices stand for.
 struct Pool {
@@ -334,7 +342,11 @@ impl Controller {
                     && flags.maintenance.is_none()
                     && flags.failed.is_none()
                     && !flags.recovering(),
-                keep_on: settings.keep_on.contains(&r.name) || parked || !ready || (lives_there[i] && !on),
+                keep_on: settings.keep_on.contains(&r.name)
+                    || parked
+                    || !ready
+                    || (lives_there[i] && !on)
+                    || (on && self.on_for(&r.name).as_secs_f64() < STANDBY_AFTER_ROUNDS * settings.interval_s),
             });
         }
         let snap = Snapshot { hosts, vms: snap_vms, interval_s: settings.interval_s };
@@ -394,6 +406,17 @@ impl Controller {
         }
     }
 
+    /// How long the host has been on as far as DRS knows (since it joined or woke, or since
+    /// this controller first looked).
+    fn on_for(&self, host: &str) -> Duration {
+        lock(&self.drs.on_since).entry(host.to_string()).or_insert_with(Instant::now).elapsed()
+    }
+
+    /// A host (re)joined or woke: its history starts now.
+    pub(crate) fn drs_host_on(&self, host: &str) {
+        lock(&self.drs.on_since).insert(host.to_string(), Instant::now());
+    }
+
     /// Hosts in standby, the largest first.
     fn standby_hosts(&self) -> Vec<String> {
         let mut regs: Vec<Register> = self.store.list_json(HOSTS).unwrap_or_default();
@@ -406,8 +429,12 @@ impl Controller {
 
     /// Runs a placement; while it fails for lack of room and a host is in standby, wakes one
     /// and tries again. So the pool is woken before it runs out of capacity for a deployment.
-    pub(crate) async fn wake_while_short<T>(
-        self: &Arc<Self>,
+    /// The placement lock (`placing`, held by the caller) is let go while a host wakes, which
+    /// takes up to minutes, so other placements (an HA restart) are not held up; `attempt`
+    /// runs again under the lock afterwards, and must check anew what it relies on.
+    pub(crate) async fn wake_while_short<'a, T>(
+        self: &'a Arc<Self>,
+        placing: &mut Option<tokio::sync::MutexGuard<'a, ()>>,
         mut attempt: impl FnMut() -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         loop {
@@ -415,7 +442,10 @@ impl Controller {
                 Err(e) if e.status == 422 => {
                     let Some(h) = self.standby_hosts().into_iter().next() else { return Err(e) };
                     tracing::info!("no room for a deployment ({}): waking {h}", e.message);
-                    self.wake_host(&h).await?;
+                    *placing = None;
+                    let woke = self.wake_host(&h).await;
+                    *placing = Some(self.placing.lock().await);
+                    woke?;
                 }
                 r => return r,
             }
@@ -452,6 +482,8 @@ impl Controller {
             },
             None => " (no --standby-command: parked, not powered off)".into(),
         };
+        // Its last heartbeats are not a sign of life any more.
+        self.forget_live(host);
         self.event("host.standby", host, format!("in standby{note}"));
         Ok(())
     }
@@ -465,15 +497,17 @@ impl Controller {
         }
         self.set_power(host, HostPower::Waking)?;
         lock(&self.drs.to_standby).remove(host);
+        // Woken means: its agent reported after this moment, not a heartbeat from before
+        // it slept.
+        let asked = Instant::now();
         if let Some(cmd) = &self.settings.wake_command {
             if let Err(e) = run_power_command(cmd, host).await {
                 self.set_power(host, HostPower::Standby)?;
                 return Err(e);
             }
         }
-        let t = Instant::now();
-        while !self.host_ready(host) {
-            if t.elapsed() > WAKE_TIMEOUT {
+        while !self.last_heartbeat(host).is_some_and(|(at, _)| at > asked) {
+            if asked.elapsed() > WAKE_TIMEOUT {
                 self.set_power(host, HostPower::Standby)?;
                 return Err(ApiError::unavailable(format!(
                     "host {host:?} did not report within {WAKE_TIMEOUT:?} of being woken: check its agent and the \
@@ -483,7 +517,7 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.set_power(host, HostPower::On)?;
-        self.event("host.woken", host, format!("on again after {:.1} s", t.elapsed().as_secs_f64()));
+        self.event("host.woken", host, format!("on again after {:.1} s", asked.elapsed().as_secs_f64()));
         Ok(())
     }
 }

@@ -5,9 +5,10 @@
 //! isolated and stops its HA VMs itself before the lease runs out (a controller outage is not
 //! isolation: VMs keep running). A host whose heartbeats are missing for `--suspect-after`
 //! (default 2 s) is a suspect: the peers named in its lease are asked to reach it over the
-//! underlay (its agent, else a ping). Only if a majority of them answer and none reaches it is
-//! the host declared failed; a controller-side hiccup (peers reach it, or too few answer)
-//! fails nothing over. The VMs of a failed host are restarted elsewhere only once its lease
+//! underlay (its agent, else a ping). Only if at least half of them answer and none reaches it
+//! is the host declared failed (it stays up only while it reaches more than half, so the two
+//! rules never both hold); a controller-side hiccup (peers reach it, or too few answer) fails
+//! nothing over. The VMs of a failed host are restarted elsewhere only once its lease
 //! has expired and it has had the time an isolated host takes to fence after losing its peers,
 //! so a VM never runs twice: by then the partitioned agent (or its watchdog) has fenced
 //! itself, or the host is dead. A controller that has just started, become leader or been
@@ -326,9 +327,9 @@ impl Controller {
         heard.elapsed() >= self.settings.lease && detected.elapsed() >= after_detection
     }
 
-    /// Asks the peers named in the suspect's lease to reach it; declares it failed only if a
-    /// majority of them answer and none reaches it (the host itself fences when it reaches
-    /// no majority of the same peers).
+    /// Asks the peers named in the suspect's lease to reach it; declares it failed only if at
+    /// least half of them answer and none reaches it (the host itself fences when it reaches
+    /// no more than half of the same peers).
     async fn check_suspect(self: &Arc<Self>, r: &Register) {
         let host = &r.name;
         let Ok(flags) = self.flags(host) else { return };
@@ -347,7 +348,9 @@ impl Controller {
         });
         let answers: Vec<(String, corral_api::agent::ProbeReply)> =
             futures::future::join_all(asks).await.into_iter().flatten().collect();
-        if answers.len() * 2 <= peers.len() {
+        // The host stays up while it reaches more than half of these peers; so once at least
+        // half of them cannot reach it (and none can), it has fenced itself or is down.
+        if answers.len() * 2 < peers.len() {
             // The controller cannot reach enough of them: its problem, or too many hosts are
             // down to tell; not the host's failure.
             tracing::warn!(

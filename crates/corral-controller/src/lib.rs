@@ -11,6 +11,7 @@ pub mod ha;
 pub mod leader;
 pub mod migrate;
 pub mod network;
+pub mod retention;
 pub mod service;
 pub mod templates;
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub leader_ttl_s: i64,
     /// The URL other controllers, agents and clients reach this one at (default http://LISTEN).
     pub advertise: Option<String>,
+    /// How many events, migrations and operations are kept, and for how long.
+    pub retention: retention::Retention,
 }
 
 /// Runs the controller until the process is killed.
@@ -94,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             recover_after: cfg.recover_after,
             ha_reserve_hosts: cfg.ha_reserve_hosts,
             ha_admission_warn: cfg.ha_admission_warn,
+            retention: cfg.retention,
         },
         cfg.token.clone(),
         leadership,
@@ -123,6 +127,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 d.drs_tick().await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let p = c.clone();
+    tokio::spawn(async move {
+        loop {
+            if p.leadership.is_leader() {
+                p.prune_once().await;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });
     let h = c.clone();

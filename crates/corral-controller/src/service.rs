@@ -56,6 +56,8 @@ pub struct Settings {
     pub ha_reserve_hosts: usize,
     /// Admit HA VMs that break the reserve, with a warning event, instead of refusing them.
     pub ha_admission_warn: bool,
+    /// How much history is kept.
+    pub retention: crate::retention::Retention,
 }
 
 /// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
@@ -277,8 +279,14 @@ impl Controller {
             r.name.clone(),
             Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![], networks: vec![] },
         );
+        self.drs_host_on(&r.name);
         tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
         Ok(())
+    }
+
+    /// Forgets a host's last heartbeat (it was powered down on purpose).
+    pub(crate) fn forget_live(&self, host: &str) {
+        lock(&self.live).remove(host);
     }
 
     /// Records a heartbeat and brings VM states in line with what the agent reports; the

@@ -218,6 +218,43 @@ fn consolidate_and_wake() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A VM that only a host in standby has room for wakes it, and runs there: the host counts as
+/// woken only once its agent has reported again (not on a heartbeat from before it slept), so
+/// the VM is not sent to an agent that is not up yet and left in error.
+pub fn create_wakes_a_standby_host_and_runs_there() -> Result<(), Failed> {
+    let r = create_wakes();
+    for n in ["t-wk1", "t-wk2", "t-wk3"] {
+        let _ = corral(&["vm", "delete", n]);
+    }
+    restore();
+    r
+}
+
+fn create_wakes() -> Result<(), Failed> {
+    let h = json(&["host", "standby", "lab-3"])?;
+    check(h["power"] == "standby", format!("lab-3 in standby: {h}"))?;
+    check(
+        json(&["host", "show", "lab-3"])?["state"] == "standby",
+        "a host put in standby is shown asleep at once, not ready on its old heartbeats",
+    )?;
+    // Each host has about 6 GiB: two big VMs fill lab-1 and lab-2, a third needs lab-3.
+    for (n, host) in [("t-wk1", "lab-1"), ("t-wk2", "lab-2")] {
+        let v = json(&["vm", "create", n, "--memory", "4500M", "--host", host])?;
+        check(v["state"] == "running", format!("{n} running: {v}"))?;
+    }
+    let v = json(&["vm", "create", "t-wk3", "--memory", "4500M"]).map_err(explain)?;
+    check(v["state"] == "running" && v["host"] == "lab-3", format!("t-wk3 woke lab-3 and runs there: {v}"))?;
+    let o = corral(&["vm", "exec", "t-wk3", "--", "hostname"]);
+    check(String::from_utf8_lossy(&o.stdout).trim() == "t-wk3", format!("t-wk3 answers: {}", text(&o)))?;
+    let woke = json(&["events"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["kind"] == "host.woken" && e["subject"] == "lab-3");
+    check(woke, "the wake-up is an event")?;
+    check(host_field("lab-3", "power").as_deref() == Some("on"), "lab-3 is on")
+}
+
 pub fn drs_bad_input() -> Result<(), Failed> {
     let before = json(&["drs", "status"])?["settings"].clone();
     let cases: &[(&[&str], &str)] = &[

@@ -550,3 +550,77 @@ fn agent_killed_and_partitioned() -> Result<(), Failed> {
     })?;
     check(v["host"] == h && qemu_pid(&v) == Some(off_pid), format!("t-wd3 never left its host: {v}"))
 }
+
+/// One agent SIGSTOPped for 60 s (it accepts connections and never answers) stalls nothing
+/// else: a cluster deployment onto the other hosts completes, another host's failure is
+/// still failed over, and DRS rounds go on.
+pub fn one_stopped_agent_stalls_nothing_else() -> Result<(), Failed> {
+    let mut stopped = None;
+    let r = stopped_agent(&mut stopped);
+    if let Some(p) = stopped {
+        signal(p, "-CONT");
+    }
+    restore();
+    let _ = corral(&["cluster", "delete", "c-stall"]);
+    let _ = corral(&["profile", "delete", "stall"]);
+    let _ = corral(&["vm", "delete", "t-st-ha"]);
+    let _ = corral(&["drs", "set", "--mode", "off"]);
+    r
+}
+
+fn stopped_agent(stopped: &mut Option<u64>) -> Result<(), Failed> {
+    wait_ready(&["lab-1", "lab-2", "lab-3"])?;
+    let v = create("t-st-ha", &["--host", "lab-3", "--ha", "restart-fresh"])?;
+    check(v["state"] == "running", format!("t-st-ha running: {v}"))?;
+    let pf = lab().dir.join("stall.toml");
+    std::fs::write(&pf, "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\n")?;
+    let o = corral(&["profile", "create", "stall", "--file", &pf.display().to_string()]);
+    check(o.status.success(), format!("profile stall: {}", text(&o)))?;
+    let apid = lab().state()["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|x| x["name"] == "lab-1"))
+        .and_then(|x| x["agent_pid"].as_u64())
+        .ok_or("agent pid")?;
+    let t0 = Instant::now();
+    signal(apid, "-STOP");
+    *stopped = Some(apid);
+    wait_for("lab-1 to be seen unreachable", Duration::from_secs(30), || {
+        (host_state("lab-1").as_deref() == Some("unreachable")).then_some(())
+    })?;
+    let rounds = |h: &Value| h.as_array().map_or(0, Vec::len);
+    json(&["drs", "set", "--mode", "advise", "--interval", "2s"])?;
+    let before = rounds(&json(&["drs", "history"])?);
+
+    // A deployment onto the other hosts.
+    let c = json(&["cluster", "create", "c-stall", "--profile", "stall", "--size", "2", "--subnet", "100.64.31.0/24"])?;
+    check(c["state"] == "succeeded", format!("the deployment completes without lab-1: {c}"))?;
+    let members = json(&["cluster", "show", "c-stall"])?["members"].as_array().cloned().unwrap_or_default();
+    check(
+        members.len() == 2 && members.iter().all(|m| m["host"] != "lab-1" && m["state"] == "running"),
+        format!("both members run on other hosts: {members:?}"),
+    )?;
+    // Another host's failure: its HA VM restarts on the one host left.
+    let tk = Instant::now();
+    lab_cmd(&["kill", "lab-3"])?;
+    let v = wait_for("t-st-ha to run on lab-2", Duration::from_secs(60), || {
+        vm("t-st-ha").ok().filter(|v| v["state"] == "running" && v["host"] == "lab-2")
+    })?;
+    eprintln!("  lab-3 killed with lab-1's agent stopped: t-st-ha ran on lab-2 after {:?}", tk.elapsed());
+    check(v["uuid"].is_string(), "same VM")?;
+    // DRS rounds went on.
+    let after = wait_for("DRS rounds to go on", Duration::from_secs(30), || {
+        let n = rounds(&json(&["drs", "history"]).ok()?);
+        (n >= before + 2).then_some(n)
+    })?;
+    eprintln!("  DRS rounds during the stop: {before} -> {after}");
+    // The stop lasts 60 s at least.
+    if let Some(left) = Duration::from_secs(60).checked_sub(t0.elapsed()) {
+        std::thread::sleep(left);
+    }
+    signal(apid, "-CONT");
+    *stopped = None;
+    wait_for("lab-1 to report again", Duration::from_secs(30), || {
+        matches!(host_state("lab-1").as_deref(), Some("ready")).then_some(())
+    })?;
+    Ok(())
+}
