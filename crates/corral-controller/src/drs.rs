@@ -506,7 +506,7 @@ impl Controller {
                 return Err(e);
             }
         }
-        while !self.last_heartbeat(host).is_some_and(|(at, _)| at > asked) {
+        while self.last_heartbeat(host).is_none_or(|(at, _)| at <= asked) {
             if asked.elapsed() > WAKE_TIMEOUT {
                 self.set_power(host, HostPower::Standby)?;
                 return Err(ApiError::unavailable(format!(
