@@ -177,6 +177,11 @@ async fn put_network(
         ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)")
     })?;
     let n = net(&a)?;
+    // VXLAN traffic of this network is accepted from its peers only (set before the tunnel
+    // exists, so it is never open to others).
+    if spec.uplink.is_none() {
+        a.vms.set_network_peers(vni, Some(spec.peers.clone())).await;
+    }
     n.ensure(&spec, local).await.map_err(|e| ApiError::internal(e.to_string()))?;
     // Local NICs of the network belong on its bridge, whatever happened to it before.
     for tap in a.vms.taps_on(vni) {
@@ -198,6 +203,7 @@ async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Re
         .into());
     }
     net(&a)?.remove(vni).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    a.vms.set_network_peers(vni, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

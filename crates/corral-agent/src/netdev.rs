@@ -19,8 +19,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
 
 use corral_api::agent::NetworkSpec;
 
-/// UDP port of VXLAN (IANA).
-const VXLAN_PORT: u16 = 4789;
+use crate::filter::VXLAN_PORT;
 
 /// Netlink failures, with the device they concern.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +31,18 @@ pub struct NetError {
 
 fn err(device: &str, e: impl std::fmt::Display) -> NetError {
     NetError { device: device.to_string(), message: e.to_string() }
+}
+
+/// Turns IPv6 off on one of Corral's devices (no link-local address, no neighbour discovery
+/// answered by the host there). `name` is one of the names this module or QEMU's tap naming
+/// makes, never a caller's string.
+fn no_ipv6(name: &str) {
+    let p = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if std::path::Path::new(&p).exists() {
+        if let Err(e) = std::fs::write(&p, "1") {
+            tracing::warn!("cannot turn IPv6 off on {name}: {e}");
+        }
+    }
 }
 
 pub fn bridge_name(vni: u32) -> String {
@@ -148,6 +159,8 @@ impl Net {
                 self.index(&br).await?.ok_or_else(|| err(&br, "created but not found"))?
             }
         };
+        // No address on the bridge, IPv6 included: guests must not reach the host.
+        no_ipv6(&br);
         self.h
             .link()
             .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
@@ -161,6 +174,7 @@ impl Net {
     pub async fn attach(&self, tap: &str, vni: u32, mtu: u32) -> Result<(), NetError> {
         let br_idx = self.ensure_bridge(vni, mtu).await?;
         let tap_idx = self.index(tap).await?.ok_or_else(|| err(tap, "no such tap (QEMU did not create it)"))?;
+        no_ipv6(tap);
         let set = LinkUnspec::new_with_index(tap_idx).controller(br_idx).mtu(mtu).up().build();
         self.h.link().set(set).execute().await.map_err(|e| err(tap, e))
     }

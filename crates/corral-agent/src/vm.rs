@@ -89,6 +89,8 @@ pub struct Manager {
     s: Settings,
     templates: Mutex<Vec<Template>>,
     vms: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// The host's guest filter.
+    filter: crate::filter::Filter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -183,7 +185,12 @@ impl Manager {
     pub async fn open(s: Settings, templates: Vec<Template>) -> anyhow::Result<Arc<Self>> {
         let vm_dir = s.data_dir.join("vms");
         std::fs::create_dir_all(&vm_dir)?;
-        let m = Arc::new(Self { s, templates: Mutex::new(templates), vms: Mutex::new(BTreeMap::new()) });
+        let m = Arc::new(Self {
+            s,
+            templates: Mutex::new(templates),
+            vms: Mutex::new(BTreeMap::new()),
+            filter: Default::default(),
+        });
         for e in std::fs::read_dir(&vm_dir)?.flatten() {
             let paths = VmPaths::new(e.path());
             let rec: VmRecord = match std::fs::read(paths.record())
@@ -508,22 +515,39 @@ impl Manager {
             .collect()
     }
 
-    /// Rewrites the anti-spoofing rules for the NICs of the VMs that run here.
+    /// Rewrites the guest filter for the NICs of the VMs that run here (a failure is logged:
+    /// taps without rules stay closed, see [`crate::filter`]).
     pub async fn refresh_filter(&self) {
-        let nics: Vec<crate::filter::Nic> = lock(&self.vms)
-            .values()
-            .map(|e| e.snapshot())
-            .filter(|r| r.state.has_process() && r.def.network.is_some())
-            .filter_map(|r| {
-                let ip = r.def.ip.as_deref()?.split('/').next()?.to_string();
-                Some(crate::filter::Nic { tap: qemu::tap_name(&r.def), mac: r.def.mac.clone(), ip })
-            })
-            .collect();
-        if self.s.net.is_some() {
-            if let Err(e) = crate::filter::apply(&nics).await {
-                tracing::warn!("{e}");
-            }
+        if let Err(e) = self.install_filter().await {
+            tracing::warn!("{e}");
         }
+    }
+
+    /// Installs the guest filter for the NICs of the VMs that run here now.
+    async fn install_filter(&self) -> Result<(), crate::filter::FilterError> {
+        if self.s.net.is_none() {
+            return Ok(());
+        }
+        self.filter
+            .apply(|| {
+                lock(&self.vms)
+                    .values()
+                    .map(|e| e.snapshot())
+                    .filter(|r| r.state.has_process() && r.def.network.is_some())
+                    .filter_map(|r| {
+                        let ip = r.def.ip.as_deref()?.split('/').next()?.to_string();
+                        Some(crate::filter::Nic { tap: qemu::tap_name(&r.def), mac: r.def.mac.clone(), ip })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// The peers of overlay network `vni` changed (None: it is gone from this host): VXLAN
+    /// traffic is accepted from them only.
+    pub async fn set_network_peers(&self, vni: u32, peers: Option<Vec<std::net::Ipv4Addr>>) {
+        self.filter.set_peers(vni, peers);
+        self.refresh_filter().await;
     }
 
     /// Starts QEMU (fresh, or restoring the saved state) and waits for the guest to be up.
@@ -540,7 +564,13 @@ impl Manager {
         }
         let started = Instant::now();
         let pid = self.spawn_qemu(e, &t, restore).await?;
-        self.refresh_filter().await;
+        // Fail closed: a VM whose filter cannot be installed does not run (its tap passes
+        // nothing meanwhile).
+        if let Err(err) = self.install_filter().await {
+            qemu::kill(pid, &r.def.uuid).await;
+            e.update(|r| r.pid = None)?;
+            return Err(ApiError::internal(format!("{err}; the VM was not started")));
+        }
         if restore {
             let src = format!("exec:cat {}", e.paths.saved_state().display());
             qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;

@@ -556,6 +556,7 @@ fn main() {
         tn("network_members_reach_each_other_across_hosts", networks::members_reach_each_other_across_hosts),
         tn("network_clusters_isolated_even_on_one_host", networks::clusters_are_isolated_even_on_one_host),
         tn("network_spoofed_addresses_dropped", networks::spoofed_addresses_are_dropped),
+        tn("network_guests_cannot_leave_their_network", networks::guests_cannot_leave_their_network),
         tn("network_moved_member_reached_at_same_address", networks::a_moved_member_is_reached_at_the_same_address),
         t("network_deleting_clusters_leaves_no_devices", networks::deleting_clusters_leaves_no_devices),
         t("network_bad_input", networks::network_bad_input),

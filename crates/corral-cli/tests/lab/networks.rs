@@ -149,6 +149,56 @@ pub fn spoofed_addresses_are_dropped() -> Result<(), Failed> {
     check(code != 0, "no answer from a forged MAC")
 }
 
+/// Packets the guest filter of a lab host dropped from guests so far (its counters).
+fn guest_drops(host: &str) -> Result<u64, Failed> {
+    let ns = format!("corral{}-{host}", super::lab().index);
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "list", "table", "bridge", "corral"])
+        .output()?;
+    check(o.status.success(), format!("nft list on {host}: {}", String::from_utf8_lossy(&o.stderr)))?;
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("iifname \"ct*\" counter packets"))
+        .filter_map(|l| l.split("packets").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// A guest stays in its own network: IPv6 (here to every node of the link, as router
+/// advertisements and neighbour discovery are sent) is dropped at its tap and counted, and
+/// the guest cannot reach its host: not its agent's port, not its underlay address, even
+/// with a route to the underlay through its NIC.
+pub fn guests_cannot_leave_their_network() -> Result<(), Failed> {
+    apart()?;
+    let ms = members("n-a")?;
+    let (a, b) = (ms[0]["name"].as_str().unwrap_or_default(), ms[1]["name"].as_str().unwrap_or_default());
+    let host = ms[0]["host"].as_str().unwrap_or_default();
+    let underlay = json(&["host", "show", host])?["underlay"].as_str().unwrap_or_default().to_string();
+    check(!underlay.is_empty(), format!("{host} has an underlay address"))?;
+    let before = guest_drops(host)?;
+    let (_, out) = sh(b, "grep -s Icmp6InEchos /proc/net/snmp6 || echo none");
+    let b6 = out.split_whitespace().nth(1).unwrap_or("0").to_string();
+    let (_, own) = sh(a, "ip -6 -o addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1");
+    let own = own.trim().to_string();
+    check(own.starts_with("fe80:"), format!("{a} has an IPv6 link-local address to send from: {own:?}"))?;
+    let (_, out) = sh(a, "ping -6 -c 3 -w 4 -I eth0 ff02::1");
+    let others: Vec<&str> = out.lines().filter(|l| l.contains("bytes from") && !l.contains(own.as_str())).collect();
+    check(others.is_empty(), format!("no IPv6 answer from anyone but {a} itself: {out}"))?;
+    let (_, out) = sh(b, "grep -s Icmp6InEchos /proc/net/snmp6 || echo none");
+    check(out.split_whitespace().nth(1).unwrap_or("0") == b6, format!("{b} received no IPv6 echo: {out}"))?;
+    let after = guest_drops(host)?;
+    check(after >= before + 3, format!("the filter counted the dropped frames ({before} -> {after})"))?;
+    // The host, through the guest's own NIC.
+    let (code, out) = sh(
+        a,
+        &format!(
+            "ip route add 198.18.0.0/15 dev eth0; nc -w 3 {underlay} 7701 </dev/null; r=$?; \
+             ping -c 2 -W 2 {underlay}; p=$?; ip route del 198.18.0.0/15 dev eth0; echo nc=$r ping=$p; [ $r -ne 0 ] && [ $p -ne 0 ]"
+        ),
+    );
+    check(code == 0, format!("{a} reaches neither its host's agent nor its underlay address: {out}"))?;
+    check(pings(a, b), "the guests still reach each other")
+}
+
 pub fn a_moved_member_is_reached_at_the_same_address() -> Result<(), Failed> {
     apart()?;
     let ms = members("n-a")?;
