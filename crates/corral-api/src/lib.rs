@@ -43,6 +43,7 @@ pub mod migration;
 pub mod names;
 pub mod size;
 pub mod template_dir;
+pub mod types;
 
 use serde::{Deserialize, Serialize};
 
