@@ -2,12 +2,13 @@
 //! (also in ARP). The agent writes the whole `bridge corral` nftables table from its VM list
 //! each time that list changes, atomically (`nft -f`), so the rules never drift from the VMs.
 
-/// One VM NIC to filter: its tap, MAC and IPv4 address.
+/// One VM NIC to filter: its tap, MAC and IPv4 address. Typed values: nothing but a MAC and an
+/// address can reach the script (a string could carry a newline and more commands).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     pub tap: String,
-    pub mac: String,
-    pub ip: String,
+    pub mac: corral_api::types::Mac,
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// The nftables script for these NICs.
@@ -51,7 +52,11 @@ mod tests {
 
     #[test]
     fn rules_pin_mac_and_ip_per_tap() {
-        let r = ruleset(&[Nic { tap: "ct1".into(), mac: "02:00:00:00:00:01".into(), ip: "100.64.0.2".into() }]);
+        let r = ruleset(&[Nic {
+            tap: "ct1".into(),
+            mac: "02:00:00:00:00:01".parse().expect("MAC"),
+            ip: std::net::Ipv4Addr::new(100, 64, 0, 2),
+        }]);
         assert!(r.contains("iifname \"ct1\" ether saddr != 02:00:00:00:00:01 drop"));
         assert!(r.contains("ip saddr != 100.64.0.2 drop"));
         assert!(r.contains("arp saddr ip != 100.64.0.2 drop"));

@@ -233,7 +233,7 @@ impl Net {
             want.insert(([0; 6], *p));
         }
         for (mac, ip) in &spec.macs {
-            let m = parse_mac(mac).ok_or_else(|| err(vx, format!("invalid MAC {mac:?}")))?;
+            let m = mac.bytes();
             want.insert((m, *ip));
         }
         let have = self.fdb(vx_idx).await?;

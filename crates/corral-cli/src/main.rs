@@ -70,9 +70,14 @@ enum Cmd {
         /// Template library, sent to hosts that lack a template (default: CORRAL_CACHE/guest).
         #[arg(long)]
         templates: Option<PathBuf>,
-        /// File holding the API token; made with a fresh random token if missing.
+        /// File holding the API token; made with a fresh random token if missing. It must be
+        /// readable by its owner only (mode 600).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+        /// the controller can then run and delete VMs).
+        #[arg(long)]
+        insecure: bool,
         /// Live migrations a host may send at once; more wait in a queue.
         #[arg(long, default_value_t = 2)]
         migrations_out: usize,
@@ -232,9 +237,18 @@ struct AgentArgs {
     /// Seconds a guest may take to report ready.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
-    /// File holding the API token shared with the controller.
+    /// File holding the API token shared with the controller (mode 600).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+    /// the agent can then run, read and delete this host's VMs).
+    #[arg(long)]
+    insecure: bool,
+    /// Host interfaces bridged (provider) networks may join, comma-separated (default: none).
+    /// Never the underlay interface (the one holding --listen's address); one untagged
+    /// bridged network per interface.
+    #[arg(long, value_delimiter = ',')]
+    provider_interfaces: Vec<String>,
     /// The shared storage pool: the same directory on every host (e.g. an NFS mount). VMs
     /// created with --storage shared keep their disk there and can restart on another host.
     #[arg(long)]
@@ -505,9 +519,10 @@ fn default_token() -> Option<String> {
 fn token_from_file(path: &Path, create: bool) -> Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ if create => {
+    match std::fs::symlink_metadata(path) {
+        // Only a file its owner alone may read (the fix is in the error).
+        Ok(_) => Ok(corral_http::read_token_file(path)?),
+        Err(_) if create => {
             let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
@@ -531,7 +546,10 @@ fn token_from_file(path: &Path, create: bool) -> Result<String> {
                 Err(e) => Err(anyhow::Error::from(e).context(format!("cannot write token file {}", path.display()))),
             }
         }
-        _ => bail!("token file {} is missing or empty", path.display()),
+        Err(e) => bail!(
+            "cannot read token file {}: {e}: give the file the controller made (--token-file on the controller)",
+            path.display()
+        ),
     }
 }
 
@@ -593,6 +611,7 @@ async fn run(cli: Cli) -> Result<i32> {
             memory_overcommit,
             templates,
             token_file,
+            insecure,
             migrations_out,
             migrations_in,
             standby_command,
@@ -645,6 +664,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 etcd_prefix,
                 leader_ttl_s: leader_ttl,
                 advertise,
+                insecure,
             })
             .await?;
         }
@@ -673,6 +693,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 boot_timeout: Duration::from_secs(a.boot_timeout),
                 token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
                 shared_dir: a.shared_dir,
+                provider_interfaces: a.provider_interfaces,
+                insecure: a.insecure,
             })
             .await?;
         }
@@ -854,7 +876,18 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
             let ha = ha.map(|h| h.parse()).transpose().map_err(anyhow::Error::msg)?;
             let storage = storage.parse().map_err(anyhow::Error::msg)?;
-            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start, ha, storage };
+            let m = anyhow::Error::msg;
+            let req = CreateVm {
+                name: name.parse().map_err(m)?,
+                template: template.parse().map_err(m)?,
+                vcpus: corral_api::types::check_vcpus(vcpus).map_err(m)?,
+                memory_mib: corral_api::types::check_memory_mib(memory_mib).map_err(m)?,
+                host: host.map(|h| h.parse()).transpose().map_err(m)?,
+                workload: workload.map(corral_api::types::Workload::try_from).transpose().map_err(m)?,
+                start: !no_start,
+                ha,
+                storage,
+            };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,

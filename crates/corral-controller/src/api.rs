@@ -1,16 +1,17 @@
 //! The controller's REST API (`/v1/...`), with its OpenAPI 3 document at `/v1/openapi.json`
 //! generated from the same handlers. Handlers are thin: decode, call the [`Controller`],
 //! encode the answer or the error document. Long operations answer with an [`Operation`] to
-//! poll (`GET /v1/operations/{id}`) or wait on (`?wait=SECONDS`).
+//! poll (`GET /v1/operations/{id}`) or wait on (`?wait=SECONDS`). Bodies, path parameters
+//! and queries go through `corral_http`'s extractors: a value its type refuses (see
+//! [`corral_api::types`]) or an unknown field is answered 422 naming the field.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,7 +24,7 @@ use corral_api::cluster::{
 use corral_api::drs::{DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus};
 use corral_api::migration::{MigrateVm, Migration};
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
-use corral_http::HttpError;
+use corral_http::{HttpError, Json, Path, Query};
 
 use crate::service::Controller;
 
@@ -280,7 +281,11 @@ async fn profile(State(c): C, Path(name): Path<String>) -> R<Profile> {
 
 #[utoipa::path(put, path = "/v1/profiles/{name}", tag = "profiles", request_body = ProfileSource,
     responses((status = 200, body = Profile), (status = 400, body = ErrorBody)))]
-async fn replace_profile(State(c): C, Path(name): Path<String>, Json(mut src): Json<ProfileSource>) -> R<Profile> {
+async fn replace_profile(
+    State(c): C,
+    Path(name): Path<corral_api::types::Name>,
+    Json(mut src): Json<ProfileSource>,
+) -> R<Profile> {
     src.name = name;
     Ok(Json(c.create_profile(src, true)?))
 }

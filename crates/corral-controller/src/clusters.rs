@@ -326,7 +326,7 @@ impl Controller {
         Ok(Profile {
             ha,
             storage,
-            name: name.clone(),
+            name: name.to_string(),
             template: t.template,
             vcpus: t.vcpus,
             memory_mib,
@@ -670,7 +670,7 @@ impl Controller {
             let c = Cluster {
                 vni,
                 mtu,
-                name: req.name.clone(),
+                name: req.name.to_string(),
                 policy: req.policy.unwrap_or(profile.placement.policy),
                 profile,
                 size: req.size,
@@ -691,7 +691,7 @@ impl Controller {
         };
         let me = self.clone();
         let h = op.clone();
-        let cluster = req.name.clone();
+        let cluster = req.name.to_string();
         tokio::spawn(async move { me.run_deploy(h, cluster, names).await });
         self.operation(&op.id)
     }
@@ -907,7 +907,7 @@ impl Controller {
         let started = Instant::now();
         self.ensure_template(to, &vm.template).await?;
         let src = self.agent(&from)?;
-        let st = self.agent(to)?.import(&crate::service::definition(&vm), src.url()).await?;
+        let st = self.agent(to)?.import(&crate::service::definition(&vm)?, src.url()).await?;
         vm.host = to.to_string();
         vm.disk = Some(st.disk.clone());
         self.put_vm(&vm)?;

@@ -150,6 +150,59 @@ pub fn token_matches(given: &str, token: &str) -> bool {
     a.as_slice().ct_eq(b.as_slice()).into()
 }
 
+/// Why a daemon refuses to start with its listen address and token.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "refusing to listen on {addr} without an API token: anyone who reaches it could run and delete VMs; \
+         give --token-file FILE (the same file on the controller and every agent), listen on 127.0.0.1, \
+         or pass --insecure to allow it anyway"
+    )]
+    NoToken { addr: std::net::SocketAddr },
+}
+
+/// Whether a daemon may listen on `addr` with this token: a non-loopback address needs a
+/// token unless `insecure` (then the caller warns loudly).
+pub fn check_listen(addr: std::net::SocketAddr, token: Option<&str>, insecure: bool) -> Result<(), ListenError> {
+    if addr.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) || insecure {
+        Ok(())
+    } else {
+        Err(ListenError::NoToken { addr })
+    }
+}
+
+/// Why a token file is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read token file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(
+        "token file {path} may be read or changed by other users (mode {mode:o}): run `chmod 600 {path}` \
+         (and make it owned by the user running corral)"
+    )]
+    Loose { path: String, mode: u32 },
+    #[error("token file {path} is empty: put the API token in it, or delete it to have the controller make one")]
+    Empty { path: String },
+}
+
+/// Reads an API token from a file only its owner may read or write (mode 0600 or tighter).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, TokenFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read = |source| TokenFileError::Read { path: shown.clone(), source };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenFileError::Loose { path: shown, mode });
+    }
+    let t = std::fs::read_to_string(path).map_err(read)?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(TokenFileError::Empty { path: shown });
+    }
+    Ok(t.to_string())
+}
+
 /// Middleware: requires `Authorization: Bearer <token>` when a token is configured.
 pub async fn require_token(State(token): State<Option<String>>, req: Request, next: Next) -> Response {
     let Some(token) = token else { return next.run(req).await };
@@ -220,6 +273,42 @@ mod tests {
         assert!(e.error.contains("invalid name \"a;touch x\""), "{}", e.error);
         let (s, e) = call(app(), "/p/..%2Fx", "{}").await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{}", e.error);
+    }
+
+    #[test]
+    fn non_loopback_listening_needs_a_token_or_insecure() {
+        let lo: std::net::SocketAddr = "127.0.0.1:7700".parse().expect("addr");
+        let any: std::net::SocketAddr = "0.0.0.0:7700".parse().expect("addr");
+        let lab: std::net::SocketAddr = "198.18.202.2:7701".parse().expect("addr");
+        assert!(check_listen(lo, None, false).is_ok());
+        assert!(check_listen("[::1]:7700".parse().expect("addr"), None, false).is_ok());
+        for a in [any, lab] {
+            let e = check_listen(a, None, false).expect_err("refused");
+            assert!(e.to_string().contains("--token-file") && e.to_string().contains("--insecure"), "{e}");
+            assert!(check_listen(a, Some(""), false).is_err());
+            assert!(check_listen(a, Some("t0ken"), false).is_ok());
+            assert!(check_listen(a, None, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn loose_token_files_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("corral-http-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("token");
+        std::fs::write(&f, "s3cret\n").expect("write");
+        for loose in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(loose)).expect("chmod");
+            let e = read_token_file(&f).expect_err("loose");
+            assert!(matches!(e, TokenFileError::Loose { .. }), "{e}");
+            assert!(e.to_string().contains(&format!("chmod 600 {}", f.display())), "{e}");
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_token_file(&f).expect("tight"), "s3cret");
+        std::fs::write(&f, " \n").expect("write");
+        assert!(matches!(read_token_file(&f), Err(TokenFileError::Empty { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
