@@ -122,7 +122,7 @@ pub async fn profile(cmd: ProfileCmd, c: &Client, json: bool) -> Result<()> {
     };
     match cmd {
         ProfileCmd::Create { name, file } => {
-            let name = name.parse().map_err(anyhow::Error::msg)?;
+            let name = crate::name_arg("profile", &name)?;
             let p: Profile = c.post("/v1/profiles", &ProfileSource { name, toml: read(&file)? }).await?;
             show(&p)?;
         }
@@ -156,10 +156,7 @@ pub async fn profile(cmd: ProfileCmd, c: &Client, json: bool) -> Result<()> {
                 }
             };
             let p: Profile = c
-                .put(
-                    &format!("/v1/profiles/{name}"),
-                    &ProfileSource { name: name.parse().map_err(anyhow::Error::msg)?, toml },
-                )
+                .put(&format!("/v1/profiles/{name}"), &ProfileSource { name: crate::name_arg("profile", &name)?, toml })
                 .await?;
             show(&p)?;
         }
@@ -226,8 +223,8 @@ pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
                 .post(
                     "/v1/clusters",
                     &CreateCluster {
-                        name: name.parse().map_err(anyhow::Error::msg)?,
-                        profile: profile.parse().map_err(anyhow::Error::msg)?,
+                        name: crate::name_arg("cluster", &name)?,
+                        profile: crate::name_arg("profile", &profile)?,
                         size,
                         policy,
                         subnet,

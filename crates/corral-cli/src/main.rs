@@ -511,6 +511,12 @@ fn default_url() -> String {
     local_lab().map(|s| s.url).unwrap_or_else(|| "http://127.0.0.1:7700".into())
 }
 
+/// A name as the API takes it; refused here already, saying which name (`kind`).
+pub(crate) fn name_arg(kind: &str, s: &str) -> Result<corral_api::types::Name> {
+    corral_api::names::validate_name(kind, s).map_err(anyhow::Error::msg)?;
+    s.parse().map_err(anyhow::Error::msg)
+}
+
 fn default_token() -> Option<String> {
     local_lab().and_then(|s| std::fs::read_to_string(s.token_file()).ok()).map(|t| t.trim().to_string())
 }
@@ -878,11 +884,11 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             let storage = storage.parse().map_err(anyhow::Error::msg)?;
             let m = anyhow::Error::msg;
             let req = CreateVm {
-                name: name.parse().map_err(m)?,
-                template: template.parse().map_err(m)?,
+                name: name_arg("VM", &name)?,
+                template: name_arg("template", &template)?,
                 vcpus: corral_api::types::check_vcpus(vcpus).map_err(m)?,
                 memory_mib: corral_api::types::check_memory_mib(memory_mib).map_err(m)?,
-                host: host.map(|h| h.parse()).transpose().map_err(m)?,
+                host: host.map(|h| name_arg("host", &h)).transpose()?,
                 workload: workload.map(corral_api::types::Workload::try_from).transpose().map_err(m)?,
                 start: !no_start,
                 ha,

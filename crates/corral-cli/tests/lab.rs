@@ -378,8 +378,9 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<(), Failed> {
     let cases: &[(&[&str], &str)] = &[
         (&["vm", "create", "x1", "--template", "nope"], "unknown template"),
         (&["vm", "create", "x2", "--memory", "900G"], "largest host"),
-        (&["vm", "create", "x3", "--vcpus", "500"], "largest host"),
-        (&["vm", "create", "x4", "--vcpus", "0"], "at least 1 vCPU"),
+        (&["vm", "create", "x3", "--vcpus", "200"], "largest host"),
+        (&["vm", "create", "x3", "--vcpus", "500"], "invalid vCPU count 500: use 1 to 256"),
+        (&["vm", "create", "x4", "--vcpus", "0"], "invalid vCPU count 0"),
         (&["vm", "create", "x5", "--memory", "12 potatoes"], "invalid memory size"),
         (&["vm", "create", "t-bad"], "already exists"),
         (&["vm", "create", "Web_1"], "invalid VM name"),
