@@ -193,7 +193,10 @@ async fn put_network(
         ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)")
     })?;
     if let Some(up) = &spec.uplink {
-        a.check_uplink(up, vni).map_err(|e| ApiError::invalid(format!("uplink.interface: {e}")))?;
+        a.check_uplink(up, vni).map_err(|e| match e {
+            crate::uplink::UplinkError::Taken { .. } => ApiError::conflict(e.to_string()),
+            _ => ApiError::invalid(format!("uplink.interface: {e}")),
+        })?;
     }
     let n = net(&a)?;
     n.ensure(&spec, local).await.map_err(|e| ApiError::internal(e.to_string()))?;

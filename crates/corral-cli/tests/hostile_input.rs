@@ -41,6 +41,10 @@ fn token_file(dir: &Path) -> PathBuf {
 }
 
 async fn start(kind: &str) -> Daemon {
+    start_with(kind, None).await
+}
+
+async fn start_with(kind: &str, templates: Option<&Path>) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let port = free_port();
@@ -49,7 +53,7 @@ async fn start(kind: &str) -> Daemon {
     let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
     c.arg(kind).args(["--listen", &listen, "--data"]).arg(&data).arg("--token-file").arg(&tok);
     if kind == "agent" {
-        let templates = dir.path().join("templates");
+        let templates = templates.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("templates"));
         std::fs::create_dir_all(&templates).expect("templates dir");
         // Nothing answers on port 9: the agent keeps trying in the background.
         c.args(["--name", "h1", "--controller", "http://127.0.0.1:9", "--accel", "tcg"])
@@ -313,4 +317,29 @@ fn daemons_refuse_a_token_file_others_may_read() {
         assert!(!ok, "corral {} must not start: {err}", args[0]);
         assert!(err.contains(&format!("chmod 600 {t}")), "{err}");
     }
+}
+
+/// The guest template `make guest` builds, if it is there (`CORRAL_CACHE/guest`).
+fn guest_templates() -> Option<PathBuf> {
+    let cache = std::env::var_os("CORRAL_CACHE").map(PathBuf::from)?;
+    let dir = cache.join("guest");
+    dir.join("base.json").exists().then_some(dir)
+}
+
+#[tokio::test]
+async fn a_created_vm_is_root_only() {
+    let Some(templates) = guest_templates() else {
+        eprintln!("skipped: no guest template in CORRAL_CACHE/guest (run `make guest`)");
+        return;
+    };
+    let a = start_with("agent", Some(&templates)).await;
+    // Defined, not started: the directory, the record and the disk exist without QEMU.
+    let (s, doc) = post(&a, "/v1/vms", &json!({ "def": good_def(), "start": false }).to_string()).await;
+    assert_eq!(s, 200, "{doc}");
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).expect("exists");
+    let dir = a.data.join("vms/web1");
+    assert_eq!(mode(&a.data.join("vms")), 0o700);
+    assert_eq!(mode(&dir), 0o700, "the VM directory");
+    assert_eq!(mode(&dir.join("disk.qcow2")), 0o600, "the disk");
+    assert_eq!(mode(&dir.join("vm.json")), 0o600, "the record");
 }

@@ -373,8 +373,10 @@ async fn network(State(c): C, Path(name): Path<String>) -> R<Network> {
 
 /// Where to move a VM.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct MoveTo {
-    to: String,
+    #[schema(value_type = String)]
+    to: corral_api::types::Name,
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/move", tag = "vms", request_body = MoveTo,
