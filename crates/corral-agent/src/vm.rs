@@ -171,6 +171,13 @@ impl Manager {
                     continue;
                 }
             };
+            // Directories and files an earlier version left readable by others are tightened.
+            let _ = crate::private::dir(&paths.dir);
+            for f in [paths.record(), paths.disk(), paths.saved_state(), paths.console_log(), paths.qemu_log()] {
+                if f.exists() {
+                    let _ = crate::private::restrict(&f);
+                }
+            }
             let name = rec.def.name.clone();
             let entry = Arc::new(Entry {
                 paths,
