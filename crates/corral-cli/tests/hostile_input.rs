@@ -251,6 +251,13 @@ async fn the_controller_refuses_hostile_vm_requests_and_creates_nothing() {
     }
     let (s, doc) = post(&c, "/v1/clusters", &json!({ "name": "../c", "profile": "p", "size": 1 }).to_string()).await;
     refused(s, &doc, "name", "a cluster named ../c");
+    // Names in the path are checked as well.
+    for path in ["/v1/vms/a;touch%20%2Ftmp%2Fx;b", "/v1/vms/..%2Fx", "/v1/hosts/..%2F..%2Fetc"] {
+        let r = reqwest::Client::new().get(format!("{}{path}", c.url)).bearer_auth(TOKEN).send().await.expect("answer");
+        let s = r.status().as_u16();
+        let doc: Value = r.json().await.unwrap_or(Value::Null);
+        refused(s, &doc, "invalid name", path);
+    }
     let vms: Value = reqwest::Client::new()
         .get(format!("{}/v1/vms", c.url))
         .bearer_auth(TOKEN)
