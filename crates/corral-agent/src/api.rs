@@ -1,32 +1,37 @@
 //! The agent's REST API, called by the controller. Handlers only translate HTTP to calls on
-//! the VM manager.
+//! the VM manager. Every body, path parameter and query is parsed into checked types
+//! ([`corral_api::types`]) before a handler runs: a refused value is answered 422 and reaches
+//! nothing; bodies with unknown fields are refused too.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 
 use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::types::Name;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
 
-use corral_http::HttpError;
+use corral_http::{HttpError, Json, Path, Query};
 
 use crate::Agent;
 
 type R<T> = Result<Json<T>, HttpError>;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     def: VmDefinition,
     start: bool,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PullBody {
-    name: String,
+    name: Name,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +89,7 @@ async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<VmStatus>> {
     Json(a.vms.list())
 }
 
-async fn show(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> R<VmStatus> {
+async fn show(State(a): State<Arc<Agent>>, Path(name): Path<Name>) -> R<VmStatus> {
     Ok(Json(a.vms.get(&name)?))
 }
 
@@ -92,7 +97,7 @@ async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmS
     Ok(Json(corral_http::detached(async move { a.vms.create(b.def, b.start).await }).await?))
 }
 
-async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(String, String)>) -> R<VmStatus> {
+async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(Name, String)>) -> R<VmStatus> {
     let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
     Ok(Json(corral_http::detached(async move { a.vms.action(&name, act).await }).await?))
 }
@@ -108,20 +113,20 @@ struct DeleteQuery {
 
 async fn delete(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, HttpError> {
     corral_http::detached(async move { a.vms.delete(&name, q.uuid, q.keep_shared).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
+async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<Name>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
     Ok(Json(a.vms.exec(&name, &req).await?))
 }
 
 async fn console(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Query(q): Query<ConsoleQuery>,
 ) -> R<ConsoleChunk> {
     Ok(Json(a.vms.console(&name, q.offset)?))
@@ -129,16 +134,37 @@ async fn console(
 
 /// The controller sends a template: fetch it from its library, answer with the new inventory.
 async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullBody>) -> R<corral_api::agent::Register> {
-    corral_api::names::validate_name("template", &b.name).map_err(ApiError::bad_request)?;
     a.pull_template(&b.name).await?;
     Ok(Json(a.registration()))
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImportBody {
     def: VmDefinition,
-    /// Base URL of the agent that holds the VM now.
+    /// Base URL of the agent that holds the VM now (http or https).
+    #[serde(deserialize_with = "agent_url")]
     source: String,
+}
+
+/// An agent's base URL: `http://` or `https://` and a host, nothing else a URL may hold.
+fn agent_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = reqwest::Url::parse(&s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.query().is_none()
+            && u.fragment().is_none()
+    });
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "invalid agent URL {s:?}: use http://HOST:PORT (the agent holding the VM)"
+        )))
+    }
 }
 
 /// Takes over a stopped or suspended VM from another host.
@@ -152,7 +178,7 @@ async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportBody>) -> R<VmS
 /// A stopped or suspended VM's disk or saved memory, for the host taking it over.
 async fn file(
     State(a): State<Arc<Agent>>,
-    Path((name, part)): Path<(String, String)>,
+    Path((name, part)): Path<(Name, String)>,
 ) -> Result<axum::response::Response, HttpError> {
     let p = a.vms.file(&name, &part)?;
     let f = tokio::fs::File::open(&p).await.map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
@@ -176,6 +202,12 @@ async fn put_network(
     let local = a.underlay().ok_or_else(|| {
         ApiError::unavailable("this agent has no underlay address (listen on a specific IPv4 address)")
     })?;
+    if let Some(up) = &spec.uplink {
+        a.check_uplink(up, vni).map_err(|e| match e {
+            crate::uplink::UplinkError::Taken { .. } => ApiError::conflict(e.to_string()),
+            _ => ApiError::invalid(format!("uplink.interface: {e}")),
+        })?;
+    }
     let n = net(&a)?;
     // VXLAN traffic of this network is accepted from its peers only (set before the tunnel
     // exists, so it is never open to others).
@@ -219,14 +251,14 @@ async fn incoming(
 }
 
 /// The VM has arrived: make it an ordinary running VM here.
-async fn finish_incoming(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> R<VmStatus> {
+async fn finish_incoming(State(a): State<Arc<Agent>>, Path(name): Path<Name>) -> R<VmStatus> {
     Ok(Json(corral_http::detached(async move { a.vms.finish_incoming(&name).await }).await?))
 }
 
 /// Starts sending a running VM to another host.
 async fn outgoing(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Json(b): Json<corral_api::migration::Outgoing>,
 ) -> R<corral_api::migration::OutgoingStatus> {
     let (http, token) = (a.http.clone(), a.cfg.token.clone());
@@ -235,14 +267,14 @@ async fn outgoing(
 
 async fn outgoing_status(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
 ) -> R<corral_api::migration::OutgoingStatus> {
     Ok(Json(a.vms.outgoing_status(&name)?))
 }
 
 async fn cancel_outgoing(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
 ) -> R<corral_api::migration::OutgoingStatus> {
     Ok(Json(a.vms.cancel_outgoing(&name)?))
 }
@@ -255,7 +287,7 @@ struct UuidQuery {
 /// The source is about to hand over: confirm and release the disk export.
 async fn switchover_incoming(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Query(q): Query<UuidQuery>,
 ) -> R<VmStatus> {
     Ok(Json(a.vms.switchover_incoming(&name, q.uuid).await?))
@@ -264,7 +296,7 @@ async fn switchover_incoming(
 /// The destination's copy did not survive a completed pre-copy: run the stopped copy here.
 async fn revert_outgoing(
     State(a): State<Arc<Agent>>,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Query(q): Query<UuidQuery>,
 ) -> R<VmStatus> {
     Ok(Json(a.vms.revert_outgoing(&name, q.uuid).await?))

@@ -15,7 +15,15 @@ pub async fn download(http: &reqwest::Client, url: &str, token: Option<&str>, de
         req.send().await.map_err(|e| format!("{url}: {e}"))?.error_for_status().map_err(|e| format!("{url}: {e}"))?;
     let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dest.with_file_name(format!("{name}.partial"));
-    let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // Root's only: a VM's disk or memory, or a template.
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::private::FILE_MODE)
+        .open(&tmp)
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     let mut n = 0u64;
     while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
         f.write_all(&chunk).await.map_err(|e| e.to_string())?;

@@ -20,12 +20,13 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Every VM tap's name starts with this (see `qemu::tap_name`).
 const TAP_PREFIX: &str = "ct";
 
-/// One VM NIC to filter: its tap, MAC and IPv4 address.
+/// One VM NIC to filter: its tap, MAC and IPv4 address. Typed values: nothing but a MAC and an
+/// address can reach the script (a string could carry a newline and more commands).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     pub tap: String,
-    pub mac: String,
-    pub ip: String,
+    pub mac: corral_api::types::Mac,
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// The nftables script for these NICs and these networks' peers (VNI → underlay addresses).
@@ -123,7 +124,7 @@ mod tests {
     use super::*;
 
     fn nic() -> Nic {
-        Nic { tap: "ct1".into(), mac: "02:00:00:00:00:01".into(), ip: "100.64.0.2".into() }
+        Nic { tap: "ct1".into(), mac: "02:00:00:00:00:01".parse().expect("MAC"), ip: Ipv4Addr::new(100, 64, 0, 2) }
     }
 
     #[test]

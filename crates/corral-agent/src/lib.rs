@@ -10,9 +10,11 @@ pub mod filter;
 pub mod guest;
 pub mod hostinfo;
 pub mod netdev;
+pub mod private;
 pub mod qemu;
 pub mod qmp;
 pub mod templates;
+pub mod uplink;
 pub mod vm;
 pub mod watchdog;
 
@@ -49,6 +51,11 @@ pub struct Config {
     /// Isolation addresses (`--isolation-address`): with no peer known, reaching one of
     /// them tells a control-plane outage from isolation.
     pub isolation: Vec<std::net::Ipv4Addr>,
+    /// Host interfaces bridged (provider) networks may join (`--provider-interfaces`); none:
+    /// no bridged networks on this host.
+    pub provider_interfaces: Vec<String>,
+    /// Listen on a non-loopback address without a token (`--insecure`), with a warning.
+    pub insecure: bool,
 }
 
 /// A running agent.
@@ -83,9 +90,29 @@ impl Agent {
             capacity: hostinfo::capacity(&self.cfg.data_dir, self.cfg.vcpus, self.cfg.memory_mib),
             templates: self.vms.templates().into_iter().map(|t| t.info).collect(),
             underlay: self.underlay(),
-            interfaces: netdev::Net::interfaces(),
+            interfaces: self.provider_interfaces(),
             shared_dir: self.cfg.shared_dir.as_ref().map(|d| d.display().to_string()),
         }
+    }
+
+    /// The interfaces bridged networks may join here: those of `--provider-interfaces` the
+    /// host has.
+    pub fn provider_interfaces(&self) -> Vec<String> {
+        let present = netdev::Net::interfaces();
+        self.cfg.provider_interfaces.iter().filter(|i| present.contains(i)).cloned().collect()
+    }
+
+    /// Whether a bridged network may join `up` here (see [`uplink::check`]).
+    pub fn check_uplink(&self, up: &corral_api::agent::Uplink, vni: u32) -> Result<(), uplink::UplinkError> {
+        let underlay = self.underlay();
+        let underlay_if = underlay.and_then(uplink::interface_of);
+        uplink::check(
+            &self.cfg.provider_interfaces,
+            underlay_if.as_deref().zip(underlay),
+            up,
+            &netdev::bridge_name(vni),
+            uplink::master_of(&up.interface).as_deref(),
+        )
     }
 
     /// The underlay address VXLAN tunnels end at: the address the agent listens on.
@@ -126,6 +153,15 @@ impl Agent {
 
 /// Runs the agent until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    corral_http::check_listen(cfg.listen, cfg.token.as_deref(), cfg.insecure)?;
+    if cfg.token.is_none() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            "INSECURE: the agent listens on {} without an API token (--insecure): anyone who reaches it \
+             can run, read and delete this host's VMs; give --token-file FILE",
+            cfg.listen
+        );
+    }
+    uplink::check_config(&cfg.provider_interfaces, cfg.listen)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let tpls = templates::scan(&cfg.templates_dir);

@@ -155,7 +155,7 @@ pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, Stri
         let _ = std::fs::remove_file(f);
     }
     let log =
-        std::fs::File::create(p.qemu_log()).map_err(|e| format!("cannot create {}: {e}", p.qemu_log().display()))?;
+        crate::private::create(&p.qemu_log()).map_err(|e| format!("cannot create {}: {e}", p.qemu_log().display()))?;
     let status = tokio::process::Command::new(qemu)
         .args(args)
         .stdin(std::process::Stdio::null())

@@ -70,15 +70,38 @@ impl QmpClient {
     }
 }
 
-impl Monitor for QmpClient {
-    async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
-        let mut msg = json!({ "execute": command });
-        if let Some(a) = args {
-            msg["arguments"] = a;
-        }
-        let mut line = msg.to_string();
+impl QmpClient {
+    /// Hands an open file to QEMU under `name` (QMP `getfd`, the descriptor passed along with
+    /// the command as SCM_RIGHTS ancillary data), for a later `fd:NAME` URI on this same
+    /// connection. QEMU keeps its own copy; the caller may close `fd` afterwards.
+    pub async fn send_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), QmpError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
         line.push('\n');
-        self.stream.get_mut().write_all(line.as_bytes()).await?;
+        let bytes = line.as_bytes();
+        let sock = self.stream.get_ref();
+        let sent = loop {
+            sock.writable().await?;
+            let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(bytes)];
+                let fds = [fd.as_raw_fd()];
+                sendmsg::<()>(sock.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+                    .map_err(std::io::Error::from)
+            });
+            match r {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The descriptor went with the first byte; the rest of the line follows plainly.
+        self.stream.get_mut().write_all(&bytes[sent..]).await?;
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    /// Reads up to the answer of the command just sent, skipping events.
+    async fn reply(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let m = self.read_message().await?;
             if m.get("event").is_some() {
@@ -92,6 +115,19 @@ impl Monitor for QmpClient {
                 return Err(QmpError::Command { command: command.into(), desc });
             }
         }
+    }
+}
+
+impl Monitor for QmpClient {
+    async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        let mut msg = json!({ "execute": command });
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let mut line = msg.to_string();
+        line.push('\n');
+        self.stream.get_mut().write_all(line.as_bytes()).await?;
+        self.reply(command).await
     }
 }
 

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::types::Name;
 use corral_api::{Accel, ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction, VmState, VmUsage};
 
 mod migrate;
 
 use crate::qemu::{self, VmPaths};
+use crate::qmp::Monitor;
 use crate::templates::Template;
 use crate::{guest, hostinfo, qmp};
 
@@ -88,10 +90,13 @@ enum Registered {
 pub struct Manager {
     s: Settings,
     templates: Mutex<Vec<Template>>,
-    vms: Mutex<BTreeMap<String, Arc<Entry>>>,
+    vms: Mutex<BTreeMap<Name, Arc<Entry>>>,
     /// The host's guest filter.
     filter: crate::filter::Filter,
 }
+
+/// The name under which a VM's saved-state file is handed to QEMU (`getfd`, then `fd:NAME`).
+const STATE_FD: &str = "corral-state";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,7 +131,7 @@ fn rotate_console(log: &Path, max: u64) -> std::io::Result<bool> {
 /// Writes `bytes` to `path` durably (temp file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = crate::private::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -147,7 +152,7 @@ impl Entry {
     fn status(&self) -> VmStatus {
         let r = self.snapshot();
         VmStatus {
-            name: r.def.name.clone(),
+            name: r.def.name.to_string(),
             uuid: r.def.uuid,
             state: r.state,
             error: r.error.clone(),
@@ -184,7 +189,7 @@ impl Manager {
     /// Loads the VM records under the data directory and re-attaches to running QEMU processes.
     pub async fn open(s: Settings, templates: Vec<Template>) -> anyhow::Result<Arc<Self>> {
         let vm_dir = s.data_dir.join("vms");
-        std::fs::create_dir_all(&vm_dir)?;
+        crate::private::dir(&vm_dir)?;
         let m = Arc::new(Self {
             s,
             templates: Mutex::new(templates),
@@ -203,6 +208,13 @@ impl Manager {
                     continue;
                 }
             };
+            // Directories and files an earlier version left readable by others are tightened.
+            let _ = crate::private::dir(&paths.dir);
+            for f in [paths.record(), paths.disk(), paths.saved_state(), paths.console_log(), paths.qemu_log()] {
+                if f.exists() {
+                    let _ = crate::private::restrict(&f);
+                }
+            }
             let name = rec.def.name.clone();
             let entry = Arc::new(Entry {
                 paths,
@@ -400,13 +412,14 @@ impl Manager {
         let paths = entry.paths.clone();
         let guard = entry.op.lock().await;
         let made = async {
-            std::fs::create_dir_all(&paths.dir).map_err(internal)?;
+            crate::private::dir(&paths.dir).map_err(internal)?;
             entry.update(|_| {})?;
             if def.storage == corral_api::Storage::Shared {
                 self.shared_disk(&def, &t.disk, &paths.disk()).await?;
             } else if !paths.disk().exists() {
                 let tmp = paths.dir.join("disk.qcow2.partial");
                 qemu::create_overlay(&t.disk, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
+                crate::private::restrict(&tmp).map_err(internal)?;
                 std::fs::rename(&tmp, paths.disk()).map_err(internal)?;
             }
             Ok::<(), ApiError>(())
@@ -453,6 +466,7 @@ impl Manager {
         if !disk.exists() {
             let tmp = vm_dir.join(format!(".{}-{}.partial", def.name, def.uuid));
             qemu::create_overlay(&shared_tpl, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
+            crate::private::restrict(&tmp).map_err(internal)?;
             std::fs::rename(&tmp, &disk).map_err(internal)?;
         } else {
             tracing::info!("VM {}: using its disk on shared storage as it was ({})", def.name, disk.display());
@@ -535,8 +549,8 @@ impl Manager {
                     .map(|e| e.snapshot())
                     .filter(|r| r.state.has_process() && r.def.network.is_some())
                     .filter_map(|r| {
-                        let ip = r.def.ip.as_deref()?.split('/').next()?.to_string();
-                        Some(crate::filter::Nic { tap: qemu::tap_name(&r.def), mac: r.def.mac.clone(), ip })
+                        let ip = r.def.ip?.addr();
+                        Some(crate::filter::Nic { tap: qemu::tap_name(&r.def), mac: r.def.mac, ip })
                     })
                     .collect()
             })
@@ -572,8 +586,13 @@ impl Manager {
             return Err(ApiError::internal(format!("{err}; the VM was not started")));
         }
         if restore {
-            let src = format!("exec:cat {}", e.paths.saved_state().display());
-            qmp::run(&e.paths.qmp(), "migrate-incoming", Some(json!({ "uri": src }))).await.map_err(internal)?;
+            // The saved state goes to QEMU as an open file (QMP getfd), never as a path in a
+            // shell command.
+            let saved = std::fs::File::open(e.paths.saved_state()).map_err(internal)?;
+            let mut c = qmp::QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
+            c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&saved)).await.map_err(internal)?;
+            c.execute("migrate-incoming", Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
+            drop((c, saved));
             let deadline = Instant::now() + self.s.boot_timeout;
             loop {
                 let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
@@ -605,6 +624,8 @@ impl Manager {
     async fn spawn_qemu(&self, e: &Entry, t: &Template, incoming: bool) -> Result<u32, ApiError> {
         let def = e.snapshot().def;
         let args = qemu::command_line(&def, t, &e.paths, self.s.accel, incoming);
+        // QEMU appends to the console log; made here, it is 0600.
+        crate::private::touch(&e.paths.console_log()).map_err(internal)?;
         guest::forget(&e.paths.guest());
         let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
         e.update(|r| r.pid = Some(pid))?;
@@ -698,8 +719,14 @@ impl Manager {
         let uuid = e.snapshot().def.uuid;
         qmp::run(&q, "stop", None).await.map_err(internal)?;
         let tmp = e.paths.saved_state().with_extension("partial");
-        let dst = format!("exec:cat > {}", tmp.display());
-        qmp::run(&q, "migrate", Some(json!({ "uri": dst }))).await.map_err(internal)?;
+        // QEMU writes into a file the agent opened (0600) and hands over with QMP getfd: no
+        // path goes through a shell.
+        {
+            let out = crate::private::create(&tmp).map_err(internal)?;
+            let mut c = qmp::QmpClient::connect(&q).await.map_err(internal)?;
+            c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&out)).await.map_err(internal)?;
+            c.execute("migrate", Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
+        }
         let deadline = Instant::now() + SAVE_TIMEOUT;
         loop {
             let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
@@ -802,7 +829,7 @@ impl Manager {
         let _g = entry.op.lock().await;
         let base = format!("{}/v1/vms/{}/files", source.trim_end_matches('/'), def.name);
         let fetched = async {
-            std::fs::create_dir_all(&paths.dir).map_err(internal)?;
+            crate::private::dir(&paths.dir).map_err(internal)?;
             entry.update(|_| {})?;
             crate::fetch::download(http, &format!("{base}/disk"), token, &paths.disk())
                 .await
@@ -814,6 +841,10 @@ impl Manager {
                     Err(e) => return Err(ApiError::unavailable(e)),
                 };
             qemu::rebase(&paths.disk(), &t.disk).await.map_err(ApiError::internal)?;
+            crate::private::restrict(&paths.disk()).map_err(internal)?;
+            if has_state {
+                crate::private::restrict(&paths.saved_state()).map_err(internal)?;
+            }
             entry.update(|r| r.state = if has_state { VmState::Suspended } else { VmState::Inactive })?;
             Ok::<(), ApiError>(())
         }

@@ -3,22 +3,38 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::{Ipv4Cidr, Mac, Name, Workload};
 use crate::{Accel, Capacity, HostUsage, VmState, VmUsage};
 
 /// Everything an agent needs to create and run a VM. The controller assigns identity.
+///
+/// Every field is checked while it is deserialized (names are DNS labels, the MAC six unicast
+/// bytes, the address an IPv4 address with prefix, sizes bounded), and an unknown field is
+/// refused: an agent builds paths, QEMU options and firewall rules from these values. (The
+/// agent also keeps this in its VM records, which a downgraded agent without a newer field
+/// cannot read back.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VmDefinition {
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: Name,
     pub uuid: uuid::Uuid,
-    pub template: String,
+    #[schema(value_type = String)]
+    pub template: Name,
+    #[serde(deserialize_with = "crate::types::vcpus")]
     pub vcpus: u32,
+    #[serde(deserialize_with = "crate::types::memory_mib")]
     pub memory_mib: u64,
-    pub mac: String,
+    #[schema(value_type = String)]
+    pub mac: Mac,
+    /// IPv4 address with prefix length, like `100.64.10.5/24`.
     #[serde(default)]
-    pub ip: Option<String>,
-    pub workload: String,
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<Ipv4Cidr>,
+    #[schema(value_type = String)]
+    pub workload: Workload,
     /// Virtual disk size, MiB, when larger than the template's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::disk_mib")]
     pub disk_mib: Option<u64>,
     /// The virtual network the VM's NIC joins.
     #[serde(default)]
@@ -34,22 +50,51 @@ pub struct VmDefinition {
 
 /// Which virtual network a NIC joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetAttach {
+    /// 1 to 16777215 (24 bits, as VXLAN).
+    #[serde(deserialize_with = "vni")]
     pub vni: u32,
+    /// 576 to 9216.
+    #[serde(deserialize_with = "mtu")]
     pub mtu: u32,
+}
+
+/// The largest VNI (VXLAN's 24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+fn vni<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=MAX_VNI).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("invalid VNI {n}: use 1 to {MAX_VNI}")))
+    }
+}
+
+fn mtu<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (576..=9216).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!("invalid MTU {n}: use 576 to 9216")))
+    }
 }
 
 /// `PUT /v1/networks/{vni}` on an agent: a network as this host must have it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
+    #[serde(deserialize_with = "vni")]
     pub vni: u32,
+    #[serde(deserialize_with = "mtu")]
     pub mtu: u32,
     /// Underlay addresses of the other hosts with members (the flood list).
     #[schema(value_type = Vec<String>)]
     pub peers: Vec<std::net::Ipv4Addr>,
     /// MAC of each VM on another host → that host's underlay address.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
-    pub macs: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+    pub macs: std::collections::BTreeMap<Mac, std::net::Ipv4Addr>,
     /// For a bridged (provider) network: the host interface (and VLAN) the bridge joins,
     /// instead of a VXLAN overlay.
     #[serde(default)]
@@ -60,9 +105,41 @@ pub struct NetworkSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Uplink {
+    /// A Linux interface name: 1 to 15 characters, none of them `/`, `:`, blank or control.
+    #[serde(deserialize_with = "interface")]
     pub interface: String,
-    #[serde(default)]
+    /// 1 to 4094.
+    #[serde(default, deserialize_with = "vlan")]
     pub vlan: Option<u16>,
+}
+
+/// Checks a Linux network interface name (what the kernel accepts, less `:`).
+pub fn check_interface(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/' && c != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid interface name {s:?}: use 1-15 printable characters without '/', ':' or spaces"))
+    }
+}
+
+fn interface<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_interface(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+fn vlan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    match Option::<u16>::deserialize(d)? {
+        Some(v) if !(1..=4094).contains(&v) => {
+            Err(serde::de::Error::custom(format!("invalid VLAN {v}: use 1 to 4094, or none for untagged")))
+        }
+        v => Ok(v),
+    }
 }
 
 /// `POST /v1/agents/register`: an agent announces itself (at start, and whenever the controller

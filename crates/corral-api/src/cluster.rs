@@ -84,8 +84,10 @@ pub struct Profile {
 
 /// `POST /v1/profiles` and `PUT /v1/profiles/{name}`: the profile's TOML text.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProfileSource {
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: crate::types::Name,
     pub toml: String,
 }
 
@@ -178,9 +180,12 @@ pub struct ClusterView {
 
 /// `POST /v1/clusters`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCluster {
-    pub name: String,
-    pub profile: String,
+    #[schema(value_type = String)]
+    pub name: crate::types::Name,
+    #[schema(value_type = String)]
+    pub profile: crate::types::Name,
     pub size: u32,
     /// Overrides the profile's placement policy.
     #[serde(default)]
@@ -198,6 +203,7 @@ pub struct CreateCluster {
 
 /// `POST /v1/clusters/{name}/scale`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ScaleCluster {
     pub size: u32,
 }

@@ -80,6 +80,7 @@ impl Default for DrsSettings {
 
 /// A change of settings: fields left out keep their value.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DrsSettingsPatch {
     pub mode: Option<DrsMode>,
     pub interval_s: Option<f64>,

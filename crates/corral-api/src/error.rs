@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// The JSON body of an error response: what went wrong, and what to do about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// A machine-readable kind: `bad_request`, `not_found`, `conflict`, `no_capacity`,
+    /// A machine-readable kind: `bad_request`, `invalid`, `not_found`, `conflict`, `no_capacity`,
     /// `unavailable`, `internal`.
     pub kind: String,
     /// A sentence saying what is wrong and what to do.
@@ -33,6 +33,11 @@ impl ApiError {
     }
     pub fn conflict(m: impl Into<String>) -> Self {
         Self::new(409, "conflict", m)
+    }
+    /// A request whose body, path or query does not parse into valid values (HTTP 422): the
+    /// message names the field and what a valid value is.
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(422, "invalid", m)
     }
     pub fn no_capacity(m: impl Into<String>) -> Self {
         Self::new(422, "no_capacity", m)

@@ -43,6 +43,7 @@ pub mod migration;
 pub mod names;
 pub mod size;
 pub mod template_dir;
+pub mod types;
 
 use serde::{Deserialize, Serialize};
 
@@ -225,20 +226,29 @@ pub fn validate_workload(spec: &str) -> Result<(), String> {
     }
 }
 
-/// A request to create a VM (`POST /v1/vms`).
+/// A request to create a VM (`POST /v1/vms`). Checked while deserialized (see [`types`]);
+/// unknown fields are refused.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateVm {
-    pub name: String,
-    pub template: String,
+    #[schema(value_type = String)]
+    pub name: types::Name,
+    #[schema(value_type = String)]
+    pub template: types::Name,
+    /// 1 to 256.
+    #[serde(deserialize_with = "types::vcpus")]
     pub vcpus: u32,
-    /// Memory in MiB.
+    /// Memory in MiB (32 MiB to 4 TiB).
+    #[serde(deserialize_with = "types::memory_mib")]
     pub memory_mib: u64,
     /// Host to place it on; the scheduler chooses when absent.
     #[serde(default)]
-    pub host: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub host: Option<types::Name>,
     /// Guest workload; `idle` when absent.
     #[serde(default)]
-    pub workload: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub workload: Option<types::Workload>,
     /// Start it right away (default) or leave it inactive.
     #[serde(default = "yes")]
     pub start: bool,
@@ -508,6 +518,7 @@ pub struct Template {
 
 /// A command to run in the guest through the guest agent.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
     #[serde(default)]

@@ -196,6 +196,7 @@ pub struct MigrationRef {
 
 /// `POST /v1/migrations/incoming` on the destination agent.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Incoming {
     pub def: crate::agent::VmDefinition,
     pub id: String,
@@ -207,13 +208,16 @@ pub struct Incoming {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IncomingReady {
     /// NBD server (`host:port`) exporting the VM's disk as `disk0`.
-    pub nbd: String,
+    #[schema(value_type = String)]
+    pub nbd: std::net::SocketAddrV4,
     /// QEMU migration address (`host:port`).
-    pub migration: String,
+    #[schema(value_type = String)]
+    pub migration: std::net::SocketAddrV4,
 }
 
 /// `POST /v1/vms/{name}/migration` on the source agent.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Outgoing {
     pub id: String,
     pub uuid: uuid::Uuid,

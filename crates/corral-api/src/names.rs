@@ -4,19 +4,24 @@
 /// and `-`, starting with a letter and not ending with `-` — a valid DNS label, since the guest
 /// uses it as its hostname.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!("invalid {kind} name {name:?}: {NAME_RULE}"))
+    }
+}
+
+/// What a valid name is, as error messages say it.
+pub const NAME_RULE: &str = "use 1-63 lower-case letters, digits and '-', starting with a letter and not ending \
+                             with '-' (it becomes the guest's hostname)";
+
+/// Whether `name` is a DNS label as [`validate_name`] requires.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid {kind} name {name:?}: use 1-63 lower-case letters, digits and '-', \
-             starting with a letter and not ending with '-' (it becomes the guest's hostname)"
-        ))
-    }
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 #[cfg(test)]

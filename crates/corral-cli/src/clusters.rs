@@ -122,6 +122,7 @@ pub async fn profile(cmd: ProfileCmd, c: &Client, json: bool) -> Result<()> {
     };
     match cmd {
         ProfileCmd::Create { name, file } => {
+            let name = crate::name_arg("profile", &name)?;
             let p: Profile = c.post("/v1/profiles", &ProfileSource { name, toml: read(&file)? }).await?;
             show(&p)?;
         }
@@ -154,8 +155,9 @@ pub async fn profile(cmd: ProfileCmd, c: &Client, json: bool) -> Result<()> {
                     t
                 }
             };
-            let p: Profile =
-                c.put(&format!("/v1/profiles/{name}"), &ProfileSource { name: name.clone(), toml }).await?;
+            let p: Profile = c
+                .put(&format!("/v1/profiles/{name}"), &ProfileSource { name: crate::name_arg("profile", &name)?, toml })
+                .await?;
             show(&p)?;
         }
         ProfileCmd::Delete { name } => {
@@ -217,8 +219,20 @@ pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
             } else {
                 None
             };
-            let op: Operation =
-                c.post("/v1/clusters", &CreateCluster { name, profile, size, policy, subnet, vni, mtu }).await?;
+            let op: Operation = c
+                .post(
+                    "/v1/clusters",
+                    &CreateCluster {
+                        name: crate::name_arg("cluster", &name)?,
+                        profile: crate::name_arg("profile", &profile)?,
+                        size,
+                        policy,
+                        subnet,
+                        vni,
+                        mtu,
+                    },
+                )
+                .await?;
             start(c, op, no_wait, json).await
         }
         ClusterCmd::List => {

@@ -70,9 +70,14 @@ enum Cmd {
         /// Template library, sent to hosts that lack a template (default: CORRAL_CACHE/guest).
         #[arg(long)]
         templates: Option<PathBuf>,
-        /// File holding the API token; made with a fresh random token if missing.
+        /// File holding the API token; made with a fresh random token if missing. It must be
+        /// readable by its owner only (mode 600).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+        /// the controller can then run and delete VMs).
+        #[arg(long)]
+        insecure: bool,
         /// Live migrations a host may send at once; more wait in a queue.
         #[arg(long, default_value_t = 2)]
         migrations_out: usize,
@@ -248,9 +253,18 @@ struct AgentArgs {
     /// Seconds a guest may take to report ready.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
-    /// File holding the API token shared with the controller.
+    /// File holding the API token shared with the controller (mode 600).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+    /// the agent can then run, read and delete this host's VMs).
+    #[arg(long)]
+    insecure: bool,
+    /// Host interfaces bridged (provider) networks may join, comma-separated (default: none).
+    /// Never the underlay interface (the one holding --listen's address); one untagged
+    /// bridged network per interface.
+    #[arg(long, value_delimiter = ',')]
+    provider_interfaces: Vec<String>,
     /// The shared storage pool: the same directory on every host (e.g. an NFS mount). VMs
     /// created with --storage shared keep their disk there and can restart on another host.
     #[arg(long)]
@@ -517,6 +531,12 @@ fn default_url() -> String {
     local_lab().map(|s| s.url).unwrap_or_else(|| "http://127.0.0.1:7700".into())
 }
 
+/// A name as the API takes it; refused here already, saying which name (`kind`).
+pub(crate) fn name_arg(kind: &str, s: &str) -> Result<corral_api::types::Name> {
+    corral_api::names::validate_name(kind, s).map_err(anyhow::Error::msg)?;
+    s.parse().map_err(anyhow::Error::msg)
+}
+
 fn default_token() -> Option<String> {
     local_lab().and_then(|s| std::fs::read_to_string(s.token_file()).ok()).map(|t| t.trim().to_string())
 }
@@ -525,9 +545,10 @@ fn default_token() -> Option<String> {
 fn token_from_file(path: &Path, create: bool) -> Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ if create => {
+    match std::fs::symlink_metadata(path) {
+        // Only a file its owner alone may read (the fix is in the error).
+        Ok(_) => Ok(corral_http::read_token_file(path)?),
+        Err(_) if create => {
             let t = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
@@ -551,7 +572,10 @@ fn token_from_file(path: &Path, create: bool) -> Result<String> {
                 Err(e) => Err(anyhow::Error::from(e).context(format!("cannot write token file {}", path.display()))),
             }
         }
-        _ => bail!("token file {} is missing or empty", path.display()),
+        Err(e) => bail!(
+            "cannot read token file {}: {e}: give the file the controller made (--token-file on the controller)",
+            path.display()
+        ),
     }
 }
 
@@ -613,6 +637,7 @@ async fn run(cli: Cli) -> Result<i32> {
             memory_overcommit,
             templates,
             token_file,
+            insecure,
             migrations_out,
             migrations_in,
             standby_command,
@@ -673,6 +698,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     history: keep_history,
                     max_age: keep_for,
                 },
+                insecure,
             })
             .await?;
         }
@@ -702,6 +728,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
                 shared_dir: a.shared_dir,
                 isolation: a.isolation_address,
+                provider_interfaces: a.provider_interfaces,
+                insecure: a.insecure,
             })
             .await?;
         }
@@ -887,7 +915,18 @@ async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
             let ha = ha.map(|h| h.parse()).transpose().map_err(anyhow::Error::msg)?;
             let storage = storage.parse().map_err(anyhow::Error::msg)?;
-            let req = CreateVm { name, template, vcpus, memory_mib, host, workload, start: !no_start, ha, storage };
+            let m = anyhow::Error::msg;
+            let req = CreateVm {
+                name: name_arg("VM", &name)?,
+                template: name_arg("template", &template)?,
+                vcpus: corral_api::types::check_vcpus(vcpus).map_err(m)?,
+                memory_mib: corral_api::types::check_memory_mib(memory_mib).map_err(m)?,
+                host: host.map(|h| name_arg("host", &h)).transpose()?,
+                workload: workload.map(corral_api::types::Workload::try_from).transpose().map_err(m)?,
+                start: !no_start,
+                ha,
+                storage,
+            };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,

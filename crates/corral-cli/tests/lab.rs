@@ -260,6 +260,18 @@ fn suspend_resume_keeps_guest_state() -> Result<(), Failed> {
     check(!pid_alive(pid), "no QEMU process while suspended")?;
     let dir = PathBuf::from(v["disk"].as_str().unwrap_or_default()).parent().map(Path::to_path_buf).unwrap_or_default();
     check(dir.join("memory.state").exists(), "memory saved to a file")?;
+    // The guest's data is root's only: memory, disk, console log in a 0700 directory.
+    let mode =
+        |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    for (p, want) in [
+        (dir.clone(), 0o700),
+        (dir.join("memory.state"), 0o600),
+        (dir.join("disk.qcow2"), 0o600),
+        (dir.join("console.log"), 0o600),
+    ] {
+        let m = mode(&p)?;
+        check(m == want, format!("{} has mode {m:o}, not {want:o}", p.display()))?;
+    }
     check(!fails(&["vm", "exec", "t-susp", "--", "true"])?.is_empty(), "exec refused while suspended")?;
     let r = json(&["vm", "resume", "t-susp"])?;
     check(r["state"] == "running", format!("running after resume: {r}"))?;
@@ -425,8 +437,9 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<(), Failed> {
     let cases: &[(&[&str], &str)] = &[
         (&["vm", "create", "x1", "--template", "nope"], "unknown template"),
         (&["vm", "create", "x2", "--memory", "900G"], "largest host"),
-        (&["vm", "create", "x3", "--vcpus", "500"], "largest host"),
-        (&["vm", "create", "x4", "--vcpus", "0"], "at least 1 vCPU"),
+        (&["vm", "create", "x3", "--vcpus", "200"], "largest host"),
+        (&["vm", "create", "x3", "--vcpus", "500"], "invalid vCPU count 500: use 1 to 256"),
+        (&["vm", "create", "x4", "--vcpus", "0"], "invalid vCPU count 0"),
         (&["vm", "create", "x5", "--memory", "12 potatoes"], "invalid memory size"),
         (&["vm", "create", "t-bad"], "already exists"),
         (&["vm", "create", "Web_1"], "invalid VM name"),

@@ -1,16 +1,17 @@
 //! The controller's REST API (`/v1/...`), with its OpenAPI 3 document at `/v1/openapi.json`
 //! generated from the same handlers. Handlers are thin: decode, call the [`Controller`],
 //! encode the answer or the error document. Long operations answer with an [`Operation`] to
-//! poll (`GET /v1/operations/{id}`) or wait on (`?wait=SECONDS`).
+//! poll (`GET /v1/operations/{id}`) or wait on (`?wait=SECONDS`). Bodies, path parameters
+//! and queries go through `corral_http`'s extractors: a value its type refuses (see
+//! [`corral_api::types`]) or an unknown field is answered 422 naming the field.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,8 +23,9 @@ use corral_api::cluster::{
 };
 use corral_api::drs::{DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus};
 use corral_api::migration::{MigrateVm, Migration};
+use corral_api::types::Name;
 use corral_api::{ApiError, ConsoleChunk, CreateVm, ErrorBody, ExecRequest, ExecResult, Host, Template, Vm, VmAction};
-use corral_http::HttpError;
+use corral_http::{HttpError, Json, Path, Query};
 
 use crate::service::Controller;
 
@@ -171,23 +173,23 @@ async fn hosts(State(c): C) -> R<Vec<Host>> {
 }
 
 #[utoipa::path(get, path = "/v1/hosts/{name}", tag = "hosts", responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
-async fn host(State(c): C, Path(name): Path<String>) -> R<Host> {
+async fn host(State(c): C, Path(name): Path<Name>) -> R<Host> {
     Ok(Json(c.host(&name)?))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/cordon", tag = "hosts", responses((status = 200, body = Host)))]
-async fn cordon(State(c): C, Path(name): Path<String>) -> R<Host> {
+async fn cordon(State(c): C, Path(name): Path<Name>) -> R<Host> {
     Ok(Json(c.set_cordon(&name, true)?))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/uncordon", tag = "hosts", responses((status = 200, body = Host)))]
-async fn uncordon(State(c): C, Path(name): Path<String>) -> R<Host> {
+async fn uncordon(State(c): C, Path(name): Path<Name>) -> R<Host> {
     Ok(Json(c.set_cordon(&name, false)?))
 }
 
 #[utoipa::path(put, path = "/v1/hosts/{name}/labels", tag = "hosts", request_body = BTreeMap<String, String>,
     responses((status = 200, body = Host)))]
-async fn labels(State(c): C, Path(name): Path<String>, Json(l): Json<BTreeMap<String, String>>) -> R<Host> {
+async fn labels(State(c): C, Path(name): Path<Name>, Json(l): Json<BTreeMap<String, String>>) -> R<Host> {
     Ok(Json(c.set_labels(&name, l)?))
 }
 
@@ -224,7 +226,7 @@ async fn vms(State(c): C) -> R<Vec<Vm>> {
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
-async fn vm(State(c): C, Path(name): Path<String>) -> R<Vm> {
+async fn vm(State(c): C, Path(name): Path<Name>) -> R<Vm> {
     Ok(Json(c.vm(&name)?))
 }
 
@@ -246,19 +248,19 @@ async fn action(State(c): C, Path((name, action)): Path<(String, String)>) -> R<
 }
 
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete(State(c): C, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
+async fn delete(State(c): C, Path(name): Path<Name>) -> Result<StatusCode, HttpError> {
     corral_http::detached(async move { c.delete_vm(&name).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/exec", tag = "vms", request_body = ExecRequest, responses((status = 200, body = ExecResult)))]
-async fn exec(State(c): C, Path(name): Path<String>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
+async fn exec(State(c): C, Path(name): Path<Name>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
     Ok(Json(c.exec(&name, &req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}/console", tag = "vms",
     params(("offset" = Option<u64>, Query, description = "byte offset to read from")), responses((status = 200, body = ConsoleChunk)))]
-async fn console(State(c): C, Path(name): Path<String>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
+async fn console(State(c): C, Path(name): Path<Name>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
     Ok(Json(c.console(&name, q.offset).await?))
 }
 
@@ -274,19 +276,23 @@ async fn create_profile(State(c): C, Json(src): Json<ProfileSource>) -> Result<(
 }
 
 #[utoipa::path(get, path = "/v1/profiles/{name}", tag = "profiles", responses((status = 200, body = Profile), (status = 404, body = ErrorBody)))]
-async fn profile(State(c): C, Path(name): Path<String>) -> R<Profile> {
+async fn profile(State(c): C, Path(name): Path<Name>) -> R<Profile> {
     Ok(Json(c.profile(&name)?))
 }
 
 #[utoipa::path(put, path = "/v1/profiles/{name}", tag = "profiles", request_body = ProfileSource,
     responses((status = 200, body = Profile), (status = 400, body = ErrorBody)))]
-async fn replace_profile(State(c): C, Path(name): Path<String>, Json(mut src): Json<ProfileSource>) -> R<Profile> {
+async fn replace_profile(
+    State(c): C,
+    Path(name): Path<corral_api::types::Name>,
+    Json(mut src): Json<ProfileSource>,
+) -> R<Profile> {
     src.name = name;
     Ok(Json(c.create_profile(src, true)?))
 }
 
 #[utoipa::path(delete, path = "/v1/profiles/{name}", tag = "profiles", responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_profile(State(c): C, Path(name): Path<String>) -> Result<StatusCode, HttpError> {
+async fn delete_profile(State(c): C, Path(name): Path<Name>) -> Result<StatusCode, HttpError> {
     c.delete_profile(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -297,7 +303,7 @@ async fn clusters(State(c): C) -> R<Vec<ClusterView>> {
 }
 
 #[utoipa::path(get, path = "/v1/clusters/{name}", tag = "clusters", responses((status = 200, body = ClusterView), (status = 404, body = ErrorBody)))]
-async fn cluster(State(c): C, Path(name): Path<String>) -> R<ClusterView> {
+async fn cluster(State(c): C, Path(name): Path<Name>) -> R<ClusterView> {
     Ok(Json(c.cluster_view(&name)?))
 }
 
@@ -315,24 +321,24 @@ async fn create_cluster(
     responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
 async fn scale_cluster(
     State(c): C,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Json(req): Json<ScaleCluster>,
 ) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.scale_cluster(&name, req.size).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/clusters/{name}/suspend", tag = "clusters", responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
-async fn suspend_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+async fn suspend_cluster(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.suspend_or_resume_cluster(&name, true).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/clusters/{name}/resume", tag = "clusters", responses((status = 202, body = Operation), (status = 409, body = ErrorBody)))]
-async fn resume_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+async fn resume_cluster(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.suspend_or_resume_cluster(&name, false).await?)))
 }
 
 #[utoipa::path(delete, path = "/v1/clusters/{name}", tag = "clusters", responses((status = 202, body = Operation), (status = 404, body = ErrorBody)))]
-async fn delete_cluster(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+async fn delete_cluster(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.delete_cluster(&name).await?)))
 }
 
@@ -362,19 +368,21 @@ async fn networks(State(c): C) -> R<Vec<Network>> {
 }
 
 #[utoipa::path(get, path = "/v1/networks/{name}", tag = "networks", responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
-async fn network(State(c): C, Path(name): Path<String>) -> R<Network> {
+async fn network(State(c): C, Path(name): Path<Name>) -> R<Network> {
     Ok(Json(c.network(&name)?))
 }
 
 /// Where to move a VM.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct MoveTo {
-    to: String,
+    #[schema(value_type = String)]
+    to: corral_api::types::Name,
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/move", tag = "vms", request_body = MoveTo,
     responses((status = 200, body = Vm, description = "moved: same identity, disk and (if suspended) memory"), (status = 409, body = ErrorBody)))]
-async fn move_vm(State(c): C, Path(name): Path<String>, Json(m): Json<MoveTo>) -> R<Vm> {
+async fn move_vm(State(c): C, Path(name): Path<Name>, Json(m): Json<MoveTo>) -> R<Vm> {
     Ok(Json(corral_http::detached(async move { c.move_vm(&name, &m.to).await }).await?))
 }
 
@@ -383,7 +391,7 @@ async fn move_vm(State(c): C, Path(name): Path<String>, Json(m): Json<MoveTo>) -
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
 async fn migrate_vm(
     State(c): C,
-    Path(name): Path<String>,
+    Path(name): Path<Name>,
     Json(m): Json<MigrateVm>,
 ) -> Result<(StatusCode, Json<Migration>), HttpError> {
     let m = corral_http::detached(async move { c.migrate_vm(&name, m).await }).await?;
@@ -393,7 +401,7 @@ async fn migrate_vm(
 #[utoipa::path(delete, path = "/v1/vms/{name}/migration", tag = "migrations",
     responses((status = 200, body = Migration, description = "cancel requested: the VM stays at the source"),
         (status = 409, body = ErrorBody, description = "nothing to cancel, or too late (post-copy)")))]
-async fn cancel_migration(State(c): C, Path(name): Path<String>) -> R<Migration> {
+async fn cancel_migration(State(c): C, Path(name): Path<Name>) -> R<Migration> {
     Ok(Json(c.cancel_migration(&name).await?))
 }
 
@@ -418,14 +426,14 @@ async fn migration(State(c): C, Path(id): Path<String>) -> R<Migration> {
 #[utoipa::path(post, path = "/v1/hosts/{name}/evacuate", tag = "hosts",
     responses((status = 202, body = Operation, description = "cordoned; its VMs are being moved off"),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn evacuate(State(c): C, Path(name): Path<String>) -> Result<(StatusCode, Json<Operation>), HttpError> {
+async fn evacuate(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Json<Operation>), HttpError> {
     Ok((StatusCode::ACCEPTED, Json(c.evacuate_host(&name).await?)))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/wake", tag = "hosts",
     responses((status = 200, body = Host, description = "on again: its agent reports"),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn wake(State(c): C, Path(name): Path<String>) -> R<Host> {
+async fn wake(State(c): C, Path(name): Path<Name>) -> R<Host> {
     c.wake_host(&name).await?;
     Ok(Json(c.host(&name)?))
 }
@@ -433,7 +441,7 @@ async fn wake(State(c): C, Path(name): Path<String>) -> R<Host> {
 #[utoipa::path(post, path = "/v1/hosts/{name}/standby", tag = "hosts",
     responses((status = 200, body = Host, description = "in standby"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn standby(State(c): C, Path(name): Path<String>) -> R<Host> {
+async fn standby(State(c): C, Path(name): Path<Name>) -> R<Host> {
     c.standby_host(&name).await?;
     Ok(Json(c.host(&name)?))
 }

@@ -271,11 +271,13 @@ impl Controller {
         if memory_mib < 32 {
             return Err(bad(format!("field `memory`: {memory_mib} MiB is too little: a guest needs at least 32 MiB")));
         }
+        corral_api::types::check_memory_mib(memory_mib).map_err(|e| bad(format!("field `memory`: {e}")))?;
         let tpl = self.check_template(&t.template).map_err(|e| bad(e.message))?;
         let disk_mib = match &t.disk {
             None => None,
             Some(d) => {
                 let m = d.mib("disk").map_err(bad)?;
+                corral_api::types::check_disk_mib(m).map_err(|e| bad(format!("field `disk`: {e}")))?;
                 let min = tpl.size_bytes.div_ceil(1 << 20);
                 if m < min {
                     return Err(bad(format!(
@@ -298,8 +300,8 @@ impl Controller {
                 ))
             }
             ("bridged", Some(b)) => {
-                if b.interface.is_empty() || b.interface.len() > 15 {
-                    return Err(bad(format!("field `bridged.interface`: {:?} is not an interface name", b.interface)));
+                if let Err(e) = corral_api::agent::check_interface(&b.interface) {
+                    return Err(bad(format!("field `bridged.interface`: {e}")));
                 }
                 if b.vlan.is_some_and(|v| v == 0 || v > 4094) {
                     return Err(bad("field `bridged.vlan`: use 1 to 4094".into()));
@@ -326,7 +328,7 @@ impl Controller {
         Ok(Profile {
             ha,
             storage,
-            name: name.clone(),
+            name: name.to_string(),
             template: t.template,
             vcpus: t.vcpus,
             memory_mib,
@@ -496,7 +498,8 @@ impl Controller {
             }
             if !any {
                 return Err(ApiError::bad_request(format!(
-                    "no host has interface {:?} for the bridged network: check the profile, or `corral host show`",
+                    "no host has interface {:?} open to bridged networks: check the profile, `corral host show`, \
+                     and the hosts' `corral agent --provider-interfaces`",
                     b.interface
                 )));
             }
@@ -674,7 +677,7 @@ impl Controller {
             let c = Cluster {
                 vni,
                 mtu,
-                name: req.name.clone(),
+                name: req.name.to_string(),
                 policy: req.policy.unwrap_or(profile.placement.policy),
                 profile,
                 size: req.size,
@@ -700,7 +703,7 @@ impl Controller {
         };
         let me = self.clone();
         let h = op.clone();
-        let cluster = req.name.clone();
+        let cluster = req.name.to_string();
         tokio::spawn(async move { me.run_deploy(h, cluster, names).await });
         self.operation(&op.id)
     }
@@ -925,7 +928,7 @@ impl Controller {
         let started = Instant::now();
         self.ensure_template(to, &vm.template).await?;
         let src = self.agent(&from)?;
-        let st = self.agent(to)?.import(&crate::service::definition(&vm), src.url()).await?;
+        let st = self.agent(to)?.import(&crate::service::definition(&vm)?, src.url()).await?;
         vm.host = to.to_string();
         vm.disk = Some(st.disk.clone());
         self.put_vm(&vm)?;

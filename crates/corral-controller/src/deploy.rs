@@ -81,8 +81,8 @@ impl Controller {
             let request = Request {
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
-                template: req.template.clone(),
-                host: req.host.clone(),
+                template: req.template.to_string(),
+                host: req.host.as_ref().map(|h| h.to_string()),
                 cpu_overcommit: self.settings.cpu_overcommit,
             };
             // Room for the VM, and for an HA VM room kept for host failures: a standby host
@@ -100,16 +100,16 @@ impl Controller {
                 .await?;
             let uuid = uuid::Uuid::new_v4();
             let vm = Vm {
-                name: req.name.clone(),
+                name: req.name.to_string(),
                 uuid,
                 state: if req.start { VmState::Starting } else { VmState::Inactive },
                 host,
-                template: req.template.clone(),
+                template: req.template.to_string(),
                 vcpus: req.vcpus,
                 memory_mib: req.memory_mib,
                 mac: self.unique_mac(&uuid)?,
                 ip: None,
-                workload: req.workload.clone().unwrap_or_else(|| "idle".into()),
+                workload: req.workload.as_ref().map_or("idle", |w| w.as_str()).to_string(),
                 disk: None,
                 boot_ms: None,
                 error: None,
@@ -168,12 +168,12 @@ impl Controller {
         }
         self.ensure_template(&vm.host, &vm.template).await?;
         let agent = self.agent(&vm.host)?;
-        let st = match agent.create(&definition(&vm), false).await {
+        let st = match agent.create(&definition(&vm)?, false).await {
             Err(e) if e.status == 409 && e.message.contains("already exists") => {
                 // A stale copy from an earlier attempt holds the name on this host.
                 let stale = agent.get(name).await?;
                 agent.delete_copy(name, &stale.uuid).await?;
-                agent.create(&definition(&vm), false).await?
+                agent.create(&definition(&vm)?, false).await?
             }
             r => r?,
         };

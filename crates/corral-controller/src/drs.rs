@@ -544,9 +544,11 @@ fn policy_spec(s: &DrsSettings) -> Result<PolicySpec, ApiError> {
     Ok(spec)
 }
 
-/// Runs an operator's power command with `{host}` replaced; its output is returned.
+/// Runs an operator's power command with `{host}` replaced; its output is returned. The host
+/// name goes into a shell line, so only a valid name (a DNS label: no shell syntax) is used.
 async fn run_power_command(cmd: &str, host: &str) -> Result<String, ApiError> {
-    let line = cmd.replace("{host}", host);
+    let host: corral_api::types::Name = host.parse().map_err(ApiError::invalid)?;
+    let line = cmd.replace("{host}", &host);
     let run = tokio::process::Command::new("sh").arg("-c").arg(&line).output();
     let out = tokio::time::timeout(WAKE_TIMEOUT, run)
         .await
@@ -574,4 +576,20 @@ fn summary(r: &DrsRound) -> String {
         parts.push(format!("standby {}", r.standby.join(", ")));
     }
     format!("{} ({}): {}", r.mode, if r.executed { "carried out" } else { "advice" }, parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_power_command;
+
+    #[tokio::test]
+    async fn power_commands_take_only_valid_host_names() {
+        let out = run_power_command("echo power {host}", "lab-2").await.expect("runs");
+        assert!(out.contains("power lab-2"), "{out}");
+        let marker = std::env::temp_dir().join(format!("corral-power-test-{}", std::process::id()));
+        let hostile = format!("a;touch {};b", marker.display());
+        let e = run_power_command("echo {host}", &hostile).await.expect_err("refused");
+        assert_eq!(e.status, 422, "{e}");
+        assert!(!marker.exists(), "nothing ran");
+    }
 }

@@ -61,10 +61,20 @@ pub struct Config {
     pub advertise: Option<String>,
     /// How many events, migrations and operations are kept, and for how long.
     pub retention: retention::Retention,
+    /// Listen on a non-loopback address without a token (`--insecure`), with a warning.
+    pub insecure: bool,
 }
 
 /// Runs the controller until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    corral_http::check_listen(cfg.listen, cfg.token.as_deref(), cfg.insecure)?;
+    if cfg.token.is_none() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            "INSECURE: the controller listens on {} without an API token (--insecure): anyone who reaches \
+             it can create, run and delete VMs; give --token-file FILE",
+            cfg.listen
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     // The embedded file by default; etcd when endpoints are given.

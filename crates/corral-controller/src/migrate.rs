@@ -304,8 +304,9 @@ impl Controller {
         // The destination joins the VM's network before the VM arrives there.
         self.sync_networks().await;
         let dst = self.agent(&m.destination)?;
-        let ready =
-            dst.incoming(&Incoming { def: definition(&vm), id: m.id.clone(), postcopy: m.mode.may_postcopy() }).await?;
+        let ready = dst
+            .incoming(&Incoming { def: definition(&vm)?, id: m.id.clone(), postcopy: m.mode.may_postcopy() })
+            .await?;
         let src = self.agent(&m.source)?;
         let out = Outgoing {
             id: m.id.clone(),

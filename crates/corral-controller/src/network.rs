@@ -163,7 +163,7 @@ impl Controller {
                     macs: members
                         .iter()
                         .filter(|v| overlay && v.host != *h)
-                        .filter_map(|v| under.get(&v.host).map(|u| (v.mac.clone(), *u)))
+                        .filter_map(|v| Some((v.mac.parse().ok()?, *under.get(&v.host)?)))
                         .collect(),
                 };
                 let key = (h.to_string(), c.vni);

@@ -184,22 +184,24 @@ pub(crate) fn mac_for(uuid: &uuid::Uuid, salt: u8) -> String {
     format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0] ^ salt, b[1], b[2], b[3], b[4])
 }
 
-/// The definition an agent needs to run a VM.
-pub(crate) fn definition(vm: &Vm) -> VmDefinition {
-    VmDefinition {
-        name: vm.name.clone(),
+/// The definition an agent needs to run a VM: the stored record's values, checked again as
+/// the agent will check them.
+pub(crate) fn definition(vm: &Vm) -> Result<VmDefinition, ApiError> {
+    let bad = |field: &str, e: String| ApiError::internal(format!("VM {:?}: stored {field} is invalid: {e}", vm.name));
+    Ok(VmDefinition {
+        name: vm.name.parse().map_err(|e| bad("name", e))?,
         uuid: vm.uuid,
-        template: vm.template.clone(),
-        vcpus: vm.vcpus,
-        memory_mib: vm.memory_mib,
-        mac: vm.mac.clone(),
-        ip: vm.ip.clone(),
-        workload: vm.workload.clone(),
-        disk_mib: vm.disk_mib,
+        template: vm.template.parse().map_err(|e| bad("template", e))?,
+        vcpus: corral_api::types::check_vcpus(vm.vcpus).map_err(|e| bad("vcpus", e))?,
+        memory_mib: corral_api::types::check_memory_mib(vm.memory_mib).map_err(|e| bad("memory", e))?,
+        mac: vm.mac.parse().map_err(|e| bad("mac", e))?,
+        ip: vm.ip.as_deref().map(str::parse).transpose().map_err(|e| bad("ip", e))?,
+        workload: vm.workload.clone().try_into().map_err(|e| bad("workload", e))?,
+        disk_mib: vm.disk_mib.map(corral_api::types::check_disk_mib).transpose().map_err(|e| bad("disk", e))?,
         network: vm.network,
         storage: vm.storage,
         ha: vm.ha,
-    }
+    })
 }
 
 impl Controller {

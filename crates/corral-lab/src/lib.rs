@@ -419,6 +419,8 @@ async fn start_daemons(s: &mut LabState, o: &UpOptions) -> Result<()> {
             &host_templates.display().to_string(),
             "--token-file",
             &s.token_file().display().to_string(),
+            "--provider-interfaces",
+            "eth1",
             "--accel",
             &o.accel,
             "--accel-cache",

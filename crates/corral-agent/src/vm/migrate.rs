@@ -97,10 +97,11 @@ impl Manager {
         };
         let _g = e.op.lock().await;
         let made = async {
-            std::fs::create_dir_all(&e.paths.dir).map_err(internal)?;
+            crate::private::dir(&e.paths.dir).map_err(internal)?;
             e.update(|r| r.migration = Some(Role::In { id: req.id.clone() }))?;
             let tmp = e.paths.dir.join("disk.qcow2.partial");
             qemu::create_overlay(&t.disk, &tmp, def.disk_mib).await.map_err(ApiError::internal)?;
+            crate::private::restrict(&tmp).map_err(internal)?;
             std::fs::rename(&tmp, e.paths.disk()).map_err(internal)?;
             self.spawn_qemu(&e, &t, true).await?;
             let mut q = QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
@@ -119,7 +120,10 @@ impl Manager {
             q.execute("migrate-incoming", Some(json!({"uri": format!("tcp:{listen}:{mig_port}")})))
                 .await
                 .map_err(internal)?;
-            Ok::<_, ApiError>(IncomingReady { nbd: format!("{listen}:{nbd_port}"), migration: format!("{listen}:{mig_port}") })
+            Ok::<_, ApiError>(IncomingReady {
+                nbd: std::net::SocketAddrV4::new(listen, nbd_port),
+                migration: std::net::SocketAddrV4::new(listen, mig_port),
+            })
         }
         .await;
         match made {

@@ -13,15 +13,21 @@ use serde_json::Value;
 
 use super::{check, exe, kill9, pid_alive, text, wait_for};
 
-const INDEX: &str = "202";
+/// The index of this trial's own lab: the next after the shared lab's
+/// (`CORRAL_TEST_LAB_INDEX`, 201 by default), so the two never meet.
+fn index() -> String {
+    let main = std::env::var("CORRAL_TEST_LAB_INDEX").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(201);
+    (main + 1).to_string()
+}
 
 fn dir() -> PathBuf {
-    std::env::temp_dir().join(format!("corral-test-lab-{INDEX}"))
+    std::env::temp_dir().join(format!("corral-test-lab-{}", index()))
 }
 
 /// `corral ARGS` against this lab: both controllers' URLs, the lab's token.
 fn c(args: &[&str]) -> Output {
-    let urls = format!("http://198.18.{INDEX}.1:7700,http://198.18.{INDEX}.1:7710");
+    let i = index();
+    let urls = format!("http://198.18.{i}.1:7700,http://198.18.{i}.1:7710");
     Command::new(exe()).args(args).env("CORRAL_URL", urls).env("CORRAL_LAB_DIR", dir()).output().expect("run corral")
 }
 
@@ -48,7 +54,7 @@ pub fn leader_killed_mid_deployment_standby_finishes() -> Result<(), Failed> {
 }
 
 fn run(d: &str) -> Result<(), Failed> {
-    let o = c(&["lab", "up", "--hosts", "2", "--controllers", "2", "--index", INDEX, "--dir", d]);
+    let o = c(&["lab", "up", "--hosts", "2", "--controllers", "2", "--index", &index(), "--dir", d]);
     check(o.status.success(), format!("lab up with two controllers: {}", text(&o)))?;
     check(text(&o).contains(":7710"), format!("both controllers exported: {}", text(&o)))?;
     j(&["drs", "set", "--mode", "off"])?;
