@@ -1,7 +1,9 @@
 //! The replicated control plane on the live lab: a second lab (index 202) with two
 //! controllers sharing a 3-member etcd cluster. The leader is killed in the middle of a
 //! cluster deployment; the standby takes over within seconds and finishes it, and the CLI,
-//! given both URLs, follows whichever leads. Then etcd loses its quorum and the leader stops
+//! given both URLs, follows whichever leads. Then the leader is paused (SIGSTOP) past its lease
+//! in the middle of another deployment: the other takes over, and once resumed the deposed
+//! one lands no write and starts no VM twice. Then etcd loses its quorum and the leader stops
 //! acting. The lab is always taken down at the end.
 
 use std::path::PathBuf;
@@ -111,6 +113,7 @@ fn run(d: &str) -> Result<(), Failed> {
         hosts.as_array().is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["state"] == "ready")),
         format!("the agents report to the new leader: {hosts}"),
     )?;
+    paused_leader_lands_nothing(d, &second)?;
     // etcd loses its quorum: the leader stops acting rather than act on state it cannot
     // write, and the CLI says no controller leads.
     let st: Value = serde_json::from_slice(&std::fs::read(dir().join("lab.json"))?)?;
@@ -128,4 +131,63 @@ fn run(d: &str) -> Result<(), Failed> {
         !o.status.success() && text(&o).contains("standby"),
         format!("requests are refused, saying why: {}", text(&o)),
     )
+}
+
+/// The PID of the controller at `url`.
+fn controller_pid(url: &str) -> Result<u64, Failed> {
+    let st: Value = serde_json::from_slice(&std::fs::read(dir().join("lab.json"))?)?;
+    let pid = if st["url"] == url {
+        st["controller_pid"].as_u64()
+    } else {
+        st["standby_controllers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["url"] == url))
+            .and_then(|x| x["pid"].as_u64())
+    };
+    pid.ok_or_else(|| format!("the PID of controller {url}").into())
+}
+
+/// Leadership is enforced in the store: the leader is paused past its lease while its
+/// deployment is in flight, the other controller takes over and finishes it, and the paused
+/// one, resumed, lands nothing: every member runs once, on one host, at every sampled moment.
+fn paused_leader_lands_nothing(d: &str, leading: &str) -> Result<(), Failed> {
+    // The controller killed earlier comes back as a standby.
+    let o = c(&["lab", "up", "--hosts", "2", "--controllers", "2", "--index", &index(), "--dir", d]);
+    check(o.status.success(), format!("lab up again: {}", text(&o)))?;
+    let pid = controller_pid(leading)?;
+    let names: Vec<String> = (1..=4).map(|i| format!("c-pause-{i}")).collect();
+    let sampler = super::ha::DoubleRuns::start(&names);
+    j(&["cluster", "create", "c-pause", "--profile", "small", "--size", "4", "--no-wait"])?;
+    wait_for("the deployment to be under way", Duration::from_secs(120), || {
+        let v = j(&["cluster", "show", "c-pause"]).ok()?;
+        v["members"].as_array()?.iter().any(|m| m["state"] == "starting" || m["state"] == "running").then_some(())
+    })?;
+    let t0 = Instant::now();
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let other =
+        wait_for("the other controller to take over", Duration::from_secs(30), || leader().filter(|l| l != leading));
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let other = other?;
+    eprintln!("  leader {leading} paused; {other} leads after {:?}; the paused one resumed", t0.elapsed());
+    let v = wait_for("the deployment to finish under the new leader", Duration::from_secs(240), || {
+        let v = j(&["cluster", "show", "c-pause"]).ok()?;
+        let ms = v["members"].as_array()?;
+        (ms.len() == 4 && ms.iter().all(|m| m["state"] == "running")).then_some(v)
+    })?;
+    // Give the resumed controller's in-flight work time to try its writes: it has stepped
+    // down once the CLI sees one leader, the other.
+    wait_for("the resumed controller to stand by", Duration::from_secs(30), || {
+        let cs = j(&["ha", "controllers"]).ok()?;
+        let a = cs.as_array()?;
+        let leaders: Vec<&Value> = a.iter().filter(|c| c["leading"] == true).collect();
+        (leaders.len() == 1 && leaders[0]["url"] == other.as_str()).then_some(())
+    })?;
+    let samples = sampler.finish()?;
+    eprintln!("  no member ran twice ({samples} samples)");
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    let mut seen: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
+    seen.sort();
+    seen.dedup();
+    check(seen.len() == 4, format!("four distinct members: {members:?}"))?;
+    check(leader().as_deref() == Some(other.as_str()), "the new leader still leads")
 }

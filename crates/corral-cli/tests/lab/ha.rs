@@ -62,14 +62,14 @@ fn qemu_count(names: &[String]) -> BTreeMap<String, usize> {
 
 /// Samples every QEMU process on the machine every 20 ms, from `start` to `finish`, and
 /// remembers the most hosts any of the VMs ran on at once.
-struct DoubleRuns {
+pub struct DoubleRuns {
     stop: Arc<AtomicBool>,
     worst: Arc<Mutex<(usize, String)>>,
     thread: std::thread::JoinHandle<u64>,
 }
 
 impl DoubleRuns {
-    fn start(names: &[String]) -> Self {
+    pub fn start(names: &[String]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let worst: Arc<Mutex<(usize, String)>> = Arc::new(Mutex::new((0, String::new())));
         let thread = {
@@ -96,7 +96,7 @@ impl DoubleRuns {
 
     /// Stops sampling; fails if a VM ever ran on two hosts, or if too few samples were taken
     /// to tell. Returns the number of samples.
-    fn finish(self) -> Result<u64, Failed> {
+    pub fn finish(self) -> Result<u64, Failed> {
         self.stop.store(true, Ordering::Relaxed);
         let samples = self.thread.join().map_err(|_| "sampler panicked")?;
         let (most, which) = self.worst.lock().unwrap_or_else(|p| p.into_inner()).clone();
