@@ -16,6 +16,17 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// How long one request may take in all: a controller that accepts connections and never
+/// answers (hung, or paused) is given up on, and the next one of the list is tried. Reads
+/// answer at once; requests that wait for work (a boot, a transfer, `?wait=`) get longer.
+fn deadline(method: &reqwest::Method, url: &str) -> std::time::Duration {
+    if method == reqwest::Method::GET && !url.contains("wait=") {
+        std::time::Duration::from_secs(30)
+    } else {
+        std::time::Duration::from_secs(15 * 60)
+    }
+}
+
 /// One attempt's outcome: an answer, or a reason to try another controller.
 enum Attempt {
     Answer(reqwest::Response),
@@ -36,7 +47,7 @@ impl Client {
     }
 
     async fn attempt(&self, method: &reqwest::Method, url: &str, body: Option<&serde_json::Value>) -> Attempt {
-        let mut req = self.http.request(method.clone(), url);
+        let mut req = self.http.request(method.clone(), url).timeout(deadline(method, url));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -46,6 +57,8 @@ impl Client {
         match req.send().await {
             Err(e) => Attempt::Unreachable(if e.is_connect() {
                 "connection refused or no route".into()
+            } else if e.is_timeout() {
+                format!("no answer within {:?}", deadline(method, url))
             } else {
                 e.to_string()
             }),

@@ -3,8 +3,9 @@
 //! cluster deployment; the standby takes over within seconds and finishes it, and the CLI,
 //! given both URLs, follows whichever leads. Then the leader is paused (SIGSTOP) past its lease
 //! in the middle of another deployment: the other takes over, and once resumed the deposed
-//! one lands no write and starts no VM twice. Then etcd loses its quorum and the leader stops
-//! acting. The lab is always taken down at the end.
+//! one lands no write and starts no VM twice. Then etcd loses its quorum: the leader stops
+//! acting, and every VM keeps running for the 60 s it lasts. The lab is always taken down at
+//! the end.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -115,7 +116,17 @@ fn run(d: &str) -> Result<(), Failed> {
     )?;
     paused_leader_lands_nothing(d, &second)?;
     // etcd loses its quorum: the leader stops acting rather than act on state it cannot
-    // write, and the CLI says no controller leads.
+    // write, and the CLI says no controller leads. The VMs are not the control plane's: every
+    // one keeps running, in the same QEMU process, through 60 s without a quorum.
+    let vms = j(&["vm", "list"])?;
+    let running: Vec<(String, u64)> = vms
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["state"] == "running")
+        .filter_map(|v| Some((v["name"].as_str()?.to_string(), super::qemu_pid(v)?)))
+        .collect();
+    check(running.len() >= 6, format!("the cluster's members run before the quorum is lost: {running:?}"))?;
     let st: Value = serde_json::from_slice(&std::fs::read(dir().join("lab.json"))?)?;
     let etcd: Vec<u64> =
         st["etcd"].as_array().into_iter().flatten().filter_map(|e| e["pid"].as_u64()).take(2).collect();
@@ -130,7 +141,8 @@ fn run(d: &str) -> Result<(), Failed> {
     check(
         !o.status.success() && text(&o).contains("standby"),
         format!("requests are refused, saying why: {}", text(&o)),
-    )
+    )?;
+    super::ha::all_alive_for(&running, Duration::from_secs(60), "etcd's loss of quorum")
 }
 
 /// The PID of the controller at `url`.
@@ -162,12 +174,27 @@ fn paused_leader_lands_nothing(d: &str, leading: &str) -> Result<(), Failed> {
         let v = j(&["cluster", "show", "c-pause"]).ok()?;
         v["members"].as_array()?.iter().any(|m| m["state"] == "starting" || m["state"] == "running").then_some(())
     })?;
+    let i = index();
+    let other = [format!("http://198.18.{i}.1:7700"), format!("http://198.18.{i}.1:7710")]
+        .into_iter()
+        .find(|u| u != leading)
+        .ok_or("the other controller's URL")?;
+    // Asked alone: the paused one would keep a request waiting until the CLI gives up on it.
+    let leads = |url: &str| {
+        let o = Command::new(exe())
+            .args(["ha", "controllers", "--output", "json"])
+            .env("CORRAL_URL", url)
+            .env("CORRAL_LAB_DIR", dir())
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        v.as_array()?.iter().any(|c| c["url"] == url && c["leading"] == true).then_some(())
+    };
     let t0 = Instant::now();
     let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
-    let other =
-        wait_for("the other controller to take over", Duration::from_secs(30), || leader().filter(|l| l != leading));
+    let took = wait_for("the other controller to take over", Duration::from_secs(30), || leads(&other));
     let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
-    let other = other?;
+    took?;
     eprintln!("  leader {leading} paused; {other} leads after {:?}; the paused one resumed", t0.elapsed());
     let v = wait_for("the deployment to finish under the new leader", Duration::from_secs(240), || {
         let v = j(&["cluster", "show", "c-pause"]).ok()?;

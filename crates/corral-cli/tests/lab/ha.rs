@@ -419,7 +419,7 @@ fn signal(pid: u64, sig: &str) {
 }
 
 /// Checks every second, for `how_long`, that each VM's QEMU process is still alive.
-fn all_alive_for(pids: &[(String, u64)], how_long: Duration, during: &str) -> Result<(), Failed> {
+pub fn all_alive_for(pids: &[(String, u64)], how_long: Duration, during: &str) -> Result<(), Failed> {
     let t = Instant::now();
     while t.elapsed() < how_long {
         for (n, p) in pids {
