@@ -77,9 +77,20 @@ pub enum FilterError {
 pub struct Filter {
     updating: tokio::sync::Mutex<()>,
     peers: Mutex<BTreeMap<u32, Vec<Ipv4Addr>>>,
+    /// Where the peers are kept, so a restarted agent filters tunnels as before at once (the
+    /// controller does not send a network again that has not changed).
+    file: Option<std::path::PathBuf>,
 }
 
 impl Filter {
+    /// The filter of the agent whose data directory is `data_dir`, with the networks' peers
+    /// it recorded (none if the file is missing or unreadable: the controller sends them).
+    pub fn load(data_dir: &std::path::Path) -> Self {
+        let file = data_dir.join("network-peers.json");
+        let peers = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Self { updating: Default::default(), peers: Mutex::new(peers), file: Some(file) }
+    }
+
     /// Records the peers of overlay network `vni` (None: the network is gone from this host).
     pub fn set_peers(&self, vni: u32, peers: Option<Vec<Ipv4Addr>>) {
         let mut p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -87,6 +98,16 @@ impl Filter {
             Some(v) => p.insert(vni, v),
             None => p.remove(&vni),
         };
+        if let Some(f) = &self.file {
+            let tmp = f.with_extension("tmp");
+            let saved = serde_json::to_vec(&*p)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(&tmp, b))
+                .and_then(|()| std::fs::rename(&tmp, f));
+            if let Err(e) = saved {
+                tracing::warn!("cannot record the networks' peers in {}: {e}", f.display());
+            }
+        }
     }
 
     /// Installs the rules for the NICs `nics` returns, replacing the previous ones. `nics` is
@@ -154,6 +175,18 @@ mod tests {
             "a network with no peer takes no tunnel traffic"
         );
         assert!(r.contains("table inet corral\ndelete table inet corral\n"));
+    }
+
+    #[test]
+    fn the_networks_peers_survive_a_restart() {
+        let d = tempfile::tempdir().expect("temporary directory");
+        let f = Filter::load(d.path());
+        f.set_peers(100, Some(vec![Ipv4Addr::new(198, 18, 1, 2)]));
+        f.set_peers(7, Some(vec![]));
+        f.set_peers(7, None);
+        let again = Filter::load(d.path());
+        let p = again.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(p, BTreeMap::from([(100, vec![Ipv4Addr::new(198, 18, 1, 2)])]));
     }
 
     #[tokio::test]

@@ -190,12 +190,8 @@ impl Manager {
     pub async fn open(s: Settings, templates: Vec<Template>) -> anyhow::Result<Arc<Self>> {
         let vm_dir = s.data_dir.join("vms");
         crate::private::dir(&vm_dir)?;
-        let m = Arc::new(Self {
-            s,
-            templates: Mutex::new(templates),
-            vms: Mutex::new(BTreeMap::new()),
-            filter: Default::default(),
-        });
+        let filter = crate::filter::Filter::load(&s.data_dir);
+        let m = Arc::new(Self { s, templates: Mutex::new(templates), vms: Mutex::new(BTreeMap::new()), filter });
         for e in std::fs::read_dir(&vm_dir)?.flatten() {
             let paths = VmPaths::new(e.path());
             let rec: VmRecord = match std::fs::read(paths.record())

@@ -151,7 +151,7 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
     spawn_prober(fencer.clone(), http, true);
     let mut idle_since: Option<Instant> = None;
     loop {
-        if !data_dir.join("vms").exists() && !data_dir.exists() {
+        if !data_dir.exists() {
             return Ok(());
         }
         fencer.reload();
