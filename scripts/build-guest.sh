@@ -35,7 +35,8 @@ AGENT="$AGENT_TARGET_DIR/$RUST_TARGET/release/corral-guest"
 
 # Modules wanted in the guest (dependencies are added automatically). Names
 # that are built into the kernel are skipped.
-WANT_MODULES=(virtio_pci virtio_blk virtio_net virtio_console button evdev)
+# 8021q lets a test guest send 802.1Q-tagged frames, which the host's filter must drop.
+WANT_MODULES=(virtio_pci virtio_blk virtio_net virtio_console button evdev 8021q)
 # Kernel config symbol -> module needed to mount the ext4 root, if =m.
 EXT4_CONFIG_MODULES=(
 	CONFIG_CRC16:crc16

@@ -164,9 +164,9 @@ fn guest_drops(host: &str) -> Result<u64, Failed> {
 }
 
 /// A guest stays in its own network: IPv6 (here to every node of the link, as router
-/// advertisements and neighbour discovery are sent) is dropped at its tap and counted, and
-/// the guest cannot reach its host: not its agent's port, not its underlay address, even
-/// with a route to the underlay through its NIC.
+/// advertisements and neighbour discovery are sent) and 802.1Q-tagged frames are dropped at
+/// its tap and counted, and the guest cannot reach its host: not its agent's port, not its
+/// underlay address, even with a route to the underlay through its NIC.
 pub fn guests_cannot_leave_their_network() -> Result<(), Failed> {
     apart()?;
     let ms = members("n-a")?;
@@ -187,6 +187,19 @@ pub fn guests_cannot_leave_their_network() -> Result<(), Failed> {
     check(out.split_whitespace().nth(1).unwrap_or("0") == b6, format!("{b} received no IPv6 echo: {out}"))?;
     let after = guest_drops(host)?;
     check(after >= before + 3, format!("the filter counted the dropped frames ({before} -> {after})"))?;
+    // 802.1Q-tagged frames: both guests on VLAN 5, where nothing may pass.
+    let before = guest_drops(host)?;
+    let vlan = |ip: &str| {
+        format!("ip link add link eth0 name eth0.5 type vlan id 5 && ip addr add {ip}/24 dev eth0.5 && ip link set eth0.5 up")
+    };
+    let (code, out) = sh(b, &vlan("10.99.0.2"));
+    check(code == 0, format!("{b} has a VLAN interface: {out}"))?;
+    let (code, out) =
+        sh(a, &format!("{} && ping -c 3 -W 2 10.99.0.2; r=$?; ip link del eth0.5; exit $r", vlan("10.99.0.1")));
+    sh(b, "ip link del eth0.5");
+    check(code != 0, format!("no answer over a tagged VLAN: {out}"))?;
+    let after = guest_drops(host)?;
+    check(after >= before + 3, format!("the tagged frames were dropped and counted ({before} -> {after})"))?;
     // The host, through the guest's own NIC.
     let (code, out) = sh(
         a,
