@@ -144,6 +144,15 @@ fn qemu_pid(v: &Value) -> Option<u64> {
     std::fs::read_to_string(disk.parent()?.join("qemu.pid")).ok()?.trim().parse().ok()
 }
 
+/// PID of a lab host's agent, as the lab recorded it.
+fn agent_pid(host: &str) -> Result<u64, Failed> {
+    lab().state()["hosts"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == host))
+        .and_then(|h| h["agent_pid"].as_u64())
+        .ok_or_else(|| format!("the PID of {host}'s agent").into())
+}
+
 fn kill9(pid: u64) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
@@ -333,11 +342,7 @@ fn rss_kib(pid: u64) -> Option<u64> {
 fn guest_floods_stay_bounded() -> Result<(), Failed> {
     let v = create("t-flood", &["--host", "lab-1"])?;
     let dir = PathBuf::from(v["disk"].as_str().unwrap_or_default()).parent().map(Path::to_path_buf).ok_or("vm dir")?;
-    let apid = lab().state()["hosts"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["name"] == "lab-1"))
-        .and_then(|h| h["agent_pid"].as_u64())
-        .ok_or("agent pid")?;
+    let apid = agent_pid("lab-1")?;
     let before = rss_kib(apid).ok_or("agent memory")?;
     // 3 MiB of console output, with no newline.
     let o =
@@ -383,12 +388,7 @@ fn agent_sigkill_then_restart_reattaches() -> Result<(), Failed> {
     let v = create("t-agent", &["--host", "lab-2"])?;
     let c1 = counter("t-agent")?;
     let qpid = qemu_pid(&v).ok_or("QEMU pid")?;
-    let st = lab().state();
-    let apid = st["hosts"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["name"] == "lab-2"))
-        .and_then(|h| h["agent_pid"].as_u64())
-        .ok_or("agent pid")?;
+    let apid = agent_pid("lab-2")?;
     kill9(apid);
     wait_for("the agent to die", Duration::from_secs(10), || (!pid_alive(apid)).then_some(()))?;
     check(pid_alive(qpid), "the VM keeps running without its agent")?;

@@ -12,8 +12,8 @@ use libtest_mimic::Failed;
 use serde_json::Value;
 
 use super::{
-    check, corral, counter, create, fails, hosts_ready, json, kill9, lab, lab_up, pid_alive, qemu_pid, text, vm,
-    wait_for,
+    agent_pid, check, corral, counter, create, fails, hosts_ready, json, kill9, lab, lab_up, pid_alive, qemu_pid, text,
+    vm, wait_for,
 };
 
 fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
@@ -523,11 +523,7 @@ fn agent_killed_and_partitioned() -> Result<(), Failed> {
     }
     let off = create("t-wd3", &["--host", h, "--ha", "off"])?;
     let off_pid = qemu_pid(&off).ok_or("QEMU pid of t-wd3")?;
-    let apid = lab().state()["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|x| x["name"] == h))
-        .and_then(|x| x["agent_pid"].as_u64())
-        .ok_or("agent pid")?;
+    let apid = agent_pid(h)?;
     let sampler = DoubleRuns::start(&names);
     let t0 = Instant::now();
     kill9(apid);
@@ -576,11 +572,7 @@ fn stopped_agent(stopped: &mut Option<u64>) -> Result<(), Failed> {
     std::fs::write(&pf, "template = \"base\"\nvcpus = 1\nmemory = \"128M\"\n")?;
     let o = corral(&["profile", "create", "stall", "--file", &pf.display().to_string()]);
     check(o.status.success(), format!("profile stall: {}", text(&o)))?;
-    let apid = lab().state()["hosts"]
-        .as_array()
-        .and_then(|hs| hs.iter().find(|x| x["name"] == "lab-1"))
-        .and_then(|x| x["agent_pid"].as_u64())
-        .ok_or("agent pid")?;
+    let apid = agent_pid("lab-1")?;
     let t0 = Instant::now();
     signal(apid, "-STOP");
     *stopped = Some(apid);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use super::{check, corral, counter, create, fails, json, kill9, lab, lab_up, text, vm, wait_for};
+use super::{agent_pid, check, corral, counter, create, fails, json, kill9, lab, lab_up, text, vm, wait_for};
 
 /// Runs a shell command in a guest; returns (exit code, stdout).
 fn sh(name: &str, script: &str) -> (i32, String) {
@@ -48,14 +48,6 @@ fn copying_memory(id: &str) -> Result<(), Failed> {
 /// The VM's directory on a host of the lab, if it exists.
 fn copy_on(host: &str, name: &str) -> bool {
     lab().dir.join(host).join("vms").join(name).exists()
-}
-
-fn agent_pid(host: &str) -> Result<u64, Failed> {
-    lab().state()["hosts"]
-        .as_array()
-        .and_then(|h| h.iter().find(|h| h["name"] == host))
-        .and_then(|h| h["agent_pid"].as_u64())
-        .ok_or_else(|| format!("agent pid of {host}").into())
 }
 
 pub fn idle_vm_moves_live_and_stays_reachable() -> Result<(), Failed> {
