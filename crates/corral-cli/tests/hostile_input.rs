@@ -20,12 +20,42 @@ struct Daemon {
     url: String,
     _dir: tempfile::TempDir,
     data: PathBuf,
+    agent: bool,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.agent {
+            agent_gone();
+        }
+    }
+}
+
+/// Test agents run in this machine's own network namespace and install the guest filter's
+/// nftables tables there. The tables the tests made are removed when their last agent is
+/// gone; tables that were there before the tests (another agent's) are left alone.
+static AGENTS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static TABLES_BEFORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+const TABLES: [[&str; 2]; 2] = [["bridge", "corral"], ["inet", "corral"]];
+
+fn table_exists(t: [&str; 2]) -> bool {
+    Command::new("nft").args(["list", "table", t[0], t[1]]).output().is_ok_and(|o| o.status.success())
+}
+
+fn agent_started() {
+    TABLES_BEFORE.get_or_init(|| TABLES.iter().any(|t| table_exists(*t)));
+    *AGENTS.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+}
+
+fn agent_gone() {
+    let mut n = AGENTS.lock().unwrap_or_else(|p| p.into_inner());
+    *n = n.saturating_sub(1);
+    if *n == 0 && TABLES_BEFORE.get() == Some(&false) {
+        for t in TABLES {
+            let _ = Command::new("nft").args(["delete", "table", t[0], t[1]]).output();
+        }
     }
 }
 
@@ -64,8 +94,12 @@ async fn start_with(kind: &str, templates: Option<&Path>) -> Daemon {
         std::fs::create_dir_all(&library).expect("library dir");
         c.arg("--templates").arg(library);
     }
+    let agent = kind == "agent";
+    if agent {
+        agent_started();
+    }
     let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("corral runs");
-    let d = Daemon { child, url: format!("http://{listen}"), _dir: dir, data };
+    let d = Daemon { child, url: format!("http://{listen}"), _dir: dir, data, agent };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if reqwest::get(format!("{}/v1/health", d.url)).await.is_ok_and(|r| r.status().is_success()) {
