@@ -234,7 +234,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(heartbeat_loop(agent.clone()));
-    watchdog::spawn_prober(fencer.clone(), agent.http.clone(), false);
+    watchdog::spawn_prober(fencer.clone(), agent.http.clone());
     let f = agent.clone();
     tokio::spawn(async move {
         let mut was = fence::Verdict::Held;

@@ -227,6 +227,15 @@ pub async fn wait_exit(pid: u32, uuid: &uuid::Uuid, timeout: Duration) -> bool {
     }
 }
 
+/// Kills these QEMU processes all at once (SIGKILL to every one, as a power cut would), then
+/// waits for all of them to go, each checked by its VM's UUID.
+pub async fn kill_all(victims: &[(u32, uuid::Uuid)]) {
+    for (pid, uuid) in victims {
+        signal(*pid, uuid, nix::sys::signal::Signal::SIGKILL);
+    }
+    futures::future::join_all(victims.iter().map(|(pid, uuid)| wait_exit(*pid, uuid, Duration::from_secs(10)))).await;
+}
+
 /// Kills the process for sure (SIGKILL) and waits for it to go.
 pub async fn kill(pid: u32, uuid: &uuid::Uuid) {
     signal(pid, uuid, nix::sys::signal::Signal::SIGKILL);

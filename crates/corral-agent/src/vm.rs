@@ -106,6 +106,16 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
+/// Hands `file` to the QEMU behind the QMP socket `qmp` (`getfd`) and runs `command`
+/// (`migrate` or `migrate-incoming`) on it as `fd:NAME`: the saved state moves through an
+/// open file, never a path in a shell command.
+async fn migrate_fd(qmp: &Path, file: &std::fs::File, command: &str) -> Result<(), ApiError> {
+    let mut c = qmp::QmpClient::connect(qmp).await.map_err(internal)?;
+    c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(file)).await.map_err(internal)?;
+    c.execute(command, Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
+    Ok(())
+}
+
 /// How long saving a VM's memory to disk (suspend) may take before it is called off.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -585,10 +595,7 @@ impl Manager {
             // The saved state goes to QEMU as an open file (QMP getfd), never as a path in a
             // shell command.
             let saved = std::fs::File::open(e.paths.saved_state()).map_err(internal)?;
-            let mut c = qmp::QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
-            c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&saved)).await.map_err(internal)?;
-            c.execute("migrate-incoming", Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
-            drop((c, saved));
+            migrate_fd(&e.paths.qmp(), &saved, "migrate-incoming").await?;
             let deadline = Instant::now() + self.s.boot_timeout;
             loop {
                 let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
@@ -717,12 +724,7 @@ impl Manager {
         let tmp = e.paths.saved_state().with_extension("partial");
         // QEMU writes into a file the agent opened (0600) and hands over with QMP getfd: no
         // path goes through a shell.
-        {
-            let out = crate::private::create(&tmp).map_err(internal)?;
-            let mut c = qmp::QmpClient::connect(&q).await.map_err(internal)?;
-            c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(&out)).await.map_err(internal)?;
-            c.execute("migrate", Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
-        }
+        migrate_fd(&q, &crate::private::create(&tmp).map_err(internal)?, "migrate").await?;
         let deadline = Instant::now() + SAVE_TIMEOUT;
         loop {
             let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
@@ -903,13 +905,7 @@ impl Manager {
         if victims.is_empty() {
             return 0;
         }
-        for (_, pid, uuid) in &victims {
-            qemu::signal(*pid, uuid, nix::sys::signal::Signal::SIGKILL);
-        }
-        futures::future::join_all(
-            victims.iter().map(|(_, pid, uuid)| qemu::wait_exit(*pid, uuid, Duration::from_secs(10))),
-        )
-        .await;
+        qemu::kill_all(&victims.iter().map(|(_, pid, uuid)| (*pid, *uuid)).collect::<Vec<_>>()).await;
         for (e, pid, _) in &victims {
             tracing::warn!("VM {} (QEMU {pid}): {why}", e.snapshot().def.name);
             let _ = e.update(|r| {

@@ -113,12 +113,10 @@ fn live_qemus(data_dir: &Path) -> Vec<(PathBuf, VmRecord, u32)> {
 pub async fn kill_restartable(data_dir: &Path, lease: Option<&LeaseRecord>, why: &str) -> usize {
     let victims: Vec<(PathBuf, VmRecord, u32)> =
         live_qemus(data_dir).into_iter().filter(|(_, r, _)| restartable(r, lease)).collect();
-    for (dir, r, pid) in &victims {
-        qemu::signal(*pid, &r.def.uuid, nix::sys::signal::Signal::SIGKILL);
+    for (dir, _, _) in &victims {
         let _ = std::fs::write(dir.join(FENCED_NOTE), why);
     }
-    let waits = victims.iter().map(|(_, r, pid)| qemu::wait_exit(*pid, &r.def.uuid, Duration::from_secs(10)));
-    futures::future::join_all(waits).await;
+    qemu::kill_all(&victims.iter().map(|(_, r, pid)| (*pid, r.def.uuid)).collect::<Vec<_>>()).await;
     for (_, r, pid) in &victims {
         tracing::warn!("VM {} (QEMU {pid}): {why}", r.def.name);
     }
@@ -126,13 +124,11 @@ pub async fn kill_restartable(data_dir: &Path, lease: Option<&LeaseRecord>, why:
 }
 
 /// Probes the peers every half second while the lease is not being renewed, recording when
-/// a majority was reached. Shared by the agent and the watchdog.
-pub fn spawn_prober(fencer: Arc<Fencer>, http: reqwest::Client, reload: bool) {
+/// a majority was reached. Shared by the agent and the watchdog (whose own loop re-reads the
+/// lease file the agent writes).
+pub fn spawn_prober(fencer: Arc<Fencer>, http: reqwest::Client) {
     tokio::spawn(async move {
         loop {
-            if reload {
-                fencer.reload();
-            }
             if fencer.needs_probe(fence::boottime_ms()) {
                 fencer.probe_round(&http).await;
             }
@@ -148,7 +144,7 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
     tracing::info!("fencing watchdog of {} started", data_dir.display());
     let fencer = Arc::new(Fencer::load(&data_dir, vec![]));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    spawn_prober(fencer.clone(), http, true);
+    spawn_prober(fencer.clone(), http);
     let mut idle_since: Option<Instant> = None;
     loop {
         if !data_dir.exists() {
@@ -156,10 +152,7 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
         }
         fencer.reload();
         if let Verdict::Isolated(why) = fencer.verdict(fence::boottime_ms()) {
-            let n = kill_restartable(&data_dir, fencer.record().as_ref(), &why).await;
-            if n > 0 {
-                tracing::warn!("watchdog fenced {n} VM(s): {why}");
-            }
+            kill_restartable(&data_dir, fencer.record().as_ref(), &why).await;
         }
         if agent_running(&data_dir) || !live_qemus(&data_dir).is_empty() {
             idle_since = None;
