@@ -301,9 +301,9 @@ impl Controller {
         action.check(vm.state).map_err(ApiError::conflict)?;
         let agent = self.agent(&vm.host)?;
         let _b = self.busy(name)?;
-        let res = agent.action(name, action).await;
-        if let Err(e) = &res {
-            if e.status == 404 && action == VmAction::Start {
+        match agent.action(name, action).await {
+            Ok(st) => self.settle(name, &st),
+            Err(e) if e.status == 404 && action == VmAction::Start => {
                 // The host never got the VM (its creation was lost): define it there first.
                 let mut v = self.vm(name)?;
                 v.pending = Some(Pending::Create { start: true });
@@ -311,11 +311,8 @@ impl Controller {
                 v.error = None;
                 self.put_vm(&v)?;
                 self.event("vm.recreated", name, format!("{} did not hold it: created there again", v.host));
-                return self.bring_up(name, false).await;
+                self.bring_up(name, false).await
             }
-        }
-        match res {
-            Ok(st) => self.settle(name, &st),
             Err(e) => {
                 if e.status != 409 && e.status != 503 {
                     let mut vm = self.vm(name)?;

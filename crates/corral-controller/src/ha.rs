@@ -165,18 +165,15 @@ impl Controller {
         let vms = self.vms()?;
         let restartable =
             vms.iter().filter(|v| v.host == host && v.ha != HaPolicy::Off).map(|v| v.uuid).collect::<Vec<_>>();
-        let mut reply = HeartbeatReply { lease_ms, fence: vec![], peers: vec![], restartable };
-        let Some(failure) = f.failed.clone() else {
-            reply.peers = self.lease_peers(host, &mut f)?;
-            return Ok(reply);
-        };
+        let peers = self.lease_peers(host, &mut f)?;
+        let mut reply = HeartbeatReply { lease_ms, fence: vec![], peers, restartable };
+        let Some(failure) = f.failed.clone() else { return Ok(reply) };
         if failure.fenced_ms.is_none() {
             // Back before its lease ran out: nothing was moved, nothing to undo.
             f.failed = None;
             lock(&self.ha.detected).remove(host);
             self.put_flags(host, &f)?;
             self.event("host.returned", host, "reports again before its lease ran out: no VM was moved");
-            reply.peers = self.lease_peers(host, &mut f)?;
             return Ok(reply);
         }
         // Copies that may run elsewhere now: every running one but a VM without HA that is
@@ -206,7 +203,6 @@ impl Controller {
                 self.settings.recover_after
             ),
         );
-        reply.peers = self.lease_peers(host, &mut f)?;
         Ok(reply)
     }
 

@@ -118,45 +118,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("controller listening on {}", cfg.listen);
-    let r = c.clone();
-    tokio::spawn(async move {
-        // Give agents a heartbeat's time to report before judging what hosts run.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        loop {
-            if r.leadership.is_leader() {
-                r.reconcile_once().await;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+    // Give agents a heartbeat's time to report before judging what hosts run.
+    let settle = Duration::from_secs(2);
+    while_leading(&c, settle, Duration::from_secs(2), |c| async move { c.reconcile_once().await });
+    while_leading(&c, settle, Duration::from_secs(1), |c| async move { c.drs_tick().await });
+    while_leading(&c, Duration::ZERO, Duration::from_secs(60), |c| async move {
+        c.prune_once().await;
     });
-    let d = c.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        loop {
-            if d.leadership.is_leader() {
-                d.drs_tick().await;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    let p = c.clone();
-    tokio::spawn(async move {
-        loop {
-            if p.leadership.is_leader() {
-                p.prune_once().await;
-            }
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-    });
-    let h = c.clone();
-    tokio::spawn(async move {
-        loop {
-            if h.leadership.is_leader() {
-                h.ha_tick().await;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    });
+    while_leading(&c, Duration::ZERO, Duration::from_millis(250), |c| async move { c.ha_tick().await });
     axum::serve(listener, api::router(c)).await?;
     Ok(())
+}
+
+/// Runs `tick` every `period` (after `delay`) for as long as the controller runs, on the
+/// leader only.
+fn while_leading<F, Fut>(c: &Arc<service::Controller>, delay: Duration, period: Duration, tick: F)
+where
+    F: Fn(Arc<service::Controller>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let c = c.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        loop {
+            if c.leadership.is_leader() {
+                tick(c.clone()).await;
+            }
+            tokio::time::sleep(period).await;
+        }
+    });
 }

@@ -96,8 +96,8 @@ pub struct HostFlags {
     #[serde(default)]
     pub recovering_until_ms: Option<u64>,
     /// The peers named in this host's lease: it fences itself only when it reaches no
-    /// majority of them, and it is declared failed only when a majority of them cannot
-    /// reach it. Kept here so that both sides count the same hosts, across restarts.
+    /// majority of them, and it is declared failed only when at least half of them answer
+    /// that they cannot reach it (and none can). Kept here so that both sides count the same hosts, across restarts.
     #[serde(default)]
     pub lease_peers: Vec<String>,
 }
