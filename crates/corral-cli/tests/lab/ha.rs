@@ -106,6 +106,21 @@ impl DoubleRuns {
     }
 }
 
+/// Injects `fault` into host `h` and waits until its HA VMs `names` run on other hosts,
+/// sampling every QEMU process all the while: fails if one ever ran on two hosts. Returns how
+/// long the failover took and how many samples were taken.
+fn cut_off(h: &str, names: &[String], fault: impl FnOnce() -> Result<(), Failed>) -> Result<(Duration, u64), Failed> {
+    let sampler = DoubleRuns::start(names);
+    let t0 = Instant::now();
+    let r = fault().and_then(|()| {
+        wait_for(&format!("{h}'s HA VMs to run elsewhere"), Duration::from_secs(90), || {
+            names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
+        })
+    });
+    let samples = sampler.finish()?;
+    Ok((r?, samples))
+}
+
 /// Puts every lab host back: link up, agents running, nothing cordoned.
 pub fn restore() {
     // After `lab down` there is nothing to heal.
@@ -236,14 +251,7 @@ fn partitioned() -> Result<(), Failed> {
         create(n, &["--host", h, "--ha", "restart-fresh"])?;
     }
     // Sample every QEMU process on the machine, all through the partition and the restart.
-    let sampler = DoubleRuns::start(&names);
-    let t0 = Instant::now();
-    lab_cmd(&["partition", h])?;
-    let r = wait_for("the partitioned host's VMs to run elsewhere", Duration::from_secs(90), || {
-        names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
-    });
-    let samples = sampler.finish()?;
-    let took = r?;
+    let (took, samples) = cut_off(h, &names, || lab_cmd(&["partition", h]))?;
     eprintln!("  {h} partitioned: its VMs ran elsewhere after {took:?} ({samples} samples of the QEMU processes)");
     check(!events_of("host.failed", h).is_empty(), format!("{h} declared failed"))?;
     // Back on the underlay: it was fenced, nothing of those VMs runs there.
@@ -524,15 +532,10 @@ fn agent_killed_and_partitioned() -> Result<(), Failed> {
     let off = create("t-wd3", &["--host", h, "--ha", "off"])?;
     let off_pid = qemu_pid(&off).ok_or("QEMU pid of t-wd3")?;
     let apid = agent_pid(h)?;
-    let sampler = DoubleRuns::start(&names);
-    let t0 = Instant::now();
-    kill9(apid);
-    lab_cmd(&["partition", h])?;
-    let r = wait_for("the cut-off host's HA VMs to run elsewhere", Duration::from_secs(90), || {
-        names.iter().all(|n| vm(n).is_ok_and(|v| v["state"] == "running" && v["host"] != h)).then(|| t0.elapsed())
-    });
-    let samples = sampler.finish()?;
-    let took = r?;
+    let (took, samples) = cut_off(h, &names, || {
+        kill9(apid);
+        lab_cmd(&["partition", h])
+    })?;
     eprintln!("  {h}'s agent killed and the host cut off: its HA VMs ran elsewhere after {took:?} ({samples} samples)");
     check(pid_alive(off_pid), "the VM without HA was not fenced: it runs on")?;
     lab_cmd(&["heal", h])?;
