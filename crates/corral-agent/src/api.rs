@@ -9,9 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
 
-use corral_api::agent::{VmDefinition, VmStatus};
+use corral_api::agent::{ConsoleQuery, CreateRequest, DeleteQuery, ImportRequest, PullRequest, UuidQuery, VmStatus};
 use corral_api::types::Name;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
 
@@ -20,25 +19,6 @@ use corral_http::{HttpError, Json, Path, Query};
 use crate::Agent;
 
 type R<T> = Result<Json<T>, HttpError>;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    def: VmDefinition,
-    start: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullBody {
-    name: Name,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConsoleQuery {
-    #[serde(default)]
-    offset: u64,
-}
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
@@ -93,22 +73,13 @@ async fn show(State(a): State<Arc<Agent>>, Path(name): Path<Name>) -> R<VmStatus
     Ok(Json(a.vms.get(&name)?))
 }
 
-async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateBody>) -> R<VmStatus> {
+async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateRequest>) -> R<VmStatus> {
     Ok(Json(corral_http::detached(async move { a.vms.create(b.def, b.start).await }).await?))
 }
 
 async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(Name, String)>) -> R<VmStatus> {
     let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
     Ok(Json(corral_http::detached(async move { a.vms.action(&name, act).await }).await?))
-}
-
-#[derive(Debug, Deserialize)]
-struct DeleteQuery {
-    /// Delete only if the VM has this UUID (protects a newer VM of the same name).
-    uuid: Option<uuid::Uuid>,
-    /// Leave its disk on shared storage (this copy is an orphan; the VM runs elsewhere).
-    #[serde(default)]
-    keep_shared: bool,
 }
 
 async fn delete(
@@ -133,45 +104,18 @@ async fn console(
 }
 
 /// The controller sends a template: fetch it from its library, answer with the new inventory.
-async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullBody>) -> R<corral_api::agent::Register> {
+async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullRequest>) -> R<corral_api::agent::Register> {
     a.pull_template(&b.name).await?;
     Ok(Json(a.registration()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportBody {
-    def: VmDefinition,
-    /// Base URL of the agent that holds the VM now (http or https).
-    #[serde(deserialize_with = "agent_url")]
-    source: String,
-}
-
-/// An agent's base URL: `http://` or `https://` and a host, nothing else a URL may hold.
-fn agent_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    let ok = reqwest::Url::parse(&s).is_ok_and(|u| {
-        matches!(u.scheme(), "http" | "https")
-            && u.host().is_some()
-            && u.username().is_empty()
-            && u.password().is_none()
-            && u.query().is_none()
-            && u.fragment().is_none()
-    });
-    if ok {
-        Ok(s)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "invalid agent URL {s:?}: use http://HOST:PORT (the agent holding the VM)"
-        )))
-    }
-}
-
 /// Takes over a stopped or suspended VM from another host.
-async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportBody>) -> R<VmStatus> {
+async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportRequest>) -> R<VmStatus> {
     Ok(Json(
-        corral_http::detached(async move { a.vms.import(b.def, &b.source, &a.http, a.cfg.token.as_deref()).await })
-            .await?,
+        corral_http::detached(
+            async move { a.vms.import(b.def, b.source.as_str(), &a.http, a.cfg.token.as_deref()).await },
+        )
+        .await?,
     ))
 }
 
@@ -277,11 +221,6 @@ async fn cancel_outgoing(
     Path(name): Path<Name>,
 ) -> R<corral_api::migration::OutgoingStatus> {
     Ok(Json(a.vms.cancel_outgoing(&name)?))
-}
-
-#[derive(Debug, Deserialize)]
-struct UuidQuery {
-    uuid: uuid::Uuid,
 }
 
 /// The source is about to hand over: confirm and release the disk export.

@@ -166,6 +166,7 @@ impl Entry {
             uuid: r.def.uuid,
             state: r.state,
             error: r.error.clone(),
+            ended: None,
             boot_ms: r.boot_ms,
             disk: self.paths.disk().display().to_string(),
             pid: r.pid,

@@ -182,6 +182,10 @@ pub struct VmStatus {
     pub state: VmState,
     #[serde(default)]
     pub error: Option<String>,
+    /// Why its QEMU process ended, when it ended by itself or was fenced (not stopped by an
+    /// operation): what the controller branches on; `error` says it in words.
+    #[serde(default)]
+    pub ended: Option<Ended>,
     #[serde(default)]
     pub boot_ms: Option<u64>,
     pub disk: String,
@@ -260,4 +264,71 @@ pub struct Heartbeat {
     /// VNIs of the virtual networks whose devices exist on the host.
     #[serde(default)]
     pub networks: Vec<u32>,
+}
+
+/// Why a VM's QEMU process ended without an operation asking for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// It exited or was killed while the guest ran: the guest powered off or crashed, or
+    /// someone killed the process. An HA VM is restarted.
+    Exited,
+    /// It exited before the guest was ready.
+    BootFailed,
+    /// This host fenced it (isolated, or declared failed): it runs elsewhere or will.
+    Fenced,
+}
+
+/// `POST /v1/vms` on an agent: define a VM on this host, and start it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub def: VmDefinition,
+    pub start: bool,
+}
+
+/// `POST /v1/vms/import` on an agent: take over a stopped or suspended VM from another host.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub def: VmDefinition,
+    /// Base URL of the agent that holds the VM now.
+    #[schema(value_type = String)]
+    pub source: crate::types::AgentUrl,
+}
+
+/// `POST /v1/templates/pull` on an agent: fetch this template from the controller's library.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    #[schema(value_type = String)]
+    pub name: Name,
+}
+
+/// The query of `DELETE /v1/vms/{name}` on an agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Delete only if the VM has this UUID (protects a newer VM of the same name).
+    #[serde(default)]
+    pub uuid: Option<uuid::Uuid>,
+    /// Leave its disk on shared storage (this copy is an orphan; the VM runs elsewhere).
+    #[serde(default)]
+    pub keep_shared: bool,
+}
+
+/// The query of `GET /v1/vms/{name}/console` on an agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsoleQuery {
+    /// Bytes of the console log to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// The query of the agent's migration switchover and revert: the VM they apply to.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UuidQuery {
+    pub uuid: uuid::Uuid,
 }

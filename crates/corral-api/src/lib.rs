@@ -47,7 +47,7 @@ pub mod types;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{ApiError, ErrorBody};
+pub use error::{ApiError, ErrorBody, ErrorKind};
 
 /// The version prefix of every REST path.
 pub const API_PREFIX: &str = "/v1";

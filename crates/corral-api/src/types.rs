@@ -310,6 +310,56 @@ pub fn disk_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
     Option::<u64>::deserialize(d)?.map(check_disk_mib).transpose().map_err(serde::de::Error::custom)
 }
 
+/// An agent's base URL, as one agent is told where to fetch a VM from: `http://` or
+/// `https://` and a host (and port), nothing else a URL may hold (no user, query or fragment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentUrl(String);
+
+impl AgentUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = url::Url::parse(&s).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        });
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!("invalid agent URL {s:?}: use http://HOST:PORT (the agent holding the VM)"))
+        }
+    }
+}
+
+impl FromStr for AgentUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_string())
+    }
+}
+
+impl From<AgentUrl> for String {
+    fn from(u: AgentUrl) -> String {
+        u.0
+    }
+}
+
+impl fmt::Display for AgentUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::{ApiError, CreateVm, Pending, Vm, VmAction, VmState};
+use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
 use corral_store::{Op, StoreExt};
 
@@ -70,7 +70,7 @@ impl Controller {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
                 if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
-                    return Err(ApiError::conflict(format!(
+                    return Err(ApiError::already_exists(format!(
                         "a VM named {:?} already exists: choose another name or delete it first",
                         req.name
                     )));
@@ -134,7 +134,7 @@ impl Controller {
             Ok(vm) => Ok(vm),
             // Its host did not answer: the intent stays, and the reconciler creates the VM
             // there once the host reports. Never left stuck in error for a host that wakes.
-            Err(e) if e.status == 503 => {
+            Err(e) if e.kind == ErrorKind::Unavailable => {
                 let mut v = self.vm(&vm.name)?;
                 v.error = Some(format!("waiting for host {}: {}", v.host, e.message));
                 self.put_vm(&v)?;
@@ -169,7 +169,7 @@ impl Controller {
         self.ensure_template(&vm.host, &vm.template).await?;
         let agent = self.agent(&vm.host)?;
         let st = match agent.create(&definition(&vm)?, false).await {
-            Err(e) if e.status == 409 && e.message.contains("already exists") => {
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
                 // A stale copy from an earlier attempt holds the name on this host.
                 let stale = agent.get(name).await?;
                 agent.delete_copy(name, &stale.uuid).await?;
@@ -257,7 +257,7 @@ impl Controller {
             }
         } else {
             vm.pending = None;
-            if err.status != 409 {
+            if !conflict(&err) {
                 vm.state = VmState::Error;
                 vm.error = Some(err.message.clone());
             }
@@ -303,7 +303,7 @@ impl Controller {
         let _b = self.busy(name)?;
         match agent.action(name, action).await {
             Ok(st) => self.settle(name, &st),
-            Err(e) if e.status == 404 && action == VmAction::Start => {
+            Err(e) if e.kind == ErrorKind::NotFound && action == VmAction::Start => {
                 // The host never got the VM (its creation was lost): define it there first.
                 let mut v = self.vm(name)?;
                 v.pending = Some(Pending::Create { start: true });
@@ -314,7 +314,7 @@ impl Controller {
                 self.bring_up(name, false).await
             }
             Err(e) => {
-                if e.status != 409 && e.status != 503 {
+                if !conflict(&e) && e.kind != ErrorKind::Unavailable {
                     let mut vm = self.vm(name)?;
                     vm.state = VmState::Error;
                     vm.error = Some(e.message.clone());
@@ -351,7 +351,7 @@ impl Controller {
                     Err(e) => {
                         tracing::warn!("reconciling {name}: {}", e.message);
                         me.backoff.failed(&name);
-                        if matches!(p, Pending::Create { .. }) && e.status != 503 {
+                        if matches!(p, Pending::Create { .. }) && e.kind != ErrorKind::Unavailable {
                             me.give_up(&name, &e).await;
                         }
                     }
@@ -428,6 +428,11 @@ impl Controller {
         self.sync_networks().await;
         self.vm(name)
     }
+}
+
+/// The VM's state forbade the request for now (busy, or already so): not a failure of the VM.
+fn conflict(e: &ApiError) -> bool {
+    matches!(e.kind, ErrorKind::Conflict | ErrorKind::AlreadyExists | ErrorKind::TooLate)
 }
 
 /// Maps a placement failure to an API error.

@@ -439,7 +439,7 @@ impl Controller {
     ) -> Result<T, ApiError> {
         loop {
             match attempt() {
-                Err(e) if e.status == 422 => {
+                Err(e) if e.kind == corral_api::ErrorKind::NoCapacity => {
                     let Some(h) = self.standby_hosts().into_iter().next() else { return Err(e) };
                     tracing::info!("no room for a deployment ({}): waking {h}", e.message);
                     *placing = None;

@@ -62,7 +62,7 @@ pub(crate) fn crashed(vm: &Vm, st: &corral_api::agent::VmStatus) -> bool {
         && vm.pending.is_none()
         && vm.migration.is_none()
         && st.state == VmState::Inactive
-        && st.error.as_deref().is_some_and(|e| e.starts_with("QEMU exited"))
+        && st.ended == Some(corral_api::agent::Ended::Exited)
 }
 
 /// The HA policy a new VM gets: what was asked, checked against its storage; by default

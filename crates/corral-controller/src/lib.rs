@@ -14,6 +14,8 @@ pub mod network;
 pub mod retention;
 pub mod service;
 pub mod templates;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

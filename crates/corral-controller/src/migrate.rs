@@ -19,7 +19,7 @@ use corral_api::migration::{
     Incoming, MigrateVm, Migration, MigrationMode, MigrationRef, MigrationState, Outgoing, OutgoingStatus,
     DEFAULT_BUDGET_MS,
 };
-use corral_api::{now_ms, ApiError, HostState, Vm, VmState};
+use corral_api::{now_ms, ApiError, ErrorKind, HostState, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
 use crate::clusters::encode;
@@ -218,7 +218,7 @@ impl Controller {
         self.slots.freed.notify_waiters();
         if m.state == MigrationState::Running {
             if let Err(e) = self.agent(&m.source)?.cancel_migration(name).await {
-                if e.message.contains("too late") {
+                if e.kind == ErrorKind::TooLate {
                     lock(&self.slots.cancel).remove(&r.id);
                     return Err(e);
                 }
@@ -334,9 +334,7 @@ impl Controller {
             if !cancel_sent && lock(&self.slots.cancel).remove(&m.id) {
                 cancel_sent = true;
                 match src.cancel_migration(&m.vm).await {
-                    Err(e) if e.message.contains("too late") => {
-                        m.actions.push(format!("cancel refused: {}", e.message))
-                    }
+                    Err(e) if e.kind == ErrorKind::TooLate => m.actions.push(format!("cancel refused: {}", e.message)),
                     _ => {}
                 }
             }
@@ -364,7 +362,7 @@ impl Controller {
                     }
                     self.put_migration(m)?;
                 }
-                Ok(_) | Err(ApiError { status: 404, .. }) => {
+                Ok(_) | Err(ApiError { kind: ErrorKind::NotFound, .. }) => {
                     // The source never started this migration (or forgot it): the VM is there.
                     return Ok(Some(OutgoingStatus {
                         id: m.id.clone(),
@@ -449,7 +447,7 @@ impl Controller {
     async fn rescue(self: &Arc<Self>, m: &mut Migration, err: ApiError) -> Result<(), ApiError> {
         let dead = match self.agent(&m.destination)?.get(&m.vm).await {
             Ok(st) => !matches!(st.state, VmState::Migrating | VmState::Running),
-            Err(e) => e.status == 404,
+            Err(e) => e.kind == ErrorKind::NotFound,
         };
         if !dead || m.used_mode.as_deref() != Some("precopy") {
             return Err(err);

@@ -17,7 +17,7 @@ use corral_api::{
 use corral_sched::HostView;
 use corral_store::{Store, StoreExt};
 
-use crate::agents::AgentClient;
+use crate::agents::{AgentApi, Connector, HttpConnector};
 
 pub(crate) const VMS: &str = "vms";
 pub(crate) const HOSTS: &str = "hosts";
@@ -115,7 +115,8 @@ type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
 pub struct Controller {
     pub store: Arc<dyn Store>,
     pub(crate) settings: Settings,
-    pub(crate) http: reqwest::Client,
+    /// Makes the client of each host's agent (HTTP; the fake agents in unit tests).
+    agents: Arc<dyn Connector>,
     pub(crate) token: Option<String>,
     live: Mutex<BTreeMap<String, Live>>,
     /// Latest usage of each VM, from heartbeats: live data, never stored.
@@ -220,10 +221,11 @@ impl Controller {
             .timeout(AGENT_CALL_TIMEOUT)
             .build()
             .unwrap_or_default();
+        let agents = Arc::new(HttpConnector { http, token: token.clone() });
         let c = Self {
             store,
             settings,
-            http,
+            agents,
             token,
             live: Mutex::new(BTreeMap::new()),
             vm_usage: Mutex::new(BTreeMap::new()),
@@ -242,6 +244,13 @@ impl Controller {
             c.load_ops();
         }
         c
+    }
+
+    /// This controller, reaching agents through `agents` instead of HTTP (the fake agents of
+    /// unit tests).
+    pub fn with_agents(mut self, agents: Arc<dyn Connector>) -> Self {
+        self.agents = agents;
+        self
     }
 
     /// Marks a VM busy for the life of the guard; refuses if it already is.
@@ -463,13 +472,13 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("no host named {name:?}: see `corral host list`")))
     }
 
-    pub(crate) fn agent(&self, host: &str) -> Result<AgentClient, ApiError> {
+    pub(crate) fn agent(&self, host: &str) -> Result<Arc<dyn AgentApi>, ApiError> {
         let r: Register = self
             .store
             .get_json(HOSTS, host)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::unavailable(format!("host {host:?} is not registered")))?;
-        Ok(AgentClient::new(self.http.clone(), &r.name, &r.url, self.token.clone()))
+        Ok(self.agents.connect(&r))
     }
 
     /// What the scheduler core needs to know of every host.

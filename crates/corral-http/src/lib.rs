@@ -66,7 +66,7 @@ fn json_refusal(r: &JsonRejection) -> ApiError {
         }
         other => ApiError {
             status: other.status().as_u16(),
-            kind: "bad_request",
+            kind: corral_api::ErrorKind::BadRequest,
             message: format!("{detail}: send a JSON body with Content-Type: application/json"),
         },
     }
@@ -214,11 +214,9 @@ pub async fn require_token(State(token): State<Option<String>>, req: Request, ne
     if given.is_some_and(|g| token_matches(g, &token)) {
         return next.run(req).await;
     }
-    let e = ApiError {
-        status: 401,
-        kind: "unauthorized",
-        message: "missing or wrong API token: set CORRAL_TOKEN (`corral lab up` prints it) or pass --token".into(),
-    };
+    let e = ApiError::unauthorized(
+        "missing or wrong API token: set CORRAL_TOKEN (`corral lab up` prints it) or pass --token",
+    );
     HttpError(e).into_response()
 }
 
@@ -257,7 +255,7 @@ mod tests {
     async fn refused_bodies_are_422_documents_naming_the_field() {
         let (s, e) = call(app(), "/b", r#"{"name": "../x"}"#).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(e.kind, "invalid");
+        assert_eq!(e.kind, corral_api::ErrorKind::Invalid);
         assert!(e.error.contains("name: invalid name \"../x\""), "{}", e.error);
         let (s, e) = call(app(), "/b", r#"{"name": "web", "extra": 1}"#).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);

@@ -126,7 +126,7 @@ impl EtcdStore {
         &self,
         f: impl Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
     ) -> Result<T> {
-        call(&self.jobs, &self.endpoints, f).map_err(StoreError::Backend)
+        call(&self.jobs, &self.endpoints, f)
     }
 
     /// Leader election, step one: a lease of `ttl_s` seconds that keys can be bound to.
@@ -156,7 +156,7 @@ impl EtcdStore {
         match resp {
             Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
             // Expired or revoked: not an error of the store, an answer.
-            Err(StoreError::Backend(m)) if m.contains("lease not found") => Ok(false),
+            Err(StoreError::LeaseGone(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -206,7 +206,7 @@ impl EtcdStore {
         let t = std::time::Instant::now();
         loop {
             match self.run(make()) {
-                Err(StoreError::Backend(m)) if t.elapsed() < DEADLINE && !m.contains("too many operations") => {
+                Err(StoreError::Backend(m)) if t.elapsed() < DEADLINE => {
                     tracing::debug!("etcd request failed, retrying: {m}");
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -221,12 +221,12 @@ fn call<T: Send + 'static>(
     jobs: &tokio::sync::mpsc::UnboundedSender<Job>,
     endpoints: &str,
     f: impl Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'static,
-) -> std::result::Result<T, String> {
+) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     jobs.send(Box::pin(async move {
         let _ = tx.send(f.await);
     }))
-    .map_err(|_| format!("etcd {endpoints}: the client has stopped"))?;
+    .map_err(|_| StoreError::Backend(format!("etcd {endpoints}: the client has stopped")))?;
     // On a multi-threaded tokio runtime, let it run its other tasks elsewhere while this
     // thread waits (a slow etcd must not stall the controller's HTTP server).
     let wait = || rx.recv_timeout(DEADLINE);
@@ -236,8 +236,25 @@ fn call<T: Send + 'static>(
     };
     match got {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("etcd {endpoints}: {e}")),
-        Err(_) => Err(format!("etcd {endpoints} did not answer within {DEADLINE:?}")),
+        Ok(Err(e)) => Err(classify(endpoints, e)),
+        Err(_) => Err(StoreError::Backend(format!("etcd {endpoints} did not answer within {DEADLINE:?}"))),
+    }
+}
+
+/// What an etcd error means to a caller, by its gRPC status code: a lease that is gone, a
+/// request etcd refuses as such (e.g. more operations in one transaction than it allows), or
+/// a failure worth trying again.
+fn classify(endpoints: &str, e: etcd_client::Error) -> StoreError {
+    let m = format!("etcd {endpoints}: {e}");
+    match &e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::NotFound => StoreError::LeaseGone(m),
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => {
+                StoreError::Refused(m)
+            }
+            _ => StoreError::Backend(m),
+        },
+        _ => StoreError::Backend(m),
     }
 }
 
@@ -294,7 +311,7 @@ impl Store for EtcdStore {
                 }
             })
             .map_err(|e| match e {
-                StoreError::Backend(m) if m.contains("too many operations") => StoreError::Backend(format!(
+                StoreError::Refused(m) => StoreError::Refused(format!(
                     "{m}: a batch of {n} writes is one transaction; start etcd with --max-txn-ops {} or more",
                     n.next_power_of_two()
                 )),

@@ -22,8 +22,16 @@ use serde::{de::DeserializeOwned, Serialize};
 pub enum StoreError {
     #[error("state store at {path}: {message}")]
     Open { path: String, message: String },
+    /// The store cannot answer now (down, no quorum, too slow): worth trying again.
     #[error("state store: {0}")]
     Backend(String),
+    /// The store refused the request as such (too large, malformed): trying again will not
+    /// help.
+    #[error("state store refused the request: {0}")]
+    Refused(String),
+    /// The lease named does not exist (it expired or was revoked).
+    #[error("state store: the lease is gone ({0})")]
+    LeaseGone(String),
     /// A write of a controller that does not lead (any more) was refused, in the same
     /// transaction as the write: nothing of it landed.
     #[error("state store: this controller no longer leads; the write was refused ({0})")]

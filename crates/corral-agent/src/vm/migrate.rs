@@ -297,7 +297,7 @@ impl Manager {
             .filter(|s| s.state == MigrationState::Running)
             .ok_or_else(|| ApiError::conflict(format!("VM {name:?} has no migration in progress")))?;
         if matches!(st.figures.phase.as_str(), "postcopy" | "switchover") {
-            return Err(ApiError::conflict(format!(
+            return Err(ApiError::too_late(format!(
                 "too late to cancel: VM {name:?} already runs at the destination ({})",
                 st.figures.phase
             )));

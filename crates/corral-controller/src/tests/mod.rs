@@ -1,0 +1,123 @@
+//! Unit tests of the controller's rules, run against FAKE agents (`agents::fake`) and a real
+//! redb store in a temporary directory: deployment, clusters, HA, migration, DRS and the
+//! reconciler, with their failure paths. No root, QEMU or network needed; the lab trials
+//! (`crates/corral-cli/tests/lab`) prove the same rules end to end.
+
+mod deploy;
+mod ha;
+mod migrate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_api::agent::HeartbeatReply;
+use corral_api::types::Name;
+use corral_api::{CreateVm, Vm};
+
+use crate::agents::fake::{FakeAgent, FakeFleet};
+use crate::service::{Controller, Settings};
+
+/// A controller on a fresh store, with fake hosts registered and reporting.
+pub(crate) struct Harness {
+    pub c: Arc<Controller>,
+    pub fleet: Arc<FakeFleet>,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings for tests: no HA lease unless a test sets one, and no overcommit.
+pub(crate) fn settings() -> Settings {
+    Settings {
+        host_timeout: Duration::from_secs(10),
+        cpu_overcommit: 1.0,
+        memory_overcommit: 1.0,
+        templates_dir: None,
+        migrations_out: 1,
+        migrations_in: 1,
+        standby_command: None,
+        wake_command: None,
+        lease: Duration::ZERO,
+        suspect_after: Duration::from_secs(2),
+        recover_after: Duration::from_secs(30),
+        ha_reserve_hosts: 0,
+        ha_admission_warn: false,
+        retention: Default::default(),
+    }
+}
+
+impl Harness {
+    pub fn new(hosts: &[&str]) -> Self {
+        Self::with(hosts, settings())
+    }
+
+    pub fn with(hosts: &[&str], settings: Settings) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(corral_store::RedbStore::open(&dir.path().join("state.redb")).expect("store"));
+        let fleet = Arc::new(FakeFleet::default());
+        let c =
+            Controller::new(store, settings, None, crate::leader::Leadership::alone("test")).with_agents(fleet.clone());
+        let h = Self { c: Arc::new(c), fleet, _dir: dir };
+        for n in hosts {
+            h.join(n);
+        }
+        h
+    }
+
+    /// Registers host `name` and sends its first heartbeat.
+    pub fn join(&self, name: &str) -> Arc<FakeAgent> {
+        let a = self.fleet.host(name);
+        self.c.register(a.register()).expect("register");
+        self.beat(name);
+        a
+    }
+
+    pub fn host(&self, name: &str) -> Arc<FakeAgent> {
+        self.fleet.host(name)
+    }
+
+    /// Host `name` sends a heartbeat with what its fake agent holds.
+    pub fn beat(&self, name: &str) -> HeartbeatReply {
+        self.c.heartbeat(name, self.fleet.host(name).heartbeat()).expect("heartbeat")
+    }
+
+    pub fn vm(&self, name: &str) -> Vm {
+        self.c.vm(name).expect("vm")
+    }
+
+    /// Where each fake host runs a copy of `vm`.
+    pub fn copies(&self, vm: &str, hosts: &[&str]) -> Vec<String> {
+        hosts.iter().filter(|h| self.host(h).state_of(vm).is_some()).map(|h| h.to_string()).collect()
+    }
+
+    pub fn events(&self, kind: &str) -> Vec<corral_api::cluster::Event> {
+        self.c.events().expect("events").into_iter().filter(|e| e.kind == kind).collect()
+    }
+}
+
+/// A request for a running VM of 1 vCPU and 512 MiB from the template `tiny`.
+pub(crate) fn create(name: &str) -> CreateVm {
+    CreateVm {
+        name: name.parse::<Name>().expect("name"),
+        template: "tiny".parse().expect("template"),
+        vcpus: 1,
+        memory_mib: 512,
+        host: None,
+        workload: None,
+        start: true,
+        ha: None,
+        storage: Default::default(),
+    }
+}
+
+/// `create(name)` pinned to `host`.
+pub(crate) fn create_on(name: &str, host: &str) -> CreateVm {
+    CreateVm { host: Some(host.parse().expect("host")), ..create(name) }
+}
+
+/// Waits until `cond` holds (checked every 10 ms), failing the test after 10 s.
+pub(crate) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
