@@ -257,7 +257,7 @@ impl Controller {
             }
         } else {
             vm.pending = None;
-            if !conflict(&err) {
+            if !conflict(err) {
                 vm.state = VmState::Error;
                 vm.error = Some(err.message.clone());
             }

@@ -136,6 +136,29 @@ impl FakeFleet {
     }
 }
 
+impl FakeFleet {
+    /// Every fake host's name.
+    pub fn names(&self) -> Vec<String> {
+        lock(&self.hosts).keys().cloned().collect()
+    }
+
+    /// Host `name` is cut off (or powered off): it answers nobody, and no other host reaches it.
+    pub fn isolate(&self, name: &str) {
+        for other in self.names() {
+            self.host(&other).cut_from(name, other != name);
+        }
+        self.host(name).set_down(true);
+    }
+
+    /// Host `name` is back on the network.
+    pub fn heal(&self, name: &str) {
+        for other in self.names() {
+            self.host(&other).cut_from(name, false);
+        }
+        self.host(name).set_down(false);
+    }
+}
+
 impl Connector for FakeFleet {
     fn connect(&self, host: &Register) -> Arc<dyn AgentApi> {
         self.host(&host.name)
@@ -212,6 +235,20 @@ impl FakeAgent {
     /// The host loses every VM at once (a power cycle): nothing runs on it any more.
     pub fn lose_all_vms(&self) {
         lock(&self.state).vms.clear();
+    }
+
+    pub fn is_down(&self) -> bool {
+        lock(&self.state).down
+    }
+
+    /// Does what a heartbeat reply says: stops the VMs it fences.
+    pub fn obey(&self, reply: &corral_api::agent::HeartbeatReply) {
+        let mut s = lock(&self.state);
+        for v in s.vms.values_mut().filter(|v| reply.fence.contains(&v.def.uuid)) {
+            v.status = status_of(&v.def, VmState::Inactive, None);
+            v.status.error = Some("fenced: the controller restarted this VM elsewhere".into());
+            v.status.ended = Some(corral_api::agent::Ended::Fenced);
+        }
     }
 
     /// The VM's QEMU dies by itself (crash, OOM kill).

@@ -3,6 +3,8 @@
 //! reconciler, with their failure paths. No root, QEMU or network needed; the lab trials
 //! (`crates/corral-cli/tests/lab`) prove the same rules end to end.
 
+#![allow(clippy::unwrap_used)]
+
 mod deploy;
 mod ha;
 mod migrate;
@@ -21,6 +23,8 @@ use crate::service::{Controller, Settings};
 pub(crate) struct Harness {
     pub c: Arc<Controller>,
     pub fleet: Arc<FakeFleet>,
+    store: Arc<dyn corral_store::Store>,
+    settings: Settings,
     _dir: tempfile::TempDir,
 }
 
@@ -51,15 +55,29 @@ impl Harness {
 
     pub fn with(hosts: &[&str], settings: Settings) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(corral_store::RedbStore::open(&dir.path().join("state.redb")).expect("store"));
+        let store: Arc<dyn corral_store::Store> =
+            Arc::new(corral_store::RedbStore::open(&dir.path().join("state.redb")).expect("store"));
         let fleet = Arc::new(FakeFleet::default());
-        let c =
-            Controller::new(store, settings, None, crate::leader::Leadership::alone("test")).with_agents(fleet.clone());
-        let h = Self { c: Arc::new(c), fleet, _dir: dir };
+        let c = Controller::new(store.clone(), settings.clone(), None, crate::leader::Leadership::alone("test"))
+            .with_agents(fleet.clone());
+        let h = Self { c: Arc::new(c), fleet, store, settings, _dir: dir };
         for n in hosts {
             h.join(n);
         }
+        // Every host's lease names all the others as peers.
+        for n in hosts {
+            h.beat(n);
+        }
         h
+    }
+
+    /// The controller process restarts: everything it held in memory is gone, the store and
+    /// the hosts stay. The old one's tasks may still run; tests use the new one.
+    pub fn restart(&mut self) {
+        let c =
+            Controller::new(self.store.clone(), self.settings.clone(), None, crate::leader::Leadership::alone("test"))
+                .with_agents(self.fleet.clone());
+        self.c = Arc::new(c);
     }
 
     /// Registers host `name` and sends its first heartbeat.
@@ -74,9 +92,33 @@ impl Harness {
         self.fleet.host(name)
     }
 
-    /// Host `name` sends a heartbeat with what its fake agent holds.
+    /// Host `name` sends a heartbeat with what its fake agent holds, and obeys the reply.
     pub fn beat(&self, name: &str) -> HeartbeatReply {
-        self.c.heartbeat(name, self.fleet.host(name).heartbeat()).expect("heartbeat")
+        let reply = self.c.heartbeat(name, self.fleet.host(name).heartbeat()).expect("heartbeat");
+        self.fleet.host(name).obey(&reply);
+        reply
+    }
+
+    /// Runs the controller's HA loop every 50 ms, and every host that is not down sends a
+    /// heartbeat every 100 ms, until the returned handle is dropped.
+    pub fn run_ha(&self) -> Loops {
+        let (c, fleet) = (self.c.clone(), self.fleet.clone());
+        Loops(tokio::spawn(async move {
+            for round in 0u64.. {
+                if round % 2 == 0 {
+                    for n in fleet.names() {
+                        let a = fleet.host(&n);
+                        if !a.is_down() {
+                            if let Ok(reply) = c.heartbeat(&n, a.heartbeat()) {
+                                a.obey(&reply);
+                            }
+                        }
+                    }
+                }
+                c.ha_tick().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }))
     }
 
     pub fn vm(&self, name: &str) -> Vm {
@@ -119,5 +161,34 @@ pub(crate) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A controller process for crash tests: work run through it lives on its own runtime, so
+/// [`Process::kill`] ends every task it started at once, as the death of the process would.
+pub(crate) struct Process(tokio::runtime::Runtime);
+
+impl Process {
+    pub fn new() -> Self {
+        Self(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime"))
+    }
+
+    /// Runs `work` in this process (tasks it spawns belong to the process too).
+    pub async fn run<T: Send + 'static>(&self, work: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        self.0.spawn(work).await.expect("task")
+    }
+
+    /// Kills the process: none of its tasks runs another step.
+    pub fn kill(self) {
+        self.0.shutdown_background();
+    }
+}
+
+/// Background loops of a test; they stop when this is dropped.
+pub(crate) struct Loops(tokio::task::JoinHandle<()>);
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
