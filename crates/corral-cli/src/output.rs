@@ -1,6 +1,24 @@
 //! Rendering of CLI output: aligned tables for people, JSON (`--output json`) for programs.
 
+use anyhow::Result;
+use clap::ValueEnum;
+use serde::Serialize;
+
 use corral_api::{Host, Template, Vm};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn print<T: Serialize>(o: Output, v: &T, table: impl FnOnce(&T)) -> Result<()> {
+    match o {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Table => table(v),
+    }
+    Ok(())
+}
 
 /// Prints rows as a table with a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {

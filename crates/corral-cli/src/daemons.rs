@@ -1,0 +1,292 @@
+//! `corral controller`, `corral agent` and the agent's watchdog: their flags, the checks of
+//! those flags, and the launch of each daemon.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::tokens::token_from_file;
+use crate::{init_logs, migrate};
+
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "/var/lib/corral/controller")]
+    data: PathBuf,
+    /// Seconds without heartbeat before a host is shown unreachable.
+    #[arg(long, default_value_t = 5)]
+    host_timeout: u64,
+    /// vCPUs that may be promised per physical CPU.
+    #[arg(long, default_value_t = 4.0)]
+    cpu_overcommit: f64,
+    /// Memory that may be promised per MiB of a host (1.0: no overcommit).
+    #[arg(long, default_value_t = 1.0)]
+    memory_overcommit: f64,
+    /// Template library, sent to hosts that lack a template (default: CORRAL_CACHE/guest).
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// File holding the API token; made with a fresh random token if missing. It must be
+    /// readable by its owner only (mode 600).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+    /// the controller can then run and delete VMs).
+    #[arg(long)]
+    insecure: bool,
+    /// Live migrations a host may send at once; more wait in a queue.
+    #[arg(long, default_value_t = 2)]
+    migrations_out: usize,
+    /// Live migrations a host may receive at once.
+    #[arg(long, default_value_t = 2)]
+    migrations_in: usize,
+    /// Shell command that powers a host down when consolidation puts it in standby
+    /// (`{host}` is replaced by its name), e.g. an IPMI call. Without it, standby hosts are
+    /// only parked (no placements).
+    #[arg(long)]
+    standby_command: Option<String>,
+    /// Shell command that powers a standby host up again (e.g. Wake-on-LAN).
+    #[arg(long)]
+    wake_command: Option<String>,
+    /// HA lease of each agent (0 turns HA off): renewed by every heartbeat. An
+    /// agent that cannot renew it stops its VMs before it runs out; a failed host's VMs
+    /// restart elsewhere only after it has. Keep it well above a heartbeat and a
+    /// controller pause you want to ride out.
+    #[arg(long, default_value = "7s", value_parser = duration_arg)]
+    lease: Duration,
+    /// Missing heartbeats for this long make a host a suspect, checked by its peers.
+    #[arg(long, default_value = "2s", value_parser = duration_arg)]
+    suspect_after: Duration,
+    /// A failed host that comes back takes no VMs for this long (damping).
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    recover_after: Duration,
+    /// HA admission control: keep room to restart the HA VMs of this many failed hosts
+    /// (0: no check).
+    #[arg(long, default_value_t = 1)]
+    ha_reserve_hosts: usize,
+    /// What to do with an HA VM that would break that reserve: refuse it, or warn (an
+    /// event) and admit it.
+    #[arg(long, default_value = "refuse", value_parser = ["refuse", "warn"])]
+    ha_admission: String,
+    /// Keep the state in etcd (v3 API) at these endpoints (comma-separated host:port)
+    /// instead of the embedded file in --data.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of Corral's state in etcd.
+    #[arg(long, default_value = "/corral/")]
+    etcd_prefix: String,
+    /// With --etcd: seconds a leader's lease lasts; a standby controller takes over this
+    /// long after the leader dies.
+    #[arg(long, default_value_t = 3)]
+    leader_ttl: i64,
+    /// The URL agents, clients and other controllers reach this controller at (default
+    /// http://LISTEN).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Events kept (the oldest are removed beyond this).
+    #[arg(long, default_value_t = 10_000)]
+    keep_events: usize,
+    /// Finished migrations, and finished operations, kept (each).
+    #[arg(long, default_value_t = 1_000)]
+    keep_history: usize,
+    /// Events, migrations and operations that ended longer ago than this are removed.
+    #[arg(long, default_value = "30d", value_parser = duration_arg)]
+    keep_for: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Host name, as shown in `corral host list`.
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    listen: SocketAddr,
+    /// URL the controller uses to reach this agent (default http://LISTEN).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Controller URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    controller: String,
+    #[arg(long, default_value = "/var/lib/corral/agent")]
+    data: PathBuf,
+    /// Directory of templates (default: CORRAL_CACHE/guest).
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Accelerator: auto probes KVM with a bounded test boot and falls back to TCG.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    accel: String,
+    /// File caching the probe's verdict, shared by the agents of one machine.
+    #[arg(long)]
+    accel_cache: Option<PathBuf>,
+    /// vCPUs offered (default: the machine's CPUs).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory offered, MiB (default: the machine's memory).
+    #[arg(long)]
+    memory: Option<u64>,
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 1.0)]
+    heartbeat: f64,
+    /// Seconds a guest may take to report ready.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+    /// File holding the API token shared with the controller (mode 600).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without --token-file (anyone who reaches
+    /// the agent can then run, read and delete this host's VMs).
+    #[arg(long)]
+    insecure: bool,
+    /// Host interfaces bridged (provider) networks may join, comma-separated (default: none).
+    /// Never the underlay interface (the one holding --listen's address); one untagged
+    /// bridged network per interface.
+    #[arg(long, value_delimiter = ',')]
+    provider_interfaces: Vec<String>,
+    /// The shared storage pool: the same directory on every host (e.g. an NFS mount). VMs
+    /// created with --storage shared keep their disk there and can restart on another host.
+    #[arg(long)]
+    shared_dir: Option<PathBuf>,
+    /// An address to ping when this host knows no peer (repeat or comma-separate): reaching
+    /// one tells a control-plane outage from isolation. Isolated hosts stop their HA VMs.
+    #[arg(long = "isolation-address", value_delimiter = ',')]
+    isolation_address: Vec<std::net::Ipv4Addr>,
+}
+
+/// A duration option: 500ms, 10s, 2m.
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    migrate::parse_ms(s).map(Duration::from_millis).map_err(|e| e.to_string())
+}
+
+/// Where guest assets and machine-wide caches live: $CORRAL_CACHE, else `.cache` of the
+/// checkout this binary was built in, else /var/cache/corral.
+pub fn cache_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("CORRAL_CACHE") {
+        return PathBuf::from(c);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // <repo>/target/<profile>/corral
+        if let Some(repo) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            let c = repo.join(".cache");
+            if c.join("guest").exists() {
+                return c;
+            }
+        }
+    }
+    PathBuf::from("/var/cache/corral")
+}
+
+/// Checks the controller's flags, then runs the controller until it ends.
+pub async fn controller(a: ControllerArgs) -> Result<()> {
+    let ControllerArgs {
+        listen,
+        data,
+        host_timeout,
+        cpu_overcommit,
+        memory_overcommit,
+        templates,
+        token_file,
+        insecure,
+        migrations_out,
+        migrations_in,
+        standby_command,
+        wake_command,
+        lease,
+        suspect_after,
+        recover_after,
+        ha_reserve_hosts,
+        ha_admission,
+        etcd,
+        etcd_prefix,
+        leader_ttl,
+        advertise,
+        keep_events,
+        keep_history,
+        keep_for,
+    } = a;
+    if !(2..=60).contains(&leader_ttl) {
+        bail!("--leader-ttl {leader_ttl} is out of range: give 2 to 60 seconds");
+    }
+    init_logs("info");
+    if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
+        bail!(
+            "--lease {lease:?} is too short: it must exceed --suspect-after ({suspect_after:?}) by 2 s at least, \
+             so a host is checked by its peers before its lease runs out"
+        );
+    }
+    if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
+        bail!("--cpu-overcommit must be at least 1.0");
+    }
+    if memory_overcommit.is_nan() || memory_overcommit < 1.0 {
+        bail!("--memory-overcommit must be at least 1.0");
+    }
+    let token = token_file.map(|f| token_from_file(&f, true)).transpose()?;
+    corral_controller::run(corral_controller::Config {
+        listen,
+        data_dir: data,
+        host_timeout: Duration::from_secs(host_timeout.max(1)),
+        cpu_overcommit,
+        memory_overcommit,
+        templates_dir: Some(templates.unwrap_or_else(|| cache_dir().join("guest"))),
+        token,
+        migrations_out,
+        migrations_in,
+        standby_command,
+        wake_command,
+        lease,
+        suspect_after,
+        recover_after,
+        ha_reserve_hosts,
+        ha_admission_warn: ha_admission == "warn",
+        etcd,
+        etcd_prefix,
+        leader_ttl_s: leader_ttl,
+        advertise,
+        retention: corral_controller::retention::Retention {
+            events: keep_events,
+            history: keep_history,
+            max_age: keep_for,
+        },
+        insecure,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs the agent of this host until it ends.
+pub async fn agent(a: AgentArgs) -> Result<()> {
+    init_logs("info");
+    let templates = a.templates.unwrap_or_else(|| cache_dir().join("guest"));
+    corral_agent::run(corral_agent::Config {
+        name: a.name,
+        listen: a.listen,
+        advertise: a.advertise,
+        controller: a.controller,
+        data_dir: a.data,
+        templates_dir: templates,
+        accel: a.accel,
+        accel_cache: a.accel_cache,
+        vcpus: a.vcpus,
+        memory_mib: a.memory,
+        qemu: a.qemu,
+        heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
+        boot_timeout: Duration::from_secs(a.boot_timeout),
+        token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
+        shared_dir: a.shared_dir,
+        isolation: a.isolation_address,
+        provider_interfaces: a.provider_interfaces,
+        insecure: a.insecure,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs the fencing watchdog of the agent whose data directory is `data`.
+pub async fn watchdog(data: PathBuf) -> Result<()> {
+    init_logs("info");
+    corral_agent::watchdog::run(data).await?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! `corral vm`: virtual machines — create, list, show, start, stop, pause, suspend, resume,
+//! move, delete, read the serial console and run commands in the guest.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, Vm};
+
+use crate::client::Client;
+use crate::output::{self, print, Output};
+use crate::{migrate, name_arg};
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Create a VM from a template (copy-on-write disk) and start it.
+    Create {
+        name: String,
+        #[arg(long, default_value = "base")]
+        template: String,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Memory, e.g. 256M or 1G.
+        #[arg(long, default_value = "256M")]
+        memory: String,
+        /// Host to place it on (default: the scheduler chooses).
+        #[arg(long)]
+        host: Option<String>,
+        /// Guest workload: idle | cpu | dirty:<MiB/s>[:<MiB>].
+        #[arg(long)]
+        workload: Option<String>,
+        /// Define it but do not start it.
+        #[arg(long)]
+        no_start: bool,
+        /// When its host fails: restart (elsewhere, with its disk as it was: shared storage
+        /// only), restart-fresh (elsewhere, from its template, same name, UUID, MAC and IP;
+        /// what it wrote stays behind) or off (it waits for its host). Default: restart on
+        /// shared storage, off on local storage.
+        #[arg(long, value_parser = ["off", "restart", "restart-fresh"])]
+        ha: Option<String>,
+        /// Where its disk lives: local (on its host) or shared (the pool every host mounts).
+        #[arg(long, default_value = "local", value_parser = ["local", "shared"])]
+        storage: String,
+    },
+    /// List VMs.
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Start an inactive VM.
+    Start { name: String },
+    /// Stop a VM gracefully (ACPI power-off, forced after a timeout).
+    Stop { name: String },
+    /// Pause a running VM (vCPUs stop; memory stays).
+    Pause { name: String },
+    /// Resume a paused or suspended VM.
+    Resume { name: String },
+    /// Suspend a VM: memory and device state to disk, process ended.
+    Suspend { name: String },
+    /// Delete a VM and its disk.
+    Delete { name: String },
+    /// Move a stopped or suspended VM to another host (identity, disk and memory go with it).
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Live-migrate a running VM to another host (disk and memory; it keeps running).
+    Migrate(migrate::MigrateArgs),
+    /// Migration history: source, destination, mode, rounds, total time, downtime, bytes, result.
+    Migrations { name: Option<String> },
+    /// Show the VM's serial console.
+    Console {
+        name: String,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Run a command in the guest; its exit code becomes corral's.
+    Exec {
+        name: String,
+        /// Seconds before the command is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
+    let show = |v: &Vm| print(o, v, output::vm);
+    match cmd {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage } => {
+            let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
+            let ha = ha.map(|h| h.parse()).transpose().map_err(anyhow::Error::msg)?;
+            let storage = storage.parse().map_err(anyhow::Error::msg)?;
+            let m = anyhow::Error::msg;
+            let req = CreateVm {
+                name: name_arg("VM", &name)?,
+                template: name_arg("template", &template)?,
+                vcpus: corral_api::types::check_vcpus(vcpus).map_err(m)?,
+                memory_mib: corral_api::types::check_memory_mib(memory_mib).map_err(m)?,
+                host: host.map(|h| name_arg("host", &h)).transpose()?,
+                workload: workload.map(corral_api::types::Workload::try_from).transpose().map_err(m)?,
+                start: !no_start,
+                ha,
+                storage,
+            };
+            show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
+        }
+        VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,
+        VmCmd::Show { name } => show(&c.get::<Vm>(&format!("/v1/vms/{name}")).await?)?,
+        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &()).await?)?,
+        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &()).await?)?,
+        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
+        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
+        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Migrate(a) => return migrate::migrate(a, c, o == Output::Json).await,
+        VmCmd::Migrations { name } => migrate::history(name, c, o == Output::Json).await?,
+        VmCmd::Move { name, to } => {
+            show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/move"), &serde_json::json!({ "to": to })).await?)?
+        }
+        VmCmd::Delete { name } => {
+            c.delete::<()>(&format!("/v1/vms/{name}")).await?;
+            if o == Output::Json {
+                println!("{}", serde_json::json!({"deleted": name}));
+            } else {
+                eprintln!("deleted {name}");
+            }
+        }
+        VmCmd::Console { name, follow } => {
+            use std::io::Write;
+            let mut offset = 0;
+            loop {
+                let chunk: ConsoleChunk = c.get(&format!("/v1/vms/{name}/console?offset={offset}")).await?;
+                print!("{}", chunk.data);
+                std::io::stdout().flush()?;
+                let more = chunk.next > offset;
+                offset = chunk.next;
+                if !follow && !more {
+                    break;
+                }
+                if !more {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        VmCmd::Exec { name, timeout, argv } => {
+            let req = ExecRequest { argv, stdin: None, timeout_ms: timeout.map(|t| t * 1000) };
+            let r: ExecResult = c.post(&format!("/v1/vms/{name}/exec"), &req).await?;
+            if o == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                use std::io::Write;
+                std::io::stdout().write_all(r.stdout.as_bytes())?;
+                std::io::stderr().write_all(r.stderr.as_bytes())?;
+            }
+            return Ok(r.exit_code);
+        }
+    }
+    Ok(0)
+}
