@@ -45,7 +45,9 @@ pub async fn pull(
         ..meta
     };
     for (part, file) in [("kernel", &local.kernel), ("initrd", &local.initrd), ("disk", &local.disk)] {
-        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file)).await?;
+        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let bytes = serde_json::to_vec_pretty(&local).map_err(|e| e.to_string())?;
     let tmp = dir.join(format!("{name}.json.partial"));

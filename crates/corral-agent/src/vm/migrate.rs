@@ -176,6 +176,7 @@ impl Manager {
             r.state = VmState::Running;
             r.migration = None;
             r.error = None;
+            r.ended = None;
         })?;
         drop(_g);
         self.refresh_filter().await;

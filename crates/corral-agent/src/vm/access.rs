@@ -1,0 +1,41 @@
+//! Reaching into a VM from outside: running a command in the guest and reading its serial
+//! console log.
+
+use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmState};
+
+use super::{internal, Manager};
+use crate::guest;
+
+impl Manager {
+    /// Runs a command in a running guest.
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError> {
+        let e = self.entry(name)?;
+        let state = e.snapshot().state;
+        // A VM being migrated out runs here until the switch-over.
+        if !matches!(state, VmState::Running | VmState::Migrating) {
+            return Err(ApiError::conflict(format!("cannot exec in VM {name:?}: it is {state}, not running")));
+        }
+        if req.argv.is_empty() {
+            return Err(ApiError::bad_request("exec needs a command: corral vm exec NAME -- COMMAND [ARGS...]"));
+        }
+        guest::exec(&e.paths.guest(), &req.argv, req.stdin.as_deref(), req.timeout_ms)
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))
+    }
+
+    /// Reads the serial console log from `offset` (at most 64 KiB).
+    pub fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let e = self.entry(name)?;
+        let mut data = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(e.paths.console_log()) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let offset = offset.min(len);
+            f.seek(SeekFrom::Start(offset)).map_err(internal)?;
+            f.take(64 * 1024).read_to_end(&mut data).map_err(internal)?;
+            let next = offset + data.len() as u64;
+            return Ok(ConsoleChunk { offset, next, data: String::from_utf8_lossy(&data).into_owned() });
+        }
+        Ok(ConsoleChunk { offset: 0, next: 0, data: String::new() })
+    }
+}
