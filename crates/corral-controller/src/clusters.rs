@@ -654,7 +654,7 @@ impl Controller {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
                 if self.store.get(CLUSTERS, &req.name).map_err(store_err)?.is_some() {
-                    return Err(ApiError::conflict(format!("a cluster named {:?} already exists", req.name)));
+                    return Err(ApiError::already_exists(format!("a cluster named {:?} already exists", req.name)));
                 }
                 Ok(())
             };

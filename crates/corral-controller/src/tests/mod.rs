@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod clusters;
 mod deploy;
 mod ha;
 mod migrate;
