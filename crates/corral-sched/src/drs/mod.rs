@@ -33,6 +33,7 @@ mod power;
 mod reference;
 mod rng;
 mod stats;
+pub mod time_shared;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -24,6 +24,7 @@
 
 use super::rng::SplitMix64;
 use super::stats;
+use super::time_shared::{Request, TimeShared, Transit};
 use super::{
     Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason, Selection, Snapshot,
 };
@@ -461,48 +462,35 @@ impl Eng<'_> {
         over
     }
 
-    /// CPU the host's scheduler has handed out to the VMs now on its list, counting a VM
-    /// migrating in at what it will use once there: CloudSim 3.0.3's
+    /// CPU the host's scheduler ([`TimeShared`], the simulator's too) has handed out to the VMs
+    /// now on its list, counting a VM migrating in at what it will use once there: CloudSim 3.0.3's
     /// `getUtilizationOfCpuMips(host)`, which (unlike the measured utilisation) sees the VMs
     /// this round has already placed or taken off.
     fn allocated(&self, h: usize) -> f64 {
         let host = &self.s.hosts[h];
-        let cap = host.cpu_capacity;
-        let mut avail = cap;
-        let mut over = false;
-        let mut required = 0.0;
-        for &v in &self.list[h] {
-            let mut c = self.capped(v, h);
-            if self.s.vms[v].migrating_to == Some(h) {
-                c *= 0.1;
-            }
-            required += c;
-            if !over && avail >= c {
-                avail -= c;
-            } else {
-                over = true;
-            }
-        }
-        let scale = cap / required;
+        let sched =
+            TimeShared::new(host.cpu_capacity, host.core_capacity, self.list[h].iter().map(|&v| self.request(v, h)));
         let mut total = 0.0;
         for &v in &self.list[h] {
-            let c = self.capped(v, h);
-            let incoming = self.s.vms[v].migrating_to == Some(h);
-            let out = self.s.vms[v].migrating_to.is_some() && !incoming;
-            let alloc = match (over, out, incoming) {
-                (false, true, _) => c * 0.9,
-                (false, _, true) => c * 0.1,
-                (false, _, _) => c,
-                (true, true, _) => (c * scale * 0.9).floor(),
-                (true, _, true) => (c * 0.1 * scale).floor(),
-                (true, _, _) => (c * scale).floor(),
-            };
-            if incoming {
+            let r = self.request(v, h);
+            let alloc = sched.allocated(r);
+            if r.transit == Transit::Arriving {
                 total += alloc * 0.9 / 0.1;
             }
             total += alloc;
         }
         total
+    }
+
+    /// VM `v`'s request to the scheduler of host `h`, one of the hosts whose list it is on.
+    fn request(&self, v: usize, h: usize) -> Request {
+        let vm = &self.s.vms[v];
+        let transit = match vm.migrating_to {
+            Some(t) if t == h => Transit::Arriving,
+            Some(_) => Transit::Leaving,
+            None => Transit::Resident,
+        };
+        Request { demand: vm.demand, vcpus: vm.vcpus, transit }
     }
 
     /// Power-aware best fit: the host whose power grows least, first on ties.
