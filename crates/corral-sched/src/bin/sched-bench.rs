@@ -1,8 +1,9 @@
 //! Benchmark of the scheduler core on a deterministic synthetic pool: 10,000 hosts of two
-//! types and 100,000 VMs of four types modelled on CloudSim's EC2 VM types, drawn from an
-//! inline splitmix64 generator. It times `place_group` (spread, pack, and spread with
-//! anti-affinity on a smaller group) and `place_one` called once per VM in sequence, checks that
-//! no host ends over capacity, and writes JSON plus a short markdown summary.
+//! types and 100,000 VMs of four types modelled on CloudSim's EC2 VM types, drawn from the
+//! seeded splitmix64 generator ([`corral_sched::rng`]). It times `place_group` (spread, pack,
+//! and spread with anti-affinity on a smaller group) and `place_one` called once per VM in
+//! sequence, checks that no host ends over capacity, and writes JSON plus a short markdown
+//! summary.
 //!
 //! `cargo run --release -p corral-sched --bin sched-bench -- --out bench/results/sched.json`
 //! Options: `--out PATH` (the markdown goes next to it, `.md`), `--seed N`, `--hosts N`,
@@ -13,26 +14,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use corral_sched::rng::SplitMix64;
 use corral_sched::{place_group, place_one, GroupRequest, HostView, Overcommit, Placement, Policy, Request, VmReq};
-
-/// splitmix64: tiny, seedable, good enough to draw a synthetic pool.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 struct HostType {
     name: &'static str,
@@ -98,10 +81,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn pool(seed: u64, n_hosts: usize, n_vms: usize) -> (Vec<HostView>, Vec<VmReq>) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let hosts = (0..n_hosts)
         .map(|i| {
-            let t = &HOST_TYPES[rng.below(HOST_TYPES.len() as u64) as usize];
+            let t = &HOST_TYPES[rng.below(HOST_TYPES.len())];
             HostView {
                 name: format!("host-{i:05}"),
                 schedulable: true,
@@ -117,7 +100,7 @@ fn pool(seed: u64, n_hosts: usize, n_vms: usize) -> (Vec<HostView>, Vec<VmReq>) 
         .collect();
     let vms = (0..n_vms)
         .map(|i| {
-            let t = &VM_TYPES[rng.below(VM_TYPES.len() as u64) as usize];
+            let t = &VM_TYPES[rng.below(VM_TYPES.len())];
             VmReq { name: format!("vm-{i:06}"), vcpus: t.vcpus, memory_mib: t.memory_mib, host: None }
         })
         .collect();

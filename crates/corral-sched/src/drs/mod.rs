@@ -31,7 +31,6 @@
 mod corral;
 mod power;
 mod reference;
-mod rng;
 mod stats;
 pub mod time_shared;
 

@@ -22,12 +22,12 @@
 //! overloaded host, then moved again when its new host is evacuated); here the second
 //! placement replaces the first, so a VM moves once per round.
 
-use super::rng::SplitMix64;
 use super::stats;
 use super::time_shared::{Request, TimeShared, Transit};
 use super::{
     Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason, Selection, Snapshot,
 };
+use crate::rng::SplitMix64;
 
 /// CloudSim's `PowerVm.HISTORY_LENGTH`.
 const HISTORY_LENGTH: usize = 30;
@@ -84,7 +84,8 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
         })
         .collect();
     let mem_used = (0..nh).map(|h| list[h].iter().map(|&v| s.vms[v].memory_reserved_mib).sum()).collect();
-    let mut e = Eng { s, det, sel, rng: SplitMix64(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
+    let mut e =
+        Eng { s, det, sel, rng: SplitMix64::new(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
     for h in 0..nh {
         e.recompute_avail(h);
     }
@@ -195,7 +196,7 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
         }
     }
 
-    state.rng = e.rng.0;
+    state.rng = e.rng.state();
     let mut plan = finish(s, &order, &target, &reason, over_hosts);
     plan.superseded = superseded;
     plan
