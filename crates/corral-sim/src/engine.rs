@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use corral_sched::drs::time_shared::{Request, TimeShared, Transit};
+use corral_sched::drs::time_shared::{utilization, Request, TimeShared, Transit};
 use corral_sched::drs::{
     self, HostSnapshot, NewVm, PolicySpec, PolicyState, PowerModel, PowerState, Snapshot, VmSnapshot,
 };
@@ -413,7 +413,7 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         for m in &plan.migrations {
             let v = vm_index[m.vm];
             let to = m.to;
-            let secs = sim.vms[v].memory_mib as f64 / (sim.hosts[to].mbps / 8.0);
+            let secs = drs::migration_seconds(sim.vms[v].memory_mib, sim.hosts[to].mbps);
             sim.hosts[to].standby = false;
             sim.hosts[to].list.push(v);
             sim.vms[v].mig = Some((to, t + secs));
@@ -520,11 +520,7 @@ impl Sim {
                 util_mips += alloc;
                 req += demand[v];
             }
-            let mut util = util_mips / host.cap;
-            if util > 1.0 && util < 1.01 {
-                util = 1.0;
-            }
-            hs.push(HState { util, util_mips, req, active: util_mips > 0.0 });
+            hs.push(HState { util: utilization(util_mips, host.cap), util_mips, req, active: util_mips > 0.0 });
         }
         (hs, vs)
     }

@@ -23,9 +23,10 @@
 //! placement replaces the first, so a VM moves once per round.
 
 use super::stats;
-use super::time_shared::{Request, TimeShared, Transit};
+use super::time_shared::{utilization, Request, TimeShared, Transit};
 use super::{
-    Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason, Selection, Snapshot,
+    migration_seconds, Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason,
+    Selection, Snapshot,
 };
 use crate::rng::SplitMix64;
 
@@ -71,18 +72,7 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
     let hist: Vec<Vec<f64>> =
         s.vms.iter().map(|v| v.history.iter().rev().take(HISTORY_LENGTH).copied().collect()).collect();
     let nz = hist.iter().map(|h| h.iter().rposition(|&x| x != 0.0).map_or(0, |p| p + 1)).collect();
-    let util = s
-        .hosts
-        .iter()
-        .map(|h| {
-            let u = if h.cpu_capacity > 0.0 { h.cpu_used / h.cpu_capacity } else { 0.0 };
-            if u > 1.0 && u < 1.01 {
-                1.0
-            } else {
-                u
-            }
-        })
-        .collect();
+    let util = s.hosts.iter().map(|h| utilization(h.cpu_used, h.cpu_capacity)).collect();
     let mem_used = (0..nh).map(|h| list[h].iter().map(|&v| s.vms[v].memory_reserved_mib).sum()).collect();
     let mut e =
         Eng { s, det, sel, rng: SplitMix64::new(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
@@ -234,22 +224,13 @@ pub(crate) fn finish(
             from: vm.host,
             to,
             reason: why,
-            seconds: migration_seconds(vm.memory_mib, &s.hosts[to]),
+            seconds: migration_seconds(vm.memory_mib, s.hosts[to].migration_mbps),
         });
     }
     let standby =
         (0..nh).filter(|&h| s.hosts[h].state == PowerState::On && !s.hosts[h].keep_on && count[h] == 0).collect();
     wake.sort_unstable();
     Plan { migrations, wake, standby, overloaded, superseded: 0 }
-}
-
-/// Seconds to copy `memory_mib` into `host` (CloudSim: RAM / (bandwidth / 2) with MB = MiB).
-pub(crate) fn migration_seconds(memory_mib: u64, host: &HostSnapshot) -> f64 {
-    if host.migration_mbps > 0.0 {
-        memory_mib as f64 / (host.migration_mbps / 8.0)
-    } else {
-        f64::INFINITY
-    }
 }
 
 impl Eng<'_> {
@@ -369,7 +350,7 @@ impl Eng<'_> {
                 let Some((a, b)) = fit else { return self.thr(h, FALLBACK_THR) };
                 let host = &self.s.hosts[h];
                 let max_mem = self.list[h].iter().map(|&v| self.s.vms[v].memory_mib).max().unwrap_or(0);
-                let mig_s = migration_seconds(max_mem, host);
+                let mig_s = migration_seconds(max_mem, host.migration_mbps);
                 let intervals =
                     if self.s.interval_s > 0.0 && mig_s.is_finite() { (mig_s / self.s.interval_s).ceil() } else { 1.0 };
                 let predicted = (a + b * (LR_LENGTH as f64 + intervals)) * sp;

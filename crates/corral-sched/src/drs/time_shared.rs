@@ -8,7 +8,8 @@
 //! requests fit in the host's capacity, taken in list order, each vCPU gets what it asked for;
 //! once one does not fit, the host is oversubscribed and every vCPU gets its request scaled by
 //! capacity / total request, rounded down to a whole unit (CloudSim's
-//! `redistributeMipsDueToOverSubscription`).
+//! `redistributeMipsDueToOverSubscription`). [`utilization`] turns what a host uses into the
+//! utilisation CloudSim reports for it.
 
 /// Where a VM stands in a live migration, seen from the host being computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,17 @@ impl TimeShared {
     }
 }
 
+/// CloudSim's `getUtilizationOfCpu`: `used` over `capacity` (0 without capacity), with a value
+/// just over 1 (below 1.01, rounding) counted as 1.
+pub fn utilization(used: f64, capacity: f64) -> f64 {
+    let u = if capacity > 0.0 { used / capacity } else { 0.0 };
+    if u > 1.0 && u < 1.01 {
+        1.0
+    } else {
+        u
+    }
+}
+
 /// What one vCPU asks for: its share of the demand, capped at a core.
 fn per_vcpu(r: Request, core: f64) -> f64 {
     let per = r.demand / f64::from(r.vcpus.max(1));
@@ -152,6 +164,14 @@ mod tests {
         let a = TimeShared::new(1000.0, 1000.0, vms);
         assert!(a.oversubscribed());
         assert_eq!(a.allocated(vms[2]), (50.0 * 1000.0 / 1150.0_f64).floor());
+    }
+
+    #[test]
+    fn utilization_rounds_just_over_full_down_to_full() {
+        assert_eq!(utilization(500.0, 1000.0), 0.5);
+        assert_eq!(utilization(1005.0, 1000.0), 1.0);
+        assert_eq!(utilization(1020.0, 1000.0), 1.02);
+        assert_eq!(utilization(1.0, 0.0), 0.0);
     }
 
     #[test]
