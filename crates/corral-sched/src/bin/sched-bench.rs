@@ -17,28 +17,46 @@ use std::time::Instant;
 use corral_sched::rng::SplitMix64;
 use corral_sched::{place_group, place_one, GroupRequest, HostView, Overcommit, Placement, Policy, Request, VmReq};
 
-struct HostType {
-    name: &'static str,
-    vcpus: u32,
-    memory_mib: u64,
-}
-struct VmType {
+/// A host type or a VM type of the pool.
+struct Type {
     name: &'static str,
     vcpus: u32,
     memory_mib: u64,
 }
 
-const HOST_TYPES: [HostType; 2] = [
-    HostType { name: "16 vCPU / 64 GiB", vcpus: 16, memory_mib: 64 * 1024 },
-    HostType { name: "32 vCPU / 128 GiB", vcpus: 32, memory_mib: 128 * 1024 },
+const HOST_TYPES: [Type; 2] = [
+    Type { name: "16 vCPU / 64 GiB", vcpus: 16, memory_mib: 64 * 1024 },
+    Type { name: "32 vCPU / 128 GiB", vcpus: 32, memory_mib: 128 * 1024 },
 ];
 /// CloudSim's EC2-like VM types: 1.7 GiB, 3.75 GiB, 0.6 GiB and 0.613 GiB.
-const VM_TYPES: [VmType; 4] = [
-    VmType { name: "1 vCPU / 1.7 GiB", vcpus: 1, memory_mib: 1741 },
-    VmType { name: "2 vCPU / 3.75 GiB", vcpus: 2, memory_mib: 3840 },
-    VmType { name: "4 vCPU / 0.6 GiB", vcpus: 4, memory_mib: 614 },
-    VmType { name: "1 vCPU / 0.613 GiB", vcpus: 1, memory_mib: 628 },
+const VM_TYPES: [Type; 4] = [
+    Type { name: "1 vCPU / 1.7 GiB", vcpus: 1, memory_mib: 1741 },
+    Type { name: "2 vCPU / 3.75 GiB", vcpus: 2, memory_mib: 3840 },
+    Type { name: "4 vCPU / 0.6 GiB", vcpus: 4, memory_mib: 614 },
+    Type { name: "1 vCPU / 0.613 GiB", vcpus: 1, memory_mib: 628 },
 ];
+
+/// The types with how many of each the pool holds, as a JSON array.
+fn types_json(types: &[Type], counts: &[usize]) -> String {
+    let items: Vec<String> = types
+        .iter()
+        .zip(counts)
+        .map(|(t, n)| {
+            format!(
+                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
+                json_str(t.name),
+                t.vcpus,
+                t.memory_mib
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The same for people: "N × name, ...".
+fn types_text(types: &[Type], counts: &[usize]) -> String {
+    types.iter().zip(counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", ")
+}
 
 struct Args {
     out: PathBuf,
@@ -316,33 +334,9 @@ fn real_main() -> Result<(), String> {
     let _ = writeln!(j, "  \"seed\": {},", args.seed);
     let _ = writeln!(j, "  \"pool\": {{");
     let _ = writeln!(j, "    \"hosts\": {},", hosts.len());
-    let ht: Vec<String> = HOST_TYPES
-        .iter()
-        .zip(&host_counts)
-        .map(|(t, n)| {
-            format!(
-                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
-                json_str(t.name),
-                t.vcpus,
-                t.memory_mib
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "    \"host_types\": [{}],", ht.join(", "));
+    let _ = writeln!(j, "    \"host_types\": {},", types_json(&HOST_TYPES, &host_counts));
     let _ = writeln!(j, "    \"vms\": {},", vms.len());
-    let vt: Vec<String> = VM_TYPES
-        .iter()
-        .zip(&vm_counts)
-        .map(|(t, n)| {
-            format!(
-                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
-                json_str(t.name),
-                t.vcpus,
-                t.memory_mib
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "    \"vm_types\": [{}],", vt.join(", "));
+    let _ = writeln!(j, "    \"vm_types\": {},", types_json(&VM_TYPES, &vm_counts));
     let _ = writeln!(j, "    \"overcommit\": {{\"cpu\": {}, \"memory\": {}}},", num(oc.cpu), num(oc.memory));
     let _ =
         writeln!(j, "    \"demand_share\": {{\"vcpus\": {}, \"memory\": {}}},", num(dem_v / cap_v), num(dem_m / cap_m));
@@ -394,9 +388,9 @@ fn real_main() -> Result<(), String> {
          with splitmix64. Overcommit: {} vCPUs per core, memory {}×. The VMs ask for {:.1}% of \
          the overcommitted vCPUs and {:.1}% of the memory.\n",
         hosts.len(),
-        HOST_TYPES.iter().zip(&host_counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", "),
+        types_text(&HOST_TYPES, &host_counts),
         vms.len(),
-        VM_TYPES.iter().zip(&vm_counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", "),
+        types_text(&VM_TYPES, &vm_counts),
         oc.cpu,
         oc.memory,
         100.0 * dem_v / cap_v,
