@@ -38,10 +38,9 @@
 #   BENCH_COMMAND           command line recorded in the results
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Never act on a lab or controller named by the caller's environment.
-unset CORRAL_URL CORRAL_TOKEN CORRAL_LAB_DIR
-export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
+# shellcheck source=bench/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+forget_caller_lab
 GUEST="$CORRAL_CACHE/guest"
 RESULTS=${BENCH_RESULTS:-$REPO/bench/results}
 RUNS=${BENCH_RUNS:-3}
@@ -66,29 +65,19 @@ HOSTS=3
 
 T_START=$EPOCHSECONDS
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log() { printf '[clusters %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run as root (the labs make network namespaces and bridges)"
-for c in jq qemu-img qemu-system-x86_64 ip awk cargo; do
-	command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found (bench/run.sh installs jq; make setup the rest)"
-done
+need_root
+need_commands jq qemu-img qemu-system-x86_64 ip awk cargo
 
 # --- build -------------------------------------------------------------------------------------
 
 cd "$REPO"
-if [ -z "${CORRAL_BIN:-}" ]; then
-	log "building the corral binary (cargo build --release --bins)"
-	cargo build --quiet --release --bins || die "cargo build --release --bins failed"
-	log "building the guest assets if needed (scripts/build-guest.sh)"
-	bash scripts/build-guest.sh >&2 || die "scripts/build-guest.sh failed"
-fi
+build_unless_given
 BIN=${CORRAL_BIN:-$REPO/target/release/corral}
 log "building corral-load (cargo build --release -p corral-bench)"
 cargo build --quiet --release -p corral-bench || die "cargo build --release -p corral-bench failed"
-[ -x "$BIN" ] || die "$BIN not found: build it with \`cargo build --release --bins\` or run bench/run.sh"
+need_bin_and_guest "$BIN"
 [ -x "$LOAD" ] || die "$LOAD was not built"
-[ -f "$GUEST/base.json" ] && [ -f "$GUEST/base.qcow2" ] || die "no guest assets in $GUEST: run \`make guest\`"
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-clusters.XXXXXX")
 WORK="$SCRATCH/work"
@@ -119,68 +108,22 @@ cleanup() {
 	local rc=$?
 	set +e
 	trap - EXIT INT TERM
-	local keep="" d f
 	[ -n "$POLLER_PID" ] && kill "$POLLER_PID" 2>/dev/null
 	wait 2>/dev/null
 	kill_floor
-	for d in "$DEPLOY_DIR" "$API_DIR"; do
-		if [ -e "$d/lab.json" ]; then
-			if [ $rc -ne 0 ]; then
-				# Keep the daemons' logs and the guests' consoles for the post-mortem.
-				[ -n "$keep" ] || keep=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-failure.XXXXXX")
-				mkdir -p "$keep/$(basename "$d")" && (cd "$d" && for f in *.log lab-*/vms/*/console.log; do [ -f "$f" ] && cp --parents "$f" "$keep/$(basename "$d")/"; done) 2>/dev/null
-			fi
-			log "cleanup: taking the lab in $d down"
-			"$BIN" lab down --dir "$d" >/dev/null 2>&1 || "$BIN" lab down --dir "$d" >&2
-		fi
-	done
-	rm -rf "$SCRATCH"
-	[ -n "$keep" ] && log "the labs' logs are kept in $keep"
-	[ $rc -ne 0 ] && log "FAILED (exit $rc); results in $RESULTS were not updated"
-	exit $rc
+	finish_labs "$rc" "$DEPLOY_DIR" "$API_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers (the shared ones are in bench/lib/common.sh) ---------------------------------------
 
-now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
-# Numbers on stdin, one a line -> {"runs":[...],"median":..,"min":..,"max":..}.
-stats() {
-	jq -s '{runs: ., median: (sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end),
-		min: min, max: max}'
-}
-# Percent of all CPUs busy over 2 s.
-cpu_busy_pct() {
-	local a b
-	a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	sleep 2
-	b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; all = busy + y[2] - x[2];
-		printf "%d\n", (all > 0 ? 100 * busy / all : 0) }'
-}
-qemu_count() { pgrep -c -f '^qemu-system-' || true; }
 # CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal).
 busy_s() { awk '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
 # CPU seconds used by others during a run: all busy time minus ours. ("others" also holds this
 # script's own polling, a few hundredths of a second.)
 others_s() { awk -v b0="$1" -v b1="$2" -v ours="$3" 'BEGIN { x = b1 - b0 - ours; printf "%.2f\n", (x < 0 ? 0 : x) }'; }
-# Waits (bounded) until the machine is quiet and writes the conditions to $WORK/cond-NAME.json.
-wait_quiet() { # NAME
-	local t0=$EPOCHSECONDS busy
-	while :; do
-		busy=$(cpu_busy_pct)
-		[ "$busy" -le "$QUIET_PCT" ] && break
-		if [ $((EPOCHSECONDS - t0)) -ge "$QUIET_WAIT" ]; then
-			log "$1: warning: CPUs still ${busy}% busy after ${QUIET_WAIT} s; measuring anyway (results are skewed)"
-			break
-		fi
-		log "$1: waiting for a quiet machine: CPUs ${busy}% busy, $(qemu_count) QEMU process(es) running"
-	done
-	jq -n --argjson busy "$busy" --argjson q "$(qemu_count)" --argjson w "$((EPOCHSECONDS - t0))" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
-		'{cpu_busy_pct: $busy, qemu_processes: $q, waited_s: $w, loadavg: $l}' >"$WORK/cond-$1.json"
-}
 # CPU seconds (user + system) a process has used.
 cpu_s() { awk '{ printf "%.2f\n", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 cpu_sum() { local p s=0; for p in "$@"; do s=$(awk -v a="$s" -v b="$(cpu_s "$p")" 'BEGIN { printf "%.2f", a + b }'); done; echo "$s"; }
@@ -192,42 +135,6 @@ children_cpu_sum() {
 		s=$(awk -v a="$s" -v b="$c" 'BEGIN { printf "%.2f", a + b }')
 	done
 	echo "$s"
-}
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-corral() { "$BIN" --url "$URL" "$@"; }
-use_lab() { # DIR URL
-	URL=$2
-	export CORRAL_URL=$2 CORRAL_LAB_DIR=$1
-	CORRAL_TOKEN=$(tr -d '[:space:]' <"$1/token")
-	export CORRAL_TOKEN
-}
-lab_up() { # DIR INDEX
-	"$BIN" lab down --dir "$1" >/dev/null 2>&1 || true
-	log "lab up: $HOSTS hosts, index $2 ($1)"
-	"$BIN" lab up --hosts "$HOSTS" --index "$2" --dir "$1" >/dev/null
-	# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
-	env -u CORRAL_URL -u CORRAL_TOKEN CORRAL_LAB_DIR="$1" "$BIN" drs set --mode off >/dev/null
-	local p
-	for p in $(jq -r '.controller_pid, .hosts[].agent_pid' "$1/lab.json"); do
-		[ "$(readlink "/proc/$p/exe")" = "$(readlink -f "$BIN")" ] || die "PID $p from $1/lab.json is not $BIN"
-	done
-}
-# Takes a lab down and checks that its namespaces, devices, QEMU processes and files are gone.
-lab_down_checked() { # DIR INDEX
-	local dir=$1 idx=$2 qpids=() f p left cmd
-	for f in "$dir"/lab-*/vms/*/qemu.pid; do
-		[ -f "$f" ] && qpids+=("$(cat "$f")")
-	done
-	"$BIN" lab down --dir "$dir" >/dev/null
-	left=$(ip netns list | awk -v p="^corral$idx-" '$1 ~ p { printf "%s ", $1 }')
-	[ -z "$left" ] || die "lab down left namespaces: $left"
-	left=$(ip -o link | awk -v p="crl$idx" '$2 ~ p { printf "%s ", $2 }')
-	[ -z "$left" ] || die "lab down left devices: $left"
-	for p in ${qpids[@]+"${qpids[@]}"}; do
-		cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
-		case "$cmd" in *qemu-system*) die "lab down left QEMU process $p running" ;; esac
-	done
-	[ ! -e "$dir" ] || die "lab down left $dir behind"
 }
 
 # Polls console logs for the guest's ready line and appends "NAME MS" (epoch ms when first
@@ -255,25 +162,8 @@ poll_ready() {
 
 # --- machine facts -----------------------------------------------------------------------------
 
-MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-if [ -n "${BENCH_COMMIT:-}" ]; then
-	COMMIT=$BENCH_COMMIT
-else
-	COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-	[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && COMMIT="$COMMIT+dirty"
-fi
-jq -n \
-	--arg nproc "$(nproc)" \
-	--arg mem "$MEM_KIB" \
-	--arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
-	--arg hk "$(uname -r)" \
-	--arg qemu "$(qemu-system-x86_64 --version | head -1)" \
-	--argjson base "$(cat "$GUEST/base.json")" \
-	--arg kvm "$([ -e /dev/kvm ] && echo present || echo absent)" \
-	--arg l0 "$LOAD_START" \
-	'{nproc: ($nproc | tonumber), memory_gib: (($mem | tonumber) / 1048576 * 10 | round / 10), cpu_model: $cpu,
-	  host_kernel: $hk, qemu_version: $qemu, guest_kernel: $base.kernel_version, guest_os: $base.os,
-	  dev_kvm: $kvm, loadavg_start: $l0}' >"$WORK/machine.json"
+COMMIT=$(bench_commit)
+machine_facts | jq --arg l0 "$LOAD_START" '. + {loadavg_start: $l0}' >"$WORK/machine.json"
 
 # --- 1. deploy: corral vs floor ----------------------------------------------------------------
 
@@ -475,7 +365,7 @@ floor_run() { # RUN
 }
 
 deploy_part() {
-	lab_up "$DEPLOY_DIR" "$DEPLOY_INDEX"
+	lab_up "$DEPLOY_DIR" "$DEPLOY_INDEX" "$HOSTS"
 	use_lab "$DEPLOY_DIR" "$DEPLOY_URL"
 	CONTROLLER_PID=$(jq -r '.controller_pid' "$DEPLOY_DIR/lab.json")
 	mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$DEPLOY_DIR/lab.json")
@@ -505,7 +395,7 @@ deploy_part() {
 
 api_part() {
 	local c0 c1 a0 a1 k0 k1 b0 b1 t0 t1 vm_dirs
-	lab_up "$API_DIR" "$API_INDEX"
+	lab_up "$API_DIR" "$API_INDEX" "$HOSTS"
 	use_lab "$API_DIR" "$API_URL"
 	CONTROLLER_PID=$(jq -r '.controller_pid' "$API_DIR/lab.json")
 	mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$API_DIR/lab.json")
@@ -580,8 +470,7 @@ deploy_results() {
 		--argjson corral "$(cat "$WORK/corral-runs.json")" --argjson floor "$(cat "$WORK/floor-runs.json")" \
 		--arg qcmd "$(tr '\0' '\n' <"$WORK/qemu-cmdline" | while IFS= read -r a; do printf "%q " "$a"; done)" --arg fcmd "$(cat "$WORK/floor-cmdline-example")" \
 		--argjson size "$SIZE" --argjson hosts "$HOSTS" --argjson runs "$RUNS" --arg parts "$PARTS" \
-		'def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-		 def st(f): [.[] | f] | {runs: ., median: med, min: min, max: max};
+		"$JQ_MED"'def st(f): [.[] | f] | {runs: ., median: med, min: min, max: max};
 		 ($corral | st(.op_ms)) as $op | ($floor | st(.ready_ms)) as $fl |
 		 {benchmark: "clusters", date: $date, command: $cmd, commit: $commit, parts: $parts, total_s: $total,
 		  machine: ($machine + {accel: $accel, accel_note: $note, loadavg_end: $l1}),

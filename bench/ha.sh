@@ -22,12 +22,13 @@ set -euo pipefail
 
 # shellcheck source=bench/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+forget_caller_lab
+cli_bin
 FAILURES=${BENCH_HA_FAILURES:-20}
 PAUSES=${BENCH_HA_PAUSES:-5}
 INDEX=170
 DIR=/tmp/corral-bench-$INDEX
 OUT=$REPO/bench/results
-log() { printf '[ha %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 SAMPLER=""
 SAMPLES=$(mktemp)
@@ -39,10 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
-C lab up --hosts 4 --index "$INDEX" --dir "$DIR" >/dev/null
+lab_up "$DIR" "$INDEX" 4
 eval "$(C lab status --dir "$DIR" | grep '^export')"
 export CORRAL_LAB_DIR=$DIR
-C drs set --mode off >/dev/null
 accel=$(C host list -o json | jq -r '.[0].accel')
 
 VMS=(ha-1 ha-2 ha-3 ha-4)
@@ -182,8 +182,7 @@ mkdir -p "$OUT"
 printf '%s\n' "${rows[@]}" | jq -s --arg cmd "${BENCH_COMMAND:-bash bench/ha.sh}" --arg accel "$accel" \
 	--argjson double "$double" --argjson samples "$nsamples" --arg dvms "$double_vms" \
 	--argjson ff "$false_failovers" --argjson pauses "$PAUSES" --argjson takeovers "$takeover_json" \
-	--argjson outage_s "$OUTAGE_S" --argjson outage_lost "$outage_lost" --argjson outage_events "$outage_events" '
-	def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+	--argjson outage_s "$OUTAGE_S" --argjson outage_lost "$outage_lost" --argjson outage_events "$outage_events" "$JQ_MED"'
 	{command: $cmd, date: (now | todate), accel: $accel, failures: .,
 	 detect_ms: {median: ([.[].detect_ms | select(. != null)] | med), max: ([.[].detect_ms | select(. != null)] | max)},
 	 all_ready_ms: {median: ([.[].all_ready_ms | select(. != null)] | med), max: ([.[].all_ready_ms | select(. != null)] | max)},

@@ -26,20 +26,21 @@ set -euo pipefail
 
 # shellcheck source=bench/lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+forget_caller_lab
+cli_bin
 LINK=${BENCH_LINK:-200M}
 BUDGET=${BENCH_BUDGET:-60s}
 INDEX=160
 DIR=/tmp/corral-bench-$INDEX
 OUT=$REPO/bench/results
-log() { printf '[migration %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 cleanup() { C lab down --dir "$DIR" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup
-C lab up --hosts 3 --index "$INDEX" --dir "$DIR" >/dev/null
+# Balancing and consolidation are on by default: lab_up turns them off, so only the benchmark
+# moves VMs.
+lab_up "$DIR" "$INDEX" 3
 eval "$(C lab status --dir "$DIR" | grep '^export')"
-# Balancing and consolidation are on by default: off, so only the benchmark moves VMs.
-C drs set --mode off >/dev/null
 
 # Prints "<host ms at the middle of the exec> <counter>"; fails if the guest did not answer
 # (it is paused for the switch-over, or the exec went to the copy that just stopped).

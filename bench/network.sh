@@ -49,10 +49,9 @@
 #   BENCH_COMMAND       command line recorded in the results
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Never act on a lab or controller named by the caller's environment.
-unset CORRAL_URL CORRAL_TOKEN CORRAL_LAB_DIR
-export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
+# shellcheck source=bench/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+forget_caller_lab
 GUEST="$CORRAL_CACHE/guest"
 RESULTS=${BENCH_RESULTS:-$REPO/bench/results}
 RUNS=${BENCH_RUNS:-3}
@@ -67,30 +66,21 @@ REACH_TIMEOUT_S=240
 
 LAB_INDEX=170
 LAB_DIR=/tmp/corral-bench-$LAB_INDEX
+LAB_URL=http://198.18.$LAB_INDEX.1:7700
 HOSTS=3
 
 T_START=$EPOCHSECONDS
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log() { printf '[network %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run as root (the labs make network namespaces and bridges)"
-for c in jq ip awk; do
-	command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found (bench/run.sh installs jq; make setup the rest)"
-done
+need_root
+need_commands jq ip awk
 
 # --- build -------------------------------------------------------------------------------------
 
 cd "$REPO"
-if [ -z "${CORRAL_BIN:-}" ]; then
-	log "building the corral binary (cargo build --release --bins)"
-	cargo build --quiet --release --bins || die "cargo build --release --bins failed"
-	log "building the guest assets if needed (scripts/build-guest.sh)"
-	bash scripts/build-guest.sh >&2 || die "scripts/build-guest.sh failed"
-fi
+build_unless_given
 SRC_BIN=${CORRAL_BIN:-$REPO/target/release/corral}
-[ -x "$SRC_BIN" ] || die "$SRC_BIN not found: build it with \`cargo build --release --bins\` or run bench/run.sh"
-[ -f "$GUEST/base.json" ] && [ -f "$GUEST/base.qcow2" ] || die "no guest assets in $GUEST: run \`make guest\`"
+need_bin_and_guest "$SRC_BIN"
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-network.XXXXXX")
 WORK="$SCRATCH/work"
@@ -105,40 +95,16 @@ cleanup() {
 	local rc=$?
 	set +e
 	trap - EXIT INT TERM
-	local keep="" f
 	[ -n "$POLLER_PID" ] && kill "$POLLER_PID" 2>/dev/null
 	wait 2>/dev/null
-	if [ -e "$LAB_DIR/lab.json" ]; then
-		if [ $rc -ne 0 ]; then
-			# Keep the daemons' logs and the guests' consoles for the post-mortem.
-			keep=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-failure.XXXXXX")
-			(cd "$LAB_DIR" && for f in *.log lab-*/vms/*/console.log; do [ -f "$f" ] && cp --parents "$f" "$keep/"; done) 2>/dev/null
-			cp -r "$WORK" "$keep/work" 2>/dev/null
-		fi
-		log "cleanup: taking the lab in $LAB_DIR down"
-		"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || "$BIN" lab down --dir "$LAB_DIR" >&2
-	fi
-	rm -rf "$SCRATCH"
-	[ -n "$keep" ] && log "the lab's logs and the raw measurements are kept in $keep"
-	[ $rc -ne 0 ] && log "FAILED (exit $rc); results in $RESULTS were not updated"
-	exit $rc
+	finish_labs "$rc" "$LAB_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers (the shared ones are in bench/lib/common.sh) ---------------------------------------
 
-now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
-# Percent of all CPUs busy over 2 s.
-cpu_busy_pct() {
-	local a b
-	a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	sleep 2
-	b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; all = busy + y[2] - x[2];
-		printf "%d\n", (all > 0 ? 100 * busy / all : 0) }'
-}
 # QEMU processes on the machine that are not this lab's (they compete for the CPUs).
 others_qemu() { pgrep -f '^qemu-system-' | while read -r p; do
 	tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$LAB_DIR/" || echo "$p"
@@ -149,22 +115,12 @@ conditions() { # PART
 	jq -n --argjson busy "$(cpu_busy_pct)" --argjson q "$(others_qemu)" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
 		'{cpu_busy_pct: $busy, other_qemu_processes: $q, loadavg: $l}' >"$WORK/cond-$1.json"
 }
-# Waits (bounded) until the machine is quiet before the lab starts.
-wait_quiet() {
-	local t0=$EPOCHSECONDS busy
-	while :; do
-		busy=$(cpu_busy_pct)
-		[ "$busy" -le "$QUIET_PCT" ] && break
-		if [ $((EPOCHSECONDS - t0)) -ge "$QUIET_WAIT" ]; then
-			log "warning: CPUs still ${busy}% busy after ${QUIET_WAIT} s; measuring anyway (results are skewed)"
-			break
-		fi
-		log "waiting for a quiet machine: CPUs ${busy}% busy, $(others_qemu) QEMU process(es) of others running"
-	done
-	jq -n --argjson busy "$busy" --argjson q "$(others_qemu)" --argjson w "$((EPOCHSECONDS - t0))" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
+# Waits (bounded) until the machine is quiet before the lab starts -> $WORK/cond-start.json.
+wait_quiet_start() {
+	await_quiet "" others_qemu "of others running"
+	jq -n --argjson busy "$QUIET_BUSY" --argjson q "$(others_qemu)" --argjson w "$QUIET_SPENT_S" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
 		'{cpu_busy_pct: $busy, other_qemu_processes: $q, waited_s: $w, loadavg: $l}' >"$WORK/cond-start.json"
 }
-corral() { "$BIN" "$@"; }
 # Runs a shell command in a guest; its output on stdout, corral's exit code (the command's).
 gexec() { # VM TIMEOUT_S SCRIPT
 	"$BIN" vm exec "$1" --timeout "$2" -- sh -c "$3"
@@ -188,29 +144,11 @@ guest_clock() { # VM
 
 # --- machine facts, lab ------------------------------------------------------------------------
 
-MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-jq -n \
-	--arg nproc "$(nproc)" \
-	--arg mem "$MEM_KIB" \
-	--arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
-	--arg hk "$(uname -r)" \
-	--arg qemu "$(qemu-system-x86_64 --version | head -1)" \
-	--argjson base "$(cat "$GUEST/base.json")" \
-	--arg kvm "$([ -e /dev/kvm ] && echo present || echo absent)" \
-	'{nproc: ($nproc | tonumber), memory_gib: (($mem | tonumber) / 1048576 * 10 | round / 10), cpu_model: $cpu,
-	  host_kernel: $hk, qemu_version: $qemu, guest_kernel: $base.kernel_version, guest_os: $base.os,
-	  dev_kvm: $kvm}' >"$WORK/machine.json"
+machine_facts >"$WORK/machine.json"
 
-wait_quiet
-"$BIN" lab down --dir "$LAB_DIR" >/dev/null 2>&1 || true
-log "lab up: $HOSTS hosts, index $LAB_INDEX ($LAB_DIR)"
-eval "$("$BIN" lab up --hosts "$HOSTS" --index "$LAB_INDEX" --dir "$LAB_DIR")"
-[ -n "${CORRAL_URL:-}" ] || die "lab up printed no CORRAL_URL"
-export CORRAL_URL CORRAL_LAB_DIR=$LAB_DIR
-[ -n "${CORRAL_TOKEN:-}" ] && export CORRAL_TOKEN
-# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
-"$BIN" drs set --mode off >/dev/null
-mapfile -t LAB_PIDS < <(jq -r '.controller_pid, .hosts[].agent_pid' "$LAB_DIR/lab.json")
+wait_quiet_start
+lab_up "$LAB_DIR" "$LAB_INDEX" "$HOSTS"
+use_lab "$LAB_DIR" "$LAB_URL"
 for _ in $(seq 100); do
 	[ "$(corral host list --output json | jq '[.[] | select(.state == "ready")] | length')" -eq "$HOSTS" ] && break
 	sleep 0.2
@@ -345,7 +283,7 @@ for r in $(seq "$RUNS"); do
 	tput_run same "$r" "$BLOCKS"
 done
 for c in diff same; do
-	jq -s --arg c "$c" '{pair: $c, runs: ., mb_per_s: ([.[].mb_per_s] | sort | {median: (if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end), min: min, max: max})}' \
+	jq -s --arg c "$c" "$JQ_MED"'{pair: $c, runs: ., mb_per_s: ([.[].mb_per_s] | {median: med, min: min, max: max})}' \
 		$(for r in $(seq "$RUNS"); do echo "$WORK/tput-$c-$r.json"; done) >"$WORK/tput-$c.json"
 done
 
@@ -431,44 +369,20 @@ for k in $(seq "$SCALES"); do
 		die "scale $k: implausible times: $(jq -c . "$WORK/reach-$k.json")"
 	log "scale $k: $(jq -r '"reachable \(.reach_ms) ms after started_ms (by name \(.name_reach_ms) ms); boot_ms \(.boot_ms); operation \(.operation_ms) ms; states: \(.states_seen)"' "$WORK/reach-$k.json")"
 done
-jq -s '. as $s | def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-	def st(f): [$s[] | f] | {median: med, min: min, max: max};
+jq -s "$JQ_MED"'. as $s | def st(f): [$s[] | f] | {median: med, min: min, max: max};
 	{scales: $s, reach_ms: st(.reach_ms), name_reach_ms: st(.name_reach_ms), boot_ms: st(.boot_ms),
 	 operation_ms: st(.operation_ms), reach_after_operation_ms: st(.reach_after_operation_ms)}' \
 	$(for k in $(seq "$SCALES"); do echo "$WORK/reach-$k.json"; done) >"$WORK/reach.json"
 
 # --- lab down, checked -------------------------------------------------------------------------
 
-QPIDS=()
-for f in "$LAB_DIR"/lab-*/vms/*/qemu.pid; do
-	[ -f "$f" ] && QPIDS+=("$(cat "$f")")
-done
 log "lab down ($LAB_DIR)"
-out=$("$BIN" lab down --dir "$LAB_DIR" 2>&1) || die "lab down failed: $out"
-left=$(ip netns list | awk -v p="^corral$LAB_INDEX-" '$1 ~ p { printf "%s ", $1 }')
-[ -z "$left" ] || die "lab down left namespaces: $left"
-left=$(ip -o link | awk -v p="crl$LAB_INDEX" '$2 ~ p { printf "%s ", $2 }')
-[ -z "$left" ] || die "lab down left devices: $left"
-for p in ${QPIDS[@]+"${QPIDS[@]}"}; do
-	cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
-	case "$cmd" in *qemu-system*"$LAB_DIR/"*) die "lab down left QEMU process $p running" ;; esac
-done
-for p in "${LAB_PIDS[@]}"; do
-	[ "$(readlink "/proc/$p/exe" 2>/dev/null)" != "$BIN" ] || die "lab down left daemon $p running"
-done
-left=$(pgrep -f "^qemu-system-.*$LAB_DIR/" || true)
-[ -z "$left" ] || die "QEMU processes of this lab still run: $left"
-[ ! -e "$LAB_DIR" ] || die "lab down left $LAB_DIR behind"
+lab_down_checked "$LAB_DIR" "$LAB_INDEX"
 
 # --- results -----------------------------------------------------------------------------------
 
 mkdir -p "$RESULTS"
-if [ -n "${BENCH_COMMIT:-}" ]; then
-	commit=$BENCH_COMMIT
-else
-	commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-	[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit+dirty"
-fi
+commit=$(bench_commit)
 jq -n --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cmd "$COMMAND" --arg commit "$commit" \
 	--argjson total "$((EPOCHSECONDS - T_START))" \
 	--argjson machine "$(cat "$WORK/machine.json")" --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" \

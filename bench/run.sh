@@ -12,13 +12,12 @@
 #   BENCH_COMMAND    the command line recorded in the results
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+LOG_TAG=bench
 SELF="$REPO/bench/run.sh"
 export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
 export CORRAL_BIN=${CORRAL_BIN:-$REPO/target/release/corral}
-
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 if [ -z "${BENCH_COMMAND:-}" ]; then
 	if [ -n "${MAKELEVEL:-}" ]; then

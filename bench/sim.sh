@@ -23,7 +23,8 @@
 #   BENCH_COMMAND   the command line recorded in the results
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 RESULTS=${BENCH_RESULTS:-$REPO/bench/results}
 DAYS=${BENCH_DAYS:-20110303 20110306 20110309}
 JOBS=${BENCH_JOBS:-$(nproc)}
@@ -34,9 +35,6 @@ if [ -z "${BENCH_TRACES:-}" ]; then
 	done
 fi
 TRACES=${BENCH_TRACES:-}
-
-log() { printf '[sim %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 [ -n "$TRACES" ] && [ -d "$TRACES" ] || die "no trace directory: set BENCH_TRACES to the directory holding the PlanetLab days"

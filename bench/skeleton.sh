@@ -27,10 +27,9 @@
 #   BENCH_COMMIT        commit recorded in the results (default: git HEAD, "+dirty" if modified)
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Never act on a lab or controller named by the caller's environment.
-unset CORRAL_URL CORRAL_TOKEN CORRAL_LAB_DIR
-export CORRAL_CACHE=${CORRAL_CACHE:-$REPO/.cache}
+# shellcheck source=bench/lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+forget_caller_lab
 BIN=${CORRAL_BIN:-$REPO/target/release/corral}
 GUEST="$CORRAL_CACHE/guest"
 RESULTS=${BENCH_RESULTS:-$REPO/bench/results}
@@ -53,15 +52,10 @@ KVM_URL=http://198.18.$KVM_INDEX.1:7700
 KVM_TIMEOUT=90
 
 T_START=$EPOCHSECONDS
-log() { printf '[skeleton %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run as root (the labs make network namespaces and bridges)"
-for c in jq qemu-img qemu-io qemu-system-x86_64 ip awk sync; do
-	command -v "$c" >/dev/null 2>&1 || die "required command '$c' not found (bench/run.sh installs jq; make setup the rest)"
-done
-[ -x "$BIN" ] || die "$BIN not found: build it with \`cargo build --release --bins\` or run bench/run.sh"
-[ -f "$GUEST/base.json" ] && [ -f "$GUEST/base.qcow2" ] || die "no guest assets in $GUEST: run \`make guest\`"
+need_root
+need_commands jq qemu-img qemu-io qemu-system-x86_64 ip awk sync
+need_bin_and_guest "$BIN"
 
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-skeleton.XXXXXX")
 WORK="$SCRATCH/work"
@@ -71,120 +65,22 @@ cleanup() {
 	local rc=$?
 	set +e
 	trap - EXIT INT TERM
-	local keep="" f
-	for d in "$KVM_LAB_DIR" "$LAB_DIR"; do
-		if [ -e "$d/lab.json" ]; then
-			if [ $rc -ne 0 ]; then
-				# Keep the daemons' logs and the guests' consoles for the post-mortem.
-				[ -n "$keep" ] || keep=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench-failure.XXXXXX")
-				mkdir -p "$keep/$(basename "$d")" && (cd "$d" && for f in *.log lab-*/vms/*/console.log; do [ -f "$f" ] && cp --parents "$f" "$keep/$(basename "$d")/"; done) 2>/dev/null
-			fi
-			log "cleanup: taking the lab in $d down"
-			"$BIN" lab down --dir "$d" >/dev/null 2>&1 || "$BIN" lab down --dir "$d" >&2
-		fi
-	done
-	rm -rf "$SCRATCH"
-	[ -n "$keep" ] && log "the labs' logs are kept in $keep"
-	[ $rc -ne 0 ] && log "FAILED (exit $rc); results in $RESULTS were not updated"
-	exit $rc
+	finish_labs "$rc" "$KVM_LAB_DIR" "$LAB_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers (the shared ones are in bench/lib/common.sh) ---------------------------------------
 
 now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "$t"; }
 # Milliseconds (one decimal) since a now_us value.
 ms_since() { awk -v a="$1" -v b="$(now_us)" 'BEGIN { printf "%.1f\n", (b - a) / 1000 }'; }
-# Numbers on stdin, one a line -> {"runs":[...],"median":..,"min":..,"max":..}.
-stats() {
-	jq -s '{runs: ., median: (sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end | . * 10 | round / 10),
-		min: min, max: max}'
-}
-# Percent of all CPUs busy over 2 s.
-cpu_busy_pct() {
-	local a b
-	a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	sleep 2
-	b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
-	awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; all = busy + y[2] - x[2];
-		printf "%d\n", (all > 0 ? 100 * busy / all : 0) }'
-}
-# QEMU processes running on the machine (started by anyone: they compete for the CPUs).
-qemu_count() { pgrep -c -f '^qemu-system-' || true; }
-# Waits (bounded) until the machine is quiet, so that other work does not skew a part, and
-# writes the conditions the part ran under to $WORK/cond-PART.json.
-wait_quiet() { # PART
-	local t0=$EPOCHSECONDS busy
-	while :; do
-		busy=$(cpu_busy_pct)
-		[ "$busy" -le "$QUIET_PCT" ] && break
-		if [ $((EPOCHSECONDS - t0)) -ge "$QUIET_WAIT" ]; then
-			log "$1: warning: CPUs still ${busy}% busy after ${QUIET_WAIT} s; measuring anyway (results are skewed)"
-			break
-		fi
-		log "$1: waiting for a quiet machine: CPUs ${busy}% busy, $(qemu_count) QEMU process(es) running"
-	done
-	jq -n --argjson busy "$busy" --argjson q "$(qemu_count)" --argjson w "$((EPOCHSECONDS - t0))" --arg l "$(cut -d' ' -f1-3 /proc/loadavg)" \
-		'{cpu_busy_pct: $busy, qemu_processes: $q, waited_s: $w, loadavg: $l}' >"$WORK/cond-$1.json"
-}
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-corral() { "$BIN" --url "$URL" "$@"; }
-# Points the client (and anything it runs under xargs/timeout) at a lab: its URL, its
-# directory (the CLI finds the lab's API token there) and the token itself, if the lab has one.
-use_lab() { # DIR URL
-	URL=$2
-	export CORRAL_URL=$2 CORRAL_LAB_DIR=$1
-	if [ -f "$1/token" ]; then
-		CORRAL_TOKEN=$(tr -d '[:space:]' <"$1/token")
-		export CORRAL_TOKEN
-	else
-		unset CORRAL_TOKEN
-	fi
-}
-
-lab_up() { # DIR INDEX HOSTS ACCEL
-	"$BIN" lab down --dir "$1" >/dev/null 2>&1 || true
-	log "lab up: $3 host(s), index $2, --accel $4 ($1)"
-	"$BIN" lab up --hosts "$3" --index "$2" --dir "$1" --accel "$4" >/dev/null
-	# Balancing and consolidation are on by default: off, so nothing moves under the measurements.
-	env -u CORRAL_URL -u CORRAL_TOKEN CORRAL_LAB_DIR="$1" "$BIN" drs set --mode off >/dev/null
-}
-
-# Takes a lab down and checks that its namespaces, devices and QEMU processes are gone.
-lab_down_checked() { # DIR INDEX
-	local dir=$1 idx=$2 qpids=() f p left cmd
-	for f in "$dir"/lab-*/vms/*/qemu.pid; do
-		[ -f "$f" ] && qpids+=("$(cat "$f")")
-	done
-	"$BIN" lab down --dir "$dir" >/dev/null
-	left=$(ip netns list | awk -v p="^corral$idx-" '$1 ~ p { printf "%s ", $1 }')
-	[ -z "$left" ] || die "lab down left namespaces: $left"
-	left=$(ip -o link | awk -v p="crl$idx" '$2 ~ p { printf "%s ", $2 }')
-	[ -z "$left" ] || die "lab down left devices: $left"
-	for p in ${qpids[@]+"${qpids[@]}"}; do
-		cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
-		case "$cmd" in *qemu-system*) die "lab down left QEMU process $p running" ;; esac
-	done
-	[ ! -e "$dir" ] || die "lab down left $dir behind"
-}
 
 # --- machine facts -----------------------------------------------------------------------------
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-MEM_KIB=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-jq -n \
-	--arg nproc "$(nproc)" \
-	--arg mem "$MEM_KIB" \
-	--arg cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
-	--arg hk "$(uname -r)" \
-	--arg qemu "$(qemu-system-x86_64 --version | head -1)" \
-	--argjson base "$(cat "$GUEST/base.json")" \
-	--arg kvm "$([ -e /dev/kvm ] && echo present || echo absent)" \
-	'{nproc: ($nproc | tonumber), memory_gib: (($mem | tonumber) / 1048576 * 10 | round / 10), cpu_model: $cpu,
-	  host_kernel: $hk, qemu_version: $qemu, guest_kernel: $base.kernel_version, guest_os: $base.os,
-	  dev_kvm: $kvm}' >"$WORK/machine.json"
+machine_facts >"$WORK/machine.json"
 
 # --- 1. overlay vs full copy -------------------------------------------------------------------
 
@@ -245,9 +141,9 @@ for size in $DISK_SIZES; do
 	rm -f "$tmpl"
 	sync
 	jq -n --argjson size "$size" --argjson alloc "$alloc" --argjson fsize "$fsize" --argjson fill "$fill_ms" \
-		--argjson ov "$(stats <"$WORK/ov-$size")" --argjson ovs "$(stats <"$WORK/ovs-$size")" \
-		--argjson cp "$(stats <"$WORK/cp-$size")" --argjson cps "$(stats <"$WORK/cps-$size")" \
-		--argjson cv "$(stats <"$WORK/cv-$size")" --argjson cvs "$(stats <"$WORK/cvs-$size")" \
+		--argjson ov "$(stats 1 <"$WORK/ov-$size")" --argjson ovs "$(stats 1 <"$WORK/ovs-$size")" \
+		--argjson cp "$(stats 1 <"$WORK/cp-$size")" --argjson cps "$(stats 1 <"$WORK/cps-$size")" \
+		--argjson cv "$(stats 1 <"$WORK/cv-$size")" --argjson cvs "$(stats 1 <"$WORK/cvs-$size")" \
 		'{size_gib: $size, template_file_bytes: $fsize, template_allocated_bytes: $alloc, template_fill_ms: $fill,
 		  overlay_ms: $ov, overlay_fsync_ms: $ovs, cp_ms: $cp, cp_fsync_ms: $cps, convert_ms: $cv, convert_fsync_ms: $cvs,
 		  ratio_cp_over_overlay: ($cp.median / $ov.median * 10 | round / 10),
@@ -263,9 +159,6 @@ lab_up "$LAB_DIR" "$LAB_INDEX" 3 auto
 use_lab "$LAB_DIR" "$LAB_URL"
 mapfile -t AGENT_PIDS < <(jq -r '.hosts[].agent_pid' "$LAB_DIR/lab.json")
 CONTROLLER_PID=$(jq -r '.controller_pid' "$LAB_DIR/lab.json")
-for p in "$CONTROLLER_PID" "${AGENT_PIDS[@]}"; do
-	[ "$(readlink "/proc/$p/exe")" = "$(readlink -f "$BIN")" ] || die "PID $p from lab.json is not $BIN"
-done
 corral host show lab-1 --output json >"$WORK/host-lab-1.json"
 ACCEL=$(jq -r .accel "$WORK/host-lab-1.json")
 ACCEL_NOTE=$(jq -r .accel_note "$WORK/host-lab-1.json")
@@ -288,8 +181,8 @@ for i in $(seq "$BOOT_VMS"); do
 	log "boot-$i on $(jq -r .host "$WORK/boot-$i.json"): boot_ms $(jq .boot_ms "$WORK/boot-$i.json"), vm create took $wall ms"
 done
 jq -s --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" --argjson n "$BOOT_VMS" --argjson cond "$(cat "$WORK/cond-boot.json")" \
-	'{conditions: $cond, accel: $accel, accel_note: $note, vms: ., boot_ms: ([.[].boot_ms] | sort | {median: (if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end), min: min, max: max}),
-	  create_ms: ([.[].create_ms] | sort | {median: (if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end), min: min, max: max}),
+	"$JQ_MED"'{conditions: $cond, accel: $accel, accel_note: $note, vms: ., boot_ms: ([.[].boot_ms] | {median: med, min: min, max: max}),
+	  create_ms: ([.[].create_ms] | {median: med, min: min, max: max}),
 	  sequential: true, count: $n}' "$WORK"/boot-*.row >"$WORK/boot-auto.json"
 for i in $(seq "$BOOT_VMS"); do corral vm delete "boot-$i" >/dev/null 2>&1; done
 # Wait for the controller to forget them (delete returns when done; this is a check).
@@ -341,8 +234,8 @@ done
 jq -n --argjson n "$NVMS" --argjson p "$PARALLEL" --arg mem "$VM_MEMORY" --argjson fill "$fill_s" \
 	--argjson ctl "$ctl_rss" --argjson idle "$(cat "$WORK/rss-idle.json")" \
 	--argjson agents "$(jq -s . "$WORK/agents.rows")" \
-	--argjson boot "$(jq -r .boot_ms "$WORK"/mem-*.json | stats)" \
-	--argjson qemu "$(stats <"$WORK/qemu-rss")" --argjson qsum "$(awk '{ s += $1 } END { print s }' "$WORK/qemu-rss")" \
+	--argjson boot "$(jq -r .boot_ms "$WORK"/mem-*.json | stats 1)" \
+	--argjson qemu "$(stats 1 <"$WORK/qemu-rss")" --argjson qsum "$(awk '{ s += $1 } END { print s }' "$WORK/qemu-rss")" \
 	--argjson busy "$busy_with_vms" --argjson cond "$(cat "$WORK/cond-memory.json")" \
 	'{conditions: $cond, vms: $n, parallel: $p, vm_memory: $mem, time_to_running_s: $fill, boot_ms_under_load: $boot,
 	  cpu_busy_pct_with_vms_idle: $busy,
@@ -398,12 +291,7 @@ lab_down_checked "$KVM_LAB_DIR" "$KVM_INDEX"
 # --- results -----------------------------------------------------------------------------------
 
 mkdir -p "$RESULTS"
-if [ -n "${BENCH_COMMIT:-}" ]; then
-	commit=$BENCH_COMMIT
-else
-	commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-	[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit+dirty"
-fi
+commit=$(bench_commit)
 jq -n --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cmd "$COMMAND" --arg commit "$commit" \
 	--argjson total "$((EPOCHSECONDS - T_START))" --argjson runs "$RUNS" \
 	--argjson machine "$(cat "$WORK/machine.json")" --arg accel "$ACCEL" --arg note "$ACCEL_NOTE" \

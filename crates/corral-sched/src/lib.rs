@@ -8,12 +8,14 @@
 //! balances load and consolidates: which VMs to live-migrate where, which hosts to wake and
 //! which to put in standby. [`check_reserve`] is HA admission control: room to restart the
 //! protected VMs of failed hosts. [`converge`] decides when a live migration switches to post-copy.
+//! [`rng`] is the seeded generator behind every random choice (and the benchmarks' synthetic pools).
 
 pub mod converge;
 pub mod drs;
 pub mod group;
 pub mod place;
 pub mod reserve;
+pub mod rng;
 mod slot;
 
 pub use group::{

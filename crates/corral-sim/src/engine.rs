@@ -27,6 +27,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use corral_sched::drs::time_shared::{utilization, Request, TimeShared, Transit};
 use corral_sched::drs::{
     self, HostSnapshot, NewVm, PolicySpec, PolicyState, PowerModel, PowerState, Snapshot, VmSnapshot,
 };
@@ -412,7 +413,7 @@ pub fn simulate(trace: &Trace, mix: &Mix, opts: &Options) -> Result<Report, SimE
         for m in &plan.migrations {
             let v = vm_index[m.vm];
             let to = m.to;
-            let secs = sim.vms[v].memory_mib as f64 / (sim.hosts[to].mbps / 8.0);
+            let secs = drs::migration_seconds(sim.vms[v].memory_mib, sim.hosts[to].mbps);
             sim.hosts[to].standby = false;
             sim.hosts[to].list.push(v);
             sim.vms[v].mig = Some((to, t + secs));
@@ -495,62 +496,22 @@ impl Sim {
     }
 
     /// Allocation on every host at the given demands (CloudSim's
-    /// `VmSchedulerTimeSharedOverSubscription` and `HostDynamicWorkload.updateVmsProcessing`).
+    /// `VmSchedulerTimeSharedOverSubscription`, shared with the reference policies, and
+    /// `HostDynamicWorkload.updateVmsProcessing`).
     fn states(&self, demand: &[f64]) -> (Vec<HState>, Vec<Option<VState>>) {
         let mut hs = Vec::with_capacity(self.hosts.len());
         let mut vs: Vec<Option<VState>> = vec![None; self.vms.len()];
         for (h, host) in self.hosts.iter().enumerate() {
-            let mut avail = host.cap;
-            let mut over = false;
-            let mut required = 0.0;
-            for &v in &host.list {
-                let vm = &self.vms[v];
-                let pes = f64::from(vm.vcpus.max(1));
-                let per = demand[v] / pes;
-                let cpe = if per > host.core { host.core } else { per };
-                let mut c = 0.0;
-                for _ in 0..vm.vcpus.max(1) {
-                    c += cpe;
-                }
-                if self.incoming(v, h) {
-                    c *= 0.1;
-                }
-                required += c;
-                if !over && avail >= c {
-                    avail -= c;
-                } else {
-                    over = true;
-                }
-            }
-            let scale = host.cap / required;
+            let request =
+                |v: usize| Request { demand: demand[v], vcpus: self.vms[v].vcpus, transit: self.transit(v, h) };
+            let sched = TimeShared::new(host.cap, host.core, host.list.iter().map(|&v| request(v)));
             let mut util_mips = 0.0;
             let mut req = 0.0;
             for &v in &host.list {
-                let vm = &self.vms[v];
-                let pes = vm.vcpus.max(1);
-                let per = demand[v] / f64::from(pes);
-                let cpe = if per > host.core { host.core } else { per };
-                let incoming = self.incoming(v, h);
-                let out = vm.mig.is_some() && !incoming;
-                let mut alloc = 0.0;
-                for _ in 0..pes {
-                    alloc += if !over {
-                        if out {
-                            cpe * 0.9
-                        } else if incoming {
-                            cpe * 0.1
-                        } else {
-                            cpe
-                        }
-                    } else if out {
-                        (cpe * scale * 0.9).floor()
-                    } else if incoming {
-                        (cpe * 0.1 * scale).floor()
-                    } else {
-                        (cpe * scale).floor()
-                    };
-                }
-                if !incoming {
+                let r = request(v);
+                let mut alloc = sched.allocated(r);
+                if r.transit != Transit::Arriving {
+                    let out = r.transit == Transit::Leaving;
                     vs[v] = Some(VState { alloc, req: demand[v], out });
                     if out {
                         alloc /= 0.9;
@@ -559,17 +520,18 @@ impl Sim {
                 util_mips += alloc;
                 req += demand[v];
             }
-            let mut util = util_mips / host.cap;
-            if util > 1.0 && util < 1.01 {
-                util = 1.0;
-            }
-            hs.push(HState { util, util_mips, req, active: util_mips > 0.0 });
+            hs.push(HState { util: utilization(util_mips, host.cap), util_mips, req, active: util_mips > 0.0 });
         }
         (hs, vs)
     }
 
-    fn incoming(&self, v: usize, h: usize) -> bool {
-        matches!(self.vms[v].mig, Some((to, _)) if to == h)
+    /// Where VM `v` stands in a migration, seen from host `h` (one whose list it is on).
+    fn transit(&self, v: usize, h: usize) -> Transit {
+        match self.vms[v].mig {
+            Some((to, _)) if to == h => Transit::Arriving,
+            Some(_) => Transit::Leaving,
+            None => Transit::Resident,
+        }
     }
 
     /// Integrates the last recorded state up to `t`, with the state at `t` for energy.

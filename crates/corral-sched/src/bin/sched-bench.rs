@@ -1,8 +1,9 @@
 //! Benchmark of the scheduler core on a deterministic synthetic pool: 10,000 hosts of two
-//! types and 100,000 VMs of four types modelled on CloudSim's EC2 VM types, drawn from an
-//! inline splitmix64 generator. It times `place_group` (spread, pack, and spread with
-//! anti-affinity on a smaller group) and `place_one` called once per VM in sequence, checks that
-//! no host ends over capacity, and writes JSON plus a short markdown summary.
+//! types and 100,000 VMs of four types modelled on CloudSim's EC2 VM types, drawn from the
+//! seeded splitmix64 generator ([`corral_sched::rng`]). It times `place_group` (spread, pack,
+//! and spread with anti-affinity on a smaller group) and `place_one` called once per VM in
+//! sequence, checks that no host ends over capacity, and writes JSON plus a short markdown
+//! summary.
 //!
 //! `cargo run --release -p corral-sched --bin sched-bench -- --out bench/results/sched.json`
 //! Options: `--out PATH` (the markdown goes next to it, `.md`), `--seed N`, `--hosts N`,
@@ -13,49 +14,49 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use corral_sched::rng::SplitMix64;
 use corral_sched::{place_group, place_one, GroupRequest, HostView, Overcommit, Placement, Policy, Request, VmReq};
 
-/// splitmix64: tiny, seedable, good enough to draw a synthetic pool.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-struct HostType {
-    name: &'static str,
-    vcpus: u32,
-    memory_mib: u64,
-}
-struct VmType {
+/// A host type or a VM type of the pool.
+struct Type {
     name: &'static str,
     vcpus: u32,
     memory_mib: u64,
 }
 
-const HOST_TYPES: [HostType; 2] = [
-    HostType { name: "16 vCPU / 64 GiB", vcpus: 16, memory_mib: 64 * 1024 },
-    HostType { name: "32 vCPU / 128 GiB", vcpus: 32, memory_mib: 128 * 1024 },
+const HOST_TYPES: [Type; 2] = [
+    Type { name: "16 vCPU / 64 GiB", vcpus: 16, memory_mib: 64 * 1024 },
+    Type { name: "32 vCPU / 128 GiB", vcpus: 32, memory_mib: 128 * 1024 },
 ];
 /// CloudSim's EC2-like VM types: 1.7 GiB, 3.75 GiB, 0.6 GiB and 0.613 GiB.
-const VM_TYPES: [VmType; 4] = [
-    VmType { name: "1 vCPU / 1.7 GiB", vcpus: 1, memory_mib: 1741 },
-    VmType { name: "2 vCPU / 3.75 GiB", vcpus: 2, memory_mib: 3840 },
-    VmType { name: "4 vCPU / 0.6 GiB", vcpus: 4, memory_mib: 614 },
-    VmType { name: "1 vCPU / 0.613 GiB", vcpus: 1, memory_mib: 628 },
+const VM_TYPES: [Type; 4] = [
+    Type { name: "1 vCPU / 1.7 GiB", vcpus: 1, memory_mib: 1741 },
+    Type { name: "2 vCPU / 3.75 GiB", vcpus: 2, memory_mib: 3840 },
+    Type { name: "4 vCPU / 0.6 GiB", vcpus: 4, memory_mib: 614 },
+    Type { name: "1 vCPU / 0.613 GiB", vcpus: 1, memory_mib: 628 },
 ];
+
+/// The types with how many of each the pool holds, as a JSON array.
+fn types_json(types: &[Type], counts: &[usize]) -> String {
+    let items: Vec<String> = types
+        .iter()
+        .zip(counts)
+        .map(|(t, n)| {
+            format!(
+                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
+                json_str(t.name),
+                t.vcpus,
+                t.memory_mib
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The same for people: "N × name, ...".
+fn types_text(types: &[Type], counts: &[usize]) -> String {
+    types.iter().zip(counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", ")
+}
 
 struct Args {
     out: PathBuf,
@@ -98,10 +99,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn pool(seed: u64, n_hosts: usize, n_vms: usize) -> (Vec<HostView>, Vec<VmReq>) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let hosts = (0..n_hosts)
         .map(|i| {
-            let t = &HOST_TYPES[rng.below(HOST_TYPES.len() as u64) as usize];
+            let t = &HOST_TYPES[rng.below(HOST_TYPES.len())];
             HostView {
                 name: format!("host-{i:05}"),
                 schedulable: true,
@@ -117,7 +118,7 @@ fn pool(seed: u64, n_hosts: usize, n_vms: usize) -> (Vec<HostView>, Vec<VmReq>) 
         .collect();
     let vms = (0..n_vms)
         .map(|i| {
-            let t = &VM_TYPES[rng.below(VM_TYPES.len() as u64) as usize];
+            let t = &VM_TYPES[rng.below(VM_TYPES.len())];
             VmReq { name: format!("vm-{i:06}"), vcpus: t.vcpus, memory_mib: t.memory_mib, host: None }
         })
         .collect();
@@ -333,33 +334,9 @@ fn real_main() -> Result<(), String> {
     let _ = writeln!(j, "  \"seed\": {},", args.seed);
     let _ = writeln!(j, "  \"pool\": {{");
     let _ = writeln!(j, "    \"hosts\": {},", hosts.len());
-    let ht: Vec<String> = HOST_TYPES
-        .iter()
-        .zip(&host_counts)
-        .map(|(t, n)| {
-            format!(
-                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
-                json_str(t.name),
-                t.vcpus,
-                t.memory_mib
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "    \"host_types\": [{}],", ht.join(", "));
+    let _ = writeln!(j, "    \"host_types\": {},", types_json(&HOST_TYPES, &host_counts));
     let _ = writeln!(j, "    \"vms\": {},", vms.len());
-    let vt: Vec<String> = VM_TYPES
-        .iter()
-        .zip(&vm_counts)
-        .map(|(t, n)| {
-            format!(
-                "{{\"name\": {}, \"vcpus\": {}, \"memory_mib\": {}, \"count\": {n}}}",
-                json_str(t.name),
-                t.vcpus,
-                t.memory_mib
-            )
-        })
-        .collect();
-    let _ = writeln!(j, "    \"vm_types\": [{}],", vt.join(", "));
+    let _ = writeln!(j, "    \"vm_types\": {},", types_json(&VM_TYPES, &vm_counts));
     let _ = writeln!(j, "    \"overcommit\": {{\"cpu\": {}, \"memory\": {}}},", num(oc.cpu), num(oc.memory));
     let _ =
         writeln!(j, "    \"demand_share\": {{\"vcpus\": {}, \"memory\": {}}},", num(dem_v / cap_v), num(dem_m / cap_m));
@@ -411,9 +388,9 @@ fn real_main() -> Result<(), String> {
          with splitmix64. Overcommit: {} vCPUs per core, memory {}×. The VMs ask for {:.1}% of \
          the overcommitted vCPUs and {:.1}% of the memory.\n",
         hosts.len(),
-        HOST_TYPES.iter().zip(&host_counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", "),
+        types_text(&HOST_TYPES, &host_counts),
         vms.len(),
-        VM_TYPES.iter().zip(&vm_counts).map(|(t, n)| format!("{n} × {}", t.name)).collect::<Vec<_>>().join(", "),
+        types_text(&VM_TYPES, &vm_counts),
         oc.cpu,
         oc.memory,
         100.0 * dem_v / cap_v,

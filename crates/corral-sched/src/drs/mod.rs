@@ -31,8 +31,8 @@
 mod corral;
 mod power;
 mod reference;
-mod rng;
 mod stats;
+pub mod time_shared;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -125,7 +125,7 @@ pub struct Migration {
     pub from: usize,
     pub to: usize,
     pub reason: Reason,
-    /// Expected duration: memory over the target's migration bandwidth.
+    /// Expected duration: memory over the target's migration bandwidth ([`migration_seconds`]).
     pub seconds: f64,
 }
 
@@ -512,6 +512,17 @@ pub struct NewVm {
 /// index of every VM, or the first VM that fits nowhere.
 pub fn place_initial(hosts: &[HostSnapshot], vms: &[NewVm]) -> Result<Vec<usize>, DrsError> {
     reference::place_initial(hosts, vms)
+}
+
+/// Seconds to live-migrate `memory_mib` over `migration_mbps` (CloudSim's model: RAM / (network
+/// bandwidth / 2), with MB = MiB; `migration_mbps` is that half already); infinite without
+/// bandwidth. Plans' [`Migration::seconds`] and the simulator's migrations both come from here.
+pub fn migration_seconds(memory_mib: u64, migration_mbps: f64) -> f64 {
+    if migration_mbps > 0.0 {
+        memory_mib as f64 / (migration_mbps / 8.0)
+    } else {
+        f64::INFINITY
+    }
 }
 
 impl Plan {

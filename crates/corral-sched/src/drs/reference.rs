@@ -22,11 +22,13 @@
 //! overloaded host, then moved again when its new host is evacuated); here the second
 //! placement replaces the first, so a VM moves once per round.
 
-use super::rng::SplitMix64;
 use super::stats;
+use super::time_shared::{utilization, Request, TimeShared, Transit};
 use super::{
-    Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason, Selection, Snapshot,
+    migration_seconds, Detector, DrsError, HostSnapshot, Migration, NewVm, Plan, PolicyState, PowerState, Reason,
+    Selection, Snapshot,
 };
+use crate::rng::SplitMix64;
 
 /// CloudSim's `PowerVm.HISTORY_LENGTH`.
 const HISTORY_LENGTH: usize = 30;
@@ -70,20 +72,10 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
     let hist: Vec<Vec<f64>> =
         s.vms.iter().map(|v| v.history.iter().rev().take(HISTORY_LENGTH).copied().collect()).collect();
     let nz = hist.iter().map(|h| h.iter().rposition(|&x| x != 0.0).map_or(0, |p| p + 1)).collect();
-    let util = s
-        .hosts
-        .iter()
-        .map(|h| {
-            let u = if h.cpu_capacity > 0.0 { h.cpu_used / h.cpu_capacity } else { 0.0 };
-            if u > 1.0 && u < 1.01 {
-                1.0
-            } else {
-                u
-            }
-        })
-        .collect();
+    let util = s.hosts.iter().map(|h| utilization(h.cpu_used, h.cpu_capacity)).collect();
     let mem_used = (0..nh).map(|h| list[h].iter().map(|&v| s.vms[v].memory_reserved_mib).sum()).collect();
-    let mut e = Eng { s, det, sel, rng: SplitMix64(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
+    let mut e =
+        Eng { s, det, sel, rng: SplitMix64::new(state.rng), list, avail: vec![0.0; nh], mem_used, util, hist, nz };
     for h in 0..nh {
         e.recompute_avail(h);
     }
@@ -194,7 +186,7 @@ pub(crate) fn plan(s: &Snapshot, det: Detector, sel: Selection, state: &mut Poli
         }
     }
 
-    state.rng = e.rng.0;
+    state.rng = e.rng.state();
     let mut plan = finish(s, &order, &target, &reason, over_hosts);
     plan.superseded = superseded;
     plan
@@ -232,22 +224,13 @@ pub(crate) fn finish(
             from: vm.host,
             to,
             reason: why,
-            seconds: migration_seconds(vm.memory_mib, &s.hosts[to]),
+            seconds: migration_seconds(vm.memory_mib, s.hosts[to].migration_mbps),
         });
     }
     let standby =
         (0..nh).filter(|&h| s.hosts[h].state == PowerState::On && !s.hosts[h].keep_on && count[h] == 0).collect();
     wake.sort_unstable();
     Plan { migrations, wake, standby, overloaded, superseded: 0 }
-}
-
-/// Seconds to copy `memory_mib` into `host` (CloudSim: RAM / (bandwidth / 2) with MB = MiB).
-pub(crate) fn migration_seconds(memory_mib: u64, host: &HostSnapshot) -> f64 {
-    if host.migration_mbps > 0.0 {
-        memory_mib as f64 / (host.migration_mbps / 8.0)
-    } else {
-        f64::INFINITY
-    }
 }
 
 impl Eng<'_> {
@@ -367,7 +350,7 @@ impl Eng<'_> {
                 let Some((a, b)) = fit else { return self.thr(h, FALLBACK_THR) };
                 let host = &self.s.hosts[h];
                 let max_mem = self.list[h].iter().map(|&v| self.s.vms[v].memory_mib).max().unwrap_or(0);
-                let mig_s = migration_seconds(max_mem, host);
+                let mig_s = migration_seconds(max_mem, host.migration_mbps);
                 let intervals =
                     if self.s.interval_s > 0.0 && mig_s.is_finite() { (mig_s / self.s.interval_s).ceil() } else { 1.0 };
                 let predicted = (a + b * (LR_LENGTH as f64 + intervals)) * sp;
@@ -461,48 +444,35 @@ impl Eng<'_> {
         over
     }
 
-    /// CPU the host's scheduler has handed out to the VMs now on its list, counting a VM
-    /// migrating in at what it will use once there: CloudSim 3.0.3's
+    /// CPU the host's scheduler ([`TimeShared`], the simulator's too) has handed out to the VMs
+    /// now on its list, counting a VM migrating in at what it will use once there: CloudSim 3.0.3's
     /// `getUtilizationOfCpuMips(host)`, which (unlike the measured utilisation) sees the VMs
     /// this round has already placed or taken off.
     fn allocated(&self, h: usize) -> f64 {
         let host = &self.s.hosts[h];
-        let cap = host.cpu_capacity;
-        let mut avail = cap;
-        let mut over = false;
-        let mut required = 0.0;
-        for &v in &self.list[h] {
-            let mut c = self.capped(v, h);
-            if self.s.vms[v].migrating_to == Some(h) {
-                c *= 0.1;
-            }
-            required += c;
-            if !over && avail >= c {
-                avail -= c;
-            } else {
-                over = true;
-            }
-        }
-        let scale = cap / required;
+        let sched =
+            TimeShared::new(host.cpu_capacity, host.core_capacity, self.list[h].iter().map(|&v| self.request(v, h)));
         let mut total = 0.0;
         for &v in &self.list[h] {
-            let c = self.capped(v, h);
-            let incoming = self.s.vms[v].migrating_to == Some(h);
-            let out = self.s.vms[v].migrating_to.is_some() && !incoming;
-            let alloc = match (over, out, incoming) {
-                (false, true, _) => c * 0.9,
-                (false, _, true) => c * 0.1,
-                (false, _, _) => c,
-                (true, true, _) => (c * scale * 0.9).floor(),
-                (true, _, true) => (c * 0.1 * scale).floor(),
-                (true, _, _) => (c * scale).floor(),
-            };
-            if incoming {
+            let r = self.request(v, h);
+            let alloc = sched.allocated(r);
+            if r.transit == Transit::Arriving {
                 total += alloc * 0.9 / 0.1;
             }
             total += alloc;
         }
         total
+    }
+
+    /// VM `v`'s request to the scheduler of host `h`, one of the hosts whose list it is on.
+    fn request(&self, v: usize, h: usize) -> Request {
+        let vm = &self.s.vms[v];
+        let transit = match vm.migrating_to {
+            Some(t) if t == h => Transit::Arriving,
+            Some(_) => Transit::Leaving,
+            None => Transit::Resident,
+        };
+        Request { demand: vm.demand, vcpus: vm.vcpus, transit }
     }
 
     /// Power-aware best fit: the host whose power grows least, first on ties.

@@ -1,9 +1,9 @@
 //! Scale benchmark of the scheduler core's DRS planning: a synthetic pool of (by default)
 //! 10,000 hosts and 100,000 VMs, in the live controller's units (cores and MiB, memory
 //! reserved), with an hour of per-VM demand history, replayed for a few rounds: each round the
-//! demands move (a seeded random walk around a per-VM level, with a shared daily swing), the
-//! policy plans, and the plan is applied at once. Prints JSON: per policy, the wall time of
-//! `plan` per round, and what the plans did.
+//! demands move (a random walk around a per-VM level, with a shared daily swing, drawn from
+//! [`corral_sched::rng`] with the seed), the policy plans, and the plan is applied at once.
+//! Prints JSON: per policy, the wall time of `plan` per round, and what the plans did.
 //!
 //! `drs-scale [--hosts N] [--vms N] [--rounds N] [--seed N] [--spread] [--policy NAME]...`
 //! (default: `corral` on a packed pool and on a spread one — every powered host lightly
@@ -15,26 +15,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use corral_sched::drs::{self, HostSnapshot, PolicySpec, PolicyState, PowerModel, PowerState, Snapshot, VmSnapshot};
+use corral_sched::rng::SplitMix64;
 use serde_json::json;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const HISTORY: usize = 12;
 
@@ -47,7 +29,7 @@ struct Pool {
 /// or 4 vCPUs, 1–8 GiB, each with its own mean load (5–60% of its vCPUs); placed first fit
 /// by memory and expected CPU up to 75% of the host, so a few hosts start hot and many light.
 fn pool(hosts: usize, vms: usize, seed: u64, spread: bool) -> Pool {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let hs: Vec<HostSnapshot> = (0..hosts)
         .map(|i| {
             let big = i % 2 == 1;
@@ -72,8 +54,8 @@ fn pool(hosts: usize, vms: usize, seed: u64, spread: bool) -> Pool {
     let mut level = Vec::with_capacity(vms);
     let mut h = 0usize;
     for i in 0..vms {
-        let vcpus = [1u32, 2, 4][rng.below(3) as usize];
-        let mem = 1024 * (1 + rng.below(8));
+        let vcpus = [1u32, 2, 4][rng.below(3)];
+        let mem = 1024 * (1 + rng.below(8) as u64);
         let lvl = f64::from(vcpus) * (0.05 + 0.55 * rng.unit());
         // First fit from where the last VM went, skipping standby hosts; or, spread, the next
         // powered host in turn (a pool after a restart: every host lightly loaded).
@@ -128,7 +110,7 @@ fn measure(s: &mut Snapshot) {
 }
 
 /// Moves demands one interval on: a random walk around each VM's level with a shared swing.
-fn advance(p: &mut Pool, round: usize, rng: &mut Rng) {
+fn advance(p: &mut Pool, round: usize, rng: &mut SplitMix64) {
     let swing = 1.0 + 0.25 * (round as f64 / 12.0).sin();
     for (v, &lvl) in p.snap.vms.iter_mut().zip(&p.level) {
         let next = (v.demand * 0.6 + lvl * swing * 0.4) * (0.8 + 0.4 * rng.unit());
@@ -171,7 +153,7 @@ fn run(
 ) -> anyhow::Result<serde_json::Value> {
     let spec = PolicySpec::parse(policy, None).with_context(|| format!("policy {policy}"))?;
     let mut p = pool(hosts, vms, seed, spread);
-    let mut rng = Rng(seed ^ 0xABCD);
+    let mut rng = SplitMix64::new(seed ^ 0xABCD);
     let mut state = PolicyState::new(seed);
     let mut times = Vec::new();
     let mut rounds_out = Vec::new();
