@@ -93,6 +93,8 @@ pub(crate) struct FakeAgent {
     url: String,
     index: u8,
     state: Mutex<State>,
+    /// The other fake hosts, to fetch a moved VM from.
+    fleet: std::sync::Weak<Mutex<BTreeMap<String, Arc<FakeAgent>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,12 +104,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The fake agents of a test, by host name; the controller's [`Connector`].
 #[derive(Debug, Default)]
 pub(crate) struct FakeFleet {
-    hosts: Mutex<BTreeMap<String, Arc<FakeAgent>>>,
+    hosts: Arc<Mutex<BTreeMap<String, Arc<FakeAgent>>>>,
 }
 
 impl FakeFleet {
     /// The fake agent of `name`, made on first use (4 vCPUs, 4 GiB, the template `tiny`).
     pub fn host(&self, name: &str) -> Arc<FakeAgent> {
+        let fleet = Arc::downgrade(&self.hosts);
         let mut hosts = lock(&self.hosts);
         let n = hosts.len() as u8;
         hosts
@@ -130,6 +133,7 @@ impl FakeFleet {
                         calls: vec![],
                         next_pid: 1000,
                     }),
+                    fleet,
                 })
             })
             .clone()
@@ -370,8 +374,23 @@ impl AgentApi for FakeAgent {
         self.call(Op::Create, format!("create {}", def.name), |s| s.define(def, start)).await
     }
 
-    async fn import(&self, def: &VmDefinition, _source: &str) -> Result<VmStatus, ApiError> {
-        self.call(Op::Import, format!("import {}", def.name), |s| s.define(def, false)).await
+    async fn import(&self, def: &VmDefinition, source: &str) -> Result<VmStatus, ApiError> {
+        // What the source holds: a suspended VM arrives suspended (its saved memory comes too).
+        let from = self.fleet.upgrade().and_then(|f| lock(&f).values().find(|a| a.url == source).cloned());
+        let suspended = from
+            .ok_or_else(|| ApiError::unavailable(format!("{source} is unreachable (fake: no such agent)")))?
+            .state_of(def.name.as_str())
+            .ok_or_else(|| ApiError::unavailable(format!("{source} has no VM {:?} to hand over", def.name)))?
+            == VmState::Suspended;
+        self.call(Op::Import, format!("import {}", def.name), |s| {
+            let mut st = s.define(def, false)?;
+            if suspended {
+                st.state = VmState::Suspended;
+                s.vm(def.name.as_str())?.status = st.clone();
+            }
+            Ok(st)
+        })
+        .await
     }
 
     async fn get(&self, name: &str) -> Result<VmStatus, ApiError> {

@@ -7,7 +7,9 @@
 
 mod clusters;
 mod deploy;
+mod drs;
 mod ha;
+mod hosts;
 mod migrate;
 
 use std::sync::Arc;
@@ -182,6 +184,28 @@ impl Process {
     /// Kills the process: none of its tasks runs another step.
     pub fn kill(self) {
         self.0.shutdown_background();
+    }
+}
+
+impl Harness {
+    /// Runs the controller's DRS and reconcile loops every 50 ms while the hosts that are not
+    /// in standby (nor down) send heartbeats, until the returned handle is dropped.
+    pub fn run_drs(&self) -> Loops {
+        let (c, fleet) = (self.c.clone(), self.fleet.clone());
+        Loops(tokio::spawn(async move {
+            loop {
+                for n in fleet.names() {
+                    let a = fleet.host(&n);
+                    let asleep = c.host(&n).is_ok_and(|h| h.power == corral_api::drs::HostPower::Standby);
+                    if !a.is_down() && !asleep {
+                        let _ = c.heartbeat(&n, a.heartbeat());
+                    }
+                }
+                c.drs_tick().await;
+                c.reconcile_once().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }))
     }
 }
 
