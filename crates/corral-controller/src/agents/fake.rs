@@ -205,12 +205,6 @@ impl FakeAgent {
         }
     }
 
-    pub fn set_capacity(&self, vcpus: u32, memory_mib: u64) {
-        let mut s = lock(&self.state);
-        s.capacity.vcpus = vcpus;
-        s.capacity.memory_mib = memory_mib;
-    }
-
     /// The next call of `op` meets `fault` (faults queue up in order).
     pub fn inject(&self, op: Op, fault: Fault) {
         lock(&self.state).faults.push_back((op, fault));
@@ -280,10 +274,6 @@ impl FakeAgent {
 
     pub fn network(&self, vni: u32) -> Option<NetworkSpec> {
         lock(&self.state).networks.get(&vni).cloned()
-    }
-
-    pub fn has_template(&self, t: &str) -> bool {
-        lock(&self.state).templates.contains(t)
     }
 
     /// How many calls of this operation the agent has answered (or failed), e.g. `create web-1`.
