@@ -10,6 +10,7 @@ all: build
 
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/setup-schemathesis.sh
 
 build: setup
 	@$(CARGO) build --quiet --workspace --bins

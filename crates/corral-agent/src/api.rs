@@ -7,10 +7,17 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use corral_api::agent::{ConsoleQuery, CreateRequest, DeleteQuery, ImportRequest, PullRequest, UuidQuery, VmStatus};
+use corral_api::agent::{
+    ConsoleQuery, CreateRequest, DeleteQuery, ImportRequest, NetworkSpec, ProbeReply, ProbeRequest, PullRequest,
+    Register, UuidQuery, VmStatus,
+};
+use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
 use corral_api::types::Name;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
 
@@ -20,33 +27,56 @@ use crate::Agent;
 
 type R<T> = Result<Json<T>, HttpError>;
 
-pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
-        .route("/v1/host", get(host))
-        .route("/v1/probe", post(probe))
-        .route("/v1/vms", get(list).post(create))
-        .route("/v1/vms/{name}", get(show).delete(delete))
-        .route("/v1/vms/{name}/actions/{action}", post(action))
-        .route("/v1/vms/{name}/exec", post(exec))
-        .route("/v1/vms/{name}/console", get(console))
-        .route("/v1/templates/pull", post(pull))
-        .route("/v1/vms/import", post(import))
-        .route("/v1/networks/{vni}", axum::routing::put(put_network).delete(delete_network))
-        .route("/v1/vms/{name}/files/{part}", get(file))
-        .route("/v1/migrations/incoming", post(incoming))
-        .route("/v1/vms/{name}/migration", get(outgoing_status).post(outgoing).delete(cancel_outgoing))
-        .route("/v1/vms/{name}/migration/finish", post(finish_incoming))
-        .route("/v1/vms/{name}/migration/switchover", post(switchover_incoming))
-        .route("/v1/vms/{name}/migration/revert", post(revert_outgoing))
-        .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
-        .with_state(agent)
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Corral agent", description = "What the controller (and other agents) ask of one host"),
+    components(schemas(VmAction))
+)]
+struct ApiDoc;
+
+/// Paths served without a token.
+const PUBLIC: &[&str] = &["/v1/health"];
+
+#[utoipa::path(get, path = "/v1/health", tag = "host", responses((status = 200, content_type = "text/plain", body = String, description = "the agent is up")))]
+async fn health() -> &'static str {
+    "ok"
 }
 
+/// The router, with its OpenAPI document at `/v1/openapi.json`.
+pub fn router(agent: Arc<Agent>) -> Router {
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(host))
+        .routes(routes!(probe))
+        .routes(routes!(list, create))
+        .routes(routes!(show, delete))
+        .routes(routes!(action))
+        .routes(routes!(exec))
+        .routes(routes!(console))
+        .routes(routes!(pull))
+        .routes(routes!(import))
+        .routes(routes!(put_network, delete_network))
+        .routes(routes!(file))
+        .routes(routes!(incoming))
+        .routes(routes!(outgoing_status, outgoing, cancel_outgoing))
+        .routes(routes!(finish_incoming))
+        .routes(routes!(switchover_incoming))
+        .routes(routes!(revert_outgoing))
+        .with_state(agent.clone())
+        .split_for_parts();
+    utoipa::Modify::modify(&corral_http::openapi::Conformance { public: PUBLIC }, &mut api);
+    let api = Arc::new(api);
+    router
+        .route("/v1/openapi.json", get(move || async move { Json((*api).clone()) }))
+        .layer(axum::middleware::from_fn_with_state(agent.cfg.token.clone(), corral_http::require_token))
+}
+
+#[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = Register, description = "what this agent registers with: capacity, templates, underlay")))]
 async fn host(State(a): State<Arc<Agent>>) -> Json<corral_api::agent::Register> {
     Json(a.registration())
 }
 
+#[utoipa::path(post, path = "/v1/probe", tag = "host", request_body = ProbeRequest, responses((status = 200, body = ProbeReply), (status = 404, body = corral_api::ErrorBody, description = "not a peer named in this host's lease")))]
 /// Can this host reach one of its peers? The controller's second path before a failover.
 /// Only a peer named in this host's lease is probed: no URL is taken from the request.
 async fn probe(
@@ -65,23 +95,27 @@ async fn probe(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = Vec<VmStatus>)))]
 async fn list(State(a): State<Arc<Agent>>) -> Json<Vec<VmStatus>> {
     Json(a.vms.list())
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", responses((status = 200, body = VmStatus)))]
 async fn show(State(a): State<Arc<Agent>>, Path(name): Path<Name>) -> R<VmStatus> {
     Ok(Json(a.vms.get(&name)?))
 }
 
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = CreateRequest, responses((status = 200, body = VmStatus, description = "defined (and booted if asked)")))]
 async fn create(State(a): State<Arc<Agent>>, Json(b): Json<CreateRequest>) -> R<VmStatus> {
     Ok(Json(corral_http::detached(async move { a.vms.create(b.def, b.start).await }).await?))
 }
 
-async fn action(State(a): State<Arc<Agent>>, Path((name, action)): Path<(Name, String)>) -> R<VmStatus> {
-    let act = VmAction::parse(&action).ok_or_else(|| ApiError::bad_request(format!("unknown action {action:?}")))?;
+#[utoipa::path(post, path = "/v1/vms/{name}/actions/{action}", tag = "vms", params(("action" = VmAction, Path, description = "start | stop | pause | resume | suspend")), responses((status = 200, body = VmStatus)))]
+async fn action(State(a): State<Arc<Agent>>, Path((name, act)): Path<(Name, VmAction)>) -> R<VmStatus> {
     Ok(Json(corral_http::detached(async move { a.vms.action(&name, act).await }).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(DeleteQuery), responses((status = 204, description = "deleted (or gone already)")))]
 async fn delete(
     State(a): State<Arc<Agent>>,
     Path(name): Path<Name>,
@@ -91,10 +125,12 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/exec", tag = "vms", request_body = ExecRequest, responses((status = 200, body = ExecResult)))]
 async fn exec(State(a): State<Arc<Agent>>, Path(name): Path<Name>, Json(req): Json<ExecRequest>) -> R<ExecResult> {
     Ok(Json(a.vms.exec(&name, &req).await?))
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}/console", tag = "vms", params(ConsoleQuery), responses((status = 200, body = ConsoleChunk)))]
 async fn console(
     State(a): State<Arc<Agent>>,
     Path(name): Path<Name>,
@@ -103,12 +139,14 @@ async fn console(
     Ok(Json(a.vms.console(&name, q.offset)?))
 }
 
+#[utoipa::path(post, path = "/v1/templates/pull", tag = "templates", request_body = PullRequest, responses((status = 200, body = Register, description = "the host's new inventory")))]
 /// The controller sends a template: fetch it from its library, answer with the new inventory.
 async fn pull(State(a): State<Arc<Agent>>, Json(b): Json<PullRequest>) -> R<corral_api::agent::Register> {
     a.pull_template(&b.name).await?;
     Ok(Json(a.registration()))
 }
 
+#[utoipa::path(post, path = "/v1/vms/import", tag = "vms", request_body = ImportRequest, responses((status = 200, body = VmStatus)))]
 /// Takes over a stopped or suspended VM from another host.
 async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportRequest>) -> R<VmStatus> {
     Ok(Json(
@@ -119,6 +157,7 @@ async fn import(State(a): State<Arc<Agent>>, Json(b): Json<ImportRequest>) -> R<
     ))
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}/files/{part}", tag = "vms", params(("part" = String, Path, description = "disk | state")), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "the file's bytes")))]
 /// A stopped or suspended VM's disk or saved memory, for the host taking it over.
 async fn file(
     State(a): State<Arc<Agent>>,
@@ -134,6 +173,7 @@ fn net(a: &Agent) -> Result<&crate::netdev::Net, ApiError> {
     a.net.as_ref().ok_or_else(|| ApiError::unavailable("this host cannot manage network devices (netlink unavailable)"))
 }
 
+#[utoipa::path(put, path = "/v1/networks/{vni}", tag = "networks", params(("vni" = u32, Path, minimum = 1, maximum = 16777215)), request_body = NetworkSpec, responses((status = 204, description = "the network exists here as given")))]
 /// Makes a virtual network exist on this host exactly as given.
 async fn put_network(
     State(a): State<Arc<Agent>>,
@@ -168,6 +208,7 @@ async fn put_network(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, path = "/v1/networks/{vni}", tag = "networks", params(("vni" = u32, Path, minimum = 1, maximum = 16777215)), responses((status = 204, description = "its devices are gone")))]
 /// Removes a virtual network's devices from this host.
 async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Result<StatusCode, HttpError> {
     let users = a.vms.taps_on(vni);
@@ -183,6 +224,7 @@ async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Re
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/migrations/incoming", tag = "migrations", request_body = Incoming, responses((status = 200, body = IncomingReady)))]
 /// Prepares this host to receive a live-migrating VM.
 async fn incoming(
     State(a): State<Arc<Agent>>,
@@ -194,11 +236,13 @@ async fn incoming(
     Ok(Json(corral_http::detached(async move { a.vms.incoming(b, listen).await }).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/migration/finish", tag = "migrations", responses((status = 200, body = VmStatus)))]
 /// The VM has arrived: make it an ordinary running VM here.
 async fn finish_incoming(State(a): State<Arc<Agent>>, Path(name): Path<Name>) -> R<VmStatus> {
     Ok(Json(corral_http::detached(async move { a.vms.finish_incoming(&name).await }).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/migration", tag = "migrations", request_body = Outgoing, responses((status = 200, body = OutgoingStatus)))]
 /// Starts sending a running VM to another host.
 async fn outgoing(
     State(a): State<Arc<Agent>>,
@@ -209,6 +253,7 @@ async fn outgoing(
     Ok(Json(a.vms.outgoing(&name, b, http, token).await?))
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}/migration", tag = "migrations", responses((status = 200, body = OutgoingStatus)))]
 async fn outgoing_status(
     State(a): State<Arc<Agent>>,
     Path(name): Path<Name>,
@@ -216,6 +261,7 @@ async fn outgoing_status(
     Ok(Json(a.vms.outgoing_status(&name)?))
 }
 
+#[utoipa::path(delete, path = "/v1/vms/{name}/migration", tag = "migrations", responses((status = 200, body = OutgoingStatus)))]
 async fn cancel_outgoing(
     State(a): State<Arc<Agent>>,
     Path(name): Path<Name>,
@@ -223,6 +269,7 @@ async fn cancel_outgoing(
     Ok(Json(a.vms.cancel_outgoing(&name)?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/migration/switchover", tag = "migrations", params(UuidQuery), responses((status = 200, body = VmStatus)))]
 /// The source is about to hand over: confirm and release the disk export.
 async fn switchover_incoming(
     State(a): State<Arc<Agent>>,
@@ -232,6 +279,7 @@ async fn switchover_incoming(
     Ok(Json(a.vms.switchover_incoming(&name, q.uuid).await?))
 }
 
+#[utoipa::path(post, path = "/v1/vms/{name}/migration/revert", tag = "migrations", params(UuidQuery), responses((status = 200, body = VmStatus)))]
 /// The destination's copy did not survive a completed pre-copy: run the stopped copy here.
 async fn revert_outgoing(
     State(a): State<Arc<Agent>>,

@@ -131,10 +131,13 @@ impl Agent {
             let leader = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
             templates::pull(&self.http, &leader, self.cfg.token.as_deref(), name, &self.cfg.templates_dir)
                 .await
-                .map_err(|e| {
-                    corral_api::ApiError::unavailable(format!(
+                .map_err(|e| match e {
+                    crate::fetch::FetchError::NotFound(_) => corral_api::ApiError::not_found(format!(
+                        "the controller's template library has no template {name:?} (see `corral template list`)"
+                    )),
+                    e => corral_api::ApiError::unavailable(format!(
                         "fetching template {name} from the controller failed: {e}"
-                    ))
+                    )),
                 })?;
             tracing::info!("template {name} received in {:?}", started.elapsed());
             self.vms.set_templates(templates::scan(&self.cfg.templates_dir));

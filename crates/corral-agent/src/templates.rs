@@ -22,22 +22,18 @@ pub async fn pull(
     token: Option<&str>,
     name: &str,
     dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), crate::fetch::FetchError> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let base = format!("{}/v1/templates/{name}/files", controller.trim_end_matches('/'));
     let mut req = http.get(format!("{base}/meta"));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let meta: Meta = req
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .error_for_status()
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(crate::fetch::FetchError::NotFound(format!("{base}/meta")));
+    }
+    let meta: Meta = resp.error_for_status().map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
     let local = Meta {
         kernel: format!("{name}.vmlinuz"),
         initrd: format!("{name}.initrd"),
@@ -45,9 +41,7 @@ pub async fn pull(
         ..meta
     };
     for (part, file) in [("kernel", &local.kernel), ("initrd", &local.initrd), ("disk", &local.disk)] {
-        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file))
-            .await
-            .map_err(|e| e.to_string())?;
+        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file)).await?;
     }
     let bytes = serde_json::to_vec_pretty(&local).map_err(|e| e.to_string())?;
     let tmp = dir.join(format!("{name}.json.partial"));

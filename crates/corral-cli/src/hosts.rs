@@ -46,9 +46,7 @@ pub async fn host(cmd: HostCmd, c: &Client, o: Output) -> Result<i32> {
             print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/uncordon"), &()).await?, output::host)?
         }
         HostCmd::Evacuate { name, no_wait } => return migrate::evacuate(&name, no_wait, c, o == Output::Json).await,
-        HostCmd::Wake { name } => {
-            print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/wake"), &()).await?, output::host)?
-        }
+        HostCmd::Wake { name } => print(o, &wake(&name, c).await?, output::host)?,
         HostCmd::Standby { name } => {
             print(o, &c.post::<_, Host>(&format!("/v1/hosts/{name}/standby"), &()).await?, output::host)?
         }
@@ -62,4 +60,30 @@ pub async fn host(cmd: HostCmd, c: &Client, o: Output) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Asks the controller to wake `name`, then follows the host until its agent reports (power
+/// `on`) or the wake fails (back in `standby`; the event says why).
+async fn wake(name: &str, c: &Client) -> Result<Host> {
+    let mut h: Host = c.post(&format!("/v1/hosts/{name}/wake"), &()).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+    loop {
+        match h.power {
+            corral_api::drs::HostPower::On => return Ok(h),
+            corral_api::drs::HostPower::Standby => {
+                let events: Vec<corral_api::cluster::Event> = c.get("/v1/events").await?;
+                let why = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == "host.wake-failed" && e.subject == name)
+                    .map(|e| e.message.clone())
+                    .unwrap_or_else(|| "it is in standby again".into());
+                anyhow::bail!("host {name} did not wake: {why}");
+            }
+            corral_api::drs::HostPower::Waking => {}
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "host {name} is still waking after 150 s");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        h = c.get(&format!("/v1/hosts/{name}")).await?;
+    }
 }

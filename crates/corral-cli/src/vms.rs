@@ -110,11 +110,11 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
         }
         VmCmd::List => print(o, &c.get::<Vec<Vm>>("/v1/vms").await?, |v| output::vms(v))?,
         VmCmd::Show { name } => show(&c.get::<Vm>(&format!("/v1/vms/{name}")).await?)?,
-        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/start"), &()).await?)?,
-        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/stop"), &()).await?)?,
-        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/pause"), &()).await?)?,
-        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/resume"), &()).await?)?,
-        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/suspend"), &()).await?)?,
+        VmCmd::Start { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/actions/start"), &()).await?)?,
+        VmCmd::Stop { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/actions/stop"), &()).await?)?,
+        VmCmd::Pause { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/actions/pause"), &()).await?)?,
+        VmCmd::Resume { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/actions/resume"), &()).await?)?,
+        VmCmd::Suspend { name } => show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/actions/suspend"), &()).await?)?,
         VmCmd::Migrate(a) => return migrate::migrate(a, c, o == Output::Json).await,
         VmCmd::Migrations { name } => migrate::history(name, c, o == Output::Json).await?,
         VmCmd::Move { name, to } => {

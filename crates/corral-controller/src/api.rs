@@ -35,21 +35,12 @@ type C = State<Arc<Controller>>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Corral", description = "Virtual clusters of real VMs over many hosts"),
-    components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
-    security(("token" = []))
+    components(schemas(ErrorBody, VmAction))
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let c = openapi.components.get_or_insert_with(Default::default);
-        c.add_security_scheme("token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-    }
-}
+/// Paths served without a token.
+const PUBLIC: &[&str] = &["/v1/health"];
 
 #[derive(Debug, Deserialize)]
 struct Offset {
@@ -107,6 +98,8 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(ha_status))
         .with_state(c.clone())
         .split_for_parts();
+    let mut api = api;
+    utoipa::Modify::modify(&corral_http::openapi::Conformance { public: PUBLIC }, &mut api);
     let api = Arc::new(api);
     router
         .route("/v1/openapi.json", axum::routing::get(move || async move { Json((*api).clone()) }))
@@ -237,13 +230,10 @@ async fn create(State(c): C, Json(req): Json<CreateVm>) -> Result<(StatusCode, J
     Ok((StatusCode::CREATED, Json(corral_http::detached(async move { c.create_vm(req).await }).await?)))
 }
 
-#[utoipa::path(post, path = "/v1/vms/{name}/{action}", tag = "vms",
-    params(("action" = String, Path, description = "start | stop | pause | resume | suspend")),
+#[utoipa::path(post, path = "/v1/vms/{name}/actions/{action}", tag = "vms",
+    params(("action" = VmAction, Path, description = "start | stop | pause | resume | suspend")),
     responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn action(State(c): C, Path((name, action)): Path<(String, String)>) -> R<Vm> {
-    let a = VmAction::parse(&action).ok_or_else(|| {
-        ApiError::bad_request(format!("unknown action {action:?}: use start, stop, pause, resume or suspend"))
-    })?;
+async fn action(State(c): C, Path((name, a)): Path<(Name, VmAction)>) -> R<Vm> {
     Ok(Json(corral_http::detached(async move { c.vm_action(&name, a).await }).await?))
 }
 
@@ -431,11 +421,11 @@ async fn evacuate(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Js
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/wake", tag = "hosts",
-    responses((status = 200, body = Host, description = "on again: its agent reports"),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn wake(State(c): C, Path(name): Path<Name>) -> R<Host> {
-    c.wake_host(&name).await?;
-    Ok(Json(c.host(&name)?))
+    responses((status = 202, body = Host, description = "waking (or on already): poll the host until its power is \
+        `on`; back in `standby` means the wake failed (event `host.wake-failed` says why)"),
+        (status = 404, body = ErrorBody)))]
+async fn wake(State(c): C, Path(name): Path<Name>) -> Result<(StatusCode, Json<Host>), HttpError> {
+    Ok((StatusCode::ACCEPTED, Json(c.begin_wake(&name)?)))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{name}/standby", tag = "hosts",

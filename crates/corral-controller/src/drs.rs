@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use corral_api::agent::Register;
 use corral_api::drs::{DrsMode, DrsMove, DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus, HostPower};
 use corral_api::migration::{MigrateVm, MigrationMode};
-use corral_api::{now_ms, ApiError, VmState};
+use corral_api::{now_ms, ApiError, Host, VmState};
 use corral_sched::drs::{
     plan, HostSnapshot, PolicySpec, PolicyState, PowerModel, PowerState, Reason, Snapshot, VmSnapshot,
 };
@@ -486,6 +486,23 @@ impl Controller {
         self.forget_live(host);
         self.event("host.standby", host, format!("in standby{note}"));
         Ok(())
+    }
+
+    /// `POST /v1/hosts/{name}/wake`: starts waking a host and answers at once (the host is
+    /// `waking`); the wake goes on in the background and a failure is an event. No request
+    /// waits for a host to boot.
+    pub fn begin_wake(self: &Arc<Self>, host: &str) -> Result<Host, ApiError> {
+        self.host(host)?;
+        if self.flags(host)?.power != HostPower::On {
+            self.set_power(host, HostPower::Waking)?;
+            let (me, name) = (self.clone(), host.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = me.wake_host(&name).await {
+                    me.event("host.wake-failed", &name, e.message);
+                }
+            });
+        }
+        self.host(host)
     }
 
     /// Wakes a host in standby: the state is stored, the wake command runs, and the host is on

@@ -515,7 +515,7 @@ impl Controller {
     pub async fn evacuate_host(self: &Arc<Self>, host: &str) -> Result<Operation, ApiError> {
         let h = self.host(host)?;
         if h.state != HostState::Ready {
-            return Err(ApiError::unavailable(format!(
+            return Err(ApiError::conflict(format!(
                 "host {host} is down: its VMs cannot be live-migrated (they restart elsewhere with HA)"
             )));
         }

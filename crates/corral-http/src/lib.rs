@@ -2,6 +2,8 @@
 //! responses, extractors whose refusals are error documents too (HTTP 422 naming the field),
 //! and the bearer-token check that protects every endpoint but health.
 
+pub mod openapi;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;

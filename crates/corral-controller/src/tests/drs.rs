@@ -32,7 +32,7 @@ async fn consolidation_empties_hosts_by_live_migration_and_puts_them_in_standby(
     let _loops = h.run_drs();
     until("a host is in standby and nothing moves", || {
         let asleep = ["a", "b", "c"].iter().any(|x| power(&h, x) == HostPower::Standby);
-        asleep && h.c.vms().unwrap().iter().all(|v| v.migration.is_none())
+        asleep && !h.events("host.standby").is_empty() && h.c.vms().unwrap().iter().all(|v| v.migration.is_none())
     })
     .await;
     for x in ["a", "b", "c"] {
