@@ -23,12 +23,8 @@ use corral_api::{now_ms, ApiError, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_group, GroupError, GroupRequest, HostView, Overcommit, Policy, VmReq};
 use corral_store::{Op, StoreExt};
 
-use crate::service::{lock, store_err, Controller, VMS};
-
-pub(crate) const PROFILES: &str = "profiles";
-pub(crate) const CLUSTERS: &str = "clusters";
-pub(crate) const IPAM: &str = "ipam";
-pub(crate) const OPS: &str = "ops";
+use crate::service::{lock, store_err, Controller};
+use crate::tables::{CLUSTERS, IPAM, OPS, PROFILES, VMS};
 
 /// A group placement failure as an API error: a request that names something impossible is a
 /// bad request, one the pool cannot hold right now lacks capacity.
@@ -489,7 +485,7 @@ impl Controller {
         let mut views = self.views_for_storage(c.profile.storage)?;
         if let Some(b) = &c.profile.bridged {
             let regs: Vec<corral_api::agent::Register> =
-                self.store.list_json(crate::service::HOSTS).map_err(store_err)?;
+                self.store.list_json(crate::tables::HOSTS).map_err(store_err)?;
             let mut any = false;
             for v in views.iter_mut() {
                 let has = regs.iter().any(|r| r.name == v.name && r.interfaces.contains(&b.interface));

@@ -16,8 +16,9 @@ use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
 use corral_store::{Op, StoreExt};
 
-use crate::clusters::{ipam_key, IPAM};
-use crate::service::{definition, lock, mac_for, store_err, Controller, VMS};
+use crate::clusters::ipam_key;
+use crate::service::{definition, lock, mac_for, store_err, Controller};
+use crate::tables::{IPAM, VMS};
 
 /// How many hosts a cluster member is tried on before the deployment gives up on it.
 const MAX_HOSTS_TRIED: usize = 3;

@@ -28,7 +28,8 @@ use corral_api::drs::HostPower;
 use corral_api::{now_ms, ApiError, HaPolicy, HaStatus, HaUnprotected, Pending, Storage, Vm, VmState};
 use corral_store::StoreExt;
 
-use crate::service::{lock, store_err, Controller, HostFlags, HOSTS, HOST_FLAGS};
+use crate::service::{lock, store_err, Controller, HostFlags};
+use crate::tables::{HOSTS, HOST_FLAGS};
 
 /// Failures kept for damping, and the window they count in.
 const DAMPING_WINDOW_MS: u64 = 10 * 60 * 1000;

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod network;
 pub mod retention;
 pub mod service;
+pub mod tables;
 pub mod templates;
 #[cfg(test)]
 mod tests;

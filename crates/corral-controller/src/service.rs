@@ -18,13 +18,10 @@ use corral_sched::HostView;
 use corral_store::{Store, StoreExt};
 
 use crate::agents::{AgentApi, Connector, HttpConnector};
+use crate::tables::{EVENTS, HOSTS, HOST_FLAGS, VMS};
 
-pub(crate) const VMS: &str = "vms";
-pub(crate) const HOSTS: &str = "hosts";
-pub(crate) const HOST_FLAGS: &str = "host_flags";
 /// The deadline of a call to an agent that sets none of its own.
 pub(crate) const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-pub(crate) const EVENTS: &str = "events";
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -414,7 +411,7 @@ impl Controller {
         let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
         let vms = self.vms()?;
         let clusters: Vec<corral_api::cluster::Cluster> =
-            self.store.list_json(crate::clusters::CLUSTERS).map_err(store_err)?;
+            self.store.list_json(crate::tables::CLUSTERS).map_err(store_err)?;
         regs.into_iter()
             .map(|r| {
                 let (mut state, last, usage) = self.host_state(&r.name);
