@@ -16,7 +16,7 @@ use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
 use corral_store::{Op, StoreExt};
 
-use crate::clusters::ipam_key;
+use crate::ipam::ipam_key;
 use crate::service::{definition, lock, mac_for, store_err, Controller};
 use crate::tables::{IPAM, VMS};
 

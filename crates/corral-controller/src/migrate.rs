@@ -22,8 +22,7 @@ use corral_api::migration::{
 use corral_api::{now_ms, ApiError, ErrorKind, HostState, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
-use crate::clusters::encode;
-use crate::service::{definition, lock, store_err, BusyGuard, Controller};
+use crate::service::{definition, encode, lock, store_err, BusyGuard, Controller};
 use crate::tables::{HOST_FLAGS, MIGRATIONS, VMS};
 
 /// How often the controller reads the source's figures.

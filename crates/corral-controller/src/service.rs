@@ -152,6 +152,11 @@ pub(crate) fn store_err(e: corral_store::StoreError) -> ApiError {
     }
 }
 
+/// JSON bytes of a value, for a store batch.
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// Removes a VM name from the busy set when dropped.
 pub(crate) struct BusyGuard {
     c: Arc<Controller>,
