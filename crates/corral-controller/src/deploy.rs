@@ -66,7 +66,7 @@ impl Controller {
     /// Creates a single VM: validate, place, record (with its pending work), then bring it up.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<Vm, ApiError> {
         self.validate_create(&req)?;
-        let ha = crate::ha::resolve_ha(req.ha, req.storage)?;
+        let ha = crate::ha_policy::resolve_ha(req.ha, req.storage)?;
         let vm = {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
@@ -415,7 +415,7 @@ impl Controller {
         if vm.host == to {
             return Err(ApiError::bad_request(format!("VM {name:?} is already on {to}")));
         }
-        crate::ha::refuse_shared_move(&vm)?;
+        crate::ha_policy::refuse_shared_move(&vm)?;
         {
             let _p = self.placing.lock().await;
             let views = self.host_views()?;

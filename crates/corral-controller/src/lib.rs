@@ -8,6 +8,7 @@ pub mod clusters;
 pub mod deploy;
 pub mod drs;
 pub mod ha;
+pub mod ha_policy;
 pub mod hosts;
 pub mod ipam;
 pub mod leader;

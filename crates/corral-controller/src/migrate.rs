@@ -151,7 +151,7 @@ impl Controller {
         let m = {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(name)?;
-            crate::ha::refuse_shared_move(&vm)?;
+            crate::ha_policy::refuse_shared_move(&vm)?;
             let to = self.destination(&vm, req.to.as_deref())?;
             let id = format!("mig-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
             let m = Migration {

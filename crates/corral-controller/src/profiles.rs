@@ -118,7 +118,7 @@ impl Controller {
             Some(s) => s.parse().map_err(|e: String| bad(format!("field `storage`: {e}")))?,
         };
         let asked = t.ha.as_deref().map(str::parse).transpose().map_err(|e: String| bad(format!("field `ha`: {e}")))?;
-        let ha = crate::ha::resolve_ha(asked, storage).map_err(|e| bad(format!("field `ha`: {}", e.message)))?;
+        let ha = crate::ha_policy::resolve_ha(asked, storage).map_err(|e| bad(format!("field `ha`: {}", e.message)))?;
         Ok(Profile {
             ha,
             storage,
