@@ -16,8 +16,9 @@ use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
 use corral_store::{Op, StoreExt};
 
-use crate::clusters::{ipam_key, IPAM};
-use crate::service::{definition, lock, mac_for, store_err, Controller, VMS};
+use crate::ipam::ipam_key;
+use crate::service::{definition, lock, mac_for, store_err, Controller};
+use crate::tables::{IPAM, VMS};
 
 /// How many hosts a cluster member is tried on before the deployment gives up on it.
 const MAX_HOSTS_TRIED: usize = 3;
@@ -65,7 +66,7 @@ impl Controller {
     /// Creates a single VM: validate, place, record (with its pending work), then bring it up.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<Vm, ApiError> {
         self.validate_create(&req)?;
-        let ha = crate::ha::resolve_ha(req.ha, req.storage)?;
+        let ha = crate::ha_policy::resolve_ha(req.ha, req.storage)?;
         let vm = {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
@@ -414,7 +415,7 @@ impl Controller {
         if vm.host == to {
             return Err(ApiError::bad_request(format!("VM {name:?} is already on {to}")));
         }
-        crate::ha::refuse_shared_move(&vm)?;
+        crate::ha_policy::refuse_shared_move(&vm)?;
         {
             let _p = self.placing.lock().await;
             let views = self.host_views()?;

@@ -27,10 +27,9 @@ use corral_sched::drs::{
 };
 use corral_store::StoreExt;
 
-use crate::service::{lock, store_err, Controller, HOSTS, HOST_FLAGS};
+use crate::service::{lock, store_err, Controller};
+use crate::tables::{DRS, DRS_ROUNDS, HOSTS, HOST_FLAGS};
 
-pub(crate) const DRS: &str = "drs";
-pub(crate) const DRS_ROUNDS: &str = "drs_rounds";
 const SETTINGS_KEY: &str = "settings";
 /// Samples of demand history kept per VM.
 const HISTORY: usize = 64;

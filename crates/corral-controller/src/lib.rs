@@ -8,11 +8,18 @@ pub mod clusters;
 pub mod deploy;
 pub mod drs;
 pub mod ha;
+pub mod ha_policy;
+pub mod hosts;
+pub mod ipam;
 pub mod leader;
 pub mod migrate;
 pub mod network;
+pub mod operations;
+pub mod placement;
+pub mod profiles;
 pub mod retention;
 pub mod service;
+pub mod tables;
 pub mod templates;
 #[cfg(test)]
 mod tests;

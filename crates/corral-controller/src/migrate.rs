@@ -22,10 +22,8 @@ use corral_api::migration::{
 use corral_api::{now_ms, ApiError, ErrorKind, HostState, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
-use crate::clusters::encode;
-use crate::service::{definition, lock, store_err, BusyGuard, Controller, VMS};
-
-pub(crate) const MIGRATIONS: &str = "migrations";
+use crate::service::{definition, encode, lock, store_err, BusyGuard, Controller};
+use crate::tables::{HOST_FLAGS, MIGRATIONS, VMS};
 
 /// How often the controller reads the source's figures.
 const POLL: Duration = Duration::from_millis(250);
@@ -153,7 +151,7 @@ impl Controller {
         let m = {
             let _p = self.placing.lock().await;
             let mut vm = self.vm(name)?;
-            crate::ha::refuse_shared_move(&vm)?;
+            crate::ha_policy::refuse_shared_move(&vm)?;
             let to = self.destination(&vm, req.to.as_deref())?;
             let id = format!("mig-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
             let m = Migration {
@@ -522,7 +520,7 @@ impl Controller {
         let mut flags = self.flags(host)?;
         flags.cordoned = true;
         flags.maintenance = Some("evacuating".into());
-        self.store.put_json(crate::service::HOST_FLAGS, host, &flags).map_err(store_err)?;
+        self.store.put_json(HOST_FLAGS, host, &flags).map_err(store_err)?;
         let vms: Vec<Vm> = self.vms()?.into_iter().filter(|v| v.host == host).collect();
         let op = self.new_op("host.evacuate", host, vms.len() as u32, vec![]);
         let me = self.clone();
@@ -550,7 +548,7 @@ impl Controller {
             let ok = results.iter().all(Result::is_ok) && left == 0;
             if let Ok(mut f) = me.flags(&host) {
                 f.maintenance = Some(if ok { "evacuated" } else { "evacuation incomplete" }.into());
-                let _ = me.store.put_json(crate::service::HOST_FLAGS, &host, &f);
+                let _ = me.store.put_json(HOST_FLAGS, &host, &f);
             }
             let hosts: std::collections::BTreeSet<String> =
                 all.iter().filter(|a| vms.iter().any(|v| v.name == a.name)).map(|a| a.host.clone()).collect();

@@ -13,8 +13,8 @@ use corral_api::cluster::{Cluster, ClusterState, Member, Network};
 use corral_api::{ApiError, ExecRequest, Vm, VmState};
 use corral_store::StoreExt;
 
-use crate::clusters::CLUSTERS;
-use crate::service::{lock, store_err, Controller, HOSTS};
+use crate::service::{lock, store_err, Controller};
+use crate::tables::{CLUSTERS, HOSTS};
 
 /// VNIs chosen automatically start here.
 pub(crate) const FIRST_VNI: u32 = 100;

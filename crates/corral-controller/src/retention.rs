@@ -10,7 +10,8 @@ use corral_api::migration::{Migration, MigrationState};
 use corral_api::now_ms;
 use corral_store::{Op, StoreExt};
 
-use crate::service::{lock, store_err, Controller, EVENTS};
+use crate::service::{lock, store_err, Controller};
+use crate::tables::{EVENTS, MIGRATIONS, OPS};
 
 /// How much history is kept.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,7 @@ impl Controller {
                 .collect();
             gone += self.delete_all(EVENTS, to_prune(aged, r.events, r.max_age, now));
         }
-        if let Ok(ms) = self.store.list_json::<Migration>(crate::migrate::MIGRATIONS) {
+        if let Ok(ms) = self.store.list_json::<Migration>(MIGRATIONS) {
             let aged = ms
                 .into_iter()
                 .map(|m| {
@@ -74,9 +75,9 @@ impl Controller {
                     Aged { key: m.id, ended_ms: done.then(|| m.ended_ms.unwrap_or(m.requested_ms)) }
                 })
                 .collect();
-            gone += self.delete_all(crate::migrate::MIGRATIONS, to_prune(aged, r.history, r.max_age, now));
+            gone += self.delete_all(MIGRATIONS, to_prune(aged, r.history, r.max_age, now));
         }
-        if let Ok(ops) = self.store.list_json::<Operation>(crate::clusters::OPS) {
+        if let Ok(ops) = self.store.list_json::<Operation>(OPS) {
             let aged = ops
                 .into_iter()
                 .map(|o| Aged {
@@ -91,7 +92,7 @@ impl Controller {
                     mem.remove(k);
                 }
             }
-            gone += self.delete_all(crate::clusters::OPS, doomed);
+            gone += self.delete_all(OPS, doomed);
         }
         if gone > 0 {
             tracing::info!("retention: removed {gone} old events, migrations and operations");

@@ -1,5 +1,6 @@
 //! The controller's core: the store, what it knows of live hosts, VM records, and the small
-//! mechanisms the operations share (busy marks, template shipping, events).
+//! mechanisms the operations share (busy marks, events, VM records).
+//! The host registry is in `hosts.rs`, template shipping in `templates.rs`.
 //!
 //! Desired state is written to the store before an agent is asked to act; agents' answers and
 //! heartbeats bring the actual state back, and the reconciler (`deploy.rs`) closes the gap.
@@ -7,24 +8,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use corral_api::agent::{Heartbeat, HeartbeatReply, Register, VmDefinition, VmStatus};
+use corral_api::agent::{Register, VmDefinition, VmStatus};
 use corral_api::cluster::Event;
-use corral_api::{
-    now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Host, HostState, HostUsage, Template, Vm, VmState, VmUsage,
-};
-use corral_sched::HostView;
+use corral_api::{now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Vm, VmState, VmUsage};
 use corral_store::{Store, StoreExt};
 
 use crate::agents::{AgentApi, Connector, HttpConnector};
+use crate::tables::{EVENTS, HOSTS, VMS};
 
-pub(crate) const VMS: &str = "vms";
-pub(crate) const HOSTS: &str = "hosts";
-pub(crate) const HOST_FLAGS: &str = "host_flags";
 /// The deadline of a call to an agent that sets none of its own.
 pub(crate) const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-pub(crate) const EVENTS: &str = "events";
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -58,18 +53,6 @@ pub struct Settings {
     pub ha_admission_warn: bool,
     /// How much history is kept.
     pub retention: crate::retention::Retention,
-}
-
-/// What the controller knows of a live host (not stored: it comes back with the next heartbeat).
-#[derive(Debug, Clone)]
-pub(crate) struct Live {
-    pub last: Instant,
-    pub last_ms: u64,
-    pub usage: HostUsage,
-    /// The VMs the agent reported last.
-    pub vms: Vec<VmStatus>,
-    /// VNIs of the networks present on the host.
-    pub networks: Vec<u32>,
 }
 
 /// Operator flags of a host, kept apart from what the agent registers.
@@ -109,8 +92,6 @@ impl HostFlags {
     }
 }
 
-type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
-
 /// The controller: store, live host data, and the agents.
 pub struct Controller {
     pub store: Arc<dyn Store>,
@@ -118,15 +99,15 @@ pub struct Controller {
     /// Makes the client of each host's agent (HTTP; the fake agents in unit tests).
     agents: Arc<dyn Connector>,
     pub(crate) token: Option<String>,
-    live: Mutex<BTreeMap<String, Live>>,
+    pub(crate) live: Mutex<BTreeMap<String, crate::hosts::Live>>,
     /// Latest usage of each VM, from heartbeats: live data, never stored.
-    vm_usage: Mutex<BTreeMap<String, VmUsage>>,
+    pub(crate) vm_usage: Mutex<BTreeMap<String, VmUsage>>,
     /// VMs with an operation in flight: heartbeats and the reconciler leave them alone.
     busy: Mutex<HashSet<String>>,
     /// Serialises decisions that read and then write shared state (placement, addresses).
     pub(crate) placing: tokio::sync::Mutex<()>,
     /// One template transfer per (host, template), shared by everyone who needs it.
-    sends: Mutex<HashMap<(String, String), TemplateSend>>,
+    pub(crate) sends: Mutex<HashMap<(String, String), crate::templates::TemplateSend>>,
     pub(crate) ops: Mutex<BTreeMap<String, corral_api::cluster::Operation>>,
     pub(crate) backoff: crate::deploy::Backoff,
     pub(crate) pushed: crate::network::Pushed,
@@ -155,6 +136,11 @@ pub(crate) fn store_err(e: corral_store::StoreError) -> ApiError {
     }
 }
 
+/// JSON bytes of a value, for a store batch.
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
 /// Removes a VM name from the busy set when dropped.
 pub(crate) struct BusyGuard {
     c: Arc<Controller>,
@@ -164,18 +150,6 @@ pub(crate) struct BusyGuard {
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         lock(&self.c.busy).remove(&self.name);
-    }
-}
-
-/// A host's state with its HA flags applied: failed until it is back, then recovering for a
-/// while (it takes no VMs in either).
-fn ha_state(state: HostState, flags: &HostFlags) -> HostState {
-    if flags.failed.as_ref().is_some_and(|f| f.fenced_ms.is_some() || state != HostState::Ready) {
-        HostState::Failed
-    } else if state == HostState::Ready && flags.recovering() {
-        HostState::Recovering
-    } else {
-        state
     }
 }
 
@@ -281,197 +255,9 @@ impl Controller {
         self.store.list_json(EVENTS).map_err(store_err)
     }
 
-    // ---- hosts -------------------------------------------------------------------------
+    // ---- agents ------------------------------------------------------------------------
 
-    pub fn register(&self, r: Register) -> Result<(), ApiError> {
-        corral_api::names::validate_name("host", &r.name).map_err(ApiError::bad_request)?;
-        self.store.put_json(HOSTS, &r.name, &r).map_err(store_err)?;
-        lock(&self.live).insert(
-            r.name.clone(),
-            Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![], networks: vec![] },
-        );
-        self.drs_host_on(&r.name);
-        tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
-        Ok(())
-    }
-
-    /// Forgets a host's last heartbeat (it was powered down on purpose).
-    pub(crate) fn forget_live(&self, host: &str) {
-        lock(&self.live).remove(host);
-    }
-
-    /// Records a heartbeat and brings VM states in line with what the agent reports; the
-    /// reply renews the host's lease.
-    pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<HeartbeatReply, ApiError> {
-        if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
-            return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
-        }
-        let reply = self.ha_on_heartbeat(host, &hb.vms)?;
-        if !reply.fence.is_empty() {
-            // Fenced: what it reports is not the VMs' state any more; it stops them first.
-            lock(&self.live).remove(host);
-            return Ok(reply);
-        }
-        for st in &hb.vms {
-            if self.is_busy(&st.name) {
-                continue;
-            }
-            let Some(mut vm) = self.store.get_json::<Vm>(VMS, &st.name).map_err(store_err)? else { continue };
-            if vm.host != host || vm.uuid != st.uuid {
-                continue;
-            }
-            lock(&self.vm_usage).insert(st.name.clone(), st.usage.clone());
-            let changed = vm.state != st.state || vm.error != st.error || vm.boot_ms != st.boot_ms;
-            if changed && crate::ha::crashed(&vm, st) {
-                self.ha_crashed(&vm.name);
-            }
-            if changed {
-                apply_status(&mut vm, st);
-                self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
-            }
-        }
-        lock(&self.live).insert(
-            host.to_string(),
-            Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms, networks: hb.networks },
-        );
-        Ok(reply)
-    }
-
-    /// When the host's last heartbeat arrived, if one did since this controller started.
-    pub(crate) fn last_heartbeat(&self, host: &str) -> Option<(Instant, u64)> {
-        lock(&self.live).get(host).map(|l| (l.last, l.last_ms))
-    }
-
-    pub(crate) fn host_ready(&self, name: &str) -> bool {
-        lock(&self.live).get(name).is_some_and(|l| l.last.elapsed() < self.settings.host_timeout)
-    }
-
-    /// VMs a ready host reported in its last heartbeat (None if the host is not ready).
-    pub(crate) fn reported(&self, host: &str) -> Option<Vec<VmStatus>> {
-        let live = lock(&self.live);
-        let l = live.get(host)?;
-        (l.last.elapsed() < self.settings.host_timeout).then(|| l.vms.clone())
-    }
-
-    /// VNIs a ready host reported in its last heartbeat.
-    pub(crate) fn reported_networks(&self, host: &str) -> Vec<u32> {
-        lock(&self.live)
-            .get(host)
-            .filter(|l| l.last.elapsed() < self.settings.host_timeout)
-            .map(|l| l.networks.clone())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn ready_hosts(&self) -> Vec<String> {
-        lock(&self.live)
-            .iter()
-            .filter(|(_, l)| l.last.elapsed() < self.settings.host_timeout)
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    fn host_state(&self, name: &str) -> (HostState, u64, HostUsage) {
-        match lock(&self.live).get(name) {
-            Some(l) if l.last.elapsed() < self.settings.host_timeout => (HostState::Ready, l.last_ms, l.usage.clone()),
-            Some(l) => (HostState::Unreachable, l.last_ms, l.usage.clone()),
-            None => (HostState::Unreachable, 0, HostUsage::default()),
-        }
-    }
-
-    pub(crate) fn flags(&self, host: &str) -> Result<HostFlags, ApiError> {
-        Ok(self.store.get_json(HOST_FLAGS, host).map_err(store_err)?.unwrap_or_default())
-    }
-
-    /// Cordons (no new VMs) or uncordons a host.
-    pub fn set_cordon(&self, host: &str, cordoned: bool) -> Result<Host, ApiError> {
-        self.host(host)?;
-        let mut f = self.flags(host)?;
-        f.cordoned = cordoned;
-        if !cordoned {
-            f.maintenance = None;
-        }
-        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
-        self.host(host)
-    }
-
-    /// Sets a host's labels (used by placement constraints).
-    pub fn set_labels(&self, host: &str, labels: BTreeMap<String, String>) -> Result<Host, ApiError> {
-        self.host(host)?;
-        for (k, v) in &labels {
-            if k.is_empty() || k.contains(['=', ',']) || v.contains(['=', ',']) {
-                return Err(ApiError::bad_request(format!(
-                    "invalid label {k:?}={v:?}: keys are non-empty and neither may hold '=' or ','"
-                )));
-            }
-        }
-        let mut f = self.flags(host)?;
-        f.labels = labels;
-        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
-        self.host(host)
-    }
-
-    pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-        let vms = self.vms()?;
-        let clusters: Vec<corral_api::cluster::Cluster> =
-            self.store.list_json(crate::clusters::CLUSTERS).map_err(store_err)?;
-        regs.into_iter()
-            .map(|r| {
-                let (mut state, last, usage) = self.host_state(&r.name);
-                let flags = self.flags(&r.name)?;
-                let mut usage = usage;
-                if flags.power == corral_api::drs::HostPower::Standby && state != HostState::Ready {
-                    state = HostState::Standby;
-                    usage = HostUsage::default();
-                }
-                state = ha_state(state, &flags);
-                let mine: Vec<&Vm> = vms.iter().filter(|v| v.host == r.name).collect();
-                let held = mine.iter().filter(|v| v.state.holds_resources());
-                let allocated = corral_api::Capacity {
-                    vcpus: held.clone().map(|v| v.vcpus).sum(),
-                    memory_mib: held.map(|v| v.memory_mib).sum(),
-                    disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
-                };
-                let nets = self.reported_networks(&r.name);
-                Ok(Host {
-                    name: r.name,
-                    url: r.url,
-                    state,
-                    accel: r.accel,
-                    accel_note: r.accel_note,
-                    capacity: r.capacity,
-                    allocated,
-                    usage,
-                    vms: mine.len(),
-                    last_heartbeat_ms: last,
-                    cordoned: flags.cordoned,
-                    maintenance: flags.maintenance,
-                    power: flags.power,
-                    labels: flags.labels,
-                    templates: r.templates.into_iter().map(|t| t.name).collect(),
-                    underlay: r.underlay.map(|u| u.to_string()),
-                    failures: flags.failures.len() as u32,
-                    networks: nets
-                        .into_iter()
-                        .map(|vni| corral_api::HostNetwork {
-                            vni,
-                            bridge: format!("cbr{vni}"),
-                            vxlan: format!("cvx{vni}"),
-                            cluster: clusters.iter().find(|c| c.vni == vni).map(|c| c.name.clone()),
-                        })
-                        .collect(),
-                })
-            })
-            .collect()
-    }
-
-    pub fn host(&self, name: &str) -> Result<Host, ApiError> {
-        self.hosts()?
-            .into_iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| ApiError::not_found(format!("no host named {name:?}: see `corral host list`")))
-    }
-
+    /// The client of a registered host's agent.
     pub(crate) fn agent(&self, host: &str) -> Result<Arc<dyn AgentApi>, ApiError> {
         let r: Register = self
             .store
@@ -479,130 +265,6 @@ impl Controller {
             .map_err(store_err)?
             .ok_or_else(|| ApiError::unavailable(format!("host {host:?} is not registered")))?;
         Ok(self.agents.connect(&r))
-    }
-
-    /// What the scheduler core needs to know of every host.
-    pub(crate) fn host_views(&self) -> Result<Vec<HostView>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-        let vms = self.vms()?;
-        regs.into_iter()
-            .map(|r| {
-                let (state, _, usage) = self.host_state(&r.name);
-                let flags = self.flags(&r.name)?;
-                let state = ha_state(state, &flags);
-                // A VM arriving by migration holds room on its destination too.
-                let held = vms.iter().filter(|v| {
-                    (v.host == r.name && (v.state.holds_resources() || v.pending.is_some()))
-                        || v.migration.as_ref().is_some_and(|m| m.to == r.name)
-                });
-                Ok(HostView {
-                    name: r.name.clone(),
-                    schedulable: state == HostState::Ready
-                        && !flags.cordoned
-                        && flags.power == corral_api::drs::HostPower::On,
-                    vcpus: r.capacity.vcpus,
-                    memory_mib: r.capacity.memory_mib,
-                    used_vcpus: held.clone().map(|v| v.vcpus).sum(),
-                    used_memory_mib: held.map(|v| v.memory_mib).sum(),
-                    cpu_load: usage.cpu_pct / 100.0,
-                    templates: r.templates.into_iter().map(|t| t.name).collect(),
-                    labels: flags.labels,
-                })
-            })
-            .collect()
-    }
-
-    // ---- templates ---------------------------------------------------------------------
-
-    /// Templates of the controller's library.
-    pub(crate) fn library(&self) -> Vec<crate::templates::LibraryTemplate> {
-        self.settings.templates_dir.as_deref().map(crate::templates::scan).unwrap_or_default()
-    }
-
-    pub fn templates(&self) -> Result<Vec<Template>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
-        let mut out: BTreeMap<String, Template> = BTreeMap::new();
-        for t in self.library() {
-            out.insert(
-                t.name.clone(),
-                Template {
-                    name: t.name.clone(),
-                    size_bytes: t.size_bytes,
-                    kernel_version: t.kernel_version.clone(),
-                    os: t.os.clone(),
-                    hosts: vec![],
-                },
-            );
-        }
-        for r in regs {
-            for t in r.templates {
-                out.entry(t.name.clone())
-                    .or_insert_with(|| Template {
-                        name: t.name.clone(),
-                        size_bytes: t.size_bytes,
-                        kernel_version: t.kernel_version.clone(),
-                        os: t.os.clone(),
-                        hosts: vec![],
-                    })
-                    .hosts
-                    .push(r.name.clone());
-            }
-        }
-        Ok(out.into_values().collect())
-    }
-
-    /// Checks that a template exists somewhere (library or a host).
-    pub(crate) fn check_template(&self, name: &str) -> Result<Template, ApiError> {
-        let all = self.templates()?;
-        let have: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
-        all.into_iter().find(|t| t.name == name).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unknown template {name:?}: available templates are [{}] (see `corral template list`)",
-                have.join(", ")
-            ))
-        })
-    }
-
-    /// Makes sure `host` holds `template`, sending it from the library if not. Concurrent
-    /// callers for the same host and template share one transfer.
-    pub(crate) async fn ensure_template(&self, host: &str, template: &str) -> Result<(), ApiError> {
-        let has = |c: &Self| -> Result<bool, ApiError> {
-            let r: Option<Register> = c.store.get_json(HOSTS, host).map_err(store_err)?;
-            Ok(r.is_some_and(|r| r.templates.iter().any(|t| t.name == template)))
-        };
-        if has(self)? {
-            return Ok(());
-        }
-        let key = (host.to_string(), template.to_string());
-        let cell = lock(&self.sends).entry(key.clone()).or_default().clone();
-        let res = cell
-            .get_or_init(|| async {
-                if has(self).unwrap_or(false) {
-                    return Ok(());
-                }
-                if !self.library().iter().any(|t| t.name == template) {
-                    return Err(format!(
-                        "host {host} lacks template {template:?} and the controller's library does not hold it"
-                    ));
-                }
-                let started = Instant::now();
-                let reg =
-                    self.agent(host).map_err(|e| e.message)?.pull_template(template).await.map_err(|e| e.message)?;
-                self.store.put_json(HOSTS, host, &reg).map_err(|e| e.to_string())?;
-                self.event(
-                    "template.sent",
-                    host,
-                    format!("template {template} sent in {} ms", started.elapsed().as_millis()),
-                );
-                Ok(())
-            })
-            .await
-            .clone();
-        if res.is_err() {
-            // Let a later attempt try again.
-            lock(&self.sends).remove(&key);
-        }
-        res.map_err(ApiError::unavailable)
     }
 
     // ---- VMs ---------------------------------------------------------------------------

@@ -1,6 +1,20 @@
-//! The controller's template library: the templates it can send to hosts that lack them.
+//! Templates: the controller's library, the templates it can send to hosts that lack them, and
+//! shipping them (one transfer per host and template, shared by everyone who needs it).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use corral_api::agent::Register;
+use corral_api::{ApiError, Template};
+use corral_store::StoreExt;
+
+use crate::service::{lock, store_err, Controller};
+use crate::tables::HOSTS;
+
+/// One transfer of a template to a host, shared by everyone waiting for it.
+pub(crate) type TemplateSend = Arc<tokio::sync::OnceCell<Result<(), String>>>;
 
 /// A template of the library.
 #[derive(Debug, Clone)]
@@ -27,4 +41,97 @@ pub fn scan(dir: &Path) -> Vec<LibraryTemplate> {
             t,
         })
         .collect()
+}
+
+impl Controller {
+    /// Templates of the controller's library.
+    pub(crate) fn library(&self) -> Vec<LibraryTemplate> {
+        self.settings.templates_dir.as_deref().map(scan).unwrap_or_default()
+    }
+
+    pub fn templates(&self) -> Result<Vec<Template>, ApiError> {
+        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let mut out: BTreeMap<String, Template> = BTreeMap::new();
+        for t in self.library() {
+            out.insert(
+                t.name.clone(),
+                Template {
+                    name: t.name.clone(),
+                    size_bytes: t.size_bytes,
+                    kernel_version: t.kernel_version.clone(),
+                    os: t.os.clone(),
+                    hosts: vec![],
+                },
+            );
+        }
+        for r in regs {
+            for t in r.templates {
+                out.entry(t.name.clone())
+                    .or_insert_with(|| Template {
+                        name: t.name.clone(),
+                        size_bytes: t.size_bytes,
+                        kernel_version: t.kernel_version.clone(),
+                        os: t.os.clone(),
+                        hosts: vec![],
+                    })
+                    .hosts
+                    .push(r.name.clone());
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Checks that a template exists somewhere (library or a host).
+    pub(crate) fn check_template(&self, name: &str) -> Result<Template, ApiError> {
+        let all = self.templates()?;
+        let have: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+        all.into_iter().find(|t| t.name == name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown template {name:?}: available templates are [{}] (see `corral template list`)",
+                have.join(", ")
+            ))
+        })
+    }
+
+    /// Makes sure `host` holds `template`, sending it from the library if not. Concurrent
+    /// callers for the same host and template share one transfer.
+    pub(crate) async fn ensure_template(&self, host: &str, template: &str) -> Result<(), ApiError> {
+        let has = |c: &Self| -> Result<bool, ApiError> {
+            let r: Option<Register> = c.store.get_json(HOSTS, host).map_err(store_err)?;
+            Ok(r.is_some_and(|r| r.templates.iter().any(|t| t.name == template)))
+        };
+        if has(self)? {
+            return Ok(());
+        }
+        let key = (host.to_string(), template.to_string());
+        let cell = lock(&self.sends).entry(key.clone()).or_default().clone();
+        let res = cell
+            .get_or_init(|| async {
+                if has(self).unwrap_or(false) {
+                    return Ok(());
+                }
+                if !self.library().iter().any(|t| t.name == template) {
+                    return Err(format!(
+                        "host {host} lacks template {template:?} and the controller's library does not hold it"
+                    ));
+                }
+                let started = Instant::now();
+                let reg =
+                    self.agent(host).map_err(|e| e.message)?.pull_template(template).await.map_err(|e| e.message)?;
+                self.store.put_json(HOSTS, host, &reg).map_err(|e| e.to_string())?;
+                self.event(
+                    "template.sent",
+                    host,
+                    format!("template {template} sent in {} ms", started.elapsed().as_millis()),
+                );
+                Ok(())
+            })
+            .await
+            .clone();
+        if res.is_err() {
+            // Let a later attempt try again.
+            lock(&self.sends).remove(&key);
+        }
+        res.map_err(ApiError::unavailable)
+    }
 }

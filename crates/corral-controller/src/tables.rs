@@ -1,0 +1,38 @@
+//! The names of the store's tables, in one place. Every table maps a string key to a JSON value:
+//!
+//! | table        | key                            | value                                                   |
+//! |--------------|--------------------------------|---------------------------------------------------------|
+//! | `vms`        | VM name                        | [`Vm`](corral_api::Vm): desired and last reported state |
+//! | `hosts`      | host name                      | [`Register`](corral_api::agent::Register): what its agent registered |
+//! | `host_flags` | host name                      | [`HostFlags`](crate::service::HostFlags): operator and HA flags |
+//! | `events`     | `<ms:013>-<uuid>`              | [`Event`](corral_api::cluster::Event)                   |
+//! | `profiles`   | profile name                   | [`Profile`](corral_api::cluster::Profile)               |
+//! | `clusters`   | cluster name                   | [`Cluster`](corral_api::cluster::Cluster)               |
+//! | `ipam`       | IPv4 address, without prefix   | the name of the VM holding it (a JSON string)           |
+//! | `ops`        | `op-<ms:013>-<hex8>`           | [`Operation`](corral_api::cluster::Operation)           |
+//! | `migrations` | `mig-<ms:013>-<hex6>`          | [`Migration`](corral_api::migration::Migration)         |
+//! | `drs`        | `settings`                     | [`DrsSettings`](corral_api::drs::DrsSettings)           |
+//! | `drs_rounds` | `<ms:013>-<hex6>`              | [`DrsRound`](corral_api::drs::DrsRound)                 |
+
+/// VM records: VM name -> `Vm`.
+pub(crate) const VMS: &str = "vms";
+/// Registered hosts: host name -> `Register`.
+pub(crate) const HOSTS: &str = "hosts";
+/// Operator and HA flags of hosts: host name -> `HostFlags`.
+pub(crate) const HOST_FLAGS: &str = "host_flags";
+/// The event log: time-ordered key -> `Event`.
+pub(crate) const EVENTS: &str = "events";
+/// Profiles: profile name -> `Profile`.
+pub(crate) const PROFILES: &str = "profiles";
+/// Virtual clusters: cluster name -> `Cluster`.
+pub(crate) const CLUSTERS: &str = "clusters";
+/// Address management: address -> the name of the VM holding it.
+pub(crate) const IPAM: &str = "ipam";
+/// Long operations: operation id -> `Operation`.
+pub(crate) const OPS: &str = "ops";
+/// Live migrations and cold moves: migration id -> `Migration`.
+pub(crate) const MIGRATIONS: &str = "migrations";
+/// DRS settings: `settings` -> `DrsSettings`.
+pub(crate) const DRS: &str = "drs";
+/// DRS round history: time-ordered key -> `DrsRound`.
+pub(crate) const DRS_ROUNDS: &str = "drs_rounds";
