@@ -99,7 +99,7 @@ async fn an_unreachable_controller_is_skipped() {
 
 #[tokio::test]
 async fn a_controller_that_never_answers_is_given_up_after_the_deadline() {
-    let hung = serve(Router::new().fallback(|| std::future::pending::<()>())).await;
+    let hung = serve(Router::new().fallback(std::future::pending::<()>)).await;
     let live = serve(leader("live")).await;
     let settings = Settings { connect_timeout: Duration::from_secs(1), deadline: |_, _| Duration::from_millis(300) };
     let started = Instant::now();
