@@ -26,6 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use corral_api::agent::{Heartbeat, HeartbeatReply, Register};
+use corral_api::ErrorKind;
+use corral_client::{ClientError, ControllerClient, Method, Settings};
 
 /// How the agent is configured (`corral agent --help`).
 #[derive(Debug, Clone)]
@@ -71,8 +73,8 @@ pub struct Agent {
     pulling: tokio::sync::Mutex<()>,
     /// This host's lease from the controller, its peers, and whether it is isolated.
     pub fencer: Arc<fence::Fencer>,
-    /// The controller that leads, as far as this agent knows (one of `--controller`'s).
-    leader: Mutex<String>,
+    /// The client of `--controller`'s controllers; it knows which one leads.
+    pub controller: ControllerClient,
 }
 
 impl Agent {
@@ -128,7 +130,7 @@ impl Agent {
         let _one = self.pulling.lock().await;
         if !self.vms.templates().iter().any(|t| t.info.name == name) {
             let started = std::time::Instant::now();
-            let leader = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let leader = self.controller.leader();
             templates::pull(&self.http, &leader, self.cfg.token.as_deref(), name, &self.cfg.templates_dir)
                 .await
                 .map_err(|e| match e {
@@ -165,6 +167,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     uplink::check_config(&cfg.provider_interfaces, cfg.listen)?;
+    // Registration and heartbeats: each exchange gets 5 s in all.
+    let controller = ControllerClient::new(
+        &cfg.controller,
+        cfg.token.clone(),
+        Settings { connect_timeout: Duration::from_secs(5), deadline: |_, _| Duration::from_secs(5) },
+    )
+    .with_context(|| format!("--controller {:?}", cfg.controller))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let tpls = templates::scan(&cfg.templates_dir);
@@ -222,7 +231,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         net,
         pulling: tokio::sync::Mutex::new(()),
         fencer: fencer.clone(),
-        leader: Mutex::new(controllers(&cfg.controller).first().cloned().unwrap_or_default()),
+        controller,
     });
 
     let listener =
@@ -261,107 +270,69 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The controller URLs of `--controller` (comma-separated; several when controllers share an
-/// etcd store and one leads).
-fn controllers(list: &str) -> Vec<String> {
-    list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
-}
-
-/// Where the heartbeat loop turns when this controller will not do.
-enum Elsewhere {
-    /// The leader a standby controller named.
-    Leader(String),
-    /// The next controller of the list (this one is unreachable, or a standby that knows no
-    /// leader yet).
-    Next,
-}
-
-impl Elsewhere {
-    /// From a standby's 503 answer.
-    fn of(r: &reqwest::Response) -> Self {
-        match r.headers().get(corral_api::LEADER_HEADER).and_then(|v| v.to_str().ok()) {
-            Some(l) => Elsewhere::Leader(l.trim_end_matches('/').to_string()),
-            None => Elsewhere::Next,
+/// Registers with the controller, then heartbeats; registers again whenever the controller
+/// does not know this host (for instance after it lost its state), and with each new leader.
+/// With several controllers the client talks to the leader: a standby answers 503 naming the
+/// leader, which it follows; an unreachable one makes it try the next.
+async fn heartbeat_loop(agent: Arc<Agent>) {
+    let c = &agent.controller;
+    // The controller this host registered with, if it did.
+    let mut registered_with: Option<String> = None;
+    loop {
+        let before = c.leader();
+        if registered_with.as_deref() != Some(before.as_str()) {
+            registered_with = None;
+            match c.send_raw(Method::POST, "/v1/agents/register", Some(&agent.registration())).await {
+                Ok(_) => {
+                    let to = c.leader();
+                    tracing::info!("registered with controller {to}");
+                    registered_with = Some(to);
+                }
+                Err(e) if e.kind() == ErrorKind::Unavailable => tracing::debug!("cannot register: {}", why(&e)),
+                Err(e) => tracing::warn!("controller refused registration: {}", why(&e)),
+            }
         }
+        if registered_with.is_some() {
+            let hb = agent.heartbeat();
+            let sent = fence::boottime_ms();
+            match c.post::<_, HeartbeatReply>(&format!("/v1/agents/{}/heartbeat", agent.cfg.name), &hb).await {
+                Ok(reply) => {
+                    if !reply.fence.is_empty() {
+                        // Declared failed while away: these VMs run elsewhere now.
+                        let why = "fenced: the controller declared this host failed and restarted this VM elsewhere";
+                        agent.vms.fence(|r| reply.fence.contains(&r.def.uuid), why).await;
+                    }
+                    agent.fencer.renewed(sent, &reply);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => registered_with = None,
+                // Never a renewal: what cannot be read cannot extend the lease.
+                Err(e @ (ClientError::Unreadable { .. } | ClientError::Json(_))) => {
+                    tracing::warn!(
+                        "unreadable heartbeat reply from {} ({}): the lease is not renewed",
+                        c.leader(),
+                        why(&e)
+                    )
+                }
+                Err(e) if e.kind() == ErrorKind::Unavailable => tracing::debug!("heartbeat failed: {}", why(&e)),
+                Err(e) => tracing::warn!("heartbeat refused: {}", why(&e)),
+            }
+        }
+        let now = c.leader();
+        if now != before {
+            tracing::info!("controller {before} is not the leader: now talking to {now}");
+        }
+        tokio::time::sleep(agent.cfg.heartbeat).await;
     }
 }
 
-/// Registers with the controller, then heartbeats; registers again whenever the controller
-/// does not know this host (for instance after it lost its state). With several controllers
-/// it talks to the leader: a standby answers 503 naming the leader, which it follows; an
-/// unreachable one makes it try the next.
-async fn heartbeat_loop(agent: Arc<Agent>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-    let all = controllers(&agent.cfg.controller);
-    let post = |url: String| {
-        let r = http.post(url);
-        match &agent.cfg.token {
-            Some(t) => r.bearer_auth(t),
-            None => r,
-        }
-    };
-    let mut registered = false;
-    loop {
-        let base = agent.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut elsewhere: Option<Elsewhere> = None;
-        if !registered {
-            match post(format!("{base}/v1/agents/register")).json(&agent.registration()).send().await {
-                Ok(r) if r.status().is_success() => {
-                    tracing::info!("registered with controller {base}");
-                    registered = true;
-                }
-                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => elsewhere = Some(Elsewhere::of(&r)),
-                Ok(r) => tracing::warn!("controller refused registration: {}", r.status()),
-                Err(e) => {
-                    tracing::debug!("controller {base} not reachable: {e}");
-                    elsewhere = Some(Elsewhere::Next);
-                }
-            }
-        }
-        if registered {
-            let hb = agent.heartbeat();
-            let sent = fence::boottime_ms();
-            match post(format!("{base}/v1/agents/{}/heartbeat", agent.cfg.name)).json(&hb).send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => registered = false,
-                Ok(r) if r.status().is_success() => match r.json::<HeartbeatReply>().await {
-                    Ok(reply) => {
-                        if !reply.fence.is_empty() {
-                            // Declared failed while away: these VMs run elsewhere now.
-                            let why =
-                                "fenced: the controller declared this host failed and restarted this VM elsewhere";
-                            agent.vms.fence(|r| reply.fence.contains(&r.def.uuid), why).await;
-                        }
-                        agent.fencer.renewed(sent, &reply);
-                    }
-                    // Never a renewal: what cannot be read cannot extend the lease.
-                    Err(e) => tracing::warn!("unreadable heartbeat reply from {base} ({e}): the lease is not renewed"),
-                },
-                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => elsewhere = Some(Elsewhere::of(&r)),
-                Ok(r) => tracing::warn!("heartbeat refused: {}", r.status()),
-                Err(e) => {
-                    tracing::debug!("heartbeat to {base} failed: {e}");
-                    elsewhere = Some(Elsewhere::Next);
-                }
-            }
-        }
-        // Follow the leader named by a standby, else try the next controller of the list.
-        if let Some(e) = elsewhere.filter(|_| all.len() > 1) {
-            let (to, named) = match e {
-                Elsewhere::Leader(l) => (l, true),
-                Elsewhere::Next => {
-                    let i = all.iter().position(|u| *u == base).map_or(0, |i| (i + 1) % all.len());
-                    (all[i].clone(), false)
-                }
-            };
-            if to != base {
-                tracing::info!("controller {base} is not the leader: trying {to}");
-                *agent.leader.lock().unwrap_or_else(|p| p.into_inner()) = to;
-                registered = false;
-                if named {
-                    continue; // named by a standby: go at once
-                }
-            }
-        }
-        tokio::time::sleep(agent.cfg.heartbeat).await;
+/// What went wrong with an exchange with the controller, for the log: an API error with its
+/// status, anything else with its cause.
+fn why(e: &ClientError) -> String {
+    match e {
+        ClientError::Api(a) => format!("{} ({})", a.status, a.message),
+        e => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
     }
 }

@@ -1,155 +1,116 @@
-//! The CLI's HTTP client of the controller, turning transport and API errors into messages
-//! that say what to do.
+//! The CLI's HTTP client of the controller: the shared [`ControllerClient`] (leader following,
+//! deadlines, error documents), with its failures turned into messages that say what to do.
+
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
-use corral_api::ErrorBody;
+use corral_client::{ClientError, ControllerClient, Method, Settings};
 
 /// A controller at a base URL, or several controllers sharing an etcd store
 /// (`--url http://a:7700,http://b:7700`): requests go to the leader, found by trying them in
 /// turn and following a standby's pointer to it.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    bases: Vec<String>,
-    token: Option<String>,
+    inner: ControllerClient,
 }
 
 /// How long one request may take in all: a controller that accepts connections and never
 /// answers (hung, or paused) is given up on, and the next one of the list is tried. Reads
 /// answer at once; requests that wait for work (a boot, a transfer, `?wait=`) get longer.
-fn deadline(method: &reqwest::Method, url: &str) -> std::time::Duration {
-    if method == reqwest::Method::GET && !url.contains("wait=") {
-        std::time::Duration::from_secs(30)
+fn deadline(method: &Method, url: &str) -> Duration {
+    if method == Method::GET && !url.contains("wait=") {
+        Duration::from_secs(30)
     } else {
-        std::time::Duration::from_secs(15 * 60)
+        Duration::from_secs(15 * 60)
     }
 }
 
-/// One attempt's outcome: an answer, or a reason to try another controller.
-enum Attempt {
-    Answer(reqwest::Response),
-    /// A standby answered; it named the leader (if it knows one).
-    Standby(Option<String>, reqwest::Response),
-    Unreachable(String),
+/// A failure as the user reads it.
+fn worded(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::NoUrl => anyhow!("no controller URL given: pass --url or set CORRAL_URL"),
+        ClientError::Unreachable { urls, why } => anyhow!(
+            "cannot reach the controller at {} ({why}). Is it running? Start a lab with `corral lab up`, \
+             or point --url / CORRAL_URL at a running controller",
+            urls.join(", ")
+        ),
+        ClientError::Api(e) => e.into(),
+        ClientError::Unreadable { source, .. } => source.into(),
+        ClientError::Json(e) => e.into(),
+        ClientError::Setup(e) => e.into(),
+    }
 }
 
 impl Client {
     pub fn new(base: &str, token: Option<String>) -> Result<Self> {
-        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build()?;
-        let bases: Vec<String> =
-            base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        if bases.is_empty() {
-            return Err(anyhow!("no controller URL given: pass --url or set CORRAL_URL"));
-        }
-        Ok(Self { http, bases, token })
-    }
-
-    async fn attempt(&self, method: &reqwest::Method, url: &str, body: Option<&serde_json::Value>) -> Attempt {
-        let mut req = self.http.request(method.clone(), url).timeout(deadline(method, url));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Err(e) => Attempt::Unreachable(if e.is_connect() {
-                "connection refused or no route".into()
-            } else if e.is_timeout() {
-                format!("no answer within {:?}", deadline(method, url))
-            } else {
-                e.to_string()
-            }),
-            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && self.bases.len() > 1 => {
-                let leader = r.headers().get(corral_api::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
-                Attempt::Standby(leader, r)
-            }
-            Ok(r) => Attempt::Answer(r),
-        }
-    }
-
-    async fn send<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<T> {
-        let mut tried: Vec<String> = vec![];
-        let mut queue: Vec<String> = self.bases.clone();
-        let mut last_standby = None;
-        let mut why = String::new();
-        let resp = loop {
-            let Some(base) = queue.first().cloned() else {
-                if let Some(r) = last_standby {
-                    break r; // every controller is a standby: say what the last one said
-                }
-                return Err(anyhow!(
-                    "cannot reach the controller at {} ({why}). Is it running? Start a lab with `corral lab up`, \
-                     or point --url / CORRAL_URL at a running controller",
-                    self.bases.join(", ")
-                ));
-            };
-            queue.remove(0);
-            tried.push(base.clone());
-            match self.attempt(&method, &format!("{base}{path}"), body.as_ref()).await {
-                Attempt::Answer(r) => break r,
-                Attempt::Standby(leader, r) => {
-                    if let Some(l) = leader.map(|l| l.trim_end_matches('/').to_string()) {
-                        if !tried.contains(&l) {
-                            queue.insert(0, l);
-                        }
-                    }
-                    last_standby = Some(r);
-                }
-                Attempt::Unreachable(w) => why = w,
-            }
-        };
-        let status = resp.status();
-        if status.is_success() {
-            if status == reqwest::StatusCode::NO_CONTENT {
-                return Ok(serde_json::from_value(serde_json::Value::Null)?);
-            }
-            return Ok(resp.json().await?);
-        }
-        let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => Err(anyhow!("{}", b.error)),
-            Err(_) => Err(anyhow!("the controller answered {status}: {}", text.trim())),
-        }
+        let settings = Settings { connect_timeout: Duration::from_secs(5), deadline };
+        Ok(Self { inner: ControllerClient::new(base, token, settings).map_err(worded)? })
     }
 
     /// GET `path` from every controller of the list, each on its own (no leader following).
     pub async fn get_each(&self, path: &str) -> Vec<(String, Result<serde_json::Value>)> {
-        let mut out = vec![];
-        for b in &self.bases {
-            let r = match self.attempt(&reqwest::Method::GET, &format!("{b}{path}"), None).await {
-                Attempt::Answer(r) | Attempt::Standby(_, r) => r.json().await.map_err(anyhow::Error::from),
-                Attempt::Unreachable(w) => Err(anyhow!("unreachable ({w})")),
-            };
-            out.push((b.clone(), r));
-        }
-        out
+        self.inner
+            .get_each(path)
+            .await
+            .into_iter()
+            .map(|(url, r)| {
+                let r = r.map_err(|e| match e {
+                    ClientError::Unreachable { why, .. } => anyhow!("unreachable ({why})"),
+                    e => worded(e),
+                });
+                (url, r)
+            })
+            .collect()
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(reqwest::Method::GET, path, None).await
+        self.inner.get(path).await.map_err(worded)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(reqwest::Method::POST, path, Some(serde_json::to_value(body)?)).await
+        self.inner.post(path, body).await.map_err(worded)
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(reqwest::Method::PUT, path, Some(serde_json::to_value(body)?)).await
+        self.inner.put(path, body).await.map_err(worded)
     }
 
     pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(reqwest::Method::PATCH, path, Some(serde_json::to_value(body)?)).await
+        self.inner.patch(path, body).await.map_err(worded)
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send(reqwest::Method::DELETE, path, None).await
+        self.inner.delete(path).await.map_err(worded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_worded_for_the_user() {
+        let e = Client::new(" , ", None).map(|_| ()).map_err(|e| format!("{e:#}"));
+        assert_eq!(e, Err("no controller URL given: pass --url or set CORRAL_URL".to_string()));
+        let free = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let url = format!("http://{}", free.expect("a free port"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let c = Client::new(&format!("{url}/"), None).expect("a client");
+        let e = rt.block_on(c.get::<serde_json::Value>("/v1/hosts")).map_err(|e| format!("{e:#}"));
+        assert_eq!(
+            e,
+            Err(format!(
+                "cannot reach the controller at {url} (connection refused or no route). Is it running? Start a lab \
+                 with `corral lab up`, or point --url / CORRAL_URL at a running controller"
+            ))
+        );
+        let each = rt.block_on(c.get_each("/v1/leader"));
+        assert_eq!(each.len(), 1);
+        assert_eq!(
+            each[0].1.as_ref().map_err(|e| e.to_string()).err(),
+            Some("unreachable (connection refused or no route)".into())
+        );
     }
 }
