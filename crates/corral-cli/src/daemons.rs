@@ -1,11 +1,12 @@
-//! `corral controller`, `corral agent` and the agent's watchdog: their flags, the checks of
-//! those flags, and the launch of each daemon.
+//! `corral controller`, `corral agent` and the agent's watchdog: their flags, parsed into each
+//! daemon's configuration (which the daemon checks), and the launch of each daemon.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use corral_api::HaAdmission;
 
 use crate::tokens::token_from_file;
 use crate::{init_logs, migrate};
@@ -17,8 +18,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "/var/lib/corral/controller")]
     data: PathBuf,
     /// Seconds without heartbeat before a host is shown unreachable.
-    #[arg(long, default_value_t = 5)]
-    host_timeout: u64,
+    #[arg(long, default_value = "5", value_parser = whole_seconds_arg)]
+    host_timeout: Duration,
     /// vCPUs that may be promised per physical CPU.
     #[arg(long, default_value_t = 4.0)]
     cpu_overcommit: f64,
@@ -68,8 +69,8 @@ pub struct ControllerArgs {
     ha_reserve_hosts: usize,
     /// What to do with an HA VM that would break that reserve: refuse it, or warn (an
     /// event) and admit it.
-    #[arg(long, default_value = "refuse", value_parser = ["refuse", "warn"])]
-    ha_admission: String,
+    #[arg(long, default_value = "refuse")]
+    ha_admission: HaAdmission,
     /// Keep the state in etcd (v3 API) at these endpoints (comma-separated host:port)
     /// instead of the embedded file in --data.
     #[arg(long, value_delimiter = ',')]
@@ -161,6 +162,11 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     migrate::parse_ms(s).map(Duration::from_millis).map_err(|e| e.to_string())
 }
 
+/// A whole number of seconds: 5, 180.
+fn whole_seconds_arg(s: &str) -> Result<Duration, String> {
+    s.trim().parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
+}
+
 /// Where guest assets and machine-wide caches live: $CORRAL_CACHE, else `.cache` of the
 /// checkout this binary was built in, else /var/cache/corral.
 pub fn cache_dir() -> PathBuf {
@@ -179,80 +185,44 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from("/var/cache/corral")
 }
 
-/// Checks the controller's flags, then runs the controller until it ends.
+impl ControllerArgs {
+    /// The controller's configuration these flags give (the token read, or made, from its file).
+    fn config(self) -> Result<corral_controller::Config> {
+        Ok(corral_controller::Config {
+            listen: self.listen,
+            data_dir: self.data,
+            host_timeout: self.host_timeout,
+            cpu_overcommit: self.cpu_overcommit,
+            memory_overcommit: self.memory_overcommit,
+            templates_dir: Some(self.templates.unwrap_or_else(|| cache_dir().join("guest"))),
+            token: self.token_file.map(|f| token_from_file(&f, true)).transpose()?,
+            migrations_out: self.migrations_out,
+            migrations_in: self.migrations_in,
+            standby_command: self.standby_command,
+            wake_command: self.wake_command,
+            lease: self.lease,
+            suspect_after: self.suspect_after,
+            recover_after: self.recover_after,
+            ha_reserve_hosts: self.ha_reserve_hosts,
+            ha_admission: self.ha_admission,
+            etcd: self.etcd,
+            etcd_prefix: self.etcd_prefix,
+            leader_ttl_s: self.leader_ttl,
+            advertise: self.advertise,
+            retention: corral_controller::retention::Retention {
+                events: self.keep_events,
+                history: self.keep_history,
+                max_age: self.keep_for,
+            },
+            insecure: self.insecure,
+        })
+    }
+}
+
+/// Runs the controller until it ends (it checks its configuration first).
 pub async fn controller(a: ControllerArgs) -> Result<()> {
-    let ControllerArgs {
-        listen,
-        data,
-        host_timeout,
-        cpu_overcommit,
-        memory_overcommit,
-        templates,
-        token_file,
-        insecure,
-        migrations_out,
-        migrations_in,
-        standby_command,
-        wake_command,
-        lease,
-        suspect_after,
-        recover_after,
-        ha_reserve_hosts,
-        ha_admission,
-        etcd,
-        etcd_prefix,
-        leader_ttl,
-        advertise,
-        keep_events,
-        keep_history,
-        keep_for,
-    } = a;
-    if !(2..=60).contains(&leader_ttl) {
-        bail!("--leader-ttl {leader_ttl} is out of range: give 2 to 60 seconds");
-    }
     init_logs("info");
-    if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
-        bail!(
-            "--lease {lease:?} is too short: it must exceed --suspect-after ({suspect_after:?}) by 2 s at least, \
-             so a host is checked by its peers before its lease runs out"
-        );
-    }
-    if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
-        bail!("--cpu-overcommit must be at least 1.0");
-    }
-    if memory_overcommit.is_nan() || memory_overcommit < 1.0 {
-        bail!("--memory-overcommit must be at least 1.0");
-    }
-    let token = token_file.map(|f| token_from_file(&f, true)).transpose()?;
-    corral_controller::run(corral_controller::Config {
-        listen,
-        data_dir: data,
-        host_timeout: Duration::from_secs(host_timeout.max(1)),
-        cpu_overcommit,
-        memory_overcommit,
-        templates_dir: Some(templates.unwrap_or_else(|| cache_dir().join("guest"))),
-        token,
-        migrations_out,
-        migrations_in,
-        standby_command,
-        wake_command,
-        lease,
-        suspect_after,
-        recover_after,
-        ha_reserve_hosts,
-        ha_admission_warn: ha_admission == "warn",
-        etcd,
-        etcd_prefix,
-        leader_ttl_s: leader_ttl,
-        advertise,
-        retention: corral_controller::retention::Retention {
-            events: keep_events,
-            history: keep_history,
-            max_age: keep_for,
-        },
-        insecure,
-    })
-    .await?;
+    corral_controller::run(a.config()?).await?;
     Ok(())
 }
 
