@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use corral_api::HaAdmission;
+use corral_api::{AccelMode, HaAdmission};
 
 use crate::tokens::token_from_file;
 use crate::{init_logs, migrate};
@@ -116,8 +116,8 @@ pub struct AgentArgs {
     #[arg(long)]
     templates: Option<PathBuf>,
     /// Accelerator: auto probes KVM with a bounded test boot and falls back to TCG.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    accel: String,
+    #[arg(long, default_value = "auto")]
+    accel: AccelMode,
     /// File caching the probe's verdict, shared by the agents of one machine.
     #[arg(long)]
     accel_cache: Option<PathBuf>,
@@ -130,11 +130,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 1.0)]
-    heartbeat: f64,
+    #[arg(long, default_value = "1", value_parser = seconds_arg)]
+    heartbeat: Duration,
     /// Seconds a guest may take to report ready.
-    #[arg(long, default_value_t = 180)]
-    boot_timeout: u64,
+    #[arg(long, default_value = "180", value_parser = whole_seconds_arg)]
+    boot_timeout: Duration,
     /// File holding the API token shared with the controller (mode 600).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -160,6 +160,15 @@ pub struct AgentArgs {
 /// A duration option: 500ms, 10s, 2m.
 fn duration_arg(s: &str) -> Result<Duration, String> {
     migrate::parse_ms(s).map(Duration::from_millis).map_err(|e| e.to_string())
+}
+
+/// A number of seconds, fractions allowed: 0.5, 1, 2.5.
+fn seconds_arg(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|x| Duration::try_from_secs_f64(x).ok())
+        .ok_or_else(|| format!("invalid number of seconds {s:?}: write e.g. 0.5 or 2"))
 }
 
 /// A whole number of seconds: 5, 180.
@@ -219,6 +228,32 @@ impl ControllerArgs {
     }
 }
 
+impl AgentArgs {
+    /// The agent's configuration these flags give (the token read from its file).
+    fn config(self) -> Result<corral_agent::Config> {
+        Ok(corral_agent::Config {
+            name: self.name,
+            listen: self.listen,
+            advertise: self.advertise,
+            controller: self.controller,
+            data_dir: self.data,
+            templates_dir: self.templates.unwrap_or_else(|| cache_dir().join("guest")),
+            accel: self.accel,
+            accel_cache: self.accel_cache,
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            qemu: self.qemu,
+            heartbeat: self.heartbeat,
+            boot_timeout: self.boot_timeout,
+            token: self.token_file.map(|f| token_from_file(&f, false)).transpose()?,
+            shared_dir: self.shared_dir,
+            isolation: self.isolation_address,
+            provider_interfaces: self.provider_interfaces,
+            insecure: self.insecure,
+        })
+    }
+}
+
 /// Runs the controller until it ends (it checks its configuration first).
 pub async fn controller(a: ControllerArgs) -> Result<()> {
     init_logs("info");
@@ -226,31 +261,10 @@ pub async fn controller(a: ControllerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the agent of this host until it ends.
+/// Runs the agent of this host until it ends (it checks its configuration first).
 pub async fn agent(a: AgentArgs) -> Result<()> {
     init_logs("info");
-    let templates = a.templates.unwrap_or_else(|| cache_dir().join("guest"));
-    corral_agent::run(corral_agent::Config {
-        name: a.name,
-        listen: a.listen,
-        advertise: a.advertise,
-        controller: a.controller,
-        data_dir: a.data,
-        templates_dir: templates,
-        accel: a.accel,
-        accel_cache: a.accel_cache,
-        vcpus: a.vcpus,
-        memory_mib: a.memory,
-        qemu: a.qemu,
-        heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
-        boot_timeout: Duration::from_secs(a.boot_timeout),
-        token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
-        shared_dir: a.shared_dir,
-        isolation: a.isolation_address,
-        provider_interfaces: a.provider_interfaces,
-        insecure: a.insecure,
-    })
-    .await?;
+    corral_agent::run(a.config()?).await?;
     Ok(())
 }
 
