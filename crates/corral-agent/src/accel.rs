@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use corral_api::Accel;
+use corral_api::{Accel, AccelMode};
 use serde::{Deserialize, Serialize};
 
 use crate::templates::Template;
@@ -21,16 +21,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Decides the accelerator: `kvm`/`tcg` forced, or `auto` (probe, cached in `cache`).
 pub async fn choose(
-    mode: &str,
+    mode: AccelMode,
     qemu: &str,
     template: Option<&Template>,
     cache: Option<&Path>,
     scratch: &Path,
 ) -> Verdict {
     match mode {
-        "tcg" => return Verdict { accel: Accel::Tcg, note: "tcg chosen by --accel".into() },
-        "kvm" => return Verdict { accel: Accel::Kvm, note: "kvm chosen by --accel (not probed)".into() },
-        _ => {}
+        AccelMode::Tcg => return Verdict { accel: Accel::Tcg, note: "tcg chosen by --accel".into() },
+        AccelMode::Kvm => return Verdict { accel: Accel::Kvm, note: "kvm chosen by --accel (not probed)".into() },
+        AccelMode::Auto => {}
     }
     if let Some(c) = cache {
         if let Some(v) = std::fs::read(c).ok().and_then(|b| serde_json::from_slice::<Verdict>(&b).ok()) {

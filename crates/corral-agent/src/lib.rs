@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod config;
 pub mod fence;
 pub mod fetch;
 pub mod filter;
@@ -18,8 +19,6 @@ pub mod uplink;
 pub mod vm;
 pub mod watchdog;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,36 +28,7 @@ use corral_api::agent::{Heartbeat, HeartbeatReply, Register};
 use corral_api::ErrorKind;
 use corral_client::{ClientError, ControllerClient, Method, Settings};
 
-/// How the agent is configured (`corral agent --help`).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub name: String,
-    pub listen: SocketAddr,
-    /// URL the controller uses to reach this agent (defaults to http://LISTEN).
-    pub advertise: Option<String>,
-    pub controller: String,
-    pub data_dir: PathBuf,
-    pub templates_dir: PathBuf,
-    pub accel: String,
-    pub accel_cache: Option<PathBuf>,
-    pub vcpus: Option<u32>,
-    pub memory_mib: Option<u64>,
-    pub qemu: String,
-    pub heartbeat: Duration,
-    pub boot_timeout: Duration,
-    /// API token: required on requests to this agent, and sent to the controller.
-    pub token: Option<String>,
-    /// The shared storage pool (the same directory on every host, e.g. an NFS mount).
-    pub shared_dir: Option<PathBuf>,
-    /// Isolation addresses (`--isolation-address`): with no peer known, reaching one of
-    /// them tells a control-plane outage from isolation.
-    pub isolation: Vec<std::net::Ipv4Addr>,
-    /// Host interfaces bridged (provider) networks may join (`--provider-interfaces`); none:
-    /// no bridged networks on this host.
-    pub provider_interfaces: Vec<String>,
-    /// Listen on a non-loopback address without a token (`--insecure`), with a warning.
-    pub insecure: bool,
-}
+pub use config::{Config, ConfigError};
 
 /// A running agent.
 #[derive(Debug)]
@@ -156,9 +126,9 @@ impl Agent {
     }
 }
 
-/// Runs the agent until the process is killed.
+/// Checks `cfg`, then runs the agent until the process is killed.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    corral_http::check_listen(cfg.listen, cfg.token.as_deref(), cfg.insecure)?;
+    cfg.validate()?;
     if cfg.token.is_none() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(
             "INSECURE: the agent listens on {} without an API token (--insecure): anyone who reaches it \
@@ -166,7 +136,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.listen
         );
     }
-    uplink::check_config(&cfg.provider_interfaces, cfg.listen)?;
     // Registration and heartbeats: each exchange gets 5 s in all.
     let controller = ControllerClient::new(
         &cfg.controller,
@@ -180,7 +149,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tpls.is_empty() {
         tracing::warn!("no templates in {}: VMs cannot be created until some are added", cfg.templates_dir.display());
     }
-    let verdict = accel::choose(&cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
+    let verdict = accel::choose(cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
     tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
     let net = match netdev::Net::open() {
         Ok(n) => Some(n),

@@ -163,11 +163,11 @@ mod tests {
     #[test]
     fn kinds_round_trip_and_unknown_kinds_are_tolerated() {
         for k in [ErrorKind::NotFound, ErrorKind::AlreadyExists, ErrorKind::TooLate, ErrorKind::NoCapacity] {
-            let s = serde_json::to_string(&k).unwrap();
+            let s = serde_json::to_string(&k).expect("serialises");
             assert_eq!(s, format!("\"{}\"", k.as_str()));
-            assert_eq!(serde_json::from_str::<ErrorKind>(&s).unwrap(), k);
+            assert_eq!(serde_json::from_str::<ErrorKind>(&s).expect("parses"), k);
         }
-        let b: ErrorBody = serde_json::from_str(r#"{"kind":"from_the_future","error":"x"}"#).unwrap();
+        let b: ErrorBody = serde_json::from_str(r#"{"kind":"from_the_future","error":"x"}"#).expect("tolerated");
         assert_eq!(b.kind, ErrorKind::Unknown);
         assert_eq!(ApiError::too_late("x").status, 409);
         assert_eq!(ApiError::from_body(404, ApiError::not_found("gone").body()).kind, ErrorKind::NotFound);

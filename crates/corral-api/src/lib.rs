@@ -5,8 +5,24 @@
 //! field name says otherwise; times are milliseconds since the Unix epoch (`*_ms` fields).
 
 /// The words of an enum of unit variants, from one table: `as_str`, `Display` and `FromStr`,
-/// whose error names what was expected (`unknown <what> "x": use <hint>`).
+/// whose error names what was expected (`unknown <what> "x": use <hint>`). Led by `flag`, it
+/// also makes the enum a `clap::ValueEnum` (feature `clap`), so that a command-line flag
+/// takes its words and `--help` lists them.
 macro_rules! words {
+    (flag $t:ty, $what:literal, $hint:literal, { $($v:ident => $w:literal),+ $(,)? }) => {
+        words!($t, $what, $hint, { $($v => $w),+ });
+
+        #[cfg(feature = "clap")]
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$(Self::$v),+]
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.as_str()))
+            }
+        }
+    };
     ($t:ty, $what:literal, $hint:literal, { $($v:ident => $w:literal),+ $(,)? }) => {
         impl $t {
             /// Its word, as users write it and see it.
@@ -277,7 +293,7 @@ pub enum Storage {
     Shared,
 }
 
-words!(Storage, "storage", "local or shared", { Local => "local", Shared => "shared" });
+words!(flag Storage, "storage", "local or shared", { Local => "local", Shared => "shared" });
 
 /// What happens to a VM when its host fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -293,11 +309,25 @@ pub enum HaPolicy {
     RestartFresh,
 }
 
-words!(HaPolicy, "HA policy", "off, restart (shared storage) or restart-fresh", {
+words!(flag HaPolicy, "HA policy", "off, restart (shared storage) or restart-fresh", {
     Off => "off",
     Restart => "restart",
     RestartFresh => "restart-fresh",
 });
+
+/// What the controller does with an HA VM that would leave too little room to restart the HA
+/// VMs of the failed hosts it keeps a reserve for (`corral controller --ha-admission`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaAdmission {
+    /// Refuse the VM.
+    #[default]
+    Refuse,
+    /// Admit it, with a warning event.
+    Warn,
+}
+
+words!(flag HaAdmission, "HA admission", "refuse or warn", { Refuse => "refuse", Warn => "warn" });
 
 fn yes() -> bool {
     true
@@ -434,6 +464,19 @@ impl Accel {
     }
 }
 
+/// The accelerator an agent is told to use (`corral agent --accel`): one of them, or auto (KVM
+/// after a bounded test boot, else TCG).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+words!(flag AccelMode, "accelerator", "auto, kvm or tcg", { Auto => "auto", Kvm => "kvm", Tcg => "tcg" });
+
 /// What a host offers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Capacity {
@@ -568,6 +611,12 @@ mod tests {
         }
         for m in [drs::DrsMode::Off, drs::DrsMode::Advise, drs::DrsMode::Auto] {
             assert_eq!(m.as_str().parse::<drs::DrsMode>(), Ok(m));
+        }
+        for a in [HaAdmission::Refuse, HaAdmission::Warn] {
+            assert_eq!(a.as_str().parse::<HaAdmission>(), Ok(a));
+        }
+        for a in [AccelMode::Auto, AccelMode::Kvm, AccelMode::Tcg] {
+            assert_eq!(a.as_str().parse::<AccelMode>(), Ok(a));
         }
         assert_eq!("shared".parse::<Storage>(), Ok(Storage::Shared));
         assert_eq!("nfs".parse::<Storage>(), Err("unknown storage \"nfs\": use local or shared".to_string()));

@@ -1,11 +1,12 @@
-//! `corral controller`, `corral agent` and the agent's watchdog: their flags, the checks of
-//! those flags, and the launch of each daemon.
+//! `corral controller`, `corral agent` and the agent's watchdog: their flags, parsed into each
+//! daemon's configuration (which the daemon checks), and the launch of each daemon.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use corral_api::{AccelMode, HaAdmission};
 
 use crate::tokens::token_from_file;
 use crate::{init_logs, migrate};
@@ -17,8 +18,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "/var/lib/corral/controller")]
     data: PathBuf,
     /// Seconds without heartbeat before a host is shown unreachable.
-    #[arg(long, default_value_t = 5)]
-    host_timeout: u64,
+    #[arg(long, default_value = "5", value_parser = whole_seconds_arg)]
+    host_timeout: Duration,
     /// vCPUs that may be promised per physical CPU.
     #[arg(long, default_value_t = 4.0)]
     cpu_overcommit: f64,
@@ -68,8 +69,8 @@ pub struct ControllerArgs {
     ha_reserve_hosts: usize,
     /// What to do with an HA VM that would break that reserve: refuse it, or warn (an
     /// event) and admit it.
-    #[arg(long, default_value = "refuse", value_parser = ["refuse", "warn"])]
-    ha_admission: String,
+    #[arg(long, default_value = "refuse")]
+    ha_admission: HaAdmission,
     /// Keep the state in etcd (v3 API) at these endpoints (comma-separated host:port)
     /// instead of the embedded file in --data.
     #[arg(long, value_delimiter = ',')]
@@ -115,8 +116,8 @@ pub struct AgentArgs {
     #[arg(long)]
     templates: Option<PathBuf>,
     /// Accelerator: auto probes KVM with a bounded test boot and falls back to TCG.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    accel: String,
+    #[arg(long, default_value = "auto")]
+    accel: AccelMode,
     /// File caching the probe's verdict, shared by the agents of one machine.
     #[arg(long)]
     accel_cache: Option<PathBuf>,
@@ -129,11 +130,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: String,
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 1.0)]
-    heartbeat: f64,
+    #[arg(long, default_value = "1", value_parser = seconds_arg)]
+    heartbeat: Duration,
     /// Seconds a guest may take to report ready.
-    #[arg(long, default_value_t = 180)]
-    boot_timeout: u64,
+    #[arg(long, default_value = "180", value_parser = whole_seconds_arg)]
+    boot_timeout: Duration,
     /// File holding the API token shared with the controller (mode 600).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -161,6 +162,20 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     migrate::parse_ms(s).map(Duration::from_millis).map_err(|e| e.to_string())
 }
 
+/// A number of seconds, fractions allowed: 0.5, 1, 2.5.
+fn seconds_arg(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|x| Duration::try_from_secs_f64(x).ok())
+        .ok_or_else(|| format!("invalid number of seconds {s:?}: write e.g. 0.5 or 2"))
+}
+
+/// A whole number of seconds: 5, 180.
+fn whole_seconds_arg(s: &str) -> Result<Duration, String> {
+    s.trim().parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
+}
+
 /// Where guest assets and machine-wide caches live: $CORRAL_CACHE, else `.cache` of the
 /// checkout this binary was built in, else /var/cache/corral.
 pub fn cache_dir() -> PathBuf {
@@ -179,108 +194,77 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from("/var/cache/corral")
 }
 
-/// Checks the controller's flags, then runs the controller until it ends.
+impl ControllerArgs {
+    /// The controller's configuration these flags give (the token read, or made, from its file).
+    fn config(self) -> Result<corral_controller::Config> {
+        Ok(corral_controller::Config {
+            listen: self.listen,
+            data_dir: self.data,
+            host_timeout: self.host_timeout,
+            cpu_overcommit: self.cpu_overcommit,
+            memory_overcommit: self.memory_overcommit,
+            templates_dir: Some(self.templates.unwrap_or_else(|| cache_dir().join("guest"))),
+            token: self.token_file.map(|f| token_from_file(&f, true)).transpose()?,
+            migrations_out: self.migrations_out,
+            migrations_in: self.migrations_in,
+            standby_command: self.standby_command,
+            wake_command: self.wake_command,
+            lease: self.lease,
+            suspect_after: self.suspect_after,
+            recover_after: self.recover_after,
+            ha_reserve_hosts: self.ha_reserve_hosts,
+            ha_admission: self.ha_admission,
+            etcd: self.etcd,
+            etcd_prefix: self.etcd_prefix,
+            leader_ttl_s: self.leader_ttl,
+            advertise: self.advertise,
+            retention: corral_controller::retention::Retention {
+                events: self.keep_events,
+                history: self.keep_history,
+                max_age: self.keep_for,
+            },
+            insecure: self.insecure,
+        })
+    }
+}
+
+impl AgentArgs {
+    /// The agent's configuration these flags give (the token read from its file).
+    fn config(self) -> Result<corral_agent::Config> {
+        Ok(corral_agent::Config {
+            name: self.name,
+            listen: self.listen,
+            advertise: self.advertise,
+            controller: self.controller,
+            data_dir: self.data,
+            templates_dir: self.templates.unwrap_or_else(|| cache_dir().join("guest")),
+            accel: self.accel,
+            accel_cache: self.accel_cache,
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            qemu: self.qemu,
+            heartbeat: self.heartbeat,
+            boot_timeout: self.boot_timeout,
+            token: self.token_file.map(|f| token_from_file(&f, false)).transpose()?,
+            shared_dir: self.shared_dir,
+            isolation: self.isolation_address,
+            provider_interfaces: self.provider_interfaces,
+            insecure: self.insecure,
+        })
+    }
+}
+
+/// Runs the controller until it ends (it checks its configuration first).
 pub async fn controller(a: ControllerArgs) -> Result<()> {
-    let ControllerArgs {
-        listen,
-        data,
-        host_timeout,
-        cpu_overcommit,
-        memory_overcommit,
-        templates,
-        token_file,
-        insecure,
-        migrations_out,
-        migrations_in,
-        standby_command,
-        wake_command,
-        lease,
-        suspect_after,
-        recover_after,
-        ha_reserve_hosts,
-        ha_admission,
-        etcd,
-        etcd_prefix,
-        leader_ttl,
-        advertise,
-        keep_events,
-        keep_history,
-        keep_for,
-    } = a;
-    if !(2..=60).contains(&leader_ttl) {
-        bail!("--leader-ttl {leader_ttl} is out of range: give 2 to 60 seconds");
-    }
     init_logs("info");
-    if !lease.is_zero() && lease < suspect_after + Duration::from_secs(2) {
-        bail!(
-            "--lease {lease:?} is too short: it must exceed --suspect-after ({suspect_after:?}) by 2 s at least, \
-             so a host is checked by its peers before its lease runs out"
-        );
-    }
-    if cpu_overcommit.is_nan() || cpu_overcommit < 1.0 {
-        bail!("--cpu-overcommit must be at least 1.0");
-    }
-    if memory_overcommit.is_nan() || memory_overcommit < 1.0 {
-        bail!("--memory-overcommit must be at least 1.0");
-    }
-    let token = token_file.map(|f| token_from_file(&f, true)).transpose()?;
-    corral_controller::run(corral_controller::Config {
-        listen,
-        data_dir: data,
-        host_timeout: Duration::from_secs(host_timeout.max(1)),
-        cpu_overcommit,
-        memory_overcommit,
-        templates_dir: Some(templates.unwrap_or_else(|| cache_dir().join("guest"))),
-        token,
-        migrations_out,
-        migrations_in,
-        standby_command,
-        wake_command,
-        lease,
-        suspect_after,
-        recover_after,
-        ha_reserve_hosts,
-        ha_admission_warn: ha_admission == "warn",
-        etcd,
-        etcd_prefix,
-        leader_ttl_s: leader_ttl,
-        advertise,
-        retention: corral_controller::retention::Retention {
-            events: keep_events,
-            history: keep_history,
-            max_age: keep_for,
-        },
-        insecure,
-    })
-    .await?;
+    corral_controller::run(a.config()?).await?;
     Ok(())
 }
 
-/// Runs the agent of this host until it ends.
+/// Runs the agent of this host until it ends (it checks its configuration first).
 pub async fn agent(a: AgentArgs) -> Result<()> {
     init_logs("info");
-    let templates = a.templates.unwrap_or_else(|| cache_dir().join("guest"));
-    corral_agent::run(corral_agent::Config {
-        name: a.name,
-        listen: a.listen,
-        advertise: a.advertise,
-        controller: a.controller,
-        data_dir: a.data,
-        templates_dir: templates,
-        accel: a.accel,
-        accel_cache: a.accel_cache,
-        vcpus: a.vcpus,
-        memory_mib: a.memory,
-        qemu: a.qemu,
-        heartbeat: Duration::from_secs_f64(a.heartbeat.max(0.1)),
-        boot_timeout: Duration::from_secs(a.boot_timeout),
-        token: a.token_file.map(|f| token_from_file(&f, false)).transpose()?,
-        shared_dir: a.shared_dir,
-        isolation: a.isolation_address,
-        provider_interfaces: a.provider_interfaces,
-        insecure: a.insecure,
-    })
-    .await?;
+    corral_agent::run(a.config()?).await?;
     Ok(())
 }
 

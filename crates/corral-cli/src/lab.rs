@@ -21,8 +21,8 @@ pub enum LabCmd {
         index: u8,
         #[arg(long, env = "CORRAL_LAB_DIR", default_value = "/var/lib/corral/lab")]
         dir: PathBuf,
-        #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-        accel: String,
+        #[arg(long, default_value = "auto")]
+        accel: corral_api::AccelMode,
         /// Controllers: with more than one they share a 3-member etcd cluster the lab runs
         /// on loopback; one leads, the others stand by and take over when it dies.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
@@ -80,7 +80,7 @@ pub async fn lab(cmd: LabCmd, o: Output) -> Result<i32> {
                 templates: cache.join("guest"),
                 cache,
                 exe: std::env::current_exe().context("cannot find the corral binary")?,
-                accel,
+                accel: accel.to_string(),
                 controllers,
             };
             let s = corral_lab::up(&opts).await?;

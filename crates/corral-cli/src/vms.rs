@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, Vm};
+use corral_api::{ConsoleChunk, CreateVm, ExecRequest, ExecResult, HaPolicy, Storage, Vm};
 
 use crate::client::Client;
 use crate::output::{self, print, Output};
@@ -37,11 +37,11 @@ pub enum VmCmd {
         /// only), restart-fresh (elsewhere, from its template, same name, UUID, MAC and IP;
         /// what it wrote stays behind) or off (it waits for its host). Default: restart on
         /// shared storage, off on local storage.
-        #[arg(long, value_parser = ["off", "restart", "restart-fresh"])]
-        ha: Option<String>,
+        #[arg(long)]
+        ha: Option<HaPolicy>,
         /// Where its disk lives: local (on its host) or shared (the pool every host mounts).
-        #[arg(long, default_value = "local", value_parser = ["local", "shared"])]
-        storage: String,
+        #[arg(long, default_value = "local")]
+        storage: Storage,
     },
     /// List VMs.
     List,
@@ -92,8 +92,6 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     match cmd {
         VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
-            let ha = ha.map(|h| h.parse()).transpose().map_err(anyhow::Error::msg)?;
-            let storage = storage.parse().map_err(anyhow::Error::msg)?;
             let m = anyhow::Error::msg;
             let req = CreateVm {
                 name: name_arg("VM", &name)?,
