@@ -142,7 +142,7 @@ impl From<&Config> for service::Settings {
             suspect_after: cfg.suspect_after,
             recover_after: cfg.recover_after,
             ha_reserve_hosts: cfg.ha_reserve_hosts,
-            ha_admission_warn: cfg.ha_admission == HaAdmission::Warn,
+            ha_admission: cfg.ha_admission,
             retention: cfg.retention,
         }
     }
@@ -264,9 +264,9 @@ mod tests {
     fn the_settings_carry_the_configuration() {
         let cfg = Config { ha_admission: HaAdmission::Warn, migrations_out: 3, ..good() };
         let s = service::Settings::from(&cfg);
-        assert!(s.ha_admission_warn);
+        assert_eq!(s.ha_admission, HaAdmission::Warn);
         assert_eq!((s.migrations_out, s.migrations_in), (3, 2));
         assert_eq!((s.lease, s.host_timeout), (cfg.lease, cfg.host_timeout));
-        assert!(!service::Settings::from(&good()).ha_admission_warn);
+        assert_eq!(service::Settings::from(&good()).ha_admission, HaAdmission::Refuse);
     }
 }

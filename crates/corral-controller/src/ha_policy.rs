@@ -100,7 +100,7 @@ impl Controller {
         let n = self.settings.ha_reserve_hosts;
         match corral_sched::check_reserve(&views, &protected, n, self.settings.cpu_overcommit) {
             Ok(()) => Ok(()),
-            Err(short) if self.settings.ha_admission_warn => {
+            Err(short) if self.settings.ha_admission == corral_api::HaAdmission::Warn => {
                 self.event(
                     "ha.reserve-broken",
                     &short.hosts,

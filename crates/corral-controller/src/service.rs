@@ -49,8 +49,8 @@ pub struct Settings {
     pub recover_after: Duration,
     /// HA admission control: room is kept to restart the HA VMs of this many failed hosts.
     pub ha_reserve_hosts: usize,
-    /// Admit HA VMs that break the reserve, with a warning event, instead of refusing them.
-    pub ha_admission_warn: bool,
+    /// Refuse HA VMs that break the reserve, or admit them with a warning event.
+    pub ha_admission: corral_api::HaAdmission,
     /// How much history is kept.
     pub retention: crate::retention::Retention,
 }

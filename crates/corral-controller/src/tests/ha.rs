@@ -192,7 +192,7 @@ async fn admission_keeps_room_for_a_host_failure_or_warns_when_told_to() {
     assert!(e.message.contains("--ha-reserve-hosts"), "the message says what to change: {e}");
     assert_eq!(admitted, 4, "room for the HA VMs of one failed host is 4 vCPUs");
 
-    let warn = Harness::with(&["a", "b"], Settings { ha_admission_warn: true, ..s });
+    let warn = Harness::with(&["a", "b"], Settings { ha_admission: corral_api::HaAdmission::Warn, ..s });
     for i in 0..5 {
         warn.c
             .create_vm(corral_api::CreateVm { ha: Some(HaPolicy::RestartFresh), ..super::create(&format!("v{i}")) })

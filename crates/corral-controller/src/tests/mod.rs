@@ -46,7 +46,7 @@ pub(crate) fn settings() -> Settings {
         suspect_after: Duration::from_secs(2),
         recover_after: Duration::from_secs(30),
         ha_reserve_hosts: 0,
-        ha_admission_warn: false,
+        ha_admission: corral_api::HaAdmission::Refuse,
         retention: Default::default(),
     }
 }
