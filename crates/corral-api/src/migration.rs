@@ -118,7 +118,7 @@ pub struct MigrationFigures {
     pub downtime_ms: Option<u64>,
     /// `precopy` or `postcopy`: how the memory finally moved.
     #[serde(default)]
-    pub used_mode: Option<String>,
+    pub used_mode: Option<MemoryMove>,
     /// What the policy did and why, in order.
     #[serde(default)]
     pub actions: Vec<String>,
@@ -152,7 +152,7 @@ pub struct Migration {
     pub dirty_rate: u64,
     pub transfer_rate: u64,
     #[serde(default)]
-    pub used_mode: Option<String>,
+    pub used_mode: Option<MemoryMove>,
     #[serde(default)]
     pub actions: Vec<String>,
     pub max_downtime_ms: Option<u64>,
@@ -237,6 +237,31 @@ pub struct OutgoingStatus {
     /// Running, completed (the VM runs at the destination now), failed or cancelled.
     pub state: MigrationState,
     pub figures: MigrationFigures,
+}
+
+/// How a migrated VM's memory finally moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMove {
+    /// All of it before the switch-over: the source's stopped copy is complete.
+    Precopy,
+    /// The rest pulled by the destination after the switch-over: the source's copy is not.
+    Postcopy,
+}
+
+impl MemoryMove {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryMove::Precopy => "precopy",
+            MemoryMove::Postcopy => "postcopy",
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryMove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Parses a bandwidth as operators write it: bits per second with an SI suffix (`1G`,

@@ -145,7 +145,7 @@ fn print_one(m: &Migration, json: bool) -> Result<()> {
     }
     println!("migration:  {} ({})", m.id, m.result);
     println!("vm:         {}  {} → {}", m.vm, m.source, m.destination);
-    println!("mode:       {} (memory moved by {})", m.mode.as_str(), m.used_mode.as_deref().unwrap_or("-"));
+    println!("mode:       {} (memory moved by {})", m.mode.as_str(), m.used_mode.map_or("-", |u| u.as_str()));
     println!(
         "time:       {} ms total, downtime {}",
         m.total_ms,

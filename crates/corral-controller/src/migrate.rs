@@ -427,7 +427,7 @@ impl Controller {
                 m.source,
                 m.destination,
                 m.mode.as_str(),
-                m.used_mode.as_deref().unwrap_or("?"),
+                m.used_mode.map_or("?", |u| u.as_str()),
                 m.rounds,
                 m.total_ms,
                 m.downtime_ms.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
@@ -447,7 +447,7 @@ impl Controller {
             Ok(st) => !matches!(st.state, VmState::Migrating | VmState::Running),
             Err(e) => e.kind == ErrorKind::NotFound,
         };
-        if !dead || m.used_mode.as_deref() != Some("precopy") {
+        if !dead || m.used_mode != Some(corral_api::migration::MemoryMove::Precopy) {
             return Err(err);
         }
         let st = self.agent(&m.source)?.revert_migration(&m.vm, &m.uuid).await?;

@@ -211,7 +211,7 @@ impl Manager {
             Some(Role::Out { last: Some(l), .. }) => l.clone(),
             _ => return Err(ApiError::conflict(format!("VM {name:?} has no completed migration here"))),
         };
-        if last.figures.used_mode.as_deref() != Some("precopy") {
+        if last.figures.used_mode != Some(corral_api::migration::MemoryMove::Precopy) {
             return Err(ApiError::conflict(format!(
                 "VM {name:?} moved by post-copy: the memory here is not complete, it cannot run here again"
             )));
@@ -630,7 +630,11 @@ async fn back_to_running(q: &mut QmpClient, job: &str) {
 
 /// Notes how the memory finally moved.
 fn with_mode(mut f: MigrationFigures, postcopy: bool) -> MigrationFigures {
-    f.used_mode = Some(if postcopy { "postcopy" } else { "precopy" }.into());
+    f.used_mode = Some(if postcopy {
+        corral_api::migration::MemoryMove::Postcopy
+    } else {
+        corral_api::migration::MemoryMove::Precopy
+    });
     f
 }
 

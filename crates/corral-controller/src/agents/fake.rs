@@ -10,7 +10,9 @@ use std::time::Duration;
 use corral_api::agent::{
     Heartbeat, NetworkSpec, ProbeReply, ProbeRequest, Register, TemplateInfo, VmDefinition, VmStatus,
 };
-use corral_api::migration::{Incoming, IncomingReady, MigrationFigures, MigrationState, Outgoing, OutgoingStatus};
+use corral_api::migration::{
+    Incoming, IncomingReady, MemoryMove, MigrationFigures, MigrationState, Outgoing, OutgoingStatus,
+};
 use corral_api::{
     Accel, ApiError, Capacity, ConsoleChunk, ErrorKind, ExecRequest, ExecResult, HostUsage, VmAction, VmState,
 };
@@ -530,8 +532,11 @@ impl AgentApi for FakeAgent {
                     MigrationPlan::Complete | MigrationPlan::Postcopy => {
                         st.state = MigrationState::Completed;
                         st.figures.phase = "completed".into();
-                        st.figures.used_mode =
-                            Some(if plan == MigrationPlan::Postcopy { "postcopy" } else { "precopy" }.into());
+                        st.figures.used_mode = Some(if plan == MigrationPlan::Postcopy {
+                            MemoryMove::Postcopy
+                        } else {
+                            MemoryMove::Precopy
+                        });
                         st.figures.rounds = 3;
                         st.figures.downtime_ms = Some(20);
                         if let Some(v) = s.vms.get_mut(name) {
