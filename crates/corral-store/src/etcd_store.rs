@@ -141,9 +141,23 @@ impl EtcdStore {
         let mut l = self.lease.clone();
         let resp = self.run(async move {
             let renew = async {
-                let (mut keeper, mut stream) = l.keep_alive(lease).await?;
+                let (mut keeper, mut stream) = match l.keep_alive(lease).await {
+                    Ok(pair) => pair,
+                    // The client turns etcd's "TTL 0" answer (the lease is gone) into this
+                    // variant; ask etcd for the lease's time to live rather than read the
+                    // error's words. A lease etcd no longer knows has a TTL of -1.
+                    Err(etcd_client::Error::LeaseKeepAliveError(e)) => {
+                        let left = l.time_to_live(lease, None).await?;
+                        return if left.ttl() <= 0 {
+                            Ok(None)
+                        } else {
+                            Err(etcd_client::Error::LeaseKeepAliveError(e))
+                        };
+                    }
+                    Err(e) => return Err(e),
+                };
                 keeper.keep_alive().await?;
-                stream.message().await
+                stream.message().await.map(|m| m.map(|r| r.ttl()))
             };
             match tokio::time::timeout(within, renew).await {
                 Ok(r) => r,
@@ -154,7 +168,7 @@ impl EtcdStore {
             }
         });
         match resp {
-            Ok(r) => Ok(r.is_some_and(|r| r.ttl() > 0)),
+            Ok(ttl) => Ok(ttl.is_some_and(|ttl| ttl > 0)),
             // Expired or revoked: not an error of the store, an answer.
             Err(StoreError::LeaseGone(_)) => Ok(false),
             Err(e) => Err(e),
