@@ -137,8 +137,102 @@ pub async fn run(path: &Path, command: &str, args: Option<Value>) -> Result<Valu
     c.execute(command, args).await
 }
 
-/// QEMU's run state (`query-status`), e.g. "running", "paused", "inmigrate", "postmigrate".
-pub async fn status(path: &Path) -> Result<String, QmpError> {
-    let r = run(path, "query-status", None).await?;
-    Ok(r.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string())
+/// QEMU's run state (`query-status`).
+pub async fn status(path: &Path) -> Result<RunState, QmpError> {
+    Ok(RunState::of(&run(path, "query-status", None).await?))
 }
+
+/// QEMU's run state (QAPI `RunState`), as `query-status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Started with `-incoming`, waiting for (or receiving) a migration or a saved state.
+    Inmigrate,
+    /// Its state went out by migration (or to a file).
+    Postmigrate,
+    Prelaunch,
+    FinishMigrate,
+    Shutdown,
+    Suspended,
+    InternalError,
+    IoError,
+    GuestPanicked,
+    Watchdog,
+    Debug,
+    RestoreVm,
+    SaveVm,
+    Colo,
+    /// A state this agent does not know (a newer QEMU), or none in the reply.
+    #[serde(other)]
+    Unknown,
+}
+
+impl RunState {
+    /// The state in a `query-status` reply.
+    pub fn of(reply: &Value) -> Self {
+        serde_json::from_value(reply["status"].clone()).unwrap_or(RunState::Unknown)
+    }
+}
+
+/// A migration's status (QAPI `MigrationStatus`), as `query-migrate` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationStatus {
+    None,
+    Setup,
+    Active,
+    /// Stopped before the switch-over, as `pause-before-switchover` asks.
+    PreSwitchover,
+    Device,
+    PostcopyActive,
+    PostcopyPaused,
+    PostcopyRecoverSetup,
+    PostcopyRecover,
+    Completed,
+    Failed,
+    Cancelling,
+    Cancelled,
+    WaitUnplug,
+    Colo,
+    /// A status this agent does not know (a newer QEMU), or none in the reply.
+    #[serde(other)]
+    Unknown,
+}
+
+impl MigrationStatus {
+    /// The status in a `query-migrate` reply (`none` when no migration ever ran).
+    pub fn of(reply: &Value) -> Self {
+        match reply.get("status") {
+            None => MigrationStatus::None,
+            Some(s) => serde_json::from_value(s.clone()).unwrap_or(MigrationStatus::Unknown),
+        }
+    }
+
+    /// The guest runs at the destination and pulls its memory from here.
+    pub fn is_postcopy(self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::PostcopyActive
+                | MigrationStatus::PostcopyPaused
+                | MigrationStatus::PostcopyRecoverSetup
+                | MigrationStatus::PostcopyRecover
+        )
+    }
+}
+
+/// The word QEMU uses, for messages.
+macro_rules! qapi_display {
+    ($($t:ty),+) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(Value::String(s)) => f.pad(&s),
+                    _ => f.pad("unknown"),
+                }
+            }
+        }
+    )+};
+}
+qapi_display!(RunState, MigrationStatus);

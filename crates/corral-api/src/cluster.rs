@@ -209,18 +209,100 @@ pub struct ScaleCluster {
 }
 
 /// State of a long operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpState {
     Running,
     Succeeded,
     Failed,
 }
 
+words!(wire OpState, "operation state", "running, succeeded or failed", {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+});
+
+/// What a long operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    ClusterCreate,
+    ClusterScale,
+    ClusterDelete,
+    ClusterSuspend,
+    ClusterResume,
+    HostEvacuate,
+}
+
+words!(wire OpKind, "operation kind", "cluster.create, cluster.scale, cluster.delete, cluster.suspend, cluster.resume or host.evacuate", {
+    ClusterCreate => "cluster.create",
+    ClusterScale => "cluster.scale",
+    ClusterDelete => "cluster.delete",
+    ClusterSuspend => "cluster.suspend",
+    ClusterResume => "cluster.resume",
+    HostEvacuate => "host.evacuate",
+});
+
+/// What a running operation is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpPhase {
+    Starting,
+    /// Shipping templates to the hosts that lack them.
+    PrepareImages,
+    /// Creating and starting the VMs.
+    Execute,
+    /// Moving VMs off a host.
+    Migrate,
+    /// Deleting VMs.
+    Remove,
+    /// Suspending VMs to disk.
+    SaveToDisk,
+    /// Resuming VMs from disk.
+    Restore,
+    Done,
+}
+
+words!(wire OpPhase, "operation phase", "starting, prepare images, execute, migrate, remove, save to disk, restore or done", {
+    Starting => "starting",
+    PrepareImages => "prepare images",
+    Execute => "execute",
+    Migrate => "migrate",
+    Remove => "remove",
+    SaveToDisk => "save to disk",
+    Restore => "restore",
+    Done => "done",
+});
+
+/// A timed step of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpStage {
+    /// Profile and addresses.
+    Configure,
+    /// The scheduler's placement.
+    Place,
+    /// Templates shipped.
+    Prepare,
+    Execute,
+    Migrate,
+    Remove,
+    Suspend,
+    Resume,
+}
+
+words!(wire OpStage, "operation step", "configure, place, prepare, execute, migrate, remove, suspend or resume", {
+    Configure => "configure",
+    Place => "place",
+    Prepare => "prepare",
+    Execute => "execute",
+    Migrate => "migrate",
+    Remove => "remove",
+    Suspend => "suspend",
+    Resume => "resume",
+});
+
 /// One timed step of an operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OpStep {
-    pub name: String,
+    pub name: OpStage,
     pub ms: u64,
 }
 
@@ -228,12 +310,11 @@ pub struct OpStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     pub id: String,
-    /// e.g. `cluster.create`, `cluster.scale`, `cluster.suspend`.
-    pub kind: String,
+    pub kind: OpKind,
     pub target: String,
     pub state: OpState,
     /// What is being done now.
-    pub phase: String,
+    pub phase: OpPhase,
     pub done: u32,
     pub total: u32,
     pub steps: Vec<OpStep>,

@@ -9,6 +9,34 @@
 /// also makes the enum a `clap::ValueEnum` (feature `clap`), so that a command-line flag
 /// takes its words and `--help` lists them.
 macro_rules! words {
+    // The words are also the enum's JSON form and its OpenAPI schema (a string enum): one table.
+    (wire $t:ty, $what:literal, $hint:literal, { $($v:ident => $w:literal),+ $(,)? }) => {
+        words!($t, $what, $hint, { $($v => $w),+ });
+
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl utoipa::PartialSchema for $t {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($w),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $t {}
+    };
     (flag $t:ty, $what:literal, $hint:literal, { $($v:ident => $w:literal),+ $(,)? }) => {
         words!($t, $what, $hint, { $($v => $w),+ });
 
@@ -35,7 +63,7 @@ macro_rules! words {
 
         impl std::fmt::Display for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
 
@@ -513,9 +541,9 @@ pub struct Host {
     /// A cordoned host takes no new VMs.
     #[serde(default)]
     pub cordoned: bool,
-    /// Maintenance state (`evacuating`, `evacuated`, `evacuation incomplete`), if any.
+    /// Why it is out of service, if it is: an evacuation, or a quarantine after failing too often.
     #[serde(default)]
-    pub maintenance: Option<String>,
+    pub maintenance: Option<Maintenance>,
     /// On, in standby (emptied by consolidation) or waking.
     #[serde(default)]
     pub power: drs::HostPower,
@@ -533,6 +561,34 @@ pub struct Host {
     /// Failures of this host in the damping window (see `corral ha status`).
     #[serde(default)]
     pub failures: u32,
+}
+
+/// Why a host is out of service (it is cordoned too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Maintenance {
+    /// `corral host evacuate` is moving its VMs off.
+    Evacuating,
+    /// Every VM moved off.
+    Evacuated,
+    /// The evacuation ended with VMs left on it (its operation says why).
+    EvacuationIncomplete,
+    /// Declared failed `failures` times within `window_min` minutes: HA cordoned it, so that
+    /// no VM is placed on a host that keeps failing. `corral host uncordon` once it is fixed.
+    Quarantined { failures: u32, window_min: u32 },
+}
+
+impl std::fmt::Display for Maintenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Maintenance::Evacuating => f.write_str("evacuating"),
+            Maintenance::Evacuated => f.write_str("evacuated"),
+            Maintenance::EvacuationIncomplete => f.write_str("evacuation incomplete"),
+            Maintenance::Quarantined { failures, window_min } => {
+                write!(f, "quarantined: failed {failures} times in {window_min} min; uncordon it once it is fixed")
+            }
+        }
+    }
 }
 
 /// A virtual network's devices on a host.
@@ -595,7 +651,33 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_wire_enum_has_one_table_of_words_for_json_display_parsing_and_its_schema() {
+        use crate::cluster::OpPhase;
+        use crate::migration::MigrationPhase;
+        assert_eq!(serde_json::to_string(&OpPhase::SaveToDisk).unwrap(), "\"save to disk\"");
+        assert_eq!(serde_json::from_str::<OpPhase>("\"prepare images\"").unwrap(), OpPhase::PrepareImages);
+        assert_eq!(format!("[{:<9}]", MigrationPhase::Postcopy), "[postcopy ]", "Display pads");
+        let err = serde_json::from_str::<MigrationPhase>("\"warp\"").unwrap_err().to_string();
+        assert!(err.contains("unknown migration phase \"warp\": use mirroring"), "{err}");
+        let schema = serde_json::to_value(<MigrationPhase as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["type"], "string");
+        let words: Vec<&str> = schema["enum"].as_array().unwrap().iter().filter_map(|w| w.as_str()).collect();
+        assert_eq!(words, ["mirroring", "precopy", "switchover", "postcopy", "completed", "failed", "cancelled"]);
+    }
+
+    #[test]
+    fn maintenance_states_are_words_and_a_quarantine_says_how_often_it_failed() {
+        assert_eq!(serde_json::to_value(Maintenance::EvacuationIncomplete).unwrap(), "evacuation-incomplete");
+        let q = Maintenance::Quarantined { failures: 3, window_min: 10 };
+        let v = serde_json::to_value(q).unwrap();
+        assert_eq!(v["quarantined"]["failures"], 3);
+        assert_eq!(serde_json::from_value::<Maintenance>(v).unwrap(), q);
+        assert_eq!(q.to_string(), "quarantined: failed 3 times in 10 min; uncordon it once it is fixed");
+    }
 
     #[test]
     fn states_are_lower_case_on_the_wire() {

@@ -59,8 +59,7 @@ pub struct MigrateVm {
 }
 
 /// Where a migration is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigrationState {
     /// Waiting for a free slot on the source or destination host.
     Queued,
@@ -70,33 +69,72 @@ pub enum MigrationState {
     Cancelled,
 }
 
+words!(wire MigrationState, "migration state", "queued, running, completed, failed or cancelled", {
+    Queued => "queued",
+    Running => "running",
+    Completed => "completed",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
 impl MigrationState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigrationState::Queued => "queued",
-            MigrationState::Running => "running",
-            MigrationState::Completed => "completed",
-            MigrationState::Failed => "failed",
-            MigrationState::Cancelled => "cancelled",
-        }
-    }
     pub fn is_final(self) -> bool {
         matches!(self, MigrationState::Completed | MigrationState::Failed | MigrationState::Cancelled)
     }
 }
 
-impl std::fmt::Display for MigrationState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// What the source of a migration is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MigrationPhase {
+    /// Copying the disk's own data to the destination (the guest runs here).
+    #[default]
+    Mirroring,
+    /// Copying memory while the guest runs here.
+    Precopy,
+    /// The guest is stopped: the disk is completed and the destination checked before the
+    /// hand-over.
+    Switchover,
+    /// The guest runs at the destination, which pulls the rest of its memory from here.
+    Postcopy,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+words!(wire MigrationPhase, "migration phase", "mirroring, precopy, switchover, postcopy, completed, failed or cancelled", {
+    Mirroring => "mirroring",
+    Precopy => "precopy",
+    Switchover => "switchover",
+    Postcopy => "postcopy",
+    Completed => "completed",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl MigrationPhase {
+    /// Whether the guest may already run at the destination: too late to cancel.
+    pub fn handed_over(self) -> bool {
+        matches!(self, MigrationPhase::Switchover | MigrationPhase::Postcopy | MigrationPhase::Completed)
+    }
+}
+
+impl From<MigrationState> for MigrationPhase {
+    /// The phase a migration that ended in `state` is left in.
+    fn from(state: MigrationState) -> Self {
+        match state {
+            MigrationState::Queued | MigrationState::Running => MigrationPhase::Mirroring,
+            MigrationState::Completed => MigrationPhase::Completed,
+            MigrationState::Failed => MigrationPhase::Failed,
+            MigrationState::Cancelled => MigrationPhase::Cancelled,
+        }
     }
 }
 
 /// The figures of a migration, as read from QEMU by the source agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationFigures {
-    /// What the source is doing: mirroring (disk), precopy, postcopy, switchover, completed,
-    /// failed, cancelled.
-    pub phase: String,
+    /// What the source is doing.
+    pub phase: MigrationPhase,
     /// Pre-copy rounds (QEMU's dirty-sync count).
     pub rounds: u64,
     /// Memory still to send, bytes.
@@ -181,7 +219,7 @@ impl Migration {
         self.memory_bytes = f.memory_bytes;
         self.total_ms = f.total_ms;
         self.downtime_ms = f.downtime_ms;
-        self.used_mode = f.used_mode.clone();
+        self.used_mode = f.used_mode;
         self.actions = f.actions.clone();
     }
 }
@@ -240,8 +278,7 @@ pub struct OutgoingStatus {
 }
 
 /// How a migrated VM's memory finally moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryMove {
     /// All of it before the switch-over: the source's stopped copy is complete.
     Precopy,
@@ -249,20 +286,7 @@ pub enum MemoryMove {
     Postcopy,
 }
 
-impl MemoryMove {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemoryMove::Precopy => "precopy",
-            MemoryMove::Postcopy => "postcopy",
-        }
-    }
-}
-
-impl std::fmt::Display for MemoryMove {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+words!(wire MemoryMove, "memory move", "precopy or postcopy", { Precopy => "precopy", Postcopy => "postcopy" });
 
 /// Parses a bandwidth as operators write it: bits per second with an SI suffix (`1G`,
 /// `100M`, `500k`, optionally followed by `bit`, `bps` or `b/s`), or bytes per second with a

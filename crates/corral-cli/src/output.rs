@@ -240,9 +240,9 @@ pub fn operations(ops: &[corral_api::cluster::Operation]) {
             .map(|o| {
                 vec![
                     o.id.clone(),
-                    o.kind.clone(),
+                    o.kind.to_string(),
                     o.target.clone(),
-                    format!("{:?}", o.state).to_lowercase(),
+                    o.state.to_string(),
                     format!("{}/{}", o.done, o.total),
                 ]
             })
@@ -256,7 +256,7 @@ pub fn operation(o: &corral_api::cluster::Operation) {
         "{} {}: {} — {} VMs on {} hosts ({}), {:.1} s",
         o.kind,
         o.target,
-        format!("{:?}", o.state).to_lowercase(),
+        o.state,
         o.vms,
         o.hosts.len(),
         o.hosts.join(", "),

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 
-use corral_api::cluster::{Cluster, ClusterState, ClusterView, CreateCluster, Member, OpStep, Operation};
+use corral_api::cluster::{
+    Cluster, ClusterState, ClusterView, CreateCluster, Member, OpKind, OpPhase, OpStage, OpStep, Operation,
+};
 use corral_api::{now_ms, ApiError, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_group, GroupRequest, VmReq};
 use corral_store::{Op, StoreExt};
@@ -216,10 +218,10 @@ impl Controller {
                 .await?;
             self.write_members(&c, &vms)?;
             let steps = vec![
-                OpStep { name: "configure".into(), ms: configure_ms },
-                OpStep { name: "place".into(), ms: place_ms },
+                OpStep { name: OpStage::Configure, ms: configure_ms },
+                OpStep { name: OpStage::Place, ms: place_ms },
             ];
-            let op = self.new_op("cluster.create", &c.name, req.size, steps);
+            let op = self.new_op(OpKind::ClusterCreate, &c.name, req.size, steps);
             (op, vms.into_iter().map(|v| v.name).collect::<Vec<_>>())
         };
         let me = self.clone();
@@ -243,13 +245,13 @@ impl Controller {
                 Err(_) => op.message(format!("{n}: being handled by the reconciler")),
             }
         }
-        op.phase("prepare images");
+        op.phase(OpPhase::PrepareImages);
         let t = Instant::now();
         let prepared = futures::future::join_all(mine.iter().map(|n| self.prepare(n))).await;
-        op.step("prepare", t);
+        op.step(OpStage::Prepare, t);
         // The hosts' network devices are set before the guests boot.
         self.sync_networks().await;
-        op.phase("execute");
+        op.phase(OpPhase::Execute);
         let t = Instant::now();
         let results = futures::future::join_all(mine.iter().zip(prepared).map(|(n, p)| {
             let me = self.clone();
@@ -271,7 +273,7 @@ impl Controller {
             }
         }))
         .await;
-        op.step("execute", t);
+        op.step(OpStage::Execute, t);
         drop(guards);
         // Peers find each other by name as soon as the deployment reports done.
         self.sync_networks().await;
@@ -325,10 +327,10 @@ impl Controller {
             c.next_index += add;
             self.write_members(&c, &vms)?;
             let steps = vec![
-                OpStep { name: "configure".into(), ms: configure_ms },
-                OpStep { name: "place".into(), ms: place_ms },
+                OpStep { name: OpStage::Configure, ms: configure_ms },
+                OpStep { name: OpStage::Place, ms: place_ms },
             ];
-            let op = self.new_op("cluster.scale", name, add, steps);
+            let op = self.new_op(OpKind::ClusterScale, name, add, steps);
             let me = self.clone();
             let h = op.clone();
             let cname = name.to_string();
@@ -346,7 +348,7 @@ impl Controller {
             ops.push(Op::Put { table: VMS.into(), key: v.name.clone(), value: encode(&v)? });
         }
         self.store.apply(ops).map_err(store_err)?;
-        let op = self.new_op("cluster.scale", name, victims.len() as u32, vec![]);
+        let op = self.new_op(OpKind::ClusterScale, name, victims.len() as u32, vec![]);
         self.spawn_removals(op.clone(), name.to_string(), victims.into_iter().map(|v| v.name).collect(), None);
         self.operation(&op.id)
     }
@@ -355,7 +357,7 @@ impl Controller {
     fn spawn_removals(self: &Arc<Self>, op: OpHandle, cluster: String, names: Vec<String>, then: Option<ClusterState>) {
         let me = self.clone();
         tokio::spawn(async move {
-            op.phase("remove");
+            op.phase(OpPhase::Remove);
             let t = Instant::now();
             let res = futures::future::join_all(names.iter().map(|n| {
                 let me = me.clone();
@@ -371,7 +373,7 @@ impl Controller {
                 }
             }))
             .await;
-            op.step("remove", t);
+            op.step(OpStage::Remove, t);
             if then.is_some() {
                 me.finish_cluster_deletes();
             }
@@ -395,7 +397,7 @@ impl Controller {
             ops.push(Op::Put { table: VMS.into(), key: v.name.clone(), value: encode(&v)? });
         }
         self.store.apply(ops).map_err(store_err)?;
-        let op = self.new_op("cluster.delete", name, members.len() as u32, vec![]);
+        let op = self.new_op(OpKind::ClusterDelete, name, members.len() as u32, vec![]);
         self.spawn_removals(
             op.clone(),
             name.to_string(),
@@ -474,10 +476,16 @@ impl Controller {
                 ClusterState::Suspending,
                 ClusterState::Suspended,
                 VmAction::Suspend,
-                "cluster.suspend",
+                OpKind::ClusterSuspend,
             )
         } else {
-            (ClusterState::Suspended, ClusterState::Resuming, ClusterState::Active, VmAction::Resume, "cluster.resume")
+            (
+                ClusterState::Suspended,
+                ClusterState::Resuming,
+                ClusterState::Active,
+                VmAction::Resume,
+                OpKind::ClusterResume,
+            )
         };
         let members = {
             let _p = self.placing.lock().await;
@@ -498,7 +506,7 @@ impl Controller {
         let h = op.clone();
         let cname = name.to_string();
         tokio::spawn(async move {
-            h.phase(if suspend { "save to disk" } else { "restore" });
+            h.phase(if suspend { OpPhase::SaveToDisk } else { OpPhase::Restore });
             let t = Instant::now();
             let res = futures::future::join_all(members.iter().map(|m| {
                 let me = me.clone();
@@ -522,7 +530,7 @@ impl Controller {
                 }
             }))
             .await;
-            h.step(if suspend { "suspend" } else { "resume" }, t);
+            h.step(if suspend { OpStage::Suspend } else { OpStage::Resume }, t);
             let ok = res.iter().all(|r| *r);
             let _ = me.set_cluster_state(&cname, if ok { to } else { from });
             me.finish_op(&h, &cname, ok);

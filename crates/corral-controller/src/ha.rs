@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use corral_api::agent::{HeartbeatReply, Peer, ProbeRequest, Register, VmStatus};
 use corral_api::drs::HostPower;
-use corral_api::{now_ms, ApiError, HaPolicy, Pending, Vm, VmState};
+use corral_api::{now_ms, ApiError, HaPolicy, Maintenance, Pending, Vm, VmState};
 use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller, HostFlags};
@@ -368,11 +368,10 @@ impl Controller {
         let quarantine = f.failures.len() >= QUARANTINE_AFTER && !f.cordoned;
         if quarantine {
             f.cordoned = true;
-            f.maintenance = Some(format!(
-                "quarantined: failed {} times in {} min; `corral host uncordon {host}` once it is fixed",
-                f.failures.len(),
-                DAMPING_WINDOW_MS / 60_000
-            ));
+            f.maintenance = Some(Maintenance::Quarantined {
+                failures: f.failures.len() as u32,
+                window_min: (DAMPING_WINDOW_MS / 60_000) as u32,
+            });
         }
         if let Err(e) = self.put_flags(host, &f) {
             tracing::warn!("recording the failure of {host}: {}", e.message);
@@ -392,7 +391,8 @@ impl Controller {
             ),
         );
         if quarantine {
-            self.event("host.quarantined", host, f.maintenance.clone().unwrap_or_default());
+            let why = f.maintenance.map(|m| m.to_string()).unwrap_or_default();
+            self.event("host.quarantined", host, format!("{why} (`corral host uncordon {host}`)"));
         }
     }
 

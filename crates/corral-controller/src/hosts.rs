@@ -136,13 +136,16 @@ impl Controller {
         Ok(self.store.get_json(HOST_FLAGS, host).map_err(store_err)?.unwrap_or_default())
     }
 
-    /// Cordons (no new VMs) or uncordons a host.
+    /// Cordons (no new VMs) or uncordons a host. Uncordoning ends its maintenance state and,
+    /// as the operator says it is fixed, forgets its past failures (a quarantined host would
+    /// otherwise be quarantined again at its next failure).
     pub fn set_cordon(&self, host: &str, cordoned: bool) -> Result<Host, ApiError> {
         self.host(host)?;
         let mut f = self.flags(host)?;
         f.cordoned = cordoned;
         if !cordoned {
             f.maintenance = None;
+            f.failures.clear();
         }
         self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
         self.host(host)

@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::cluster::Operation;
+use corral_api::cluster::{OpKind, OpPhase, OpStage, Operation};
 use corral_api::migration::{
     Incoming, MigrateVm, Migration, MigrationMode, MigrationRef, MigrationState, Outgoing, OutgoingStatus,
     DEFAULT_BUDGET_MS,
 };
-use corral_api::{now_ms, ApiError, ErrorKind, HostState, Vm, VmState};
+use corral_api::{now_ms, ApiError, ErrorKind, HostState, Maintenance, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
 use crate::service::{definition, encode, lock, store_err, BusyGuard, Controller};
@@ -519,15 +519,15 @@ impl Controller {
         }
         let mut flags = self.flags(host)?;
         flags.cordoned = true;
-        flags.maintenance = Some("evacuating".into());
+        flags.maintenance = Some(Maintenance::Evacuating);
         self.store.put_json(HOST_FLAGS, host, &flags).map_err(store_err)?;
         let vms: Vec<Vm> = self.vms()?.into_iter().filter(|v| v.host == host).collect();
-        let op = self.new_op("host.evacuate", host, vms.len() as u32, vec![]);
+        let op = self.new_op(OpKind::HostEvacuate, host, vms.len() as u32, vec![]);
         let me = self.clone();
         let h = op.clone();
         let host = host.to_string();
         tokio::spawn(async move {
-            h.phase("migrate");
+            h.phase(OpPhase::Migrate);
             let t = Instant::now();
             let results = futures::future::join_all(vms.iter().map(|v| {
                 let me = me.clone();
@@ -542,12 +542,12 @@ impl Controller {
                 }
             }))
             .await;
-            h.step("migrate", t);
+            h.step(OpStage::Migrate, t);
             let all = me.vms().unwrap_or_default();
             let left = all.iter().filter(|v| v.host == host).count();
             let ok = results.iter().all(Result::is_ok) && left == 0;
             if let Ok(mut f) = me.flags(&host) {
-                f.maintenance = Some(if ok { "evacuated" } else { "evacuation incomplete" }.into());
+                f.maintenance = Some(if ok { Maintenance::Evacuated } else { Maintenance::EvacuationIncomplete });
                 let _ = me.store.put_json(HOST_FLAGS, &host, &f);
             }
             let hosts: std::collections::BTreeSet<String> =

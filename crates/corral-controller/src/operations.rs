@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use corral_api::cluster::{OpState, OpStep, Operation};
+use corral_api::cluster::{OpKind, OpPhase, OpStage, OpState, OpStep, Operation};
 use corral_api::{now_ms, ApiError};
 use corral_store::StoreExt;
 
@@ -30,12 +30,12 @@ impl OpHandle {
             tracing::warn!("cannot record operation {}: {e}", self.id);
         }
     }
-    pub(crate) fn phase(&self, p: &str) {
-        self.update(|o| o.phase = p.to_string());
+    pub(crate) fn phase(&self, p: OpPhase) {
+        self.update(|o| o.phase = p);
     }
-    pub(crate) fn step(&self, name: &str, since: Instant) {
+    pub(crate) fn step(&self, name: OpStage, since: Instant) {
         let ms = since.elapsed().as_millis() as u64;
-        self.update(|o| o.steps.push(OpStep { name: name.into(), ms }));
+        self.update(|o| o.steps.push(OpStep { name, ms }));
     }
     pub(crate) fn message(&self, m: String) {
         self.update(|o| o.messages.push(m));
@@ -46,7 +46,7 @@ impl OpHandle {
     pub(crate) fn finish(&self, ok: bool, vms: u32, hosts: Vec<String>) {
         self.update(|o| {
             o.state = if ok { OpState::Succeeded } else { OpState::Failed };
-            o.phase = "done".into();
+            o.phase = OpPhase::Done;
             o.vms = vms;
             o.hosts = hosts;
             o.finished_ms = Some(now_ms());
@@ -69,14 +69,14 @@ impl Controller {
         *lock(&self.ops) = all.into_iter().map(|o| (o.id.clone(), o)).collect();
     }
 
-    pub(crate) fn new_op(self: &Arc<Self>, kind: &str, target: &str, total: u32, steps: Vec<OpStep>) -> OpHandle {
+    pub(crate) fn new_op(self: &Arc<Self>, kind: OpKind, target: &str, total: u32, steps: Vec<OpStep>) -> OpHandle {
         let id = format!("op-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let op = Operation {
             id: id.clone(),
-            kind: kind.into(),
+            kind,
             target: target.into(),
             state: OpState::Running,
-            phase: "starting".into(),
+            phase: OpPhase::Starting,
             done: 0,
             total,
             steps,

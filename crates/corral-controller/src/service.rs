@@ -55,6 +55,20 @@ pub struct Settings {
     pub retention: crate::retention::Retention,
 }
 
+/// Reads a host's maintenance state; a free text written by an older controller reads as none.
+fn maintenance_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<corral_api::Maintenance>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Typed(corral_api::Maintenance),
+        Legacy(#[allow(dead_code)] String),
+    }
+    Ok(match <Option<Stored> as serde::Deserialize>::deserialize(d)? {
+        Some(Stored::Typed(m)) => Some(m),
+        Some(Stored::Legacy(_)) | None => None,
+    })
+}
+
 /// Operator flags of a host, kept apart from what the agent registers.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostFlags {
@@ -63,9 +77,10 @@ pub struct HostFlags {
     pub cordoned: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Maintenance state: `evacuating`, `evacuated`, `evacuation incomplete`.
-    #[serde(default)]
-    pub maintenance: Option<String>,
+    /// Why it is out of service, if it is. (A record written before this was typed held a
+    /// free text; it reads as none, and the host stays cordoned.)
+    #[serde(default, deserialize_with = "maintenance_or_legacy")]
+    pub maintenance: Option<corral_api::Maintenance>,
     /// On, standby (emptied and powered down by consolidation) or waking.
     #[serde(default)]
     pub power: corral_api::drs::HostPower,
@@ -332,7 +347,27 @@ pub(crate) fn apply_status(vm: &mut Vm, st: &VmStatus) {
 
 #[cfg(test)]
 mod tests {
-    use super::mac_for;
+    #![allow(clippy::unwrap_used)]
+    use super::{mac_for, HostFlags};
+    use corral_api::Maintenance;
+
+    #[test]
+    fn host_flags_keep_their_maintenance_state_and_read_an_older_free_text_as_none() {
+        for m in [
+            Maintenance::Evacuating,
+            Maintenance::EvacuationIncomplete,
+            Maintenance::Quarantined { failures: 3, window_min: 10 },
+        ] {
+            let f = HostFlags { cordoned: true, maintenance: Some(m), ..Default::default() };
+            let back: HostFlags = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+            assert_eq!(back.maintenance, Some(m));
+        }
+        let old = r#"{"cordoned": true, "maintenance": "quarantined: failed 3 times in 10 min"}"#;
+        let f: HostFlags = serde_json::from_str(old).expect("an older record still reads");
+        assert!(f.cordoned && f.maintenance.is_none());
+        let f: HostFlags = serde_json::from_str(r#"{"maintenance": "evacuated"}"#).unwrap();
+        assert_eq!(f.maintenance, Some(Maintenance::Evacuated));
+    }
 
     #[test]
     fn macs_are_locally_administered_unicast() {

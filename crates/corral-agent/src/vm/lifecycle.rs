@@ -11,7 +11,7 @@ use corral_api::agent::VmStatus;
 use corral_api::{ApiError, VmAction, VmState};
 
 use super::{internal, lock, Entry, Manager, VmRecord};
-use crate::qmp::{self, Monitor};
+use crate::qmp::{self, MigrationStatus, Monitor, RunState};
 use crate::templates::Template;
 use crate::{guest, qemu};
 
@@ -104,8 +104,8 @@ impl Manager {
             let deadline = Instant::now() + self.s.boot_timeout;
             loop {
                 let st = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
-                match st.as_str() {
-                    "inmigrate" if Instant::now() >= deadline => {
+                match st {
+                    RunState::Inmigrate if Instant::now() >= deadline => {
                         qemu::kill(pid, &r.def.uuid).await;
                         e.update(|r| r.pid = None)?;
                         return Err(ApiError::internal(format!(
@@ -113,9 +113,9 @@ impl Manager {
                             self.s.boot_timeout.as_secs()
                         )));
                     }
-                    "inmigrate" => tokio::time::sleep(Duration::from_millis(50)).await,
-                    "running" => break,
-                    "paused" | "postmigrate" | "prelaunch" => {
+                    RunState::Inmigrate => tokio::time::sleep(Duration::from_millis(50)).await,
+                    RunState::Running => break,
+                    RunState::Paused | RunState::Postmigrate | RunState::Prelaunch => {
                         qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
                         break;
                     }
@@ -233,8 +233,8 @@ impl Manager {
         let deadline = Instant::now() + SAVE_TIMEOUT;
         loop {
             let st = qmp::run(&q, "query-migrate", None).await.map_err(internal)?;
-            match st.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => break,
+            match MigrationStatus::of(&st) {
+                MigrationStatus::Completed => break,
                 _ if Instant::now() >= deadline => {
                     let _ = qmp::run(&q, "migrate_cancel", None).await;
                     let _ = qmp::run(&q, "cont", None).await;
@@ -245,7 +245,7 @@ impl Manager {
                         SAVE_TIMEOUT.as_secs()
                     )));
                 }
-                "failed" | "cancelled" => {
+                MigrationStatus::Failed | MigrationStatus::Cancelled => {
                     let why = st.get("error-desc").and_then(|s| s.as_str()).unwrap_or("unknown");
                     let _ = qmp::run(&q, "cont", None).await;
                     e.update(|r| r.state = VmState::Running)?;

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use corral_api::agent::VmStatus;
 use corral_api::migration::{
-    Incoming, IncomingReady, MigrationFigures, MigrationMode, MigrationState, Outgoing, OutgoingStatus,
+    Incoming, IncomingReady, MigrationFigures, MigrationMode, MigrationPhase, MigrationState, Outgoing, OutgoingStatus,
     AUTO_DOWNTIME_MS,
 };
 use corral_api::{ApiError, VmState};
@@ -32,7 +32,7 @@ use corral_sched::converge::{Convergence, Decision, Mode, Sample};
 
 use super::{internal, lock, Entry, Manager, Registered};
 use crate::qemu::{self, DISK_ID};
-use crate::qmp::{Monitor, QmpClient};
+use crate::qmp::{MigrationStatus, Monitor, QmpClient, RunState};
 
 /// This copy's part in a live migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,9 +159,9 @@ impl Manager {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let st = crate::qmp::status(&e.paths.qmp()).await.map_err(internal)?;
-            match st.as_str() {
-                "running" => break,
-                "paused" | "postmigrate" => {
+            match st {
+                RunState::Running => break,
+                RunState::Paused | RunState::Postmigrate => {
                     crate::qmp::run(&e.paths.qmp(), "cont", None).await.map_err(internal)?;
                     break;
                 }
@@ -262,7 +262,7 @@ impl Manager {
         let first = OutgoingStatus {
             id: req.id.clone(),
             state: MigrationState::Running,
-            figures: MigrationFigures { phase: "mirroring".into(), ..Default::default() },
+            figures: MigrationFigures { phase: MigrationPhase::Mirroring, ..Default::default() },
         };
         *lock(&e.outgoing) = Some(first.clone());
         e.update(|r| {
@@ -297,7 +297,7 @@ impl Manager {
             .clone()
             .filter(|s| s.state == MigrationState::Running)
             .ok_or_else(|| ApiError::conflict(format!("VM {name:?} has no migration in progress")))?;
-        if matches!(st.figures.phase.as_str(), "postcopy" | "switchover") {
+        if st.figures.phase.handed_over() {
             return Err(ApiError::too_late(format!(
                 "too late to cancel: VM {name:?} already runs at the destination ({})",
                 st.figures.phase
@@ -322,7 +322,7 @@ impl Manager {
         token: Option<&str>,
     ) -> Result<MigrationFigures, (MigrationState, MigrationFigures)> {
         let started = Instant::now();
-        let mut f = MigrationFigures { phase: "mirroring".into(), ..Default::default() };
+        let mut f = MigrationFigures { phase: MigrationPhase::Mirroring, ..Default::default() };
         let fail = |f: &MigrationFigures, msg: String| {
             let mut f = f.clone();
             f.error = Some(msg);
@@ -412,14 +412,14 @@ impl Manager {
         let mut policy = Convergence::new(mode, req.budget_ms);
         let mem_started = Instant::now();
         let mut in_postcopy = false;
-        f.phase = "precopy".into();
+        f.phase = MigrationPhase::Precopy;
         // 3. Watch the rounds until QEMU is done.
         let outcome = loop {
             let m = match q.execute("query-migrate", None).await {
                 Ok(m) => m,
                 Err(err) => break Err(fail(&f, format!("lost the source QEMU's monitor: {err}"))),
             };
-            let status = m["status"].as_str().unwrap_or("").to_string();
+            let status = MigrationStatus::of(&m);
             let page = u(&m, &["ram", "page-size"]).max(4096);
             f.rounds = u(&m, &["ram", "dirty-sync-count"]);
             f.remaining = u(&m, &["ram", "remaining"]);
@@ -428,13 +428,13 @@ impl Manager {
             f.bytes = u(&m, &["ram", "transferred"]).max(f.bytes);
             f.memory_bytes = u(&m, &["ram", "total"]).max(f.memory_bytes);
             f.total_ms = started.elapsed().as_millis() as u64;
-            if e.cancel.load(Ordering::SeqCst) && !in_postcopy && status != "completed" {
+            if e.cancel.load(Ordering::SeqCst) && !in_postcopy && status != MigrationStatus::Completed {
                 let _ = q.execute("migrate_cancel", None).await;
                 f.error = Some("cancelled by the operator".into());
                 break Err((MigrationState::Cancelled, f.clone()));
             }
-            match status.as_str() {
-                "setup" | "active" => {
+            match status {
+                MigrationStatus::Setup | MigrationStatus::Active => {
                     let s = Sample {
                         elapsed_ms: mem_started.elapsed().as_millis() as u64,
                         round: f.rounds,
@@ -465,8 +465,8 @@ impl Manager {
                         }
                     }
                 }
-                "pre-switchover" => {
-                    f.phase = "switchover".into();
+                MigrationStatus::PreSwitchover => {
+                    f.phase = MigrationPhase::Switchover;
                     Self::set_figures(e, &f);
                     // The guest is stopped here: finish the disk, then hand over only to a
                     // destination that answers (and has closed its disk export).
@@ -486,15 +486,17 @@ impl Manager {
                         break Err(fail(&f, format!("cannot continue to the switch-over: {err}")));
                     }
                 }
-                "device" => {}
-                "postcopy-active" => f.phase = "postcopy".into(),
-                "completed" => {
+                MigrationStatus::PostcopyActive => f.phase = MigrationPhase::Postcopy,
+                MigrationStatus::Completed => {
                     f.downtime_ms = m["downtime"].as_u64();
-                    f.phase = "completed".into();
+                    f.phase = MigrationPhase::Completed;
                     break Ok(f.clone());
                 }
-                "failed" | "cancelled" | "cancelling" | "postcopy-paused" => {
-                    let why = m["error-desc"].as_str().unwrap_or(status.as_str()).to_string();
+                MigrationStatus::Failed
+                | MigrationStatus::Cancelled
+                | MigrationStatus::Cancelling
+                | MigrationStatus::PostcopyPaused => {
+                    let why = m["error-desc"].as_str().map(str::to_string).unwrap_or_else(|| status.to_string());
                     break Err(fail(&f, format!("QEMU: migration {why}")));
                 }
                 _ => {}
@@ -521,7 +523,7 @@ impl Manager {
             Err((s, f)) => (s, f),
         };
         if state != MigrationState::Completed {
-            figures.phase = state.as_str().into();
+            figures.phase = state.into();
         }
         let done = OutgoingStatus { id: id.to_string(), state, figures };
         let r = e.snapshot();
@@ -553,9 +555,9 @@ impl Manager {
             return Ok(());
         }
         let m = crate::qmp::run(&e.paths.qmp(), "query-migrate", None).await.map_err(internal)?;
-        let status = m["status"].as_str().unwrap_or("none").to_string();
-        let figures = |phase: &str, error: Option<String>| MigrationFigures {
-            phase: phase.into(),
+        let status = MigrationStatus::of(&m);
+        let figures = |phase: MigrationPhase, error: Option<String>| MigrationFigures {
+            phase,
             rounds: u(&m, &["ram", "dirty-sync-count"]),
             bytes: u(&m, &["ram", "transferred"]),
             memory_bytes: u(&m, &["ram", "total"]),
@@ -564,11 +566,11 @@ impl Manager {
             error,
             ..Default::default()
         };
-        match status.as_str() {
-            "completed" => {
-                self.conclude(e, &id, Ok(figures("completed", None))).await;
+        match status {
+            MigrationStatus::Completed => {
+                self.conclude(e, &id, Ok(figures(MigrationPhase::Completed, None))).await;
             }
-            s if s.starts_with("postcopy") => {
+            s if s.is_postcopy() => {
                 // The guest runs at the destination and pulls pages from this QEMU: let it finish.
                 let me = self.clone();
                 let e2 = e.clone();
@@ -577,11 +579,11 @@ impl Manager {
                     let _g = e2.op.lock().await;
                     let res = loop {
                         let m = crate::qmp::run(&e2.paths.qmp(), "query-migrate", None).await;
-                        match m.as_ref().ok().and_then(|m| m["status"].as_str()) {
-                            Some("completed") => {
-                                break Ok(MigrationFigures { phase: "completed".into(), ..Default::default() })
+                        match m.as_ref().ok().map(MigrationStatus::of) {
+                            Some(MigrationStatus::Completed) => {
+                                break Ok(MigrationFigures { phase: MigrationPhase::Completed, ..Default::default() })
                             }
-                            Some(s) if s.starts_with("postcopy") => tokio::time::sleep(TICK).await,
+                            Some(s) if s.is_postcopy() => tokio::time::sleep(TICK).await,
                             other => {
                                 break Err((
                                     MigrationState::Failed,
@@ -601,7 +603,8 @@ impl Manager {
                 let mut q = QmpClient::connect(&e.paths.qmp()).await.map_err(internal)?;
                 back_to_running(&mut q, &job_id(&id)).await;
                 let why = "the source agent restarted during the migration; cancelled, the VM keeps running here";
-                self.conclude(e, &id, Err((MigrationState::Failed, figures("failed", Some(why.into()))))).await;
+                self.conclude(e, &id, Err((MigrationState::Failed, figures(MigrationPhase::Failed, Some(why.into())))))
+                    .await;
                 tracing::info!("VM {}: migration {id} cancelled after restart", r.def.name);
             }
         }
@@ -616,13 +619,16 @@ async fn back_to_running(q: &mut QmpClient, job: &str) {
     let _ = q.execute("block-job-cancel", Some(json!({"device": job, "force": true}))).await;
     for _ in 0..100 {
         let m = q.execute("query-migrate", None).await.unwrap_or(Value::Null);
-        if !matches!(m["status"].as_str(), Some("cancelling") | Some("active") | Some("pre-switchover")) {
+        if !matches!(
+            MigrationStatus::of(&m),
+            MigrationStatus::Cancelling | MigrationStatus::Active | MigrationStatus::PreSwitchover
+        ) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Ok(st) = q.execute("query-status", None).await {
-        if st["status"].as_str() != Some("running") {
+        if RunState::of(&st) != RunState::Running {
             let _ = q.execute("cont", None).await;
         }
     }

@@ -8,7 +8,7 @@ use corral_api::{ApiError, VmState, VmUsage};
 
 use super::{internal, lock, migrate, Entry, Manager, Settings, VmRecord};
 use crate::qemu::{self, VmPaths};
-use crate::qmp;
+use crate::qmp::{self, RunState};
 use crate::templates::Template;
 
 impl Manager {
@@ -117,8 +117,8 @@ impl Manager {
         }
         let pid = r.pid.unwrap_or_default();
         let status = qmp::status(&e.paths.qmp()).await.map_err(internal)?;
-        match (r.state, status.as_str()) {
-            (VmState::Suspending, "postmigrate") | (VmState::Suspending, "paused") => {
+        match (r.state, status) {
+            (VmState::Suspending, RunState::Postmigrate) | (VmState::Suspending, RunState::Paused) => {
                 // The state may or may not have been fully written: write it again.
                 let me = self.clone();
                 let e2 = e.clone();
@@ -132,17 +132,17 @@ impl Manager {
                     }
                 });
             }
-            (_, "running") => {
+            (_, RunState::Running) => {
                 e.update(|r| {
                     r.state = VmState::Running;
                     r.error = None;
                     r.ended = None;
                 })?;
             }
-            (_, "paused") | (_, "postmigrate") => {
+            (_, RunState::Paused) | (_, RunState::Postmigrate) => {
                 e.update(|r| r.state = VmState::Paused)?;
             }
-            (_, "inmigrate") => {
+            (_, RunState::Inmigrate) => {
                 // Resume from a saved state was cut short: the saved file is intact, start over.
                 qemu::kill(pid, &r.def.uuid).await;
                 e.update(|r| {

@@ -396,7 +396,7 @@ fn flapping() -> Result<(), Failed> {
     let hs = json(&["host", "show", h])?;
     check(hs["cordoned"] == true, format!("{h} is quarantined (cordoned): {hs}"))?;
     check(
-        hs["maintenance"].as_str().is_some_and(|m| m.contains("quarantined")),
+        hs["maintenance"]["quarantined"]["failures"].as_u64().is_some_and(|n| n >= 3),
         format!("and says why: {}", hs["maintenance"]),
     )?;
     check(!events_of("host.quarantined", h).is_empty(), "the quarantine is an event")?;

@@ -11,7 +11,7 @@ use corral_api::agent::{
     Heartbeat, NetworkSpec, ProbeReply, ProbeRequest, Register, TemplateInfo, VmDefinition, VmStatus,
 };
 use corral_api::migration::{
-    Incoming, IncomingReady, MemoryMove, MigrationFigures, MigrationState, Outgoing, OutgoingStatus,
+    Incoming, IncomingReady, MemoryMove, MigrationFigures, MigrationPhase, MigrationState, Outgoing, OutgoingStatus,
 };
 use corral_api::{
     Accel, ApiError, Capacity, ConsoleChunk, ErrorKind, ExecRequest, ExecResult, HostUsage, VmAction, VmState,
@@ -514,7 +514,7 @@ impl AgentApi for FakeAgent {
             let st = OutgoingStatus {
                 id: req.id.clone(),
                 state: MigrationState::Running,
-                figures: MigrationFigures { phase: "precopy".into(), ..Default::default() },
+                figures: MigrationFigures { phase: MigrationPhase::Precopy, ..Default::default() },
             };
             s.outgoing.insert(name.to_string(), st.clone());
             Ok(st)
@@ -531,7 +531,7 @@ impl AgentApi for FakeAgent {
                     MigrationPlan::Hang => {}
                     MigrationPlan::Complete | MigrationPlan::Postcopy => {
                         st.state = MigrationState::Completed;
-                        st.figures.phase = "completed".into();
+                        st.figures.phase = MigrationPhase::Completed;
                         st.figures.used_mode = Some(if plan == MigrationPlan::Postcopy {
                             MemoryMove::Postcopy
                         } else {
@@ -545,7 +545,7 @@ impl AgentApi for FakeAgent {
                     }
                     MigrationPlan::Fail => {
                         st.state = MigrationState::Failed;
-                        st.figures.phase = "failed".into();
+                        st.figures.phase = MigrationPhase::Failed;
                         st.figures.error = Some("fake: the migration stream broke".into());
                         if let Some(v) = s.vms.get_mut(name) {
                             v.status.state = VmState::Running;
@@ -573,7 +573,7 @@ impl AgentApi for FakeAgent {
                 )));
             }
             st.state = MigrationState::Cancelled;
-            st.figures.phase = "cancelled".into();
+            st.figures.phase = MigrationPhase::Cancelled;
             let st = st.clone();
             if let Some(v) = s.vms.get_mut(name) {
                 v.status.state = VmState::Running;

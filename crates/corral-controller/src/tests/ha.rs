@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_api::{ErrorKind, HaPolicy, VmState};
+use corral_api::{ErrorKind, HaPolicy, Maintenance, VmState};
 
 use super::{create_on, settings, Harness};
 use crate::service::Settings;
@@ -200,4 +200,35 @@ async fn admission_keeps_room_for_a_host_failure_or_warns_when_told_to() {
             .unwrap();
     }
     assert!(!warn.events("ha.reserve-broken").is_empty());
+}
+
+#[tokio::test]
+async fn a_host_that_keeps_failing_is_quarantined_until_the_operator_uncordons_it() {
+    let h = Harness::with(&["a", "b", "c"], ha_settings());
+    let _loops = h.run_ha();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let failed = || h.events("host.failed").iter().filter(|e| e.subject == "a").count();
+    let returned = || h.events("host.returned").iter().filter(|e| e.subject == "a").count();
+    for round in 1..=3 {
+        h.fleet.isolate("a");
+        within(10, "declared failed", || failed() == round).await;
+        assert_eq!(h.c.host("a").unwrap().cordoned, round == 3, "cordoned at the third failure only");
+        h.fleet.heal("a");
+        within(10, "back", || returned() == round).await;
+    }
+    let host = h.c.host("a").unwrap();
+    assert!(host.cordoned);
+    assert_eq!(host.maintenance, Some(Maintenance::Quarantined { failures: 3, window_min: 10 }));
+    assert_eq!(host.failures, 3);
+    let q = h.events("host.quarantined");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].message.contains("corral host uncordon a"), "the event says what to do: {}", q[0].message);
+    let refused = h.c.create_vm(create_on("x", "a")).await.expect_err("no placement on a quarantined host");
+    assert_eq!(refused.kind, ErrorKind::NoCapacity, "{}", refused.message);
+    // Fixed: uncordoned, it takes VMs again, and its past failures no longer count.
+    let host = h.c.set_cordon("a", false).unwrap();
+    assert_eq!((host.cordoned, host.maintenance, host.failures), (false, None, 0));
+    h.fleet.isolate("a");
+    within(10, "declared failed again", || failed() == 4).await;
+    assert!(!h.c.host("a").unwrap().cordoned, "one failure after the fix does not quarantine it");
 }
