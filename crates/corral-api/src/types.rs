@@ -234,6 +234,13 @@ impl Workload {
     }
 }
 
+/// A VM that was given no workload runs `idle`.
+impl Default for Workload {
+    fn default() -> Self {
+        Self("idle".to_string())
+    }
+}
+
 impl TryFrom<String> for Workload {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {

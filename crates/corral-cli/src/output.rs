@@ -46,8 +46,8 @@ fn mib(m: u64) -> String {
     }
 }
 
-fn opt(s: &Option<String>) -> String {
-    s.clone().unwrap_or_else(|| "-".into())
+fn opt<T: std::fmt::Display>(s: &Option<T>) -> String {
+    s.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
 pub fn hosts(hs: &[Host]) {
@@ -125,13 +125,13 @@ pub fn vms(vs: &[Vm]) {
         vs.iter()
             .map(|v| {
                 vec![
-                    v.name.clone(),
+                    v.def.name.to_string(),
                     v.state.to_string(),
                     v.host.clone(),
-                    v.vcpus.to_string(),
-                    mib(v.memory_mib),
-                    opt(&v.ip),
-                    v.mac.clone(),
+                    v.def.vcpus.to_string(),
+                    mib(v.def.memory_mib),
+                    opt(&v.def.ip),
+                    v.def.mac.to_string(),
                     v.boot_ms.map(|b| format!("{:.1}s", b as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
                 ]
             })
@@ -140,21 +140,21 @@ pub fn vms(vs: &[Vm]) {
 }
 
 pub fn vm(v: &Vm) {
-    println!("name:      {}", v.name);
-    println!("uuid:      {}", v.uuid);
+    println!("name:      {}", v.def.name);
+    println!("uuid:      {}", v.def.uuid);
     println!("state:     {}", v.state);
     if let Some(e) = &v.error {
         println!("error:     {e}");
     }
     println!("host:      {}", v.host);
-    println!("template:  {}", v.template);
-    println!("vcpus:     {}", v.vcpus);
-    println!("memory:    {}", mib(v.memory_mib));
-    println!("mac:       {}", v.mac);
-    println!("ip:        {}", opt(&v.ip));
-    println!("workload:  {}", v.workload);
-    println!("ha:        {}", v.ha);
-    println!("storage:   {}", v.storage);
+    println!("template:  {}", v.def.template);
+    println!("vcpus:     {}", v.def.vcpus);
+    println!("memory:    {}", mib(v.def.memory_mib));
+    println!("mac:       {}", v.def.mac);
+    println!("ip:        {}", opt(&v.def.ip));
+    println!("workload:  {}", v.def.workload);
+    println!("ha:        {}", v.def.ha);
+    println!("storage:   {}", v.def.storage);
     println!("disk:      {}", opt(&v.disk));
     println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
     if let Some(u) = &v.usage {

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 
+use corral_api::agent::VmDefinition;
 use corral_api::cluster::{
     Cluster, ClusterState, ClusterView, CreateCluster, Member, OpKind, OpPhase, OpStage, OpStep, Operation,
 };
@@ -51,13 +52,13 @@ impl Controller {
             members: members
                 .into_iter()
                 .map(|v| Member {
-                    name: v.name,
+                    name: v.def.name.to_string(),
                     index: v.index.unwrap_or(0),
                     state: v.state,
                     host: v.host,
-                    ip: v.ip,
-                    mac: v.mac,
-                    uuid: v.uuid,
+                    ip: v.def.ip.map(|ip| ip.to_string()),
+                    mac: v.def.mac.to_string(),
+                    uuid: v.def.uuid,
                     error: v.error,
                 })
                 .collect(),
@@ -87,6 +88,12 @@ impl Controller {
     ) -> Result<(Vec<Vm>, u64, u64), ApiError> {
         let t0 = Instant::now();
         let ips = self.free_addresses(c, net, count as usize)?;
+        let p = &c.profile;
+        // The profile was checked when the cluster was made; a value that no longer parses
+        // was damaged in the store.
+        let stored = |what: &str, e: String| {
+            ApiError::internal(format!("cluster {:?}: its stored profile's {what} is invalid: {e}", c.name))
+        };
         let mut vms = Vec::new();
         for (i, ip) in (first..first + count).zip(ips) {
             let name = format!("{}-{i}", c.name);
@@ -97,21 +104,26 @@ impl Controller {
             }
             let uuid = uuid::Uuid::new_v4();
             let mut mac = self.unique_mac(&uuid)?;
-            if vms.iter().any(|v: &Vm| v.mac == mac) {
+            if vms.iter().any(|v: &Vm| v.def.mac == mac) {
                 mac = crate::service::mac_for(&uuid, 0x80);
             }
-            let p = &c.profile;
             vms.push(Vm {
-                name,
-                uuid,
+                def: VmDefinition {
+                    name: name.parse().map_err(|e| stored("name", e))?,
+                    uuid,
+                    template: p.template.parse().map_err(|e| stored("template", e))?,
+                    vcpus: p.vcpus,
+                    memory_mib: p.memory_mib,
+                    mac,
+                    ip: Some(ip),
+                    workload: p.workload.clone().try_into().map_err(|e| stored("workload", e))?,
+                    disk_mib: p.disk_mib,
+                    network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
+                    storage: p.storage,
+                    ha: p.ha,
+                },
                 state: VmState::Starting,
                 host: String::new(),
-                template: p.template.clone(),
-                vcpus: p.vcpus,
-                memory_mib: p.memory_mib,
-                mac,
-                ip: Some(ip),
-                workload: p.workload.clone(),
                 disk: None,
                 boot_ms: None,
                 error: None,
@@ -120,11 +132,7 @@ impl Controller {
                 cluster: Some(c.name.clone()),
                 index: Some(i),
                 pending: Some(Pending::Create { start: true }),
-                disk_mib: p.disk_mib,
-                network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
                 migration: None,
-                ha: p.ha,
-                storage: p.storage,
             });
         }
         let configure_ms = t0.elapsed().as_millis() as u64;
@@ -132,7 +140,12 @@ impl Controller {
         let req = GroupRequest {
             vms: vms
                 .iter()
-                .map(|v| VmReq { name: v.name.clone(), vcpus: v.vcpus, memory_mib: v.memory_mib, host: None })
+                .map(|v| VmReq {
+                    name: v.def.name.to_string(),
+                    vcpus: v.def.vcpus,
+                    memory_mib: v.def.memory_mib,
+                    host: None,
+                })
                 .collect(),
             policy: policy(c.policy),
             anti_affinity: c.profile.placement.anti_affinity,
@@ -142,12 +155,13 @@ impl Controller {
         };
         let placed = place_group(&self.views_for(c)?, &req).map_err(group_error)?;
         for p in placed {
-            if let Some(v) = vms.iter_mut().find(|v| v.name == p.vm) {
+            if let Some(v) = vms.iter_mut().find(|v| v.def.name == p.vm) {
                 v.host = p.host;
             }
         }
         if c.profile.ha != corral_api::HaPolicy::Off {
-            let extra: Vec<(String, u32, u64)> = vms.iter().map(|v| (v.host.clone(), v.vcpus, v.memory_mib)).collect();
+            let extra: Vec<(String, u32, u64)> =
+                vms.iter().map(|v| (v.host.clone(), v.def.vcpus, v.def.memory_mib)).collect();
             self.admit_ha(&extra)?;
         }
         Ok((vms, configure_ms, t1.elapsed().as_millis() as u64))
@@ -157,9 +171,9 @@ impl Controller {
     fn write_members(&self, c: &Cluster, vms: &[Vm]) -> Result<(), ApiError> {
         let mut ops = vec![Op::Put { table: CLUSTERS.into(), key: c.name.clone(), value: encode(c)? }];
         for v in vms {
-            ops.push(Op::Put { table: VMS.into(), key: v.name.clone(), value: encode(v)? });
-            if let Some(ip) = &v.ip {
-                ops.push(Op::Put { table: IPAM.into(), key: ipam_key(ip), value: encode(&v.name)? });
+            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(v)? });
+            if let Some(ip) = &v.def.ip {
+                ops.push(Op::Put { table: IPAM.into(), key: ipam_key(ip), value: encode(&v.def.name)? });
             }
         }
         self.store.apply(ops).map_err(store_err)
@@ -222,7 +236,7 @@ impl Controller {
                 OpStep { name: OpStage::Place, ms: place_ms },
             ];
             let op = self.new_op(OpKind::ClusterCreate, &c.name, req.size, steps);
-            (op, vms.into_iter().map(|v| v.name).collect::<Vec<_>>())
+            (op, vms.into_iter().map(|v| v.def.name.into()).collect::<Vec<String>>())
         };
         let me = self.clone();
         let h = op.clone();
@@ -334,7 +348,9 @@ impl Controller {
             let me = self.clone();
             let h = op.clone();
             let cname = name.to_string();
-            tokio::spawn(async move { me.run_deploy(h, cname, vms.into_iter().map(|v| v.name).collect()).await });
+            tokio::spawn(
+                async move { me.run_deploy(h, cname, vms.into_iter().map(|v| v.def.name.into()).collect()).await },
+            );
             return self.operation(&op.id);
         }
         let victims: Vec<Vm> = members.into_iter().rev().take((have - size) as usize).collect();
@@ -345,11 +361,16 @@ impl Controller {
             v.pending = Some(Pending::Delete);
             v.state = VmState::Deleting;
             v.usage = None;
-            ops.push(Op::Put { table: VMS.into(), key: v.name.clone(), value: encode(&v)? });
+            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(&v)? });
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterScale, name, victims.len() as u32, vec![]);
-        self.spawn_removals(op.clone(), name.to_string(), victims.into_iter().map(|v| v.name).collect(), None);
+        self.spawn_removals(
+            op.clone(),
+            name.to_string(),
+            victims.into_iter().map(|v| v.def.name.into()).collect(),
+            None,
+        );
         self.operation(&op.id)
     }
 
@@ -394,14 +415,14 @@ impl Controller {
             let mut v = v.clone();
             v.pending = Some(Pending::Delete);
             v.usage = None;
-            ops.push(Op::Put { table: VMS.into(), key: v.name.clone(), value: encode(&v)? });
+            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(&v)? });
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterDelete, name, members.len() as u32, vec![]);
         self.spawn_removals(
             op.clone(),
             name.to_string(),
-            members.into_iter().map(|v| v.name).collect(),
+            members.into_iter().map(|v| v.def.name.into()).collect(),
             Some(ClusterState::Deleting),
         );
         self.operation(&op.id)
@@ -449,13 +470,13 @@ impl Controller {
         let mut vm = self.vm(name)?;
         let from = vm.host.clone();
         let started = Instant::now();
-        self.ensure_template(to, &vm.template).await?;
+        self.ensure_template(to, &vm.def.template).await?;
         let src = self.agent(&from)?;
-        let st = self.agent(to)?.import(&crate::service::definition(&vm)?, src.url()).await?;
+        let st = self.agent(to)?.import(&vm.def, src.url()).await?;
         vm.host = to.to_string();
         vm.disk = Some(st.disk.clone());
         self.put_vm(&vm)?;
-        if let Err(e) = src.delete_copy(name, &vm.uuid).await {
+        if let Err(e) = src.delete_copy(name, &vm.def.uuid).await {
             tracing::warn!("removing the old copy of {name} from {from}: {}", e.message);
         }
         self.event("vm.moved", name, format!("moved from {from} to {to} in {} ms", started.elapsed().as_millis()));
@@ -519,11 +540,11 @@ impl Controller {
                     };
                     let r = match (wanted, suspend) {
                         (false, _) => Ok(()),
-                        (true, true) => me.vm_action(&m.name, action).await.map(|_| ()),
-                        (true, false) => me.resume_member(&m.name).await,
+                        (true, true) => me.vm_action(&m.def.name, action).await.map(|_| ()),
+                        (true, false) => me.resume_member(&m.def.name).await,
                     };
                     if let Err(e) = &r {
-                        h.message(format!("{}: {}", m.name, e.message));
+                        h.message(format!("{}: {}", m.def.name, e.message));
                     }
                     h.tick();
                     r.is_ok()

@@ -12,12 +12,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral_api::agent::VmDefinition;
+use corral_api::types::Mac;
 use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
 use corral_store::{Op, StoreExt};
 
 use crate::ipam::ipam_key;
-use crate::service::{definition, lock, mac_for, store_err, Controller};
+use crate::service::{lock, mac_for, store_err, Controller};
 use crate::tables::{IPAM, VMS};
 
 /// How many hosts a cluster member is tried on before the deployment gives up on it.
@@ -101,16 +103,22 @@ impl Controller {
                 .await?;
             let uuid = uuid::Uuid::new_v4();
             let vm = Vm {
-                name: req.name.to_string(),
-                uuid,
+                def: VmDefinition {
+                    name: req.name.clone(),
+                    uuid,
+                    template: req.template.clone(),
+                    vcpus: req.vcpus,
+                    memory_mib: req.memory_mib,
+                    mac: self.unique_mac(&uuid)?,
+                    ip: None,
+                    workload: req.workload.clone().unwrap_or_default(),
+                    disk_mib: None,
+                    network: None,
+                    storage: req.storage,
+                    ha,
+                },
                 state: if req.start { VmState::Starting } else { VmState::Inactive },
                 host,
-                template: req.template.to_string(),
-                vcpus: req.vcpus,
-                memory_mib: req.memory_mib,
-                mac: self.unique_mac(&uuid)?,
-                ip: None,
-                workload: req.workload.as_ref().map_or("idle", |w| w.as_str()).to_string(),
                 disk: None,
                 boot_ms: None,
                 error: None,
@@ -119,42 +127,42 @@ impl Controller {
                 cluster: None,
                 index: None,
                 pending: Some(Pending::Create { start: req.start }),
-                disk_mib: None,
-                network: None,
                 migration: None,
-                ha,
-                storage: req.storage,
             };
             // Intent first: the record exists before the host is asked to do anything.
             self.put_vm(&vm)?;
             vm
         };
-        let _b = self.busy(&vm.name)?;
-        tracing::info!("creating VM {} on {}", vm.name, vm.host);
-        match self.bring_up(&vm.name, false).await {
+        let _b = self.busy(&vm.def.name)?;
+        tracing::info!("creating VM {} on {}", vm.def.name, vm.host);
+        match self.bring_up(&vm.def.name, false).await {
             Ok(vm) => Ok(vm),
             // Its host did not answer: the intent stays, and the reconciler creates the VM
             // there once the host reports. Never left stuck in error for a host that wakes.
             Err(e) if e.kind == ErrorKind::Unavailable => {
-                let mut v = self.vm(&vm.name)?;
+                let mut v = self.vm(&vm.def.name)?;
                 v.error = Some(format!("waiting for host {}: {}", v.host, e.message));
                 self.put_vm(&v)?;
-                self.event("vm.deferred", &vm.name, format!("host {} did not answer; created once it reports", v.host));
+                self.event(
+                    "vm.deferred",
+                    &vm.def.name,
+                    format!("host {} did not answer; created once it reports", v.host),
+                );
                 Err(ApiError::unavailable(format!(
                     "{}; VM {:?} is recorded and will be created on {} as soon as it reports (see `corral vm show {}`)",
-                    e.message, vm.name, v.host, vm.name
+                    e.message, vm.def.name, v.host, vm.def.name
                 )))
             }
             Err(e) => {
-                self.give_up(&vm.name, &e).await;
+                self.give_up(&vm.def.name, &e).await;
                 Err(e)
             }
         }
     }
 
     /// A MAC no other VM has.
-    pub(crate) fn unique_mac(&self, uuid: &uuid::Uuid) -> Result<String, ApiError> {
-        let taken: std::collections::HashSet<String> = self.vms()?.into_iter().map(|v| v.mac).collect();
+    pub(crate) fn unique_mac(&self, uuid: &uuid::Uuid) -> Result<Mac, ApiError> {
+        let taken: std::collections::HashSet<Mac> = self.vms()?.into_iter().map(|v| v.def.mac).collect();
         (0u8..=255)
             .map(|salt| mac_for(uuid, salt))
             .find(|m| !taken.contains(m))
@@ -167,14 +175,14 @@ impl Controller {
         if !matches!(vm.pending, Some(Pending::Create { .. })) {
             return Ok(vm);
         }
-        self.ensure_template(&vm.host, &vm.template).await?;
+        self.ensure_template(&vm.host, &vm.def.template).await?;
         let agent = self.agent(&vm.host)?;
-        let st = match agent.create(&definition(&vm)?, false).await {
+        let st = match agent.create(&vm.def, false).await {
             Err(e) if e.kind == ErrorKind::AlreadyExists => {
                 // A stale copy from an earlier attempt holds the name on this host.
                 let stale = agent.get(name).await?;
                 agent.delete_copy(name, &stale.uuid).await?;
-                agent.create(&definition(&vm)?, false).await?
+                agent.create(&vm.def, false).await?
             }
             r => r?,
         };
@@ -218,7 +226,7 @@ impl Controller {
             }
             // Leave nothing behind on the failed host (if it is down, the orphan sweep will).
             if let Ok(a) = self.agent(&vm.host) {
-                let _ = a.delete_copy(name, &vm.uuid).await;
+                let _ = a.delete_copy(name, &vm.def.uuid).await;
             }
             let to = self.relocate(name, &tried).await.map_err(|e| ApiError {
                 message: format!("{}; no other host can take it: {}", err.message, e.message),
@@ -275,9 +283,9 @@ impl Controller {
             vm.state = VmState::Deleting;
             self.put_vm(&vm)?;
         }
-        self.agent(&vm.host)?.delete(name, &vm.uuid).await?;
+        self.agent(&vm.host)?.delete(name, &vm.def.uuid).await?;
         let mut ops = vec![Op::Delete { table: VMS.into(), key: name.into() }];
-        if let Some(ip) = &vm.ip {
+        if let Some(ip) = &vm.def.ip {
             ops.push(Op::Delete { table: IPAM.into(), key: ipam_key(ip) });
         }
         self.store.apply(ops).map_err(store_err)?;
@@ -331,15 +339,15 @@ impl Controller {
         let Ok(vms) = self.vms() else { return };
         for vm in &vms {
             let Some(p) = vm.pending else {
-                self.backoff.clear(&vm.name);
+                self.backoff.clear(&vm.def.name);
                 continue;
             };
-            if !self.host_ready(&vm.host) || !self.backoff.due(&vm.name) {
+            if !self.host_ready(&vm.host) || !self.backoff.due(&vm.def.name) {
                 continue;
             }
-            let Ok(guard) = self.busy(&vm.name) else { continue };
+            let Ok(guard) = self.busy(&vm.def.name) else { continue };
             let me = self.clone();
-            let name = vm.name.clone();
+            let name = vm.def.name.clone();
             let relocatable = vm.cluster.is_some();
             tokio::spawn(async move {
                 let _g = guard;
@@ -367,9 +375,9 @@ impl Controller {
                     continue;
                 }
                 // Both copies of a VM in live migration belong to the migration, not the sweep.
-                let ours = vms
-                    .iter()
-                    .any(|v| v.name == st.name && v.uuid == st.uuid && (v.host == host || v.migration.is_some()));
+                let ours = vms.iter().any(|v| {
+                    v.def.name == st.name && v.def.uuid == st.uuid && (v.host == host || v.migration.is_some())
+                });
                 if ours {
                     continue;
                 }
@@ -380,7 +388,7 @@ impl Controller {
                     let _g = guard;
                     // Check again under the busy mark: the record may have appeared meanwhile.
                     let known = me.store.get_json::<Vm>(VMS, &st.name).ok().flatten();
-                    if known.is_some_and(|v| v.uuid == st.uuid && (v.host == host || v.migration.is_some())) {
+                    if known.is_some_and(|v| v.def.uuid == st.uuid && (v.host == host || v.migration.is_some())) {
                         return;
                     }
                     if let Ok(a) = me.agent(&host) {

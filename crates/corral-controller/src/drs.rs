@@ -277,7 +277,7 @@ impl Controller {
         let host_names: Vec<String> = regs.iter().map(|r| r.name.clone()).collect();
         let index = |n: &str| host_names.iter().position(|h| h == n);
         let mut hist = lock(&self.drs.history);
-        hist.retain(|name, _| vms.iter().any(|v| &v.name == name));
+        hist.retain(|name, _| vms.iter().any(|v| &v.def.name == name));
         let mut snap_vms = vec![];
         let mut used = vec![0.0; regs.len()];
         let mut lives_there = vec![false; regs.len()];
@@ -288,10 +288,10 @@ impl Controller {
                 continue;
             }
             let u = v.usage.clone().unwrap_or_default();
-            let cores = f64::from(v.vcpus);
+            let cores = f64::from(v.def.vcpus);
             let demand = (u.cpu_demand_pct.max(u.cpu_pct) / 100.0).clamp(0.0, cores);
             used[h] += (u.cpu_pct / 100.0).clamp(0.0, cores);
-            let series = hist.entry(v.name.clone()).or_default();
+            let series = hist.entry(v.def.name.to_string()).or_default();
             if sample && v.state == VmState::Running {
                 series.push_back(demand);
                 while series.len() > HISTORY {
@@ -299,20 +299,20 @@ impl Controller {
                 }
             }
             snap_vms.push(VmSnapshot {
-                name: v.name.clone(),
+                name: v.def.name.to_string(),
                 host: h,
-                vcpus: v.vcpus,
+                vcpus: v.def.vcpus,
                 cpu_size: cores,
                 demand,
                 history: series.iter().copied().collect(),
-                memory_mib: v.memory_mib,
-                memory_reserved_mib: v.memory_mib,
+                memory_mib: v.def.memory_mib,
+                memory_reserved_mib: v.def.memory_mib,
                 migrating_to: v.migration.as_ref().and_then(|m| index(&m.to)),
                 // Disks on shared storage are not moved yet.
                 pinned: v.state != VmState::Running
-                    || v.storage == corral_api::Storage::Shared
+                    || v.def.storage == corral_api::Storage::Shared
                     || v.pending.is_some()
-                    || self.is_busy(&v.name)
+                    || self.is_busy(&v.def.name)
                     || !self.host_ready(&v.host),
             });
         }
@@ -463,7 +463,7 @@ impl Controller {
         if let Some(v) = self.vms()?.iter().find(|v| v.host == host) {
             return Err(ApiError::conflict(format!(
                 "host {host:?} still holds VM {:?}: move or delete its VMs first (`corral host evacuate {host}`)",
-                v.name
+                v.def.name
             )));
         }
         if self.flags(host)?.power == HostPower::Standby {

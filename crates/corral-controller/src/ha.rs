@@ -60,7 +60,7 @@ const RESTARTS_IN_PLACE: usize = 3;
 /// Whether this report says the VM's QEMU died by itself (crashed or killed) while it ran:
 /// not stopped by an operation, nor fenced.
 pub(crate) fn crashed(vm: &Vm, st: &corral_api::agent::VmStatus) -> bool {
-    vm.ha != HaPolicy::Off
+    vm.def.ha != HaPolicy::Off
         && vm.state == VmState::Running
         && vm.pending.is_none()
         && vm.migration.is_none()
@@ -140,7 +140,7 @@ impl Controller {
         let mut f = self.flags(host)?;
         let vms = self.vms()?;
         let restartable =
-            vms.iter().filter(|v| v.host == host && v.ha != HaPolicy::Off).map(|v| v.uuid).collect::<Vec<_>>();
+            vms.iter().filter(|v| v.host == host && v.def.ha != HaPolicy::Off).map(|v| v.def.uuid).collect::<Vec<_>>();
         let peers = self.lease_peers(host, &mut f)?;
         let mut reply = HeartbeatReply { lease_ms, fence: vec![], peers, restartable };
         let Some(failure) = f.failed.clone() else { return Ok(reply) };
@@ -155,7 +155,8 @@ impl Controller {
         // Copies that may run elsewhere now: every running one but a VM without HA that is
         // still this host's.
         let stays = |st: &VmStatus| {
-            vms.iter().any(|v| v.name == st.name && v.uuid == st.uuid && v.host == host && v.ha == HaPolicy::Off)
+            vms.iter()
+                .any(|v| v.def.name == st.name && v.def.uuid == st.uuid && v.host == host && v.def.ha == HaPolicy::Off)
         };
         reply.fence = reported
             .iter()
@@ -191,7 +192,7 @@ impl Controller {
     /// another host; if none can take it, it stays in error.
     async fn restart_in_place(self: &Arc<Self>, name: &str) {
         let Ok(vm) = self.vm(name) else { return };
-        if vm.state != VmState::Inactive || vm.ha == HaPolicy::Off {
+        if vm.state != VmState::Inactive || vm.def.ha == HaPolicy::Off {
             return;
         }
         let Ok(_g) = self.busy(name) else { return };
@@ -418,8 +419,8 @@ impl Controller {
         let prio = |v: &Vm| {
             v.cluster.as_ref().and_then(|c| self.cluster(c).ok()).map(|c| c.profile.restart_priority).unwrap_or(0)
         };
-        mine.sort_by_key(|v| (std::cmp::Reverse(prio(v)), v.name.clone()));
-        let (ha, off): (Vec<Vm>, Vec<Vm>) = mine.into_iter().partition(|v| v.ha != HaPolicy::Off);
+        mine.sort_by_key(|v| (std::cmp::Reverse(prio(v)), v.def.name.clone()));
+        let (ha, off): (Vec<Vm>, Vec<Vm>) = mine.into_iter().partition(|v| v.def.ha != HaPolicy::Off);
         self.event(
             "host.fenced",
             host,
@@ -440,7 +441,7 @@ impl Controller {
         // before the next level starts.
         let mut levels: Vec<(i32, Vec<(crate::service::BusyGuard, Vm)>)> = vec![];
         for v in ha {
-            let Ok(guard) = self.busy(&v.name) else { continue };
+            let Ok(guard) = self.busy(&v.def.name) else { continue };
             let p = prio(&v);
             match levels.last_mut() {
                 Some((lp, jobs)) if *lp == p => jobs.push((guard, v)),
@@ -459,7 +460,7 @@ impl Controller {
                     async move {
                         let _g = g;
                         let r = me.restart_elsewhere(&v, &host, detected_ms, &reason).await;
-                        (v.name, r)
+                        (v.def.name, r)
                     }
                 });
                 done.extend(futures::future::join_all(restarts).await);
@@ -495,10 +496,10 @@ impl Controller {
     ) -> Option<(String, u64)> {
         let placed = async {
             let _p = self.placing.lock().await;
-            let mut vm = self.vm(&v.name)?;
-            let mut views = self.views_for_storage(vm.storage)?;
+            let mut vm = self.vm(&v.def.name)?;
+            let mut views = self.views_for_storage(vm.def.storage)?;
             let mut spare = self.views_for_restart()?;
-            self.restrict_to_storage(&mut spare, vm.storage)?;
+            self.restrict_to_storage(&mut spare, vm.def.storage)?;
             for h in views.iter_mut().chain(spare.iter_mut()).filter(|h| h.name == failed) {
                 h.schedulable = false;
             }
@@ -516,8 +517,8 @@ impl Controller {
         .await;
         let res = match placed {
             Ok(to) => {
-                self.forget_pushed(&v.name);
-                self.bring_up(&v.name, true).await.map(|vm| (to, vm))
+                self.forget_pushed(&v.def.name);
+                self.bring_up(&v.def.name, true).await.map(|vm| (to, vm))
             }
             Err(e) => Err(e),
         };
@@ -526,13 +527,13 @@ impl Controller {
                 let since = now_ms().saturating_sub(detected_ms);
                 self.event(
                     "vm.failover",
-                    &v.name,
+                    &v.def.name,
                     format!(
                         "{failed} → {}: running again {:.1} s after {reason} (same UUID, MAC {}, IP {})",
                         vm.host,
                         since as f64 / 1000.0,
-                        vm.mac,
-                        vm.ip.as_deref().unwrap_or("-")
+                        vm.def.mac,
+                        vm.def.ip.map_or("-".to_string(), |ip| ip.to_string())
                     ),
                 );
                 self.sync_networks().await;
@@ -541,10 +542,10 @@ impl Controller {
             Err(e) => {
                 self.event(
                     "vm.failover-failed",
-                    &v.name,
+                    &v.def.name,
                     format!("could not be restarted away from {failed}: {}", e.message),
                 );
-                if let Ok(mut vm) = self.vm(&v.name) {
+                if let Ok(mut vm) = self.vm(&v.def.name) {
                     vm.pending = None;
                     vm.state = VmState::Error;
                     vm.error = Some(format!("host {failed} failed and no other host could take it: {}", e.message));

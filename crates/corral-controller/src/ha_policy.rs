@@ -26,11 +26,11 @@ pub(crate) fn resolve_ha(asked: Option<HaPolicy>, storage: Storage) -> Result<Ha
 /// Live migration and cold moves copy a VM's disk between hosts; a disk in the shared pool is
 /// not copied, and moving one is not supported yet.
 pub(crate) fn refuse_shared_move(vm: &Vm) -> Result<(), ApiError> {
-    if vm.storage == Storage::Shared {
+    if vm.def.storage == Storage::Shared {
         return Err(ApiError::conflict(format!(
             "VM {:?} has its disk on shared storage: moving it between hosts is not supported yet (it restarts \
              elsewhere with its disk if its host fails)",
-            vm.name
+            vm.def.name
         )));
     }
     Ok(())
@@ -75,8 +75,8 @@ impl Controller {
         let mut p: Vec<(String, u32, u64)> = self
             .vms()?
             .into_iter()
-            .filter(|v| v.ha != HaPolicy::Off && (v.state.holds_resources() || v.pending.is_some()))
-            .map(|v| (v.host, v.vcpus, v.memory_mib))
+            .filter(|v| v.def.ha != HaPolicy::Off && (v.state.holds_resources() || v.pending.is_some()))
+            .map(|v| (v.host, v.def.vcpus, v.def.memory_mib))
             .collect();
         p.extend(extra.iter().cloned());
         Ok(p)
@@ -130,16 +130,20 @@ impl Controller {
             }
         }
         for v in &vms {
-            if v.ha == HaPolicy::Off {
-                let why = if v.storage == Storage::Shared {
+            if v.def.ha == HaPolicy::Off {
+                let why = if v.def.storage == Storage::Shared {
                     "HA is off: it waits for its host (create with --ha restart)"
                 } else {
                     "HA is off and its disk is on its host: it waits for the host (use --storage shared, or --ha \
                      restart-fresh to restart it from its template)"
                 };
-                st.unprotected.push(HaUnprotected { name: v.name.clone(), host: v.host.clone(), why: why.into() });
+                st.unprotected.push(HaUnprotected {
+                    name: v.def.name.to_string(),
+                    host: v.host.clone(),
+                    why: why.into(),
+                });
             } else {
-                st.protected.push(v.name.clone());
+                st.protected.push(v.def.name.to_string());
             }
         }
         // Spare capacity: could the HA VMs of the worst --ha-reserve-hosts hosts restart on

@@ -71,17 +71,17 @@ impl Controller {
                 continue;
             }
             let Some(mut vm) = self.store.get_json::<Vm>(VMS, &st.name).map_err(store_err)? else { continue };
-            if vm.host != host || vm.uuid != st.uuid {
+            if vm.host != host || vm.def.uuid != st.uuid {
                 continue;
             }
             lock(&self.vm_usage).insert(st.name.clone(), st.usage.clone());
             let changed = vm.state != st.state || vm.error != st.error || vm.boot_ms != st.boot_ms;
             if changed && crate::ha::crashed(&vm, st) {
-                self.ha_crashed(&vm.name);
+                self.ha_crashed(&vm.def.name);
             }
             if changed {
                 apply_status(&mut vm, st);
-                self.store.put_json(VMS, &vm.name, &vm).map_err(store_err)?;
+                self.store.put_json(VMS, &vm.def.name, &vm).map_err(store_err)?;
             }
         }
         lock(&self.live).insert(
@@ -184,8 +184,8 @@ impl Controller {
                 let mine: Vec<&Vm> = vms.iter().filter(|v| v.host == r.name).collect();
                 let held = mine.iter().filter(|v| v.state.holds_resources());
                 let allocated = corral_api::Capacity {
-                    vcpus: held.clone().map(|v| v.vcpus).sum(),
-                    memory_mib: held.map(|v| v.memory_mib).sum(),
+                    vcpus: held.clone().map(|v| v.def.vcpus).sum(),
+                    memory_mib: held.map(|v| v.def.memory_mib).sum(),
                     disk_bytes: mine.iter().filter_map(|v| v.usage.as_ref()).map(|u| u.disk_bytes).sum(),
                 };
                 let nets = self.reported_networks(&r.name);
@@ -249,8 +249,8 @@ impl Controller {
                         && flags.power == corral_api::drs::HostPower::On,
                     vcpus: r.capacity.vcpus,
                     memory_mib: r.capacity.memory_mib,
-                    used_vcpus: held.clone().map(|v| v.vcpus).sum(),
-                    used_memory_mib: held.map(|v| v.memory_mib).sum(),
+                    used_vcpus: held.clone().map(|v| v.def.vcpus).sum(),
+                    used_memory_mib: held.map(|v| v.def.memory_mib).sum(),
                     cpu_load: usage.cpu_pct / 100.0,
                     templates: r.templates.into_iter().map(|t| t.name).collect(),
                     labels: flags.labels,

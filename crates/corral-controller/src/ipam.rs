@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use corral_api::cluster::Cluster;
+use corral_api::types::Ipv4Cidr;
 use corral_api::ApiError;
 use corral_store::StoreExt;
 
@@ -18,8 +19,8 @@ use crate::tables::{CLUSTERS, IPAM};
 const AUTO_POOL: &str = "100.64.0.0/16";
 
 /// The store key of an address (`100.64.1.2/24` → `100.64.1.2`).
-pub(crate) fn ipam_key(ip: &str) -> String {
-    ip.split('/').next().unwrap_or(ip).to_string()
+pub(crate) fn ipam_key(ip: &Ipv4Cidr) -> String {
+    ip.addr().to_string()
 }
 
 /// Parses a bridged network's range `FIRST-LAST` within its provider network.
@@ -104,7 +105,7 @@ impl Controller {
     }
 
     /// Free addresses of a subnet, lowest first.
-    pub(crate) fn free_addresses(&self, c: &Cluster, net: &Ipv4Net, n: usize) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn free_addresses(&self, c: &Cluster, net: &Ipv4Net, n: usize) -> Result<Vec<Ipv4Cidr>, ApiError> {
         let taken: BTreeSet<String> =
             self.store.scan(IPAM, "").map_err(store_err)?.into_iter().map(|(k, _)| k).collect();
         let pool: Box<dyn Iterator<Item = Ipv4Addr>> = match &c.profile.bridged {
@@ -114,11 +115,12 @@ impl Controller {
             }
             None => Box::new(vm_addresses(net)),
         };
-        let free: Vec<String> = pool
+        let free: Vec<Ipv4Cidr> = pool
             .filter(|a| !taken.contains(&a.to_string()))
             .take(n)
-            .map(|a| format!("{a}/{}", net.prefix_len()))
-            .collect();
+            .map(|a| Ipv4Cidr::new(a, net.prefix_len()))
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::internal)?;
         if free.len() < n {
             return Err(ApiError::no_capacity(format!(
                 "subnet {net} is out of addresses: {} free, {n} needed; scale down or delete VMs first",
@@ -144,6 +146,6 @@ mod tests {
         assert_eq!(room(&n), 5);
         let a: Vec<String> = vm_addresses(&n).map(|a| a.to_string()).collect();
         assert_eq!(a, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
-        assert_eq!(ipam_key("10.0.0.2/29"), "10.0.0.2");
+        assert_eq!(ipam_key(&"10.0.0.2/29".parse().expect("an address")), "10.0.0.2");
     }
 }

@@ -22,7 +22,7 @@ use corral_api::migration::{
 use corral_api::{now_ms, ApiError, ErrorKind, HostState, Maintenance, Vm, VmState};
 use corral_store::{Op, StoreExt};
 
-use crate::service::{definition, encode, lock, store_err, BusyGuard, Controller};
+use crate::service::{encode, lock, store_err, BusyGuard, Controller};
 use crate::tables::{HOST_FLAGS, MIGRATIONS, VMS};
 
 /// How often the controller reads the source's figures.
@@ -79,7 +79,7 @@ impl Controller {
 
     /// Checks a request and chooses the destination. Called under the placing lock.
     fn destination(&self, vm: &Vm, to: Option<&str>) -> Result<String, ApiError> {
-        let name = &vm.name;
+        let name = &vm.def.name;
         match vm.state {
             VmState::Running => {}
             VmState::Migrating => {
@@ -156,8 +156,8 @@ impl Controller {
             let id = format!("mig-{:013}-{}", now_ms(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
             let m = Migration {
                 id: id.clone(),
-                vm: vm.name.clone(),
-                uuid: vm.uuid,
+                vm: vm.def.name.to_string(),
+                uuid: vm.def.uuid,
                 source: vm.host.clone(),
                 destination: to.clone(),
                 mode: req.mode,
@@ -168,7 +168,7 @@ impl Controller {
                 downtime_ms: None,
                 bytes: 0,
                 disk_bytes: 0,
-                memory_bytes: vm.memory_mib << 20,
+                memory_bytes: vm.def.memory_mib << 20,
                 remaining: 0,
                 dirty_rate: 0,
                 transfer_rate: 0,
@@ -185,7 +185,7 @@ impl Controller {
             vm.migration = Some(MigrationRef { id, to });
             vm.usage = None;
             // Intent first: both records exist before any host is asked to act.
-            self.store.apply(vec![put(MIGRATIONS, &m.id, &m)?, put(VMS, &vm.name, &vm)?]).map_err(store_err)?;
+            self.store.apply(vec![put(MIGRATIONS, &m.id, &m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
             m
         };
         tracing::info!("migration {} of {name}: {} → {} ({})", m.id, m.source, m.destination, m.mode.as_str());
@@ -287,7 +287,7 @@ impl Controller {
     /// Prepares the destination and starts the source.
     async fn start(self: &Arc<Self>, m: &mut Migration) -> Result<(), ApiError> {
         let mut vm = self.vm(&m.vm)?;
-        if vm.state != VmState::Running || vm.uuid != m.uuid || vm.host != m.source {
+        if vm.state != VmState::Running || vm.def.uuid != m.uuid || vm.host != m.source {
             return Err(ApiError::conflict(format!(
                 "VM {} changed while the migration was queued (it is {} on {})",
                 m.vm, vm.state, vm.host
@@ -297,14 +297,13 @@ impl Controller {
         m.started_ms = Some(now_ms());
         vm.state = VmState::Migrating;
         vm.usage = None;
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.name, &vm)?]).map_err(store_err)?;
-        self.ensure_template(&m.destination, &vm.template).await?;
+        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
+        self.ensure_template(&m.destination, &vm.def.template).await?;
         // The destination joins the VM's network before the VM arrives there.
         self.sync_networks().await;
         let dst = self.agent(&m.destination)?;
-        let ready = dst
-            .incoming(&Incoming { def: definition(&vm)?, id: m.id.clone(), postcopy: m.mode.may_postcopy() })
-            .await?;
+        let ready =
+            dst.incoming(&Incoming { def: vm.def.clone(), id: m.id.clone(), postcopy: m.mode.may_postcopy() }).await?;
         let src = self.agent(&m.source)?;
         let out = Outgoing {
             id: m.id.clone(),
@@ -409,7 +408,7 @@ impl Controller {
         m.state = MigrationState::Completed;
         m.result = "completed".into();
         m.ended_ms.get_or_insert(now_ms());
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.name, &vm)?]).map_err(store_err)?;
+        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
         self.sync_networks().await;
         if let Err(e) = self.agent(&m.source)?.delete_copy(&m.vm, &m.uuid).await {
             tracing::warn!(
@@ -489,7 +488,7 @@ impl Controller {
             };
         }
         m.ended_ms = Some(now_ms());
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.name, &vm)?]).map_err(store_err)?;
+        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
         self.sync_networks().await;
         self.event("vm.migration-failed", &m.vm, format!("{} → {}: {}", m.source, m.destination, m.result));
         Ok(())
@@ -499,11 +498,11 @@ impl Controller {
     pub(crate) fn resume_migrations(self: &Arc<Self>, vms: &[Vm]) {
         for vm in vms {
             let Some(r) = &vm.migration else { continue };
-            let Ok(guard) = self.busy(&vm.name) else { continue };
+            let Ok(guard) = self.busy(&vm.def.name) else { continue };
             if !self.host_ready(&vm.host) {
                 continue;
             }
-            tracing::info!("resuming migration {} of {}", r.id, vm.name);
+            tracing::info!("resuming migration {} of {}", r.id, vm.def.name);
             self.spawn_drive(r.id.clone(), guard);
         }
     }
@@ -536,7 +535,7 @@ impl Controller {
                     let r = me.evacuate_one(v).await;
                     match &r {
                         Ok(()) => h.tick(),
-                        Err(e) => h.message(format!("{}: {}", v.name, e.message)),
+                        Err(e) => h.message(format!("{}: {}", v.def.name, e.message)),
                     }
                     r
                 }
@@ -551,7 +550,7 @@ impl Controller {
                 let _ = me.store.put_json(HOST_FLAGS, &host, &f);
             }
             let hosts: std::collections::BTreeSet<String> =
-                all.iter().filter(|a| vms.iter().any(|v| v.name == a.name)).map(|a| a.host.clone()).collect();
+                all.iter().filter(|a| vms.iter().any(|v| v.def.name == a.def.name)).map(|a| a.host.clone()).collect();
             h.finish(ok, (results.len() - left) as u32, hosts.into_iter().collect());
             me.event("host.evacuated", &host, format!("{} VM(s) moved off, {left} left", results.len() - left));
         });
@@ -561,7 +560,8 @@ impl Controller {
     async fn evacuate_one(self: &Arc<Self>, v: &Vm) -> Result<(), ApiError> {
         match v.state {
             VmState::Running => {
-                let m = self.migrate_vm(&v.name, MigrateVm { mode: MigrationMode::Auto, ..Default::default() }).await?;
+                let m =
+                    self.migrate_vm(&v.def.name, MigrateVm { mode: MigrationMode::Auto, ..Default::default() }).await?;
                 loop {
                     let now = self.migration(&m.id)?;
                     match now.state {
@@ -580,11 +580,11 @@ impl Controller {
                     }
                     self.place_member(v, &views, None)?
                 };
-                self.move_stopped(&v.name, &to).await?;
-                self.forget_pushed(&v.name);
+                self.move_stopped(&v.def.name, &to).await?;
+                self.forget_pushed(&v.def.name);
                 Ok(())
             }
-            s => Err(ApiError::conflict(format!("VM {} is {s}: resume or stop it, then evacuate again", v.name))),
+            s => Err(ApiError::conflict(format!("VM {} is {s}: resume or stop it, then evacuate again", v.def.name))),
         }
     }
 }

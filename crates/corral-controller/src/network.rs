@@ -112,13 +112,13 @@ impl Controller {
                     members: members
                         .into_iter()
                         .map(|v| Member {
-                            name: v.name.clone(),
+                            name: v.def.name.to_string(),
                             index: v.index.unwrap_or(0),
                             state: v.state,
                             host: v.host.clone(),
-                            ip: v.ip.clone(),
-                            mac: v.mac.clone(),
-                            uuid: v.uuid,
+                            ip: v.def.ip.map(|ip| ip.to_string()),
+                            mac: v.def.mac.to_string(),
+                            uuid: v.def.uuid,
                             error: v.error.clone(),
                         })
                         .collect(),
@@ -163,7 +163,7 @@ impl Controller {
                     macs: members
                         .iter()
                         .filter(|v| overlay && v.host != *h)
-                        .filter_map(|v| Some((v.mac.parse().ok()?, *under.get(&v.host)?)))
+                        .filter_map(|v| Some((v.def.mac, *under.get(&v.host)?)))
                         .collect(),
                 };
                 let key = (h.to_string(), c.vni);
@@ -216,13 +216,13 @@ impl Controller {
             members.sort_by_key(|v| v.index);
             let mut content = String::from("127.0.0.1\tlocalhost\n");
             for m in &members {
-                if let Some(ip) = m.ip.as_deref().and_then(|i| i.split('/').next()) {
-                    content.push_str(&format!("{ip}\t{}\n", m.name));
+                if let Some(ip) = m.def.ip.map(|i| i.addr()) {
+                    content.push_str(&format!("{ip}\t{}\n", m.def.name));
                 }
             }
-            for m in members.iter().filter(|m| m.state == VmState::Running && !self.is_busy(&m.name)) {
-                if lock(&self.pushed.hosts_files).get(&m.name) != Some(&content) {
-                    jobs.push((m.name.clone(), content.clone()));
+            for m in members.iter().filter(|m| m.state == VmState::Running && !self.is_busy(&m.def.name)) {
+                if lock(&self.pushed.hosts_files).get(m.def.name.as_str()) != Some(&content) {
+                    jobs.push((m.def.name.to_string(), content.clone()));
                 }
             }
         }

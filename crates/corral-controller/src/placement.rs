@@ -82,16 +82,16 @@ impl Controller {
         let (pol, anti, labels, existing) = match cluster {
             Some(c) => {
                 let others: Vec<String> =
-                    self.members(&c.name)?.into_iter().filter(|m| m.name != vm.name).map(|m| m.host).collect();
+                    self.members(&c.name)?.into_iter().filter(|m| m.def.name != vm.def.name).map(|m| m.host).collect();
                 (c.policy, c.profile.placement.anti_affinity, c.profile.placement.labels.clone(), others)
             }
             None => (PlacementPolicy::Spread, false, BTreeMap::new(), vec![]),
         };
         let req = GroupRequest {
             vms: vec![VmReq {
-                name: vm.name.clone(),
-                vcpus: vm.vcpus,
-                memory_mib: vm.memory_mib,
+                name: vm.def.name.to_string(),
+                vcpus: vm.def.vcpus,
+                memory_mib: vm.def.memory_mib,
                 host: pin.map(String::from),
             }],
             policy: policy(pol),

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_api::agent::{Register, VmDefinition, VmStatus};
+use corral_api::agent::{Register, VmStatus};
 use corral_api::cluster::Event;
+use corral_api::types::Mac;
 use corral_api::{now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Vm, VmState, VmUsage};
 use corral_store::{Store, StoreExt};
 
@@ -169,29 +170,10 @@ impl Drop for BusyGuard {
 }
 
 /// A locally administered, unicast MAC derived from the VM's UUID.
-pub(crate) fn mac_for(uuid: &uuid::Uuid, salt: u8) -> String {
+pub(crate) fn mac_for(uuid: &uuid::Uuid, salt: u8) -> Mac {
     let b = uuid.as_bytes();
-    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0] ^ salt, b[1], b[2], b[3], b[4])
-}
-
-/// The definition an agent needs to run a VM: the stored record's values, checked again as
-/// the agent will check them.
-pub(crate) fn definition(vm: &Vm) -> Result<VmDefinition, ApiError> {
-    let bad = |field: &str, e: String| ApiError::internal(format!("VM {:?}: stored {field} is invalid: {e}", vm.name));
-    Ok(VmDefinition {
-        name: vm.name.parse().map_err(|e| bad("name", e))?,
-        uuid: vm.uuid,
-        template: vm.template.parse().map_err(|e| bad("template", e))?,
-        vcpus: corral_api::types::check_vcpus(vm.vcpus).map_err(|e| bad("vcpus", e))?,
-        memory_mib: corral_api::types::check_memory_mib(vm.memory_mib).map_err(|e| bad("memory", e))?,
-        mac: vm.mac.parse().map_err(|e| bad("mac", e))?,
-        ip: vm.ip.as_deref().map(str::parse).transpose().map_err(|e| bad("ip", e))?,
-        workload: vm.workload.clone().try_into().map_err(|e| bad("workload", e))?,
-        disk_mib: vm.disk_mib.map(corral_api::types::check_disk_mib).transpose().map_err(|e| bad("disk", e))?,
-        network: vm.network,
-        storage: vm.storage,
-        ha: vm.ha,
-    })
+    // 0x02 as the first byte: locally administered, unicast, so never refused.
+    Mac::from_bytes([0x02, b[0] ^ salt, b[1], b[2], b[3], b[4]]).expect("0x02 starts a unicast, non-zero MAC")
 }
 
 impl Controller {
@@ -286,7 +268,7 @@ impl Controller {
 
     /// Adds the live usage figures to a stored VM record.
     fn with_usage(&self, mut vm: Vm) -> Vm {
-        vm.usage = lock(&self.vm_usage).get(&vm.name).cloned();
+        vm.usage = lock(&self.vm_usage).get(vm.def.name.as_str()).cloned();
         vm
     }
 
@@ -306,7 +288,7 @@ impl Controller {
     pub(crate) fn put_vm(&self, vm: &Vm) -> Result<(), ApiError> {
         let mut v = vm.clone();
         v.usage = None;
-        self.store.put_json(VMS, &v.name, &v).map_err(store_err)
+        self.store.put_json(VMS, &v.def.name, &v).map_err(store_err)
     }
 
     /// Writes an agent's answer back to the VM's record.
@@ -372,9 +354,9 @@ mod tests {
     #[test]
     fn macs_are_locally_administered_unicast() {
         let m = mac_for(&uuid::Uuid::new_v4(), 0);
-        let first = u8::from_str_radix(&m[..2], 16).unwrap_or(0);
+        let first = m.bytes()[0];
         assert_eq!(first & 0b10, 0b10, "locally administered");
         assert_eq!(first & 0b1, 0, "unicast");
-        assert_eq!(m.len(), 17);
+        assert_eq!(m.to_string().len(), 17);
     }
 }

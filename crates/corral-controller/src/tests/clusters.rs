@@ -231,7 +231,7 @@ async fn a_deployment_cut_short_by_a_controller_crash_is_finished_by_the_reconci
     assert_eq!(vms.len(), 4, "{vms:?}");
     assert!(vms.iter().all(|v| v.state == VmState::Running), "{vms:?}");
     for v in &vms {
-        assert_eq!(h.copies(&v.name, &["a", "b"]), vec![v.host.clone()], "one copy of {}, on its host", v.name);
+        assert_eq!(h.copies(&v.def.name, &["a", "b"]), vec![v.host.clone()], "one copy of {}, on its host", v.def.name);
     }
     let _ = op;
 }

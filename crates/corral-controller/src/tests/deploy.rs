@@ -101,14 +101,14 @@ async fn a_lost_reply_to_create_is_finished_by_the_reconciler_without_a_second_c
     until("it runs", || h.vm("lost").state == VmState::Running).await;
     let on_host = h.host("a").vms();
     assert_eq!(on_host.len(), 1);
-    assert_eq!(on_host["lost"].uuid, h.vm("lost").uuid, "the copy on the host is the recorded VM");
+    assert_eq!(on_host["lost"].uuid, h.vm("lost").def.uuid, "the copy on the host is the recorded VM");
 }
 
 #[tokio::test]
 async fn a_stale_copy_holding_the_name_on_the_host_is_replaced() {
     let h = Harness::new(&["a"]);
     // An earlier attempt left a VM of this name (another UUID) on the host.
-    let mut stale = crate::service::definition(&h.c.create_vm(create("web")).await.unwrap()).unwrap();
+    let mut stale = h.c.create_vm(create("web")).await.unwrap().def;
     h.c.remove("web").await.unwrap();
     stale.uuid = uuid::Uuid::new_v4();
     use crate::agents::AgentApi;
@@ -116,7 +116,7 @@ async fn a_stale_copy_holding_the_name_on_the_host_is_replaced() {
 
     let vm = h.c.create_vm(create("web")).await.unwrap();
     assert_eq!(vm.state, VmState::Running);
-    assert_eq!(h.host("a").vms()["web"].uuid, vm.uuid, "the stale copy was replaced by the new VM");
+    assert_eq!(h.host("a").vms()["web"].uuid, vm.def.uuid, "the stale copy was replaced by the new VM");
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn heartbeats_bring_the_actual_state_back() {
 async fn the_reconciler_removes_a_copy_the_store_does_not_know() {
     let h = Harness::new(&["a"]);
     let vm = h.c.create_vm(create("v")).await.unwrap();
-    let mut orphan = crate::service::definition(&vm).unwrap();
+    let mut orphan = vm.def.clone();
     orphan.name = "ghost".parse().unwrap();
     orphan.uuid = uuid::Uuid::new_v4();
     use crate::agents::AgentApi;

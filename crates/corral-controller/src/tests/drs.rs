@@ -42,8 +42,8 @@ async fn consolidation_empties_hosts_by_live_migration_and_puts_them_in_standby(
         }
     }
     for v in h.c.vms().unwrap() {
-        assert_eq!(v.state, VmState::Running, "{} kept running", v.name);
-        assert_eq!(h.copies(&v.name, &["a", "b", "c"]), vec![v.host.clone()]);
+        assert_eq!(v.state, VmState::Running, "{} kept running", v.def.name);
+        assert_eq!(h.copies(&v.def.name, &["a", "b", "c"]), vec![v.host.clone()]);
     }
     let rounds = h.c.drs_rounds(100).unwrap();
     let moves: Vec<_> = rounds.iter().filter(|r| r.executed).flat_map(|r| r.moves.iter()).collect();

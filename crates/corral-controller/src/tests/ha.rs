@@ -43,7 +43,7 @@ async fn an_isolated_hosts_ha_vms_restart_elsewhere_after_its_lease_and_the_othe
     let took = cut.elapsed();
     assert!(took >= Duration::from_millis(1000), "restarted before the lease ran out: {took:?}");
     let v = h.vm("keep");
-    assert_eq!((v.uuid, &v.mac), (ha.uuid, &ha.mac), "it keeps its identity");
+    assert_eq!((v.def.uuid, &v.def.mac), (ha.def.uuid, &ha.def.mac), "it keeps its identity");
     let plain = h.vm("plain");
     assert_eq!((plain.host.as_str(), plain.state), ("a", VmState::Error), "a VM without HA waits for its host");
     assert_eq!(h.events("host.failed").len(), 1);
@@ -93,7 +93,7 @@ async fn a_returning_host_is_told_to_stop_the_moved_copies_and_keeps_the_rest() 
     h.fleet.heal("a");
     within(5, "the returned host stopped its moved copy", || h.host("a").state_of("keep") != Some(VmState::Running))
         .await;
-    assert_eq!(h.host("a").vms()["keep"].uuid, ha.uuid);
+    assert_eq!(h.host("a").vms()["keep"].uuid, ha.def.uuid);
     assert_eq!(h.host("a").state_of("plain"), Some(VmState::Running), "a VM without HA is never fenced");
     within(5, "it is back, recovering", || !h.events("host.returned").is_empty()).await;
     let host = h.c.host("a").unwrap();
@@ -160,7 +160,7 @@ async fn a_vm_that_keeps_crashing_is_restarted_on_another_host() {
 async fn a_fenced_vm_is_not_mistaken_for_a_crash() {
     let h = Harness::with(&["a", "b"], ha_settings());
     h.c.create_vm(ha_vm("keep", "a")).await.unwrap();
-    let fenced = corral_api::agent::HeartbeatReply { fence: vec![h.vm("keep").uuid], ..Default::default() };
+    let fenced = corral_api::agent::HeartbeatReply { fence: vec![h.vm("keep").def.uuid], ..Default::default() };
     h.host("a").obey(&fenced);
     let _loops = h.run_ha();
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -34,8 +34,8 @@ async fn evacuation_moves_running_vms_live_and_stopped_ones_cold() {
     let op = h.c.wait_operation(&op.id, 20).await.unwrap();
     assert_eq!(op.state, OpState::Succeeded, "{:?}", op.messages);
     let (r, s) = (h.vm("run"), h.vm("stop"));
-    assert_eq!((r.host.as_str(), r.state, r.uuid), ("b", VmState::Running, run.uuid));
-    assert_eq!((s.host.as_str(), s.state, s.uuid), ("b", VmState::Inactive, stop.uuid));
+    assert_eq!((r.host.as_str(), r.state, r.def.uuid), ("b", VmState::Running, run.def.uuid));
+    assert_eq!((s.host.as_str(), s.state, s.def.uuid), ("b", VmState::Inactive, stop.def.uuid));
     assert!(h.host("a").vms().is_empty(), "nothing is left on the evacuated host");
     assert!(h.c.host("a").unwrap().cordoned, "an evacuated host stays cordoned");
     assert_eq!(h.c.migrations(Some("run")).unwrap().len(), 1, "the running VM moved live");
@@ -51,7 +51,7 @@ async fn only_a_stopped_or_suspended_vm_moves_cold_and_it_keeps_its_identity() {
     h.c.vm_action("v", VmAction::Suspend).await.unwrap();
     let moved = h.c.move_vm("v", "b").await.unwrap();
     assert_eq!((moved.host.as_str(), moved.state), ("b", VmState::Suspended));
-    assert_eq!((moved.uuid, &moved.mac), (v.uuid, &v.mac));
+    assert_eq!((moved.def.uuid, &moved.def.mac), (v.def.uuid, &v.def.mac));
     assert_eq!(h.copies("v", &["a", "b"]), ["b"]);
     assert_eq!(h.c.vm_action("v", VmAction::Resume).await.unwrap().state, VmState::Running);
 }
@@ -69,7 +69,7 @@ async fn a_heartbeat_reply_names_the_lease_the_peers_and_the_restartable_vms() {
     peers.sort();
     assert_eq!(peers, ["b", "c"]);
     assert!(reply.peers.iter().all(|p| p.underlay.is_some()), "peers are probed on the underlay");
-    assert_eq!(reply.restartable, [ha.uuid], "only HA VMs may be fenced");
+    assert_eq!(reply.restartable, [ha.def.uuid], "only HA VMs may be fenced");
     assert!(reply.fence.is_empty());
     h.c.standby_host("c").await.ok();
     let peers: Vec<_> = h.beat("a").peers.into_iter().map(|p| p.name).collect();

@@ -26,7 +26,7 @@ async fn a_completed_migration_moves_the_vm_and_removes_the_source_copy() {
     let m = ended(&h, &m.id).await;
     assert_eq!(m.state, MigrationState::Completed, "{}", m.result);
     let now = h.vm("v");
-    assert_eq!((now.host.as_str(), now.state, now.uuid), ("b", VmState::Running, vm.uuid));
+    assert_eq!((now.host.as_str(), now.state, now.def.uuid), ("b", VmState::Running, vm.def.uuid));
     assert!(now.migration.is_none());
     assert_eq!(h.copies("v", &["a", "b"]), ["b"], "exactly one copy, at the destination");
     assert_eq!(h.events("vm.migrated").len(), 1);
