@@ -27,6 +27,7 @@ use anyhow::Context;
 use corral_api::agent::{Heartbeat, HeartbeatReply, Register};
 use corral_api::ErrorKind;
 use corral_client::{ClientError, ControllerClient, Method, Settings};
+use corral_http::runner::{Runner, Stop};
 
 pub use config::{Config, ConfigError};
 
@@ -207,17 +208,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("agent {} listening on {}", cfg.name, cfg.listen);
 
+    let mut loops = Runner::new();
     let mon = agent.clone();
-    tokio::spawn(async move {
-        loop {
-            mon.vms.monitor_once().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+    loops.every("monitor", Duration::ZERO, Duration::from_secs(1), move || {
+        let mon = mon.clone();
+        async move { mon.vms.monitor_once().await }
     });
-    tokio::spawn(heartbeat_loop(agent.clone()));
-    watchdog::spawn_prober(fencer.clone(), agent.http.clone());
+    let hb = agent.clone();
+    loops.spawn("heartbeat", move |stop| heartbeat_loop(hb, stop));
+    let (f, http) = (fencer.clone(), agent.http.clone());
+    loops.spawn("isolation probes", move |stop| watchdog::probe_loop(f, http, stop));
     let f = agent.clone();
-    tokio::spawn(async move {
+    loops.spawn("fencing", move |stop| async move {
         let mut was = fence::Verdict::Held;
         loop {
             let v = f.fencer.verdict(fence::boottime_ms());
@@ -232,18 +234,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 was = v;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The watchdog process goes on fencing while this agent is away.
+            if !stop.sleep(Duration::from_millis(200)).await {
+                return;
+            }
         }
     });
-    axum::serve(listener, api::router(agent)).await?;
+    // Its VMs keep running: a restarted agent re-attaches them.
+    loops.serve(listener, api::router(agent), SHUTDOWN_GRACE).await?;
+    tracing::info!("agent stopped; its VMs keep running");
     Ok(())
 }
+
+/// How long a stopping agent lets its loops finish their round and requests complete.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Registers with the controller, then heartbeats; registers again whenever the controller
 /// does not know this host (for instance after it lost its state), and with each new leader.
 /// With several controllers the client talks to the leader: a standby answers 503 naming the
 /// leader, which it follows; an unreachable one makes it try the next.
-async fn heartbeat_loop(agent: Arc<Agent>) {
+async fn heartbeat_loop(agent: Arc<Agent>, stop: Stop) {
     let c = &agent.controller;
     // The controller this host registered with, if it did.
     let mut registered_with: Option<String> = None;
@@ -290,7 +300,9 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
         if now != before {
             tracing::info!("controller {before} is not the leader: now talking to {now}");
         }
-        tokio::time::sleep(agent.cfg.heartbeat).await;
+        if !stop.sleep(agent.cfg.heartbeat).await {
+            return;
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corral_http::runner::{Runner, Stop};
+
 use crate::fence::{self, Fencer, LeaseRecord, Verdict};
 use crate::qemu;
 use crate::vm::VmRecord;
@@ -126,15 +128,15 @@ pub async fn kill_restartable(data_dir: &Path, lease: Option<&LeaseRecord>, why:
 /// Probes the peers every half second while the lease is not being renewed, recording when
 /// a majority was reached. Shared by the agent and the watchdog (whose own loop re-reads the
 /// lease file the agent writes).
-pub fn spawn_prober(fencer: Arc<Fencer>, http: reqwest::Client) {
-    tokio::spawn(async move {
-        loop {
-            if fencer.needs_probe(fence::boottime_ms()) {
-                fencer.probe_round(&http).await;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+pub async fn probe_loop(fencer: Arc<Fencer>, http: reqwest::Client, stop: Stop) {
+    loop {
+        if fencer.needs_probe(fence::boottime_ms()) {
+            fencer.probe_round(&http).await;
         }
-    });
+        if !stop.sleep(Duration::from_millis(500)).await {
+            return;
+        }
+    }
 }
 
 /// Runs the watchdog of `data_dir` until the agent is gone and no QEMU is left (or the
@@ -144,7 +146,10 @@ pub async fn run(data_dir: PathBuf) -> anyhow::Result<()> {
     tracing::info!("fencing watchdog of {} started", data_dir.display());
     let fencer = Arc::new(Fencer::load(&data_dir, vec![]));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    spawn_prober(fencer.clone(), http);
+    // The watchdog runs until its agent and VMs are gone; its prober as long as it does.
+    let mut loops = Runner::new();
+    let f = fencer.clone();
+    loops.spawn("isolation probes", move |stop| probe_loop(f, http, stop));
     let mut idle_since: Option<Instant> = None;
     loop {
         if !data_dir.exists() {

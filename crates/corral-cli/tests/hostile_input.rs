@@ -7,108 +7,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const TOKEN: &str = "hostile-input-test-token";
-
-/// A daemon process, killed when dropped.
-struct Daemon {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    agent: bool,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.agent {
-            agent_gone();
-        }
-    }
-}
-
-/// Test agents run in this machine's own network namespace and install the guest filter's
-/// nftables tables there. The tables the tests made are removed when their last agent is
-/// gone; tables that were there before the tests (another agent's) are left alone.
-static AGENTS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
-static TABLES_BEFORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-const TABLES: [[&str; 2]; 2] = [["bridge", "corral"], ["inet", "corral"]];
-
-fn table_exists(t: [&str; 2]) -> bool {
-    Command::new("nft").args(["list", "table", t[0], t[1]]).output().is_ok_and(|o| o.status.success())
-}
-
-fn agent_started() {
-    TABLES_BEFORE.get_or_init(|| TABLES.iter().any(|t| table_exists(*t)));
-    *AGENTS.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-}
-
-fn agent_gone() {
-    let mut n = AGENTS.lock().unwrap_or_else(|p| p.into_inner());
-    *n = n.saturating_sub(1);
-    if *n == 0 && TABLES_BEFORE.get() == Some(&false) {
-        for t in TABLES {
-            let _ = Command::new("nft").args(["delete", "table", t[0], t[1]]).output();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-fn token_file(dir: &Path) -> PathBuf {
-    let f = dir.join("token");
-    std::fs::write(&f, TOKEN).expect("token file");
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    f
-}
-
-async fn start(kind: &str) -> Daemon {
-    start_with(kind, None).await
-}
-
-async fn start_with(kind: &str, templates: Option<&Path>) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let tok = token_file(dir.path());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
-    c.arg(kind).args(["--listen", &listen, "--data"]).arg(&data).arg("--token-file").arg(&tok);
-    if kind == "agent" {
-        let templates = templates.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("templates"));
-        std::fs::create_dir_all(&templates).expect("templates dir");
-        // Nothing answers on port 9: the agent keeps trying in the background.
-        c.args(["--name", "h1", "--controller", "http://127.0.0.1:9", "--accel", "tcg"])
-            .arg("--templates")
-            .arg(templates);
-    } else {
-        let library = dir.path().join("library");
-        std::fs::create_dir_all(&library).expect("library dir");
-        c.arg("--templates").arg(library);
-    }
-    let agent = kind == "agent";
-    if agent {
-        agent_started();
-    }
-    let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("corral runs");
-    let d = Daemon { child, url: format!("http://{listen}"), _dir: dir, data, agent };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if reqwest::get(format!("{}/v1/health", d.url)).await.is_ok_and(|r| r.status().is_success()) {
-            return d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("corral {kind} did not answer on {}", d.url);
-}
+mod common;
+use common::{start, start_with, token_file, Daemon, TOKEN};
 
 /// POSTs a raw JSON body; returns the status and the error document (or answer).
 async fn post(d: &Daemon, path: &str, body: &str) -> (u16, Value) {

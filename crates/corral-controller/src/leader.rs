@@ -6,7 +6,9 @@
 //! twice a second. If it cannot renew it for nearly that long (it lost etcd), it stops acting
 //! before another can take over: a controller never acts on state it cannot write. When the
 //! lease runs out (leader dead or cut off), a standby takes the key, reloads the operations
-//! from the store and leads; the reconciler finishes what the old leader left pending.
+//! from the store and leads; the reconciler finishes what the old leader left pending. A
+//! leader that is shut down (SIGTERM) steps down and revokes its lease, so a standby takes
+//! over at once instead of a lease later.
 //!
 //! Leadership is also enforced where it matters, in the store: while it leads, every write of
 //! the controller is conditioned on the leader key still being bound to its lease, in the same
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral_http::runner::Stop;
 use corral_store::{EtcdStore, WriteGuard};
 
 use crate::service::{lock, Controller};
@@ -59,8 +62,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-/// Campaigns for leadership and keeps it, for as long as the controller runs.
-pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
+/// Campaigns for leadership and keeps it, until `stop`; then gives it up at once.
+pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64, stop: Stop) {
     let ttl = Duration::from_secs(ttl_s.max(2) as u64);
     let mut lease: Option<i64> = None;
     let mut renewed = Instant::now();
@@ -105,7 +108,19 @@ pub async fn run(c: Arc<Controller>, etcd: Arc<EtcdStore>, ttl_s: i64) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !stop.sleep(Duration::from_millis(500)).await {
+            break;
+        }
+    }
+    if let Some(id) = lease {
+        step_down(&c, &etcd, "it is shutting down");
+        // Freed now, the key goes to a standby without waiting for the lease to run out.
+        let e = etcd.clone();
+        match blocking(move || e.revoke(id)).await {
+            Some(Ok(())) => tracing::info!("controller {} gave up its leader lease", c.leadership.me),
+            Some(Err(e)) => tracing::warn!("cannot revoke the leader lease ({e}): a standby leads once it runs out"),
+            None => {}
+        }
     }
 }
 

@@ -29,11 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use corral_http::runner::Runner;
 
 pub use config::{Config, ConfigError};
 pub use service::Controller;
 
-/// Checks `cfg`, then runs the controller until the process is killed.
+/// Checks `cfg`, then runs the controller until it is asked to end (SIGTERM or SIGINT); it
+/// then stops its loops and its server, and a leader hands its leadership over.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()?;
     if cfg.token.is_none() && !cfg.listen.ip().is_loopback() {
@@ -60,39 +62,63 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let leadership = if etcd.is_some() { leader::Leadership::candidate(&me) } else { leader::Leadership::alone(&me) };
     let c = Arc::new(Controller::new(store, service::Settings::from(&cfg), cfg.token.clone(), leadership));
+    let mut loops = Runner::new();
     if let Some(e) = etcd {
-        tokio::spawn(leader::run(c.clone(), e, cfg.leader_ttl_s));
+        let (c, ttl) = (c.clone(), cfg.leader_ttl_s);
+        loops.spawn("leader election", move |stop| leader::run(c, e, ttl, stop));
     }
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("controller listening on {}", cfg.listen);
     // Give agents a heartbeat's time to report before judging what hosts run.
     let settle = Duration::from_secs(2);
-    while_leading(&c, settle, Duration::from_secs(2), |c| async move { c.reconcile_once().await });
-    while_leading(&c, settle, Duration::from_secs(1), |c| async move { c.drs_tick().await });
-    while_leading(&c, Duration::ZERO, Duration::from_secs(60), |c| async move {
+    while_leading(
+        &mut loops,
+        "reconciler",
+        &c,
+        settle,
+        Duration::from_secs(2),
+        |c| async move { c.reconcile_once().await },
+    );
+    while_leading(&mut loops, "drs", &c, settle, Duration::from_secs(1), |c| async move { c.drs_tick().await });
+    while_leading(&mut loops, "retention", &c, Duration::ZERO, Duration::from_secs(60), |c| async move {
         c.prune_once().await;
     });
-    while_leading(&c, Duration::ZERO, Duration::from_millis(250), |c| async move { c.ha_tick().await });
-    axum::serve(listener, api::router(c)).await?;
+    while_leading(
+        &mut loops,
+        "ha",
+        &c,
+        Duration::ZERO,
+        Duration::from_millis(250),
+        |c| async move { c.ha_tick().await },
+    );
+    loops.serve(listener, api::router(c), SHUTDOWN_GRACE).await?;
+    tracing::info!("controller stopped");
     Ok(())
 }
 
-/// Runs `tick` every `period` (after `delay`) for as long as the controller runs, on the
-/// leader only.
-fn while_leading<F, Fut>(c: &Arc<service::Controller>, delay: Duration, period: Duration, tick: F)
-where
-    F: Fn(Arc<service::Controller>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+/// How long a stopping controller lets its loops finish their round and requests complete.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `tick` every `period` (after `delay`) until the controller stops, on the leader only.
+fn while_leading<F, Fut>(
+    loops: &mut Runner,
+    name: &'static str,
+    c: &Arc<service::Controller>,
+    delay: Duration,
+    period: Duration,
+    tick: F,
+) where
+    F: Fn(Arc<service::Controller>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let c = c.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        loop {
+    let (c, tick) = (c.clone(), Arc::new(tick));
+    loops.every(name, delay, period, move || {
+        let (c, tick) = (c.clone(), tick.clone());
+        async move {
             if c.leadership.is_leader() {
-                tick(c.clone()).await;
+                tick(c).await;
             }
-            tokio::time::sleep(period).await;
         }
     });
 }

@@ -1,8 +1,10 @@
 //! HTTP pieces shared by the controller's and the agents' REST servers: API errors as JSON
 //! responses, extractors whose refusals are error documents too (HTTP 422 naming the field),
-//! and the bearer-token check that protects every endpoint but health.
+//! and the bearer-token check that protects every endpoint but health. [`runner`] starts and
+//! stops each daemon's background loops and its server.
 
 pub mod openapi;
+pub mod runner;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
