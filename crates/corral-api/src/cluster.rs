@@ -169,6 +169,21 @@ pub struct Member {
     pub error: Option<String>,
 }
 
+impl From<&crate::Vm> for Member {
+    fn from(v: &crate::Vm) -> Self {
+        Member {
+            name: v.def.name.to_string(),
+            index: v.index.unwrap_or(0),
+            state: v.state,
+            host: v.host.clone(),
+            ip: v.def.ip.map(|ip| ip.to_string()),
+            mac: v.def.mac.to_string(),
+            uuid: v.def.uuid,
+            error: v.error.clone(),
+        }
+    }
+}
+
 /// A cluster with its members (`GET /v1/clusters/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterView {

@@ -49,19 +49,7 @@ impl Controller {
         let members = self.members(&c.name)?;
         let hosts: BTreeSet<String> = members.iter().map(|v| v.host.clone()).collect();
         Ok(ClusterView {
-            members: members
-                .into_iter()
-                .map(|v| Member {
-                    name: v.def.name.to_string(),
-                    index: v.index.unwrap_or(0),
-                    state: v.state,
-                    host: v.host,
-                    ip: v.def.ip.map(|ip| ip.to_string()),
-                    mac: v.def.mac.to_string(),
-                    uuid: v.def.uuid,
-                    error: v.error,
-                })
-                .collect(),
+            members: members.iter().map(Member::from).collect(),
             hosts: hosts.into_iter().collect(),
             cluster: c,
         })

@@ -1,5 +1,5 @@
 //! The controller's configuration (`corral controller --help`): its fields, the checks of
-//! their values, and the service settings made from it.
+//! their values. [`Settings`], the part the running service uses, is a field of it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,39 +7,15 @@ use std::time::Duration;
 
 use corral_api::HaAdmission;
 
-use crate::{retention, service};
+use crate::retention;
 
 /// How the controller is configured (`corral controller --help`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// A host is shown unreachable when no heartbeat came for this long (1 s at least).
-    pub host_timeout: Duration,
-    /// vCPUs that may be promised per physical CPU (1.0 at least).
-    pub cpu_overcommit: f64,
-    /// Memory that may be promised per MiB of a host (1.0 at least: none).
-    pub memory_overcommit: f64,
-    /// Template library sent to hosts that lack a template.
-    pub templates_dir: Option<PathBuf>,
     /// API token every request must carry (None: no check).
     pub token: Option<String>,
-    /// Concurrent live migrations per host, outbound and inbound (1 at least).
-    pub migrations_out: usize,
-    pub migrations_in: usize,
-    /// Shell commands that power a host down for standby and up again (`{host}` replaced).
-    pub standby_command: Option<String>,
-    pub wake_command: Option<String>,
-    /// HA: agents' lease (zero: no HA; else 2 s longer than `suspect_after` at least), when
-    /// a silent host becomes a suspect, and how long a returned host recovers before it
-    /// takes VMs.
-    pub lease: Duration,
-    pub suspect_after: Duration,
-    pub recover_after: Duration,
-    /// HA admission control: failed hosts to keep room for, and what to do with an HA VM
-    /// that would break that reserve.
-    pub ha_reserve_hosts: usize,
-    pub ha_admission: HaAdmission,
     /// etcd endpoints for the state (empty: the embedded redb file in `data_dir`).
     pub etcd: Vec<String>,
     /// Key prefix in etcd.
@@ -49,10 +25,46 @@ pub struct Config {
     pub leader_ttl_s: i64,
     /// The URL other controllers, agents and clients reach this one at (default http://LISTEN).
     pub advertise: Option<String>,
-    /// How many events, migrations and operations are kept, and for how long.
-    pub retention: retention::Retention,
     /// Listen on a non-loopback address without a token (`--insecure`), with a warning.
     pub insecure: bool,
+    /// How the controller places, migrates, fails over and keeps history.
+    pub settings: Settings,
+}
+
+/// The controller's settings: how it places, migrates, fails over and keeps history. Part
+/// of its [`Config`]; tests of the controller make them directly.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A host is unreachable when no heartbeat came for this long (1 s at least).
+    pub host_timeout: Duration,
+    /// vCPUs that may be promised per physical CPU (1.0 at least).
+    pub cpu_overcommit: f64,
+    /// Memory that may be promised per MiB of a host (1.0 at least: none).
+    pub memory_overcommit: f64,
+    /// The template library hosts receive templates from.
+    pub templates_dir: Option<PathBuf>,
+    /// Live migrations a host may send at once (more wait in a queue).
+    pub migrations_out: usize,
+    /// Live migrations a host may receive at once.
+    pub migrations_in: usize,
+    /// Shell command that powers a host down for standby (`{host}` is replaced).
+    pub standby_command: Option<String>,
+    /// Shell command that powers a host up again.
+    pub wake_command: Option<String>,
+    /// Agents' lease: renewed by each heartbeat; an agent that cannot renew it stops its VMs,
+    /// and a failed host's VMs are restarted elsewhere only once it has run out (0: no HA;
+    /// else 2 s longer than `suspect_after` at least).
+    pub lease: Duration,
+    /// Heartbeats missing this long make a host a suspect, checked by its peers.
+    pub suspect_after: Duration,
+    /// A failed host that returns takes no VMs for this long.
+    pub recover_after: Duration,
+    /// HA admission control: room is kept to restart the HA VMs of this many failed hosts.
+    pub ha_reserve_hosts: usize,
+    /// Refuse HA VMs that break the reserve, or admit them with a warning event.
+    pub ha_admission: HaAdmission,
+    /// How much history is kept.
+    pub retention: retention::Retention,
 }
 
 /// A value of [`Config`] out of its range; each names its flag and what it allows.
@@ -99,52 +111,30 @@ impl ConfigError {
 impl Config {
     /// Checks every value; [`crate::run`] does so before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
         if !(2..=60).contains(&self.leader_ttl_s) {
             return Err(ConfigError::LeaderTtl(self.leader_ttl_s));
         }
-        if !self.lease.is_zero() && self.lease < self.suspect_after.saturating_add(Duration::from_secs(2)) {
-            return Err(ConfigError::LeaseTooShort { lease: self.lease, suspect_after: self.suspect_after });
+        if !s.lease.is_zero() && s.lease < s.suspect_after.saturating_add(Duration::from_secs(2)) {
+            return Err(ConfigError::LeaseTooShort { lease: s.lease, suspect_after: s.suspect_after });
         }
-        if self.cpu_overcommit.is_nan() || self.cpu_overcommit < 1.0 {
-            return Err(ConfigError::CpuOvercommit(self.cpu_overcommit));
+        if s.cpu_overcommit.is_nan() || s.cpu_overcommit < 1.0 {
+            return Err(ConfigError::CpuOvercommit(s.cpu_overcommit));
         }
-        if self.memory_overcommit.is_nan() || self.memory_overcommit < 1.0 {
-            return Err(ConfigError::MemoryOvercommit(self.memory_overcommit));
+        if s.memory_overcommit.is_nan() || s.memory_overcommit < 1.0 {
+            return Err(ConfigError::MemoryOvercommit(s.memory_overcommit));
         }
-        if self.host_timeout < Duration::from_secs(1) {
-            return Err(ConfigError::HostTimeout(self.host_timeout));
+        if s.host_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::HostTimeout(s.host_timeout));
         }
-        if self.migrations_out == 0 {
-            return Err(ConfigError::MigrationsOut(self.migrations_out));
+        if s.migrations_out == 0 {
+            return Err(ConfigError::MigrationsOut(s.migrations_out));
         }
-        if self.migrations_in == 0 {
-            return Err(ConfigError::MigrationsIn(self.migrations_in));
+        if s.migrations_in == 0 {
+            return Err(ConfigError::MigrationsIn(s.migrations_in));
         }
         corral_http::check_listen(self.listen, self.token.as_deref(), self.insecure)?;
         Ok(())
-    }
-}
-
-/// The service's share of the configuration: the one place a setting passes from one to the
-/// other.
-impl From<&Config> for service::Settings {
-    fn from(cfg: &Config) -> Self {
-        service::Settings {
-            host_timeout: cfg.host_timeout,
-            cpu_overcommit: cfg.cpu_overcommit,
-            memory_overcommit: cfg.memory_overcommit,
-            templates_dir: cfg.templates_dir.clone(),
-            migrations_out: cfg.migrations_out,
-            migrations_in: cfg.migrations_in,
-            standby_command: cfg.standby_command.clone(),
-            wake_command: cfg.wake_command.clone(),
-            lease: cfg.lease,
-            suspect_after: cfg.suspect_after,
-            recover_after: cfg.recover_after,
-            ha_reserve_hosts: cfg.ha_reserve_hosts,
-            ha_admission: cfg.ha_admission,
-            retention: cfg.retention,
-        }
     }
 }
 
@@ -157,31 +147,40 @@ mod tests {
         Config {
             listen: "127.0.0.1:7700".parse().expect("address"),
             data_dir: PathBuf::from("/var/lib/corral/controller"),
-            host_timeout: Duration::from_secs(5),
-            cpu_overcommit: 4.0,
-            memory_overcommit: 1.0,
-            templates_dir: None,
             token: None,
-            migrations_out: 2,
-            migrations_in: 2,
-            standby_command: None,
-            wake_command: None,
-            lease: Duration::from_secs(7),
-            suspect_after: Duration::from_secs(2),
-            recover_after: Duration::from_secs(30),
-            ha_reserve_hosts: 1,
-            ha_admission: HaAdmission::Refuse,
             etcd: Vec::new(),
             etcd_prefix: "/corral/".into(),
             leader_ttl_s: 3,
             advertise: None,
-            retention: retention::Retention {
-                events: 10_000,
-                history: 1_000,
-                max_age: Duration::from_secs(30 * 86_400),
-            },
             insecure: false,
+            settings: Settings {
+                host_timeout: Duration::from_secs(5),
+                cpu_overcommit: 4.0,
+                memory_overcommit: 1.0,
+                templates_dir: None,
+                migrations_out: 2,
+                migrations_in: 2,
+                standby_command: None,
+                wake_command: None,
+                lease: Duration::from_secs(7),
+                suspect_after: Duration::from_secs(2),
+                recover_after: Duration::from_secs(30),
+                ha_reserve_hosts: 1,
+                ha_admission: HaAdmission::Refuse,
+                retention: retention::Retention {
+                    events: 10_000,
+                    history: 1_000,
+                    max_age: Duration::from_secs(30 * 86_400),
+                },
+            },
         }
+    }
+
+    /// The defaults with some settings changed.
+    fn set(f: impl FnOnce(&mut Settings)) -> Config {
+        let mut c = good();
+        f(&mut c.settings);
+        c
     }
 
     /// The error `bad` gets, checked to name `field` in its words.
@@ -200,10 +199,23 @@ mod tests {
         for ok in [
             Config { leader_ttl_s: 2, ..good() },
             Config { leader_ttl_s: 60, ..good() },
-            Config { lease: Duration::ZERO, suspect_after: Duration::from_secs(3600), ..good() },
-            Config { lease: Duration::from_secs(4), suspect_after: Duration::from_secs(2), ..good() },
-            Config { cpu_overcommit: 1.0, memory_overcommit: f64::INFINITY, ..good() },
-            Config { host_timeout: Duration::from_secs(1), migrations_out: 1, migrations_in: 1, ..good() },
+            set(|s| {
+                s.lease = Duration::ZERO;
+                s.suspect_after = Duration::from_secs(3600);
+            }),
+            set(|s| {
+                s.lease = Duration::from_secs(4);
+                s.suspect_after = Duration::from_secs(2);
+            }),
+            set(|s| {
+                s.cpu_overcommit = 1.0;
+                s.memory_overcommit = f64::INFINITY;
+            }),
+            set(|s| {
+                s.host_timeout = Duration::from_secs(1);
+                s.migrations_out = 1;
+                s.migrations_in = 1;
+            }),
             Config { listen: "0.0.0.0:7700".parse().expect("address"), token: Some("t".into()), ..good() },
             Config { listen: "0.0.0.0:7700".parse().expect("address"), insecure: true, ..good() },
             Config { listen: "[::1]:7700".parse().expect("address"), ..good() },
@@ -223,8 +235,10 @@ mod tests {
     #[test]
     fn the_lease_outlasts_a_suspicion_by_2_s() {
         for (lease, suspect) in [(3_999, 2_000), (1, 0), (1_999, 0), (u64::MAX / 2, u64::MAX)] {
-            let bad =
-                Config { lease: Duration::from_millis(lease), suspect_after: Duration::from_millis(suspect), ..good() };
+            let bad = set(|s| {
+                s.lease = Duration::from_millis(lease);
+                s.suspect_after = Duration::from_millis(suspect);
+            });
             let e = refused(bad, "--lease");
             assert!(e.to_string().contains("--suspect-after"), "{e}");
         }
@@ -233,9 +247,19 @@ mod tests {
     #[test]
     fn overcommit_is_at_least_one_and_a_number() {
         for bad in [f64::NAN, 0.999, 0.0, -1.0, f64::NEG_INFINITY] {
-            let e = refused(Config { cpu_overcommit: bad, ..good() }, "--cpu-overcommit");
+            let e = refused(
+                set(|s| {
+                    s.cpu_overcommit = bad;
+                }),
+                "--cpu-overcommit",
+            );
             assert_eq!(e.to_string(), "--cpu-overcommit must be at least 1.0");
-            let e = refused(Config { memory_overcommit: bad, ..good() }, "--memory-overcommit");
+            let e = refused(
+                set(|s| {
+                    s.memory_overcommit = bad;
+                }),
+                "--memory-overcommit",
+            );
             assert_eq!(e.to_string(), "--memory-overcommit must be at least 1.0");
         }
     }
@@ -243,10 +267,25 @@ mod tests {
     #[test]
     fn a_host_timeout_and_migration_slots_may_not_be_zero() {
         for t in [Duration::ZERO, Duration::from_millis(999)] {
-            refused(Config { host_timeout: t, ..good() }, "--host-timeout");
+            refused(
+                set(|s| {
+                    s.host_timeout = t;
+                }),
+                "--host-timeout",
+            );
         }
-        refused(Config { migrations_out: 0, ..good() }, "--migrations-out");
-        refused(Config { migrations_in: 0, ..good() }, "--migrations-in");
+        refused(
+            set(|s| {
+                s.migrations_out = 0;
+            }),
+            "--migrations-out",
+        );
+        refused(
+            set(|s| {
+                s.migrations_in = 0;
+            }),
+            "--migrations-in",
+        );
     }
 
     #[test]
@@ -258,15 +297,5 @@ mod tests {
                 assert!(e.to_string().contains("--insecure"), "{e}");
             }
         }
-    }
-
-    #[test]
-    fn the_settings_carry_the_configuration() {
-        let cfg = Config { ha_admission: HaAdmission::Warn, migrations_out: 3, ..good() };
-        let s = service::Settings::from(&cfg);
-        assert_eq!(s.ha_admission, HaAdmission::Warn);
-        assert_eq!((s.migrations_out, s.migrations_in), (3, 2));
-        assert_eq!((s.lease, s.host_timeout), (cfg.lease, cfg.host_timeout));
-        assert_eq!(service::Settings::from(&good()).ha_admission, HaAdmission::Refuse);
     }
 }

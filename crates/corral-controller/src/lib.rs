@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::Context;
 use corral_http::runner::Runner;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Settings};
 pub use service::Controller;
 
 /// Checks `cfg`, then runs the controller until it is asked to end (SIGTERM or SIGINT); it
@@ -61,7 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (s.clone(), Some(s))
     };
     let leadership = if etcd.is_some() { leader::Leadership::candidate(&me) } else { leader::Leadership::alone(&me) };
-    let c = Arc::new(Controller::new(store, service::Settings::from(&cfg), cfg.token.clone(), leadership));
+    let c = Arc::new(Controller::new(store, cfg.settings.clone(), cfg.token.clone(), leadership));
     let mut loops = Runner::new();
     if let Some(e) = etcd {
         let (c, ttl) = (c.clone(), cfg.leader_ttl_s);

@@ -109,19 +109,7 @@ impl Controller {
                     gateway,
                     mtu: c.mtu,
                     hosts: hosts.into_iter().collect(),
-                    members: members
-                        .into_iter()
-                        .map(|v| Member {
-                            name: v.def.name.to_string(),
-                            index: v.index.unwrap_or(0),
-                            state: v.state,
-                            host: v.host.clone(),
-                            ip: v.def.ip.map(|ip| ip.to_string()),
-                            mac: v.def.mac.to_string(),
-                            uuid: v.def.uuid,
-                            error: v.error.clone(),
-                        })
-                        .collect(),
+                    members: members.into_iter().map(Member::from).collect(),
                 }
             })
             .collect())

@@ -6,7 +6,6 @@
 //! heartbeats bring the actual state back, and the reconciler (`deploy.rs`) closes the gap.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,39 +21,7 @@ use crate::tables::{EVENTS, HOSTS, VMS};
 /// The deadline of a call to an agent that sets none of its own.
 pub(crate) const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Controller settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// A host is unreachable when no heartbeat came for this long.
-    pub host_timeout: Duration,
-    /// vCPUs that may be promised per physical CPU.
-    pub cpu_overcommit: f64,
-    /// Memory that may be promised per MiB of a host (1.0: none).
-    pub memory_overcommit: f64,
-    /// The template library hosts receive templates from.
-    pub templates_dir: Option<PathBuf>,
-    /// Live migrations a host may send at once (more wait in a queue).
-    pub migrations_out: usize,
-    /// Live migrations a host may receive at once.
-    pub migrations_in: usize,
-    /// Shell command that powers a host down for standby (`{host}` is replaced).
-    pub standby_command: Option<String>,
-    /// Shell command that powers a host up again.
-    pub wake_command: Option<String>,
-    /// Agents' lease: renewed by each heartbeat; an agent that cannot renew it stops its VMs,
-    /// and a failed host's VMs are restarted elsewhere only once it has run out (0: no HA).
-    pub lease: Duration,
-    /// Heartbeats missing this long make a host a suspect, checked by its peers.
-    pub suspect_after: Duration,
-    /// A failed host that returns takes no VMs for this long.
-    pub recover_after: Duration,
-    /// HA admission control: room is kept to restart the HA VMs of this many failed hosts.
-    pub ha_reserve_hosts: usize,
-    /// Refuse HA VMs that break the reserve, or admit them with a warning event.
-    pub ha_admission: corral_api::HaAdmission,
-    /// How much history is kept.
-    pub retention: crate::retention::Retention,
-}
+pub use crate::config::Settings;
 
 /// Reads a host's maintenance state; a free text written by an older controller reads as none.
 fn maintenance_or_legacy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<corral_api::Maintenance>, D::Error> {
