@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod network;
 pub mod operations;
 pub mod placement;
+pub mod power;
 pub mod profiles;
 pub mod retention;
 pub mod service;
