@@ -20,12 +20,11 @@ use corral_api::cluster::{
 };
 use corral_api::{now_ms, ApiError, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_group, GroupRequest, VmReq};
-use corral_store::{Op, StoreExt};
 
 use crate::ipam::{bridged_range, ipam_key, parse_subnet};
 use crate::operations::OpHandle;
 use crate::placement::{group_error, policy};
-use crate::service::{encode, store_err, Controller};
+use crate::service::{store_err, Controller};
 use crate::tables::{CLUSTERS, IPAM, VMS};
 
 /// Largest cluster one request may ask for.
@@ -33,8 +32,8 @@ const MAX_CLUSTER: u32 = 1000;
 
 impl Controller {
     pub(crate) fn cluster(&self, name: &str) -> Result<Cluster, ApiError> {
-        self.store
-            .get_json(CLUSTERS, name)
+        CLUSTERS
+            .get(&*self.store, name)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}: see `corral cluster list`")))
     }
@@ -56,7 +55,7 @@ impl Controller {
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterView>, ApiError> {
-        let all: Vec<Cluster> = self.store.list_json(CLUSTERS).map_err(store_err)?;
+        let all: Vec<Cluster> = CLUSTERS.list(&*self.store).map_err(store_err)?;
         all.into_iter().map(|c| self.view(c)).collect()
     }
 
@@ -85,7 +84,7 @@ impl Controller {
         let mut vms = Vec::new();
         for (i, ip) in (first..first + count).zip(ips) {
             let name = format!("{}-{i}", c.name);
-            if self.store.get(VMS, &name).map_err(store_err)?.is_some() {
+            if VMS.contains(&*self.store, &name).map_err(store_err)? {
                 return Err(ApiError::conflict(format!(
                     "a VM named {name:?} already exists: delete it or choose another cluster name"
                 )));
@@ -157,11 +156,11 @@ impl Controller {
 
     /// Writes member records and their addresses (and the cluster) in one batch.
     fn write_members(&self, c: &Cluster, vms: &[Vm]) -> Result<(), ApiError> {
-        let mut ops = vec![Op::Put { table: CLUSTERS.into(), key: c.name.clone(), value: encode(c)? }];
+        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), c).map_err(store_err)?];
         for v in vms {
-            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(v)? });
+            ops.push(VMS.put_op(v.def.name.to_string(), v).map_err(store_err)?);
             if let Some(ip) = &v.def.ip {
-                ops.push(Op::Put { table: IPAM.into(), key: ipam_key(ip), value: encode(&v.def.name)? });
+                ops.push(IPAM.put_op(ipam_key(ip), &v.def.name).map_err(store_err)?);
             }
         }
         self.store.apply(ops).map_err(store_err)
@@ -178,7 +177,7 @@ impl Controller {
         let (op, names) = {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
-                if self.store.get(CLUSTERS, &req.name).map_err(store_err)?.is_some() {
+                if CLUSTERS.contains(&*self.store, &req.name).map_err(store_err)? {
                     return Err(ApiError::already_exists(format!("a cluster named {:?} already exists", req.name)));
                 }
                 Ok(())
@@ -343,13 +342,13 @@ impl Controller {
         }
         let victims: Vec<Vm> = members.into_iter().rev().take((have - size) as usize).collect();
         c.size = size;
-        let mut ops = vec![Op::Put { table: CLUSTERS.into(), key: c.name.clone(), value: encode(&c)? }];
+        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), &c).map_err(store_err)?];
         for v in &victims {
             let mut v = v.clone();
             v.pending = Some(Pending::Delete);
             v.state = VmState::Deleting;
             v.usage = None;
-            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(&v)? });
+            ops.push(VMS.put_op(v.def.name.to_string(), &v).map_err(store_err)?);
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterScale, name, victims.len() as u32, vec![]);
@@ -398,12 +397,12 @@ impl Controller {
         let mut c = self.cluster(name)?;
         c.state = ClusterState::Deleting;
         let members = self.members(name)?;
-        let mut ops = vec![Op::Put { table: CLUSTERS.into(), key: c.name.clone(), value: encode(&c)? }];
+        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), &c).map_err(store_err)?];
         for v in &members {
             let mut v = v.clone();
             v.pending = Some(Pending::Delete);
             v.usage = None;
-            ops.push(Op::Put { table: VMS.into(), key: v.def.name.to_string(), value: encode(&v)? });
+            ops.push(VMS.put_op(v.def.name.to_string(), &v).map_err(store_err)?);
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterDelete, name, members.len() as u32, vec![]);
@@ -418,10 +417,10 @@ impl Controller {
 
     /// Forgets clusters being deleted whose members are all gone.
     pub(crate) fn finish_cluster_deletes(&self) {
-        let Ok(all) = self.store.list_json::<Cluster>(CLUSTERS) else { return };
+        let Ok(all) = CLUSTERS.list(&*self.store) else { return };
         for c in all.into_iter().filter(|c| c.state == ClusterState::Deleting) {
             if self.members(&c.name).is_ok_and(|m| m.is_empty()) {
-                let _ = StoreExt::delete(&*self.store, CLUSTERS, &c.name);
+                let _ = CLUSTERS.delete(&*self.store, &c.name);
                 self.event("cluster.deleted", &c.name, "all members removed");
             }
         }
@@ -474,7 +473,7 @@ impl Controller {
     fn set_cluster_state(&self, name: &str, s: ClusterState) -> Result<(), ApiError> {
         let mut c = self.cluster(name)?;
         c.state = s;
-        self.store.put_json(CLUSTERS, name, &c).map_err(store_err)
+        CLUSTERS.put(&*self.store, name, &c).map_err(store_err)
     }
 
     /// Suspends (memory to disk, resources released) or resumes every member in parallel.

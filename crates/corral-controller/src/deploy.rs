@@ -16,7 +16,6 @@ use corral_api::agent::VmDefinition;
 use corral_api::types::Mac;
 use corral_api::{ApiError, CreateVm, ErrorKind, Pending, Vm, VmAction, VmState};
 use corral_sched::{place_one, PlaceError, Request};
-use corral_store::{Op, StoreExt};
 
 use crate::ipam::ipam_key;
 use crate::service::{lock, mac_for, store_err, Controller};
@@ -72,7 +71,7 @@ impl Controller {
         let vm = {
             let mut p = Some(self.placing.lock().await);
             let unique = || -> Result<(), ApiError> {
-                if self.store.get(VMS, &req.name).map_err(store_err)?.is_some() {
+                if VMS.contains(&*self.store, &req.name).map_err(store_err)? {
                     return Err(ApiError::already_exists(format!(
                         "a VM named {:?} already exists: choose another name or delete it first",
                         req.name
@@ -284,9 +283,9 @@ impl Controller {
             self.put_vm(&vm)?;
         }
         self.agent(&vm.host)?.delete(name, &vm.def.uuid).await?;
-        let mut ops = vec![Op::Delete { table: VMS.into(), key: name.into() }];
+        let mut ops = vec![VMS.delete_op(name)];
         if let Some(ip) = &vm.def.ip {
-            ops.push(Op::Delete { table: IPAM.into(), key: ipam_key(ip) });
+            ops.push(IPAM.delete_op(ipam_key(ip)));
         }
         self.store.apply(ops).map_err(store_err)?;
         self.forget_usage(name);
@@ -387,7 +386,7 @@ impl Controller {
                 tokio::spawn(async move {
                     let _g = guard;
                     // Check again under the busy mark: the record may have appeared meanwhile.
-                    let known = me.store.get_json::<Vm>(VMS, &st.name).ok().flatten();
+                    let known = VMS.get(&*me.store, &st.name).ok().flatten();
                     if known.is_some_and(|v| v.def.uuid == st.uuid && (v.host == host || v.migration.is_some())) {
                         return;
                     }

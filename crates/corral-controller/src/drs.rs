@@ -22,7 +22,6 @@ use corral_api::{now_ms, ApiError, VmState};
 use corral_sched::drs::{
     plan, HostSnapshot, PolicySpec, PolicyState, PowerModel, PowerState, Reason, Snapshot, VmSnapshot,
 };
-use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller};
 use crate::tables::{DRS, DRS_ROUNDS, HOSTS};
@@ -67,7 +66,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 impl Controller {
     pub fn drs_settings(&self) -> Result<DrsSettings, ApiError> {
-        Ok(self.store.get_json(DRS, SETTINGS_KEY).map_err(store_err)?.unwrap_or_default())
+        Ok(DRS.get(&*self.store, SETTINGS_KEY).map_err(store_err)?.unwrap_or_default())
     }
 
     /// Changes the loop's settings; every field is checked before anything is stored.
@@ -104,14 +103,14 @@ impl Controller {
         }
         if let Some(k) = p.keep_on {
             for h in &k {
-                if self.store.get(HOSTS, h).map_err(store_err)?.is_none() {
+                if !HOSTS.contains(&*self.store, h).map_err(store_err)? {
                     return Err(bad(format!("unknown host {h:?} in keep-on: see `corral host list`")));
                 }
             }
             s.keep_on = k;
         }
         policy_spec(&s)?;
-        self.store.put_json(DRS, SETTINGS_KEY, &s).map_err(store_err)?;
+        DRS.put(&*self.store, SETTINGS_KEY, &s).map_err(store_err)?;
         // A new policy starts from a fresh state.
         *lock(&self.drs.state) = None;
         Ok(s)
@@ -120,7 +119,7 @@ impl Controller {
     /// Settings, power states and the latest round.
     pub fn drs_status(&self) -> Result<DrsStatus, ApiError> {
         let settings = self.drs_settings()?;
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let (mut on, mut standby) = (vec![], vec![]);
         for r in regs {
             match self.flags(&r.name)?.power {
@@ -142,7 +141,7 @@ impl Controller {
 
     /// The recorded rounds, oldest first (the last `limit`).
     pub fn drs_rounds(&self, limit: usize) -> Result<Vec<DrsRound>, ApiError> {
-        let all: Vec<DrsRound> = self.store.list_json(DRS_ROUNDS).map_err(store_err)?;
+        let all: Vec<DrsRound> = DRS_ROUNDS.list(&*self.store).map_err(store_err)?;
         let skip = all.len().saturating_sub(limit);
         Ok(all.into_iter().skip(skip).collect())
     }
@@ -196,10 +195,10 @@ impl Controller {
 
     fn record_round(&self, round: &DrsRound) -> Result<(), ApiError> {
         let key = format!("{:013}-{}", round.ms, &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        self.store.put_json(DRS_ROUNDS, &key, round).map_err(store_err)?;
-        let keys = self.store.scan(DRS_ROUNDS, "").map_err(store_err)?;
-        for (k, _) in keys.iter().take(keys.len().saturating_sub(ROUNDS_KEPT)) {
-            self.store.delete(DRS_ROUNDS, k).map_err(store_err)?;
+        DRS_ROUNDS.put(&*self.store, &key, round).map_err(store_err)?;
+        let keys = DRS_ROUNDS.keys(&*self.store, "").map_err(store_err)?;
+        for k in keys.iter().take(keys.len().saturating_sub(ROUNDS_KEPT)) {
+            DRS_ROUNDS.delete(&*self.store, k).map_err(store_err)?;
         }
         Ok(())
     }
@@ -267,7 +266,7 @@ impl Controller {
     /// The pool as the scheduler core sees it. With `sample`, this round's demand is appended
     /// to each VM's history first.
     fn pool(&self, settings: &DrsSettings, sample: bool) -> Result<Pool, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let vms = self.vms()?;
         let host_names: Vec<String> = regs.iter().map(|r| r.name.clone()).collect();
         let index = |n: &str| host_names.iter().position(|h| h == n);

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use corral_api::agent::{HeartbeatReply, Peer, ProbeRequest, Register, VmStatus};
 use corral_api::drs::HostPower;
 use corral_api::{now_ms, ApiError, HaPolicy, Maintenance, Pending, Vm, VmState};
-use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller, HostFlags};
 use crate::tables::{HOSTS, HOST_FLAGS};
@@ -115,7 +114,7 @@ impl Controller {
     /// The peers of `host` as its lease names them: the other registered hosts that are
     /// powered on and not failed. Recorded in its flags when they change.
     fn lease_peers(&self, host: &str, f: &mut HostFlags) -> Result<Vec<Peer>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let mut peers = vec![];
         for r in regs.into_iter().filter(|r| r.name != host) {
             let pf = self.flags(&r.name)?;
@@ -235,7 +234,7 @@ impl Controller {
     }
 
     fn put_flags(&self, host: &str, f: &HostFlags) -> Result<(), ApiError> {
-        self.store.put_json(HOST_FLAGS, host, f).map_err(store_err)
+        HOST_FLAGS.put(&*self.store, host, f).map_err(store_err)
     }
 
     /// Called often by the controller's loop: finds suspects, has them probed, and fails over
@@ -257,7 +256,7 @@ impl Controller {
             let me = self.clone();
             tokio::spawn(async move { me.restart_in_place(&name).await });
         }
-        let Ok(regs) = self.store.list_json::<Register>(HOSTS) else { return };
+        let Ok(regs) = HOSTS.list(&*self.store) else { return };
         for r in regs {
             let Ok(f) = self.flags(&r.name) else { continue };
             // Standby and waking hosts are off on purpose.

@@ -4,7 +4,6 @@
 
 use corral_api::agent::Register;
 use corral_api::{ApiError, HaPolicy, HaStatus, HaUnprotected, Storage, Vm};
-use corral_store::StoreExt;
 
 use crate::service::{store_err, Controller};
 use crate::tables::HOSTS;
@@ -55,7 +54,7 @@ impl Controller {
         if storage == Storage::Local {
             return Ok(());
         }
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         if !regs.iter().any(|r| r.shared_dir.is_some()) {
             return Err(ApiError::no_capacity(
                 "no host mounts shared storage: start agents with --shared-dir PATH (the same pool on every host)",

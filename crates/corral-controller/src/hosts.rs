@@ -7,7 +7,6 @@ use std::time::Instant;
 use corral_api::agent::{Heartbeat, HeartbeatReply, Register, VmStatus};
 use corral_api::{now_ms, ApiError, Host, HostState, HostUsage, Vm};
 use corral_sched::HostView;
-use corral_store::StoreExt;
 
 use crate::service::{apply_status, lock, store_err, Controller, HostFlags};
 use crate::tables::{CLUSTERS, HOSTS, HOST_FLAGS, VMS};
@@ -39,7 +38,7 @@ fn ha_state(state: HostState, flags: &HostFlags) -> HostState {
 impl Controller {
     pub fn register(&self, r: Register) -> Result<(), ApiError> {
         corral_api::names::validate_name("host", &r.name).map_err(ApiError::bad_request)?;
-        self.store.put_json(HOSTS, &r.name, &r).map_err(store_err)?;
+        HOSTS.put(&*self.store, &r.name, &r).map_err(store_err)?;
         lock(&self.live).insert(
             r.name.clone(),
             Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![], networks: vec![] },
@@ -57,7 +56,7 @@ impl Controller {
     /// Records a heartbeat and brings VM states in line with what the agent reports; the
     /// reply renews the host's lease.
     pub fn heartbeat(&self, host: &str, hb: Heartbeat) -> Result<HeartbeatReply, ApiError> {
-        if self.store.get(HOSTS, host).map_err(store_err)?.is_none() {
+        if !HOSTS.contains(&*self.store, host).map_err(store_err)? {
             return Err(ApiError::not_found(format!("unknown host {host:?}: register first")));
         }
         let reply = self.ha_on_heartbeat(host, &hb.vms)?;
@@ -70,7 +69,7 @@ impl Controller {
             if self.is_busy(&st.name) {
                 continue;
             }
-            let Some(mut vm) = self.store.get_json::<Vm>(VMS, &st.name).map_err(store_err)? else { continue };
+            let Some(mut vm) = VMS.get(&*self.store, &st.name).map_err(store_err)? else { continue };
             if vm.host != host || vm.def.uuid != st.uuid {
                 continue;
             }
@@ -81,7 +80,7 @@ impl Controller {
             }
             if changed {
                 apply_status(&mut vm, st);
-                self.store.put_json(VMS, &vm.def.name, &vm).map_err(store_err)?;
+                VMS.put(&*self.store, &vm.def.name, &vm).map_err(store_err)?;
             }
         }
         lock(&self.live).insert(
@@ -133,7 +132,7 @@ impl Controller {
     }
 
     pub(crate) fn flags(&self, host: &str) -> Result<HostFlags, ApiError> {
-        Ok(self.store.get_json(HOST_FLAGS, host).map_err(store_err)?.unwrap_or_default())
+        Ok(HOST_FLAGS.get(&*self.store, host).map_err(store_err)?.unwrap_or_default())
     }
 
     /// Cordons (no new VMs) or uncordons a host. Uncordoning ends its maintenance state and,
@@ -147,7 +146,7 @@ impl Controller {
             f.maintenance = None;
             f.failures.clear();
         }
-        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
+        HOST_FLAGS.put(&*self.store, host, &f).map_err(store_err)?;
         self.host(host)
     }
 
@@ -163,14 +162,14 @@ impl Controller {
         }
         let mut f = self.flags(host)?;
         f.labels = labels;
-        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)?;
+        HOST_FLAGS.put(&*self.store, host, &f).map_err(store_err)?;
         self.host(host)
     }
 
     pub fn hosts(&self) -> Result<Vec<Host>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let vms = self.vms()?;
-        let clusters: Vec<corral_api::cluster::Cluster> = self.store.list_json(CLUSTERS).map_err(store_err)?;
+        let clusters: Vec<corral_api::cluster::Cluster> = CLUSTERS.list(&*self.store).map_err(store_err)?;
         regs.into_iter()
             .map(|r| {
                 let (mut state, last, usage) = self.host_state(&r.name);
@@ -230,7 +229,7 @@ impl Controller {
 
     /// What the scheduler core needs to know of every host.
     pub(crate) fn host_views(&self) -> Result<Vec<HostView>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let vms = self.vms()?;
         regs.into_iter()
             .map(|r| {

@@ -10,7 +10,6 @@ use ipnet::Ipv4Net;
 use corral_api::cluster::Cluster;
 use corral_api::types::Ipv4Cidr;
 use corral_api::ApiError;
-use corral_store::StoreExt;
 
 use crate::service::{store_err, Controller};
 use crate::tables::{CLUSTERS, IPAM};
@@ -73,7 +72,7 @@ fn room(net: &Ipv4Net) -> u64 {
 impl Controller {
     /// Chooses a subnet for a new cluster, or checks the one given against the others.
     pub(crate) fn choose_subnet(&self, given: Option<&str>, size: u32) -> Result<Ipv4Net, ApiError> {
-        let clusters: Vec<Cluster> = self.store.list_json(CLUSTERS).map_err(store_err)?;
+        let clusters: Vec<Cluster> = CLUSTERS.list(&*self.store).map_err(store_err)?;
         let used: Vec<(String, Ipv4Net)> =
             clusters.iter().filter_map(|c| c.subnet.parse::<Ipv4Net>().ok().map(|n| (c.name.clone(), n))).collect();
         let overlaps = |n: &Ipv4Net| used.iter().find(|(_, u)| u.contains(n) || n.contains(u)).map(|(c, _)| c.clone());
@@ -106,8 +105,7 @@ impl Controller {
 
     /// Free addresses of a subnet, lowest first.
     pub(crate) fn free_addresses(&self, c: &Cluster, net: &Ipv4Net, n: usize) -> Result<Vec<Ipv4Cidr>, ApiError> {
-        let taken: BTreeSet<String> =
-            self.store.scan(IPAM, "").map_err(store_err)?.into_iter().map(|(k, _)| k).collect();
+        let taken: BTreeSet<String> = IPAM.keys(&*self.store, "").map_err(store_err)?.into_iter().collect();
         let pool: Box<dyn Iterator<Item = Ipv4Addr>> = match &c.profile.bridged {
             Some(b) => {
                 let (_, first, last) = bridged_range(b).map_err(ApiError::bad_request)?;

@@ -20,9 +20,8 @@ use corral_api::migration::{
     DEFAULT_BUDGET_MS,
 };
 use corral_api::{now_ms, ApiError, ErrorKind, HostState, Maintenance, Vm, VmState};
-use corral_store::{Op, StoreExt};
 
-use crate::service::{encode, lock, store_err, BusyGuard, Controller};
+use crate::service::{lock, store_err, BusyGuard, Controller};
 use crate::tables::{HOST_FLAGS, MIGRATIONS, VMS};
 
 /// How often the controller reads the source's figures.
@@ -36,10 +35,6 @@ pub(crate) struct Slots {
     running: Mutex<BTreeMap<String, (String, String)>>,
     freed: tokio::sync::Notify,
     cancel: Mutex<HashSet<String>>,
-}
-
-fn put<T: serde::Serialize>(table: &str, key: &str, v: &T) -> Result<Op, ApiError> {
-    Ok(Op::Put { table: table.into(), key: key.into(), value: encode(v)? })
 }
 
 fn mib(b: u64) -> f64 {
@@ -61,20 +56,20 @@ impl Drop for SlotGuard {
 
 impl Controller {
     pub fn migration(&self, id: &str) -> Result<Migration, ApiError> {
-        self.store
-            .get_json(MIGRATIONS, id)
+        MIGRATIONS
+            .get(&*self.store, id)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found(format!("no migration {id:?}: see `corral vm migrations`")))
     }
 
     /// Migration history, oldest first; only `vm`'s when given.
     pub fn migrations(&self, vm: Option<&str>) -> Result<Vec<Migration>, ApiError> {
-        let all: Vec<Migration> = self.store.list_json(MIGRATIONS).map_err(store_err)?;
+        let all: Vec<Migration> = MIGRATIONS.list(&*self.store).map_err(store_err)?;
         Ok(all.into_iter().filter(|m| vm.is_none_or(|v| m.vm == v)).collect())
     }
 
     fn put_migration(&self, m: &Migration) -> Result<(), ApiError> {
-        self.store.put_json(MIGRATIONS, &m.id, m).map_err(store_err)
+        MIGRATIONS.put(&*self.store, &m.id, m).map_err(store_err)
     }
 
     /// Checks a request and chooses the destination. Called under the placing lock.
@@ -185,7 +180,12 @@ impl Controller {
             vm.migration = Some(MigrationRef { id, to });
             vm.usage = None;
             // Intent first: both records exist before any host is asked to act.
-            self.store.apply(vec![put(MIGRATIONS, &m.id, &m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
+            self.store
+                .apply(vec![
+                    MIGRATIONS.put_op(m.id.as_str(), &m).map_err(store_err)?,
+                    VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
+                ])
+                .map_err(store_err)?;
             m
         };
         tracing::info!("migration {} of {name}: {} → {} ({})", m.id, m.source, m.destination, m.mode.as_str());
@@ -297,7 +297,12 @@ impl Controller {
         m.started_ms = Some(now_ms());
         vm.state = VmState::Migrating;
         vm.usage = None;
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
+        self.store
+            .apply(vec![
+                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
+                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
+            ])
+            .map_err(store_err)?;
         self.ensure_template(&m.destination, &vm.def.template).await?;
         // The destination joins the VM's network before the VM arrives there.
         self.sync_networks().await;
@@ -408,7 +413,12 @@ impl Controller {
         m.state = MigrationState::Completed;
         m.result = "completed".into();
         m.ended_ms.get_or_insert(now_ms());
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
+        self.store
+            .apply(vec![
+                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
+                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
+            ])
+            .map_err(store_err)?;
         self.sync_networks().await;
         if let Err(e) = self.agent(&m.source)?.delete_copy(&m.vm, &m.uuid).await {
             tracing::warn!(
@@ -488,7 +498,12 @@ impl Controller {
             };
         }
         m.ended_ms = Some(now_ms());
-        self.store.apply(vec![put(MIGRATIONS, &m.id, &*m)?, put(VMS, &vm.def.name, &vm)?]).map_err(store_err)?;
+        self.store
+            .apply(vec![
+                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
+                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
+            ])
+            .map_err(store_err)?;
         self.sync_networks().await;
         self.event("vm.migration-failed", &m.vm, format!("{} → {}: {}", m.source, m.destination, m.result));
         Ok(())
@@ -519,7 +534,7 @@ impl Controller {
         let mut flags = self.flags(host)?;
         flags.cordoned = true;
         flags.maintenance = Some(Maintenance::Evacuating);
-        self.store.put_json(HOST_FLAGS, host, &flags).map_err(store_err)?;
+        HOST_FLAGS.put(&*self.store, host, &flags).map_err(store_err)?;
         let vms: Vec<Vm> = self.vms()?.into_iter().filter(|v| v.host == host).collect();
         let op = self.new_op(OpKind::HostEvacuate, host, vms.len() as u32, vec![]);
         let me = self.clone();
@@ -547,7 +562,7 @@ impl Controller {
             let ok = results.iter().all(Result::is_ok) && left == 0;
             if let Ok(mut f) = me.flags(&host) {
                 f.maintenance = Some(if ok { Maintenance::Evacuated } else { Maintenance::EvacuationIncomplete });
-                let _ = me.store.put_json(HOST_FLAGS, &host, &f);
+                let _ = HOST_FLAGS.put(&*me.store, &host, &f);
             }
             let hosts: std::collections::BTreeSet<String> =
                 all.iter().filter(|a| vms.iter().any(|v| v.def.name == a.def.name)).map(|a| a.host.clone()).collect();

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use corral_api::agent::{NetworkSpec, Register};
 use corral_api::cluster::{Cluster, ClusterState, Member, Network};
 use corral_api::{ApiError, ExecRequest, Vm, VmState};
-use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller};
 use crate::tables::{CLUSTERS, HOSTS};
@@ -53,8 +52,7 @@ impl Controller {
         mtu: Option<u32>,
         bridged: bool,
     ) -> Result<(u32, u32), ApiError> {
-        let used: BTreeSet<u32> =
-            self.store.list_json::<Cluster>(CLUSTERS).map_err(store_err)?.iter().map(|c| c.vni).collect();
+        let used: BTreeSet<u32> = CLUSTERS.list(&*self.store).map_err(store_err)?.iter().map(|c| c.vni).collect();
         let vni = match vni {
             Some(v) if v == 0 || v > MAX_VNI => {
                 return Err(ApiError::bad_request(format!("VNI {v} is out of range: use 1 to {MAX_VNI}")))
@@ -80,12 +78,12 @@ impl Controller {
     }
 
     fn underlays(&self) -> Result<BTreeMap<String, Ipv4Addr>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         Ok(regs.into_iter().filter_map(|r| r.underlay.map(|u| (r.name, u))).collect())
     }
 
     pub fn networks(&self) -> Result<Vec<Network>, ApiError> {
-        let clusters: Vec<Cluster> = self.store.list_json(CLUSTERS).map_err(store_err)?;
+        let clusters: Vec<Cluster> = CLUSTERS.list(&*self.store).map_err(store_err)?;
         let vms = self.vms()?;
         Ok(clusters
             .into_iter()
@@ -125,7 +123,7 @@ impl Controller {
     /// Brings every host's part of every network in line with the store.
     pub(crate) async fn sync_networks(self: &Arc<Self>) {
         let (Ok(clusters), Ok(vms), Ok(under)) =
-            (self.store.list_json::<Cluster>(CLUSTERS).map_err(store_err), self.vms(), self.underlays())
+            (CLUSTERS.list(&*self.store).map_err(store_err), self.vms(), self.underlays())
         else {
             return;
         };
@@ -197,7 +195,7 @@ impl Controller {
 
     /// Writes each running member's `/etc/hosts` with its cluster's members, when it changed.
     pub(crate) async fn sync_hosts_files(self: &Arc<Self>) {
-        let (Ok(clusters), Ok(vms)) = (self.store.list_json::<Cluster>(CLUSTERS), self.vms()) else { return };
+        let (Ok(clusters), Ok(vms)) = (CLUSTERS.list(&*self.store), self.vms()) else { return };
         let mut jobs = Vec::new();
         for c in clusters.iter().filter(|c| c.state == ClusterState::Active) {
             let mut members: Vec<&Vm> = vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name)).collect();

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use corral_api::cluster::{OpKind, OpPhase, OpStage, OpState, OpStep, Operation};
 use corral_api::{now_ms, ApiError};
-use corral_store::StoreExt;
 
 use crate::service::{lock, Controller};
 use crate::tables::OPS;
@@ -26,7 +25,7 @@ impl OpHandle {
             f(op);
             op.clone()
         };
-        if let Err(e) = self.c.store.put_json(OPS, &self.id, &snapshot) {
+        if let Err(e) = OPS.put(&*self.c.store, &self.id, &snapshot) {
             tracing::warn!("cannot record operation {}: {e}", self.id);
         }
     }
@@ -58,13 +57,13 @@ impl Controller {
     /// Loads operations at start-up; those a crash interrupted are marked failed (the VMs'
     /// pending work is finished by the reconciler, not by the operation).
     pub(crate) fn load_ops(&self) {
-        let Ok(mut all) = self.store.list_json::<Operation>(OPS) else { return };
+        let Ok(mut all) = OPS.list(&*self.store) else { return };
         for op in all.iter_mut().filter(|o| o.state == OpState::Running) {
             op.state = OpState::Failed;
             op.messages
                 .push("interrupted by a controller restart; the reconciler finishes the VMs' pending work".into());
             op.finished_ms = Some(now_ms());
-            let _ = self.store.put_json(OPS, &op.id, op);
+            let _ = OPS.put(&*self.store, &op.id, op);
         }
         *lock(&self.ops) = all.into_iter().map(|o| (o.id.clone(), o)).collect();
     }

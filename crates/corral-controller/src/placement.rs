@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use corral_api::cluster::{Cluster, PlacementPolicy};
 use corral_api::{ApiError, Vm};
 use corral_sched::{place_group, GroupError, GroupRequest, HostView, Overcommit, Policy, VmReq};
-use corral_store::StoreExt;
 
 use crate::service::{store_err, Controller};
 
@@ -40,8 +39,7 @@ impl Controller {
     pub(crate) fn views_for(&self, c: &Cluster) -> Result<Vec<HostView>, ApiError> {
         let mut views = self.views_for_storage(c.profile.storage)?;
         if let Some(b) = &c.profile.bridged {
-            let regs: Vec<corral_api::agent::Register> =
-                self.store.list_json(crate::tables::HOSTS).map_err(store_err)?;
+            let regs: Vec<corral_api::agent::Register> = crate::tables::HOSTS.list(&*self.store).map_err(store_err)?;
             let mut any = false;
             for v in views.iter_mut() {
                 let has = regs.iter().any(|r| r.name == v.name && r.interfaces.contains(&b.interface));

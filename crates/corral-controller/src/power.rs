@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use corral_api::agent::Register;
 use corral_api::drs::HostPower;
 use corral_api::{ApiError, Host};
-use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller};
 use crate::tables::{HOSTS, HOST_FLAGS};
@@ -51,7 +50,7 @@ impl Controller {
 
     /// Hosts in standby, the largest first.
     fn standby_hosts(&self) -> Vec<String> {
-        let mut regs: Vec<Register> = self.store.list_json(HOSTS).unwrap_or_default();
+        let mut regs: Vec<Register> = HOSTS.list(&*self.store).unwrap_or_default();
         regs.retain(|r| self.flags(&r.name).is_ok_and(|f| f.power == HostPower::Standby));
         regs.sort_by(|a, b| {
             (b.capacity.memory_mib, b.capacity.vcpus, &a.name).cmp(&(a.capacity.memory_mib, a.capacity.vcpus, &b.name))
@@ -87,7 +86,7 @@ impl Controller {
     fn set_power(&self, host: &str, power: HostPower) -> Result<(), ApiError> {
         let mut f = self.flags(host)?;
         f.power = power;
-        self.store.put_json(HOST_FLAGS, host, &f).map_err(store_err)
+        HOST_FLAGS.put(&*self.store, host, &f).map_err(store_err)
     }
 
     /// Puts an empty host in standby: the state is stored, then the standby command runs.

@@ -4,7 +4,6 @@ use serde::Deserialize;
 
 use corral_api::cluster::{Placement, Profile, ProfileSource};
 use corral_api::ApiError;
-use corral_store::StoreExt;
 
 use crate::ipam::bridged_range;
 use crate::service::{store_err, Controller};
@@ -138,7 +137,7 @@ impl Controller {
 
     pub fn create_profile(&self, src: ProfileSource, replace: bool) -> Result<Profile, ApiError> {
         let p = self.parse_profile(&src)?;
-        let exists = self.store.get(PROFILES, &p.name).map_err(store_err)?.is_some();
+        let exists = PROFILES.contains(&*self.store, &p.name).map_err(store_err)?;
         if exists && !replace {
             return Err(ApiError::conflict(format!(
                 "profile {:?} already exists: use `corral profile edit {}` or delete it first",
@@ -148,17 +147,17 @@ impl Controller {
         if !exists && replace {
             return Err(ApiError::not_found(format!("no profile named {:?}", p.name)));
         }
-        self.store.put_json(PROFILES, &p.name, &p).map_err(store_err)?;
+        PROFILES.put(&*self.store, &p.name, &p).map_err(store_err)?;
         Ok(p)
     }
 
     pub fn profiles(&self) -> Result<Vec<Profile>, ApiError> {
-        self.store.list_json(PROFILES).map_err(store_err)
+        PROFILES.list(&*self.store).map_err(store_err)
     }
 
     pub fn profile(&self, name: &str) -> Result<Profile, ApiError> {
-        self.store
-            .get_json(PROFILES, name)
+        PROFILES
+            .get(&*self.store, name)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found(format!("no profile named {name:?}: see `corral profile list`")))
     }
@@ -166,6 +165,6 @@ impl Controller {
     pub fn delete_profile(&self, name: &str) -> Result<(), ApiError> {
         self.profile(name)?;
         // Clusters keep a copy of their profile, so deleting it harms none of them.
-        StoreExt::delete(&*self.store, PROFILES, name).map_err(store_err)
+        PROFILES.delete(&*self.store, name).map_err(store_err)
     }
 }

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use corral_api::cluster::{OpState, Operation};
-use corral_api::migration::{Migration, MigrationState};
+use corral_api::cluster::OpState;
+use corral_api::migration::MigrationState;
 use corral_api::now_ms;
-use corral_store::{Op, StoreExt};
+use corral_store::Table;
 
 use crate::service::{lock, store_err, Controller};
 use crate::tables::{EVENTS, MIGRATIONS, OPS};
@@ -57,17 +57,17 @@ impl Controller {
         let now = now_ms();
         let mut gone = 0;
         // Events: keys start with their time.
-        if let Ok(keys) = self.store.scan(EVENTS, "") {
+        if let Ok(keys) = EVENTS.keys(&*self.store, "") {
             let aged = keys
                 .into_iter()
-                .map(|(k, _)| {
+                .map(|k| {
                     let ms = k.split('-').next().and_then(|t| t.parse().ok()).unwrap_or(0);
                     Aged { key: k, ended_ms: Some(ms) }
                 })
                 .collect();
             gone += self.delete_all(EVENTS, to_prune(aged, r.events, r.max_age, now));
         }
-        if let Ok(ms) = self.store.list_json::<Migration>(MIGRATIONS) {
+        if let Ok(ms) = MIGRATIONS.list(&*self.store) {
             let aged = ms
                 .into_iter()
                 .map(|m| {
@@ -77,7 +77,7 @@ impl Controller {
                 .collect();
             gone += self.delete_all(MIGRATIONS, to_prune(aged, r.history, r.max_age, now));
         }
-        if let Ok(ops) = self.store.list_json::<Operation>(OPS) {
+        if let Ok(ops) = OPS.list(&*self.store) {
             let aged = ops
                 .into_iter()
                 .map(|o| Aged {
@@ -101,14 +101,18 @@ impl Controller {
     }
 
     /// Deletes keys of a table in batches; returns how many went.
-    fn delete_all(&self, table: &str, keys: Vec<String>) -> usize {
+    fn delete_all<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        table: Table<T>,
+        keys: Vec<String>,
+    ) -> usize {
         let mut n = 0;
         for chunk in keys.chunks(100) {
-            let ops = chunk.iter().map(|k| Op::Delete { table: table.into(), key: k.clone() }).collect();
+            let ops = chunk.iter().map(|k| table.delete_op(k.as_str())).collect();
             match self.store.apply(ops).map_err(store_err) {
                 Ok(()) => n += chunk.len(),
                 Err(e) => {
-                    tracing::warn!("retention: cannot prune {table}: {}", e.message);
+                    tracing::warn!("retention: cannot prune {}: {}", table.name(), e.message);
                     break;
                 }
             }

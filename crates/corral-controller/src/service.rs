@@ -13,7 +13,7 @@ use corral_api::agent::{Register, VmStatus};
 use corral_api::cluster::Event;
 use corral_api::types::Mac;
 use corral_api::{now_ms, ApiError, ConsoleChunk, ExecRequest, ExecResult, Vm, VmState, VmUsage};
-use corral_store::{Store, StoreExt};
+use corral_store::Store;
 
 use crate::agents::{AgentApi, Connector, HttpConnector};
 use crate::tables::{EVENTS, HOSTS, VMS};
@@ -119,11 +119,6 @@ pub(crate) fn store_err(e: corral_store::StoreError) -> ApiError {
     }
 }
 
-/// JSON bytes of a value, for a store batch.
-pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
-}
-
 /// Removes a VM name from the busy set when dropped.
 pub(crate) struct BusyGuard {
     c: Arc<Controller>,
@@ -210,22 +205,21 @@ impl Controller {
         let e = Event { ms: now_ms(), kind: kind.into(), subject: subject.into(), message: message.into() };
         tracing::info!("event {}: {} {}", e.kind, e.subject, e.message);
         let key = format!("{:013}-{}", e.ms, uuid::Uuid::new_v4().simple());
-        if let Err(err) = self.store.put_json(EVENTS, &key, &e) {
+        if let Err(err) = EVENTS.put(&*self.store, &key, &e) {
             tracing::warn!("cannot record event: {err}");
         }
     }
 
     pub fn events(&self) -> Result<Vec<Event>, ApiError> {
-        self.store.list_json(EVENTS).map_err(store_err)
+        EVENTS.list(&*self.store).map_err(store_err)
     }
 
     // ---- agents ------------------------------------------------------------------------
 
     /// The client of a registered host's agent.
     pub(crate) fn agent(&self, host: &str) -> Result<Arc<dyn AgentApi>, ApiError> {
-        let r: Register = self
-            .store
-            .get_json(HOSTS, host)
+        let r: Register = HOSTS
+            .get(&*self.store, host)
             .map_err(store_err)?
             .ok_or_else(|| ApiError::unavailable(format!("host {host:?} is not registered")))?;
         Ok(self.agents.connect(&r))
@@ -240,13 +234,12 @@ impl Controller {
     }
 
     pub fn vms(&self) -> Result<Vec<Vm>, ApiError> {
-        let vms: Vec<Vm> = self.store.list_json(VMS).map_err(store_err)?;
+        let vms: Vec<Vm> = VMS.list(&*self.store).map_err(store_err)?;
         Ok(vms.into_iter().map(|v| self.with_usage(v)).collect())
     }
 
     pub fn vm(&self, name: &str) -> Result<Vm, ApiError> {
-        self.store
-            .get_json(VMS, name)
+        VMS.get(&*self.store, name)
             .map_err(store_err)?
             .map(|v| self.with_usage(v))
             .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}: see `corral vm list`")))
@@ -255,7 +248,7 @@ impl Controller {
     pub(crate) fn put_vm(&self, vm: &Vm) -> Result<(), ApiError> {
         let mut v = vm.clone();
         v.usage = None;
-        self.store.put_json(VMS, &v.def.name, &v).map_err(store_err)
+        VMS.put(&*self.store, &v.def.name, &v).map_err(store_err)
     }
 
     /// Writes an agent's answer back to the VM's record.

@@ -1,4 +1,5 @@
-//! The names of the store's tables, in one place. Every table maps a string key to a JSON value:
+//! The store's tables, in one place, each a typed handle ([`Table`]) that reads and writes
+//! only its own value type. Every table maps a string key to a JSON value:
 //!
 //! | table        | key                            | value                                                   |
 //! |--------------|--------------------------------|---------------------------------------------------------|
@@ -14,25 +15,35 @@
 //! | `drs`        | `settings`                     | [`DrsSettings`](corral_api::drs::DrsSettings)           |
 //! | `drs_rounds` | `<ms:013>-<hex6>`              | [`DrsRound`](corral_api::drs::DrsRound)                 |
 
+use corral_api::agent::Register;
+use corral_api::cluster::{Cluster, Event, Operation, Profile};
+use corral_api::drs::{DrsRound, DrsSettings};
+use corral_api::migration::Migration;
+use corral_api::types::Name;
+use corral_api::Vm;
+use corral_store::Table;
+
+use crate::service::HostFlags;
+
 /// VM records: VM name -> `Vm`.
-pub(crate) const VMS: &str = "vms";
+pub(crate) const VMS: Table<Vm> = Table::new("vms");
 /// Registered hosts: host name -> `Register`.
-pub(crate) const HOSTS: &str = "hosts";
+pub(crate) const HOSTS: Table<Register> = Table::new("hosts");
 /// Operator and HA flags of hosts: host name -> `HostFlags`.
-pub(crate) const HOST_FLAGS: &str = "host_flags";
+pub(crate) const HOST_FLAGS: Table<HostFlags> = Table::new("host_flags");
 /// The event log: time-ordered key -> `Event`.
-pub(crate) const EVENTS: &str = "events";
+pub(crate) const EVENTS: Table<Event> = Table::new("events");
 /// Profiles: profile name -> `Profile`.
-pub(crate) const PROFILES: &str = "profiles";
+pub(crate) const PROFILES: Table<Profile> = Table::new("profiles");
 /// Virtual clusters: cluster name -> `Cluster`.
-pub(crate) const CLUSTERS: &str = "clusters";
+pub(crate) const CLUSTERS: Table<Cluster> = Table::new("clusters");
 /// Address management: address -> the name of the VM holding it.
-pub(crate) const IPAM: &str = "ipam";
+pub(crate) const IPAM: Table<Name> = Table::new("ipam");
 /// Long operations: operation id -> `Operation`.
-pub(crate) const OPS: &str = "ops";
+pub(crate) const OPS: Table<Operation> = Table::new("ops");
 /// Live migrations and cold moves: migration id -> `Migration`.
-pub(crate) const MIGRATIONS: &str = "migrations";
+pub(crate) const MIGRATIONS: Table<Migration> = Table::new("migrations");
 /// DRS settings: `settings` -> `DrsSettings`.
-pub(crate) const DRS: &str = "drs";
+pub(crate) const DRS: Table<DrsSettings> = Table::new("drs");
 /// DRS round history: time-ordered key -> `DrsRound`.
-pub(crate) const DRS_ROUNDS: &str = "drs_rounds";
+pub(crate) const DRS_ROUNDS: Table<DrsRound> = Table::new("drs_rounds");

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use corral_api::agent::Register;
 use corral_api::{ApiError, Template};
-use corral_store::StoreExt;
 
 use crate::service::{lock, store_err, Controller};
 use crate::tables::HOSTS;
@@ -50,7 +49,7 @@ impl Controller {
     }
 
     pub fn templates(&self) -> Result<Vec<Template>, ApiError> {
-        let regs: Vec<Register> = self.store.list_json(HOSTS).map_err(store_err)?;
+        let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let mut out: BTreeMap<String, Template> = BTreeMap::new();
         for t in self.library() {
             out.insert(
@@ -97,7 +96,7 @@ impl Controller {
     /// callers for the same host and template share one transfer.
     pub(crate) async fn ensure_template(&self, host: &str, template: &str) -> Result<(), ApiError> {
         let has = |c: &Self| -> Result<bool, ApiError> {
-            let r: Option<Register> = c.store.get_json(HOSTS, host).map_err(store_err)?;
+            let r: Option<Register> = HOSTS.get(&*c.store, host).map_err(store_err)?;
             Ok(r.is_some_and(|r| r.templates.iter().any(|t| t.name == template)))
         };
         if has(self)? {
@@ -118,7 +117,7 @@ impl Controller {
                 let started = Instant::now();
                 let reg =
                     self.agent(host).map_err(|e| e.message)?.pull_template(template).await.map_err(|e| e.message)?;
-                self.store.put_json(HOSTS, host, &reg).map_err(|e| e.to_string())?;
+                HOSTS.put(&*self.store, host, &reg).map_err(|e| e.to_string())?;
                 self.event(
                     "template.sent",
                     host,

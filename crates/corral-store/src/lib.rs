@@ -10,10 +10,12 @@
 mod etcd_store;
 pub mod local_etcd;
 mod redb_store;
+mod table;
 
 pub use etcd_store::{EtcdStore, WriteGuard};
 pub use local_etcd::LocalEtcd;
 pub use redb_store::RedbStore;
+pub use table::Table;
 
 use serde::{de::DeserializeOwned, Serialize};
 

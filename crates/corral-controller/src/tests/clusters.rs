@@ -220,7 +220,10 @@ async fn a_deployment_cut_short_by_a_controller_crash_is_finished_by_the_reconci
     h.restart();
     h.beat("a");
     h.beat("b");
-    for _ in 0..50 {
+    // The reconciler runs as its loop would; a member whose first retry failed waits out its
+    // backoff (2 s, then 4 s), so allow for a few of those.
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
         h.c.reconcile_once().await;
         if h.c.vms().unwrap().iter().all(|v| v.state == VmState::Running && v.pending.is_none()) {
             break;
