@@ -93,14 +93,28 @@ pub struct DrsSettingsPatch {
     pub keep_on: Option<Vec<String>>,
 }
 
+/// Why a plan moves a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    /// Its host is (or is forecast to be) over the load limit.
+    Overload,
+    /// Its host is being emptied to go to standby.
+    Consolidate,
+}
+
+words!(wire MoveReason, "move reason", "overload or consolidate", {
+    Overload => "overload",
+    Consolidate => "consolidate",
+});
+
 /// One move of a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrsMove {
     pub vm: String,
     pub from: String,
     pub to: String,
-    /// `overload` or `consolidate`.
-    pub reason: String,
+    /// Why the plan moves it.
+    pub reason: MoveReason,
     /// Why, in words: the host's load against the limit, or the watts emptying it saves.
     pub why: String,
     /// Expected migration time (memory over the link), seconds.

@@ -103,7 +103,7 @@ fn round(r: &DrsRound) {
                         format!("  {}", m.vm),
                         m.from.clone(),
                         m.to.clone(),
-                        m.reason.clone(),
+                        m.reason.to_string(),
                         m.why.clone(),
                         format!("{:.1} s", m.expected_s),
                         m.outcome.clone().unwrap_or_else(|| "-".into()),

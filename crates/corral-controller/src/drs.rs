@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use corral_api::agent::Register;
-use corral_api::drs::{DrsMode, DrsMove, DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus, HostPower};
+use corral_api::drs::{DrsMode, DrsMove, DrsRound, DrsSettings, DrsSettingsPatch, DrsStatus, HostPower, MoveReason};
 use corral_api::migration::{MigrateVm, MigrationMode};
 use corral_api::{now_ms, ApiError, VmState};
 use corral_sched::drs::{
@@ -223,7 +223,7 @@ impl Controller {
             .map(|m| {
                 let (reason, why) = match m.reason {
                     Reason::Overload { load, limit } => (
-                        "overload",
+                        MoveReason::Overload,
                         format!(
                             "{} wants {:.0}% of its CPU, above the {:.0}% limit",
                             hn(m.from),
@@ -231,15 +231,16 @@ impl Controller {
                             limit * 100.0
                         ),
                     ),
-                    Reason::Consolidate { saves_watts } => {
-                        ("consolidate", format!("emptying {} for standby saves about {saves_watts:.0} W", hn(m.from)))
-                    }
+                    Reason::Consolidate { saves_watts } => (
+                        MoveReason::Consolidate,
+                        format!("emptying {} for standby saves about {saves_watts:.0} W", hn(m.from)),
+                    ),
                 };
                 DrsMove {
                     vm: pool.snap.vms[m.vm].name.clone(),
                     from: hn(m.from),
                     to: hn(m.to),
-                    reason: reason.into(),
+                    reason,
                     why,
                     expected_s: m.seconds,
                     outcome: None,

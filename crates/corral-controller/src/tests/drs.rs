@@ -47,7 +47,7 @@ async fn consolidation_empties_hosts_by_live_migration_and_puts_them_in_standby(
     }
     let rounds = h.c.drs_rounds(100).unwrap();
     let moves: Vec<_> = rounds.iter().filter(|r| r.executed).flat_map(|r| r.moves.iter()).collect();
-    assert!(moves.iter().any(|m| m.reason == "consolidate"), "{moves:?}");
+    assert!(moves.iter().any(|m| m.reason == corral_api::drs::MoveReason::Consolidate), "{moves:?}");
     assert!(
         moves.iter().all(|m| m.outcome.as_deref().is_some_and(|o| o.starts_with("mig-"))),
         "every move went through a live migration: {moves:?}"
