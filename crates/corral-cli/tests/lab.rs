@@ -122,6 +122,18 @@ fn counter(name: &str) -> Result<u64, Failed> {
     String::from_utf8_lossy(&o.stdout).trim().parse().map_err(|e| format!("counter of {name}: {e}").into())
 }
 
+/// The guest's counter, or, when it cannot be read, an error that also carries what the VM's
+/// record says and the end of its serial console, to tell a hung guest from a lost channel.
+fn counter_or_diagnosis(name: &str) -> Result<u64, Failed> {
+    counter(name).map_err(|e| {
+        let record =
+            vm(name).map(|v| v.to_string()).unwrap_or_else(|e| format!("(none: {})", e.message().unwrap_or("")));
+        let console = text(&corral(&["vm", "console", name]));
+        let tail: String = console.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("{}\nrecord: {record}\nend of its console:\n{tail}", e.message().unwrap_or("")).into()
+    })
+}
+
 fn create(name: &str, extra: &[&str]) -> Result<Value, Failed> {
     let mut a = vec!["vm", "create", name, "--template", "base", "--vcpus", "1", "--memory", "128M"];
     a.extend(extra);
