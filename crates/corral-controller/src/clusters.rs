@@ -156,11 +156,11 @@ impl Controller {
 
     /// Writes member records and their addresses (and the cluster) in one batch.
     fn write_members(&self, c: &Cluster, vms: &[Vm]) -> Result<(), ApiError> {
-        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), c).map_err(store_err)?];
+        let mut ops = vec![CLUSTERS.put_op(&c.name, c).map_err(store_err)?];
         for v in vms {
-            ops.push(VMS.put_op(v.def.name.to_string(), v).map_err(store_err)?);
+            ops.push(VMS.put_op(&v.def.name, v).map_err(store_err)?);
             if let Some(ip) = &v.def.ip {
-                ops.push(IPAM.put_op(ipam_key(ip), &v.def.name).map_err(store_err)?);
+                ops.push(IPAM.put_op(&ipam_key(ip), &v.def.name).map_err(store_err)?);
             }
         }
         self.store.apply(ops).map_err(store_err)
@@ -342,13 +342,13 @@ impl Controller {
         }
         let victims: Vec<Vm> = members.into_iter().rev().take((have - size) as usize).collect();
         c.size = size;
-        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), &c).map_err(store_err)?];
+        let mut ops = vec![CLUSTERS.put_op(&c.name, &c).map_err(store_err)?];
         for v in &victims {
             let mut v = v.clone();
             v.pending = Some(Pending::Delete);
             v.state = VmState::Deleting;
             v.usage = None;
-            ops.push(VMS.put_op(v.def.name.to_string(), &v).map_err(store_err)?);
+            ops.push(VMS.put_op(&v.def.name, &v).map_err(store_err)?);
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterScale, name, victims.len() as u32, vec![]);
@@ -397,12 +397,12 @@ impl Controller {
         let mut c = self.cluster(name)?;
         c.state = ClusterState::Deleting;
         let members = self.members(name)?;
-        let mut ops = vec![CLUSTERS.put_op(c.name.clone(), &c).map_err(store_err)?];
+        let mut ops = vec![CLUSTERS.put_op(&c.name, &c).map_err(store_err)?];
         for v in &members {
             let mut v = v.clone();
             v.pending = Some(Pending::Delete);
             v.usage = None;
-            ops.push(VMS.put_op(v.def.name.to_string(), &v).map_err(store_err)?);
+            ops.push(VMS.put_op(&v.def.name, &v).map_err(store_err)?);
         }
         self.store.apply(ops).map_err(store_err)?;
         let op = self.new_op(OpKind::ClusterDelete, name, members.len() as u32, vec![]);

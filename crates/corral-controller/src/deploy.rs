@@ -285,7 +285,7 @@ impl Controller {
         self.agent(&vm.host)?.delete(name, &vm.def.uuid).await?;
         let mut ops = vec![VMS.delete_op(name)];
         if let Some(ip) = &vm.def.ip {
-            ops.push(IPAM.delete_op(ipam_key(ip)));
+            ops.push(IPAM.delete_op(&ipam_key(ip)));
         }
         self.store.apply(ops).map_err(store_err)?;
         self.forget_usage(name);

@@ -72,6 +72,13 @@ impl Controller {
         MIGRATIONS.put(&*self.store, &m.id, m).map_err(store_err)
     }
 
+    /// Writes a migration and its VM's record in one batch: neither lands without the other.
+    fn put_migration_and_vm(&self, m: &Migration, vm: &Vm) -> Result<(), ApiError> {
+        let ops =
+            vec![MIGRATIONS.put_op(&m.id, m).map_err(store_err)?, VMS.put_op(&vm.def.name, vm).map_err(store_err)?];
+        self.store.apply(ops).map_err(store_err)
+    }
+
     /// Checks a request and chooses the destination. Called under the placing lock.
     fn destination(&self, vm: &Vm, to: Option<&str>) -> Result<String, ApiError> {
         let name = &vm.def.name;
@@ -180,12 +187,7 @@ impl Controller {
             vm.migration = Some(MigrationRef { id, to });
             vm.usage = None;
             // Intent first: both records exist before any host is asked to act.
-            self.store
-                .apply(vec![
-                    MIGRATIONS.put_op(m.id.as_str(), &m).map_err(store_err)?,
-                    VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
-                ])
-                .map_err(store_err)?;
+            self.put_migration_and_vm(&m, &vm)?;
             m
         };
         tracing::info!("migration {} of {name}: {} → {} ({})", m.id, m.source, m.destination, m.mode.as_str());
@@ -297,12 +299,7 @@ impl Controller {
         m.started_ms = Some(now_ms());
         vm.state = VmState::Migrating;
         vm.usage = None;
-        self.store
-            .apply(vec![
-                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
-                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
-            ])
-            .map_err(store_err)?;
+        self.put_migration_and_vm(m, &vm)?;
         self.ensure_template(&m.destination, &vm.def.template).await?;
         // The destination joins the VM's network before the VM arrives there.
         self.sync_networks().await;
@@ -413,12 +410,7 @@ impl Controller {
         m.state = MigrationState::Completed;
         m.result = "completed".into();
         m.ended_ms.get_or_insert(now_ms());
-        self.store
-            .apply(vec![
-                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
-                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
-            ])
-            .map_err(store_err)?;
+        self.put_migration_and_vm(m, &vm)?;
         self.sync_networks().await;
         if let Err(e) = self.agent(&m.source)?.delete_copy(&m.vm, &m.uuid).await {
             tracing::warn!(
@@ -498,12 +490,7 @@ impl Controller {
             };
         }
         m.ended_ms = Some(now_ms());
-        self.store
-            .apply(vec![
-                MIGRATIONS.put_op(m.id.as_str(), &*m).map_err(store_err)?,
-                VMS.put_op(vm.def.name.as_str(), &vm).map_err(store_err)?,
-            ])
-            .map_err(store_err)?;
+        self.put_migration_and_vm(m, &vm)?;
         self.sync_networks().await;
         self.event("vm.migration-failed", &m.vm, format!("{} → {}: {}", m.source, m.destination, m.result));
         Ok(())

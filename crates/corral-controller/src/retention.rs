@@ -108,7 +108,7 @@ impl Controller {
     ) -> usize {
         let mut n = 0;
         for chunk in keys.chunks(100) {
-            let ops = chunk.iter().map(|k| table.delete_op(k.as_str())).collect();
+            let ops = chunk.iter().map(|k| table.delete_op(k)).collect();
             match self.store.apply(ops).map_err(store_err) {
                 Ok(()) => n += chunk.len(),
                 Err(e) => {

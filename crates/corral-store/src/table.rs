@@ -73,13 +73,13 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
     }
 
     /// The write of `value` under `key`, for a batch ([`Store::apply`]).
-    pub fn put_op(&self, key: impl Into<String>, value: &T) -> Result<Op> {
+    pub fn put_op(&self, key: &str, value: &T) -> Result<Op> {
         let value = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(Op::Put { table: self.name.into(), key: key.into(), value })
     }
 
     /// The removal of `key`, for a batch.
-    pub fn delete_op(&self, key: impl Into<String>) -> Op {
+    pub fn delete_op(&self, key: &str) -> Op {
         Op::Delete { table: self.name.into(), key: key.into() }
     }
 }
