@@ -50,15 +50,8 @@ async fn an_agent_asked_to_end_stops_its_loops_and_exits_cleanly() {
 
 /// A controller on etcd, on loopback.
 struct Controller {
-    child: Child,
+    process: common::Owned,
     url: String,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn controller_on(eps: &str, dir: &std::path::Path, name: &str, ttl_s: u32) -> Controller {
@@ -73,7 +66,7 @@ fn controller_on(eps: &str, dir: &std::path::Path, name: &str, ttl_s: u32) -> Co
         .stderr(log)
         .spawn()
         .expect("start a controller");
-    Controller { child, url: format!("http://{listen}") }
+    Controller { process: common::Owned(child), url: format!("http://{listen}") }
 }
 
 /// Whether the controller at `url` says it leads (None while it does not answer).
@@ -114,7 +107,7 @@ async fn a_leader_asked_to_end_hands_over_at_once_not_a_lease_later() {
     let b = controller_on(&eps, dir.path(), "b", TTL_S);
     wait_for(Duration::from_secs(30), "the second controller stands by", || says_leading(&b.url, false)).await;
 
-    let st = terminate(&mut a.child, Duration::from_secs(15));
+    let st = terminate(&mut a.process.0, Duration::from_secs(15));
     assert!(st.success(), "the leader exits cleanly: {st}");
     let took =
         wait_for(Duration::from_secs(TTL_S as u64 + 10), "the standby leads", || says_leading(&b.url, true)).await;

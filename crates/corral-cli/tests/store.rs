@@ -2,7 +2,7 @@
 //! file is copied into a real 3-member etcd cluster on loopback, and a controller started on
 //! etcd serves it. Bad store names get a clear error.
 
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use corral_store::{EtcdStore, LocalEtcd, RedbStore, Store, StoreExt};
@@ -15,15 +15,7 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A controller this test started, killed by PID when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 #[test]
 fn state_migrates_from_redb_to_etcd_and_a_controller_serves_it() {
@@ -60,7 +52,7 @@ fn state_migrates_from_redb_to_etcd_and_a_controller_serves_it() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let url = format!("http://127.0.0.1:{port}");
     let data = dir.path().join("controller");
-    let _c = Daemon(
+    let _c = common::Owned(
         Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["controller", "--listen", &format!("127.0.0.1:{port}"), "--etcd", &eps])
             .arg("--data")

@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A process a test started, killed by its PID (and reaped) when dropped.
+pub struct Owned(pub Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub const TOKEN: &str = "hostile-input-test-token";
 
 /// A daemon process, killed when dropped.
