@@ -57,8 +57,8 @@ async fn probe(qemu: &str, template: Option<&Template>, scratch: &Path) -> Verdi
     if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         return tcg("/dev/kvm is not usable".into());
     }
-    let Some(t) = template else {
-        return tcg("no template to test-boot KVM with".into());
+    let Some((kernel, initrd)) = template.and_then(|t| t.direct.as_ref()) else {
+        return tcg("no directly booted template to test-boot KVM with".into());
     };
     tracing::info!("accelerator: test-booting the guest kernel under KVM (at most {} s)", PROBE_TIMEOUT.as_secs());
     let log = scratch.join("accel-probe.log");
@@ -68,9 +68,9 @@ async fn probe(qemu: &str, template: Option<&Template>, scratch: &Path) -> Verdi
     let mut child = match tokio::process::Command::new(qemu)
         .args(["-accel", "kvm", "-m", "128", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .arg("-kernel")
-        .arg(&t.kernel)
+        .arg(kernel)
         .arg("-initrd")
-        .arg(&t.initrd)
+        .arg(initrd)
         .args(["-append", "console=ttyS0 panic=-1", "-serial"])
         .arg(format!("file:{}", log.display()))
         .stdin(std::process::Stdio::null())

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod boot;
 pub mod config;
 pub mod fence;
 pub mod fetch;
@@ -14,6 +15,7 @@ pub mod netdev;
 pub mod private;
 pub mod qemu;
 pub mod qmp;
+pub mod seed;
 pub mod templates;
 pub mod uplink;
 pub mod vm;
@@ -150,7 +152,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tpls.is_empty() {
         tracing::warn!("no templates in {}: VMs cannot be created until some are added", cfg.templates_dir.display());
     }
-    let verdict = accel::choose(cfg.accel, &cfg.qemu, tpls.first(), cfg.accel_cache.as_deref(), &cfg.data_dir).await;
+    let verdict = accel::choose(
+        cfg.accel,
+        &cfg.qemu,
+        tpls.iter().find(|t| t.direct.is_some()),
+        cfg.accel_cache.as_deref(),
+        &cfg.data_dir,
+    )
+    .await;
     tracing::info!("accelerator: {} ({})", verdict.accel.as_str(), verdict.note);
     let net = match netdev::Net::open() {
         Ok(n) => Some(n),

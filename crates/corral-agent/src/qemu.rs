@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_api::image::GuestAgentKind;
 use corral_api::{agent::VmDefinition, Accel};
 
-use crate::templates::Template;
+use crate::boot::Plan;
 
 /// Files of one VM in its directory.
 #[derive(Debug, Clone)]
@@ -43,6 +44,14 @@ impl VmPaths {
     pub fn saved_state(&self) -> PathBuf {
         self.dir.join("memory.state")
     }
+    /// The VM's UEFI variable store (UEFI boot only).
+    pub fn efivars(&self) -> PathBuf {
+        self.dir.join("efivars.fd")
+    }
+    /// Its cloud-init NoCloud seed volume (firmware boot only).
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join("seed.iso")
+    }
     /// QEMU's own messages (its standard error, kept after it daemonizes).
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join("qemu.log")
@@ -58,30 +67,27 @@ pub fn tap_name(def: &VmDefinition) -> String {
 }
 
 /// The QEMU command line of a VM. `incoming` starts it waiting for a saved or migrated state.
-pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel, incoming: bool) -> Vec<String> {
-    let mut append = format!(
-        "console=ttyS0 root=/dev/vda rw quiet panic=-1 corral.name={} corral.uuid={} corral.workload={}",
-        def.name, def.uuid, def.workload
-    );
-    if let Some(ip) = &def.ip {
-        append.push_str(&format!(" corral.ip={ip}"));
-    }
-    if let Some(n) = def.network {
-        append.push_str(&format!(" corral.mtu={}", n.mtu));
-    }
+pub fn command_line(
+    def: &VmDefinition,
+    boot: &Plan,
+    agent: GuestAgentKind,
+    p: &VmPaths,
+    accel: Accel,
+    incoming: bool,
+) -> Vec<String> {
     let s = |x: &Path| x.display().to_string();
     let mut a: Vec<String> = vec![
         "-name".into(),
         format!("{},process=corral-{}", def.name, def.name),
         "-uuid".into(),
         def.uuid.to_string(),
-        "-machine".into(),
-        "pc".into(),
         "-accel".into(),
-        // TCG's translation cache defaults to 1 GiB; a small guest needs far less.
-        match accel {
-            Accel::Tcg => "tcg,tb-size=64".into(),
-            Accel::Kvm => "kvm".into(),
+        // TCG's translation cache defaults to 1 GiB; a small guest needs far less, and a full
+        // OS runs as fast with 256 MiB.
+        match (accel, boot.firmware()) {
+            (Accel::Tcg, false) => "tcg,tb-size=64".into(),
+            (Accel::Tcg, true) => "tcg,tb-size=256".into(),
+            (Accel::Kvm, _) => "kvm".into(),
         },
         "-m".into(),
         ram_size(def.memory_mib, accel),
@@ -91,21 +97,45 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-no-user-config".into(),
         "-display".into(),
         "none".into(),
-        "-no-reboot".into(),
-        "-kernel".into(),
-        s(&t.kernel),
-        "-initrd".into(),
-        s(&t.initrd),
-        "-append".into(),
-        append,
+    ];
+    a.extend(boot.args());
+    if let Plan::Direct { .. } = boot {
+        let mut append = format!(
+            "console=ttyS0 root=/dev/vda rw quiet panic=-1 corral.name={} corral.uuid={} corral.workload={}",
+            def.name, def.uuid, def.workload
+        );
+        if let Some(ip) = &def.ip {
+            append.push_str(&format!(" corral.ip={ip}"));
+        }
+        if let Some(n) = def.network {
+            append.push_str(&format!(" corral.mtu={}", n.mtu));
+        }
+        // The busybox guest panics rather than hangs; its QEMU then ends.
+        a.extend(["-no-reboot".into(), "-append".into(), append]);
+    }
+    a.extend([
         "-drive".into(),
         format!("file={},if=virtio,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+    ]);
+    if boot.firmware() {
+        a.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=seed0,format=raw,readonly=on", s(&p.seed())),
+            "-device".into(),
+            "virtio-blk-pci,drive=seed0".into(),
+        ]);
+    }
+    let port = match agent {
+        GuestAgentKind::Qemu => "org.qemu.guest_agent.0",
+        GuestAgentKind::Corral | GuestAgentKind::None => "org.corral.guest.0",
+    };
+    a.extend([
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
         format!("socket,id=guest0,path={},server=on,wait=off", s(&p.guest())),
         "-device".into(),
-        "virtserialport,chardev=guest0,name=org.corral.guest.0".into(),
+        format!("virtserialport,chardev=guest0,name={port}"),
         "-chardev".into(),
         format!(
             "socket,id=con0,path={},server=on,wait=off,logfile={},logappend=on",
@@ -127,7 +157,7 @@ pub fn command_line(def: &VmDefinition, t: &Template, p: &VmPaths, accel: Accel,
         "-D".into(),
         s(&p.dir.join("qemu-trace.log")),
         "-daemonize".into(),
-    ];
+    ]);
     if incoming {
         a.push("-incoming".into());
         a.push("defer".into());

@@ -34,14 +34,19 @@ pub async fn pull(
         return Err(crate::fetch::FetchError::NotFound(format!("{base}/meta")));
     }
     let meta: Meta = resp.error_for_status().map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    meta.check().map_err(|e| format!("template {name:?} from the controller: {e}"))?;
+    let direct = meta.kernel.is_some();
     let local = Meta {
-        kernel: format!("{name}.vmlinuz"),
-        initrd: format!("{name}.initrd"),
+        kernel: direct.then(|| format!("{name}.vmlinuz")),
+        initrd: direct.then(|| format!("{name}.initrd")),
         disk: format!("{name}.qcow2"),
         ..meta
     };
-    for (part, file) in [("kernel", &local.kernel), ("initrd", &local.initrd), ("disk", &local.disk)] {
-        crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file)).await?;
+    let parts = [("disk", Some(&local.disk)), ("kernel", local.kernel.as_ref()), ("initrd", local.initrd.as_ref())];
+    for (part, file) in parts {
+        if let Some(file) = file {
+            crate::fetch::download(http, &format!("{base}/{part}"), token, &dir.join(file)).await?;
+        }
     }
     let bytes = serde_json::to_vec_pretty(&local).map_err(|e| e.to_string())?;
     let tmp = dir.join(format!("{name}.json.partial"));

@@ -46,6 +46,14 @@ pub struct VmDefinition {
     /// isolated (fencing); one without HA never is.
     #[serde(default)]
     pub ha: crate::HaPolicy,
+    /// The firmware it boots with, for an image that boots from its disk (none: the image's
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<crate::image::Firmware>,
+    /// SSH public keys cloud-init installs for the image's default user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ssh_keys: Vec<crate::image::SshKey>,
 }
 
 /// Which virtual network a NIC joins.
@@ -172,6 +180,10 @@ pub struct TemplateInfo {
     pub size_bytes: u64,
     pub kernel_version: String,
     pub os: String,
+    #[serde(default)]
+    pub boot: crate::image::Boot,
+    #[serde(default)]
+    pub guest_agent: crate::image::GuestAgentKind,
 }
 
 /// The runtime status of one VM on an agent.

@@ -78,6 +78,15 @@ pub struct Profile {
     /// For `network = "bridged"`: the host interface, VLAN and address range.
     #[serde(default)]
     pub bridged: Option<Bridged>,
+    /// The firmware members boot with (`firmware = "uefi"`), for an image that boots from its
+    /// disk; none: the image's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<crate::image::Firmware>,
+    /// SSH public keys cloud-init installs in members (`ssh_keys = ["ssh-ed25519 ..."]`),
+    /// with those given when a cluster is created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ssh_keys: Vec<crate::image::SshKey>,
     /// The TOML the profile was made from, as the user wrote it.
     pub source: String,
 }
@@ -214,6 +223,10 @@ pub struct CreateCluster {
     /// MTU of the guests' NICs (576..1450, the underlay's 1500 less VXLAN's 50); 1450 when absent.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// SSH public keys for the members, added to the profile's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ssh_keys: Vec<crate::image::SshKey>,
 }
 
 /// `POST /v1/clusters/{name}/scale`.

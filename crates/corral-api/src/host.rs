@@ -171,6 +171,12 @@ pub struct Template {
     pub size_bytes: u64,
     pub kernel_version: String,
     pub os: String,
+    /// How it boots: `direct` (kernel and initrd), `bios` or `uefi` (from its disk).
+    #[serde(default)]
+    pub boot: crate::image::Boot,
+    /// The agent in its guests: `corral`, `qemu` or `none`.
+    #[serde(default)]
+    pub guest_agent: crate::image::GuestAgentKind,
     /// Hosts that hold this template.
     #[serde(default)]
     pub hosts: Vec<String>,

@@ -13,6 +13,7 @@ pub mod drs;
 pub mod error;
 mod ha;
 mod host;
+pub mod image;
 pub mod migration;
 pub mod names;
 pub mod size;

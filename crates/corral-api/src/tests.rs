@@ -105,6 +105,8 @@ fn vm_json() -> serde_json::Value {
         "migration": {"id": "m-1", "to": "host-b"},
         "ha": "restart",
         "storage": "shared",
+        "firmware": "uefi",
+        "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW alice@laptop"],
     })
 }
 

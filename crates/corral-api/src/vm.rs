@@ -212,6 +212,14 @@ pub struct CreateVm {
     /// Where its disk lives; `local` when absent.
     #[serde(default)]
     pub storage: Storage,
+    /// The firmware it boots with, for an image that boots from its disk; the image's
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<crate::image::Firmware>,
+    /// SSH public keys cloud-init installs for the image's default user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ssh_keys: Vec<crate::image::SshKey>,
 }
 
 /// A storage pool: where a VM's disk lives.

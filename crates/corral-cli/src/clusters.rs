@@ -61,6 +61,10 @@ pub enum ClusterCmd {
         /// MTU of the members' NICs (default 1450: the underlay's 1500 less VXLAN's 50).
         #[arg(long)]
         mtu: Option<u32>,
+        /// A file of SSH public keys cloud-init installs in every member (repeatable), with
+        /// the profile's `ssh_keys`.
+        #[arg(long = "ssh-key", value_name = "FILE")]
+        ssh_keys: Vec<PathBuf>,
         /// Return at once with the operation id.
         #[arg(long)]
         no_wait: bool,
@@ -211,7 +215,8 @@ pub(crate) async fn start(c: &Client, op: Operation, no_wait: bool, json: bool) 
 
 pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
     match cmd {
-        ClusterCmd::Create { name, profile, size, spread, pack, subnet, vni, mtu, no_wait } => {
+        ClusterCmd::Create { name, profile, size, spread, pack, subnet, vni, mtu, ssh_keys, no_wait } => {
+            let ssh_keys = crate::keys::read(&ssh_keys)?;
             let policy = if pack {
                 Some(PlacementPolicy::Pack)
             } else if spread {
@@ -230,6 +235,7 @@ pub async fn cluster(cmd: ClusterCmd, c: &Client, json: bool) -> Result<i32> {
                         subnet,
                         vni,
                         mtu,
+                        ssh_keys,
                     },
                 )
                 .await?;

@@ -10,6 +10,7 @@ mod daemons;
 mod drs;
 mod ha;
 mod hosts;
+mod keys;
 mod lab;
 mod migrate;
 mod output;

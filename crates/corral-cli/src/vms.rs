@@ -42,6 +42,13 @@ pub enum VmCmd {
         /// Where its disk lives: local (on its host) or shared (the pool every host mounts).
         #[arg(long, default_value = "local")]
         storage: Storage,
+        /// Firmware, for an image that boots from its disk: bios or uefi (default: the image's).
+        #[arg(long)]
+        firmware: Option<String>,
+        /// A file of SSH public keys cloud-init installs for the image's default user
+        /// (repeatable).
+        #[arg(long = "ssh-key", value_name = "FILE")]
+        ssh_keys: Vec<std::path::PathBuf>,
     },
     /// List VMs.
     List,
@@ -90,7 +97,7 @@ pub enum VmCmd {
 pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage } => {
+        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage, firmware, ssh_keys } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
             let m = anyhow::Error::msg;
             let req = CreateVm {
@@ -103,6 +110,8 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
                 start: !no_start,
                 ha,
                 storage,
+                firmware: firmware.map(|f| f.parse()).transpose().map_err(|e: String| m(format!("--firmware: {e}")))?,
+                ssh_keys: crate::keys::read(&ssh_keys)?,
             };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }

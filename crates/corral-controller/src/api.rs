@@ -200,8 +200,18 @@ async fn template_file(State(c): C, Path((name, part)): Path<(String, String)>) 
         .ok_or_else(|| ApiError::not_found(format!("the library has no template {name:?}")))?;
     let path = match part.as_str() {
         "meta" => return Ok(Json(t.t.meta.clone()).into_response()),
-        "kernel" => t.t.kernel,
-        "initrd" => t.t.initrd,
+        "kernel" | "initrd" => {
+            let Some((kernel, initrd)) = t.t.direct else {
+                return Err(
+                    ApiError::not_found(format!("template {name:?} boots from its disk: it has no {part}")).into()
+                );
+            };
+            if part == "kernel" {
+                kernel
+            } else {
+                initrd
+            }
+        }
         "disk" => t.t.disk,
         _ => return Err(ApiError::not_found(format!("no template part {part:?}")).into()),
     };

@@ -108,6 +108,8 @@ impl Controller {
                     network: (c.vni != 0).then_some(corral_api::agent::NetAttach { vni: c.vni, mtu: c.mtu }),
                     storage: p.storage,
                     ha: p.ha,
+                    firmware: p.firmware,
+                    ssh_keys: p.ssh_keys.clone(),
                 },
                 state: VmState::Starting,
                 host: String::new(),
@@ -198,6 +200,12 @@ impl Controller {
                 }
             };
             let (vni, mtu) = self.choose_vni_mtu(req.vni, req.mtu, profile.bridged.is_some())?;
+            let mut profile = profile;
+            for k in &req.ssh_keys {
+                if !profile.ssh_keys.contains(k) {
+                    profile.ssh_keys.push(k.clone());
+                }
+            }
             let c = Cluster {
                 vni,
                 mtu,

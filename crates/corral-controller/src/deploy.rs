@@ -115,6 +115,8 @@ impl Controller {
                     network: None,
                     storage: req.storage,
                     ha,
+                    firmware: req.firmware,
+                    ssh_keys: req.ssh_keys.clone(),
                 },
                 state: if req.start { VmState::Starting } else { VmState::Inactive },
                 host,

@@ -49,6 +49,10 @@ struct ProfileToml {
     storage: Option<String>,
     #[serde(default)]
     bridged: Option<corral_api::cluster::Bridged>,
+    #[serde(default)]
+    firmware: Option<String>,
+    #[serde(default)]
+    ssh_keys: Vec<String>,
 }
 
 impl Controller {
@@ -118,8 +122,28 @@ impl Controller {
         };
         let asked = t.ha.as_deref().map(str::parse).transpose().map_err(|e: String| bad(format!("field `ha`: {e}")))?;
         let ha = crate::ha_policy::resolve_ha(asked, storage).map_err(|e| bad(format!("field `ha`: {}", e.message)))?;
+        let firmware = t
+            .firmware
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| bad(format!("field `firmware`: {e}")))?;
+        if firmware.is_some() && tpl.boot == corral_api::image::Boot::Direct {
+            return Err(bad(format!(
+                "field `firmware`: template {} boots directly (kernel and initrd), not from firmware: remove the field",
+                tpl.name
+            )));
+        }
+        let ssh_keys = t
+            .ssh_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| k.parse().map_err(|e: String| bad(format!("field `ssh_keys`, key {}: {e}", i + 1))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Profile {
             ha,
+            firmware,
+            ssh_keys,
             storage,
             name: name.to_string(),
             template: t.template,

@@ -59,6 +59,8 @@ impl Controller {
                     size_bytes: t.size_bytes,
                     kernel_version: t.kernel_version.clone(),
                     os: t.os.clone(),
+                    boot: t.t.meta.boot,
+                    guest_agent: t.t.meta.guest_agent,
                     hosts: vec![],
                 },
             );
@@ -71,6 +73,8 @@ impl Controller {
                         size_bytes: t.size_bytes,
                         kernel_version: t.kernel_version.clone(),
                         os: t.os.clone(),
+                        boot: t.boot,
+                        guest_agent: t.guest_agent,
                         hosts: vec![],
                     })
                     .hosts

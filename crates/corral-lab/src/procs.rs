@@ -81,7 +81,7 @@ fn link_templates(from: &Path, to: &Path) -> Result<()> {
     let (templates, _) = corral_api::template_dir::scan(from);
     for t in templates {
         let meta = from.join(format!("{}.json", t.info.name));
-        for f in [&meta, &t.kernel, &t.initrd, &t.disk] {
+        for f in std::iter::once(meta.as_path()).chain(t.files()) {
             let name = f.file_name().context("template file without a name")?;
             let dst = tmp.join(name);
             if dst.exists() {

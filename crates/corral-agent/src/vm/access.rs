@@ -4,7 +4,6 @@
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmState};
 
 use super::{internal, Manager};
-use crate::guest;
 
 impl Manager {
     /// Runs a command in a running guest.
@@ -18,7 +17,8 @@ impl Manager {
         if req.argv.is_empty() {
             return Err(ApiError::bad_request("exec needs a command: corral vm exec NAME -- COMMAND [ARGS...]"));
         }
-        guest::exec(&e.paths.guest(), &req.argv, req.stdin.as_deref(), req.timeout_ms)
+        e.guest()
+            .exec(&req.argv, req.stdin.as_deref(), req.timeout_ms)
             .await
             .map_err(|err| ApiError::unavailable(err.to_string()))
     }

@@ -13,7 +13,8 @@ use corral_api::{ApiError, VmAction, VmState};
 use super::{internal, lock, Entry, Manager, VmRecord};
 use crate::qmp::{self, MigrationStatus, Monitor, RunState};
 use crate::templates::Template;
-use crate::{guest, qemu};
+use crate::{boot, qemu, seed};
+use corral_api::image::GuestAgentKind;
 
 /// The name under which a VM's saved-state file is handed to QEMU (`getfd`, then `fd:NAME`).
 const STATE_FD: &str = "corral-state";
@@ -128,13 +129,20 @@ impl Manager {
     }
 
     /// Starts the VM's QEMU (`incoming`: waiting for a saved or migrated state), records its
-    /// PID and puts its NIC on its network.
+    /// PID and puts its NIC on its network. A firmware-booted VM gets its cloud-init seed
+    /// first (made anew each time from its definition: the same identity wherever it starts).
     pub(super) async fn spawn_qemu(&self, e: &Entry, t: &Template, incoming: bool) -> Result<u32, ApiError> {
         let def = e.snapshot().def;
-        let args = qemu::command_line(&def, t, &e.paths, self.s.accel, incoming);
+        let plan = boot::plan(&def, t, &e.paths).map_err(|err| ApiError::bad_request(err.to_string()))?;
+        if plan.firmware() {
+            seed::write(&def, &e.paths.seed()).await.map_err(internal)?;
+        }
+        let agent = t.meta.guest_agent;
+        e.update(|r| r.guest_agent = agent)?;
+        let args = qemu::command_line(&def, &plan, agent, &e.paths, self.s.accel, incoming);
         // QEMU appends to the console log; made here, it is 0600.
         crate::private::touch(&e.paths.console_log()).map_err(internal)?;
-        guest::forget(&e.paths.guest());
+        e.guest().forget();
         let pid = qemu::spawn(&self.s.qemu, &args, &e.paths).await.map_err(ApiError::internal)?;
         e.update(|r| r.pid = Some(pid))?;
         if let (Some(n), Some(net)) = (def.network, &self.s.net) {
@@ -143,9 +151,26 @@ impl Manager {
         Ok(pid)
     }
 
+    /// Waits for the guest to be up: its agent answers. Corral's own agent must answer within
+    /// the boot timeout or the VM is stopped (that guest is broken); a cloud image's agent may
+    /// be late or missing, so the VM then counts as running and its record says so. An image
+    /// without an agent is up when QEMU runs.
     async fn wait_ready(&self, e: &Entry, pid: u32, started: Instant) -> Result<(), ApiError> {
         let uuid = e.snapshot().def.uuid;
+        let guest = e.guest();
         let deadline = started + self.s.boot_timeout;
+        let running = |note: Option<String>| {
+            let ms = started.elapsed().as_millis() as u64;
+            e.update(|r| {
+                r.state = VmState::Running;
+                r.boot_ms = Some(ms);
+                r.error = note;
+            })
+            .map(|_| ())
+        };
+        if guest.kind == GuestAgentKind::None {
+            return running(Some("no guest agent in this image: running means QEMU runs".into()));
+        }
         loop {
             if !qemu::is_ours(pid, &uuid) {
                 return Err(ApiError::internal(format!(
@@ -153,13 +178,14 @@ impl Manager {
                     e.console_tail()
                 )));
             }
-            if guest::ping(&e.paths.guest(), Duration::from_secs(1)).await.is_ok() {
-                let ms = started.elapsed().as_millis() as u64;
-                e.update(|r| {
-                    r.state = VmState::Running;
-                    r.boot_ms = Some(ms);
-                })?;
-                return Ok(());
+            if guest.ping(Duration::from_secs(1)).await.is_ok() {
+                return running(None);
+            }
+            if Instant::now() >= deadline && guest.kind == GuestAgentKind::Qemu {
+                return running(Some(format!(
+                    "the guest agent did not answer within {} s: the VM runs, but exec and guest facts wait for it",
+                    self.s.boot_timeout.as_secs()
+                )));
             }
             if Instant::now() >= deadline {
                 qemu::kill(pid, &uuid).await;
@@ -183,8 +209,10 @@ impl Manager {
             if r.state == VmState::Paused {
                 let _ = qmp::run(&e.paths.qmp(), "cont", None).await;
             }
-            let graceful = qmp::run(&e.paths.qmp(), "system_powerdown", None).await.is_ok()
-                && qemu::wait_exit(pid, &r.def.uuid, self.s.stop_timeout).await;
+            // The guest agent's shutdown first (it works where ACPI is ignored), else the power
+            // button.
+            let asked = e.guest().shutdown().await || qmp::run(&e.paths.qmp(), "system_powerdown", None).await.is_ok();
+            let graceful = asked && qemu::wait_exit(pid, &r.def.uuid, self.s.stop_timeout).await;
             if !graceful {
                 tracing::warn!("VM {} did not power off within {:?}; forcing", r.def.name, self.s.stop_timeout);
                 let _ = qmp::run(&e.paths.qmp(), "quit", None).await;

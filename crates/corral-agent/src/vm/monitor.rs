@@ -9,7 +9,7 @@ use corral_api::agent::Ended;
 use corral_api::{VmState, VmUsage};
 
 use super::{lock, Entry, Manager};
-use crate::{guest, hostinfo, qemu};
+use crate::{hostinfo, qemu};
 
 /// A QEMU process's CPU counters at one instant: used time (clock ticks) and used plus
 /// run-queue waiting time of all its threads (ns), for the demand of the next sample.
@@ -91,7 +91,7 @@ impl Manager {
                 lock(&e.usage).1 = Some(mark);
             }
             if r.state == VmState::Running {
-                u.guest_mem_used_mib = guest::mem_used_mib(&e.paths.guest()).await;
+                u.guest_mem_used_mib = e.guest().mem_used_mib().await;
             }
             lock(&e.usage).0 = u;
             if let Err(err) = rotate_console(&e.paths.console_log(), CONSOLE_MAX) {

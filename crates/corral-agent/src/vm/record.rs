@@ -32,6 +32,9 @@ pub struct VmRecord {
     /// The live migration this copy takes part in.
     #[serde(default)]
     pub migration: Option<migrate::Role>,
+    /// The agent in its guest (from its image), set each time its QEMU starts.
+    #[serde(default)]
+    pub guest_agent: corral_api::image::GuestAgentKind,
 }
 
 #[derive(Debug)]
@@ -65,6 +68,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl Entry {
     pub(super) fn snapshot(&self) -> VmRecord {
         lock(&self.rec).clone()
+    }
+    /// The channel to the agent in its guest.
+    pub(super) fn guest(&self) -> crate::guest::Guest {
+        crate::guest::Guest { kind: lock(&self.rec).guest_agent, sock: self.paths.guest() }
     }
     /// Changes the record and writes it to disk before returning.
     pub(super) fn update(&self, f: impl FnOnce(&mut VmRecord)) -> Result<VmRecord, ApiError> {

@@ -64,8 +64,16 @@ impl Manager {
             }
             return Err(ApiError::already_exists(format!("a VM named {:?} already exists on this host", def.name)));
         }
-        let rec =
-            VmRecord { def: def.clone(), state, error: None, ended: None, pid: None, boot_ms: None, migration: None };
+        let rec = VmRecord {
+            def: def.clone(),
+            state,
+            error: None,
+            ended: None,
+            pid: None,
+            boot_ms: None,
+            migration: None,
+            guest_agent: Default::default(),
+        };
         let e = Arc::new(Entry {
             paths: VmPaths::new(self.s.data_dir.join("vms").join(&def.name)),
             op: Default::default(),

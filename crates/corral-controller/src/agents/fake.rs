@@ -189,6 +189,8 @@ impl FakeAgent {
                     size_bytes: 1 << 20,
                     kernel_version: "6.1".into(),
                     os: "fake".into(),
+                    boot: Default::default(),
+                    guest_agent: Default::default(),
                 })
                 .collect(),
             underlay: Some(std::net::Ipv4Addr::new(198, 18, 0, self.index)),

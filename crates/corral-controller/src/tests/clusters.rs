@@ -26,6 +26,7 @@ fn cluster(name: &str, profile: &str, size: u32) -> CreateCluster {
         subnet: None,
         vni: None,
         mtu: None,
+        ssh_keys: vec![],
     }
 }
 

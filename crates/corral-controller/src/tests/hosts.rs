@@ -95,6 +95,7 @@ async fn a_clusters_network_follows_its_members_to_new_hosts() {
         subnet: None,
         vni: None,
         mtu: None,
+        ssh_keys: vec![],
     };
     let op = h.c.create_cluster(req).await.unwrap();
     h.c.wait_operation(&op.id, 20).await.unwrap();

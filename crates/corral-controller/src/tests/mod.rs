@@ -150,6 +150,8 @@ pub(crate) fn create(name: &str) -> CreateVm {
         start: true,
         ha: None,
         storage: Default::default(),
+        firmware: None,
+        ssh_keys: vec![],
     }
 }
 
