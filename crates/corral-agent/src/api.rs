@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -17,6 +18,7 @@ use corral_api::agent::{
     ConsoleQuery, CreateRequest, DeleteQuery, ImportRequest, NetworkSpec, ProbeReply, ProbeRequest, PullRequest,
     Register, UuidQuery, VmStatus,
 };
+use corral_api::image::StreamKind;
 use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
 use corral_api::types::Name;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
@@ -53,6 +55,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .routes(routes!(action))
         .routes(routes!(exec))
         .routes(routes!(console))
+        .routes(routes!(stream))
         .routes(routes!(pull))
         .routes(routes!(import))
         .routes(routes!(put_network, delete_network))
@@ -137,6 +140,24 @@ async fn console(
     Query(q): Query<ConsoleQuery>,
 ) -> R<ConsoleChunk> {
     Ok(Json(a.vms.console(&name, q.offset)?))
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",
+    params(("kind" = String, Path, description = "console or vnc")),
+    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"), (status = 409, body = corral_api::ErrorBody)))]
+/// A live stream into a running VM (its serial console, or its VNC display) as a websocket.
+async fn stream(
+    State(a): State<Arc<Agent>>,
+    Path((name, kind)): Path<(Name, StreamKind)>,
+    ws: WebSocketUpgrade,
+) -> Result<axum::response::Response, HttpError> {
+    let (sock, log) = a.vms.stream_socket(&name, kind)?;
+    Ok(ws.on_upgrade(move |ws| async move {
+        match kind {
+            StreamKind::Console => crate::streams::console(ws, sock, log).await,
+            StreamKind::Vnc => crate::streams::vnc(ws, sock).await,
+        }
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/templates/pull", tag = "templates", request_body = PullRequest, responses((status = 200, body = Register, description = "the host's new inventory")))]

@@ -16,6 +16,7 @@ pub mod private;
 pub mod qemu;
 pub mod qmp;
 pub mod seed;
+pub mod streams;
 pub mod templates;
 pub mod uplink;
 pub mod vm;

@@ -48,6 +48,10 @@ impl VmPaths {
     pub fn efivars(&self) -> PathBuf {
         self.dir.join("efivars.fd")
     }
+    /// Its VNC display's socket (firmware boot only).
+    pub fn vnc(&self) -> PathBuf {
+        self.dir.join("vnc.sock")
+    }
     /// Its cloud-init NoCloud seed volume (firmware boot only).
     pub fn seed(&self) -> PathBuf {
         self.dir.join("seed.iso")
@@ -118,6 +122,8 @@ pub fn command_line(
         format!("file={},if=virtio,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
     ]);
     if boot.firmware() {
+        // A display for the graphical console, served as VNC on a socket only root reaches.
+        a.extend(["-device".into(), "VGA".into(), "-vnc".into(), format!("unix:{}", s(&p.vnc()))]);
         a.extend([
             "-drive".into(),
             format!("file={},if=none,id=seed0,format=raw,readonly=on", s(&p.seed())),
@@ -181,7 +187,7 @@ pub fn ram_size(memory_mib: u64, accel: Accel) -> String {
 
 /// Starts QEMU daemonized and returns its PID. QEMU's own error message is returned on failure.
 pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, String> {
-    for f in [p.qmp(), p.guest(), p.console_sock(), p.pidfile()] {
+    for f in [p.qmp(), p.guest(), p.console_sock(), p.vnc(), p.pidfile()] {
         let _ = std::fs::remove_file(f);
     }
     let log =

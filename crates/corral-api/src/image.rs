@@ -66,6 +66,17 @@ words!(wire GuestAgentKind, "guest agent", "corral, qemu or none", {
     None => "none",
 });
 
+/// A live stream into a VM (`/v1/vms/{name}/streams/{kind}`, a websocket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Its serial console, read and write.
+    Console,
+    /// Its graphical display, as VNC (RFB).
+    Vnc,
+}
+
+words!(wire StreamKind, "stream", "console or vnc", { Console => "console", Vnc => "vnc" });
+
 /// The public key types an SSH key may have.
 const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",

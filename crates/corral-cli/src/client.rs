@@ -49,6 +49,16 @@ impl Client {
         Ok(Self { inner: ControllerClient::new(base, token, settings).map_err(worded)? })
     }
 
+    /// The controller that leads as far as this client knows.
+    pub fn leader(&self) -> String {
+        self.inner.leader()
+    }
+
+    /// The bearer token it sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.inner.token()
+    }
+
     /// GET `path` from every controller of the list, each on its own (no leader following).
     pub async fn get_each(&self, path: &str) -> Vec<(String, Result<serde_json::Value>)> {
         self.inner

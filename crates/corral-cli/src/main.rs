@@ -16,6 +16,7 @@ mod migrate;
 mod output;
 mod sim;
 mod store;
+mod streams;
 mod templates;
 mod tokens;
 mod vms;

@@ -79,9 +79,26 @@ pub enum VmCmd {
     /// Show the VM's serial console.
     Console {
         name: String,
-        /// Keep printing new output.
+        /// Print the console log and keep printing new output (read-only).
         #[arg(long, short)]
         follow: bool,
+        /// Print the console log and end (read-only); the default when standard input is not
+        /// a terminal and --interactive is not given.
+        #[arg(long, conflicts_with_all = ["follow", "interactive"])]
+        log: bool,
+        /// Attach read-write even when standard input is not a terminal.
+        #[arg(long, short)]
+        interactive: bool,
+    },
+    /// Serve a VM's graphical display on a local port for a VNC viewer.
+    Vnc {
+        name: String,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5900")]
+        listen: std::net::SocketAddr,
+        /// End after the first viewer leaves.
+        #[arg(long)]
+        once: bool,
     },
     /// Run a command in the guest; its exit code becomes corral's.
     Exec {
@@ -135,7 +152,13 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
                 eprintln!("deleted {name}");
             }
         }
-        VmCmd::Console { name, follow } => {
+        VmCmd::Console { name, follow: false, log: false, interactive }
+            if interactive || std::io::IsTerminal::is_terminal(&std::io::stdin()) =>
+        {
+            crate::streams::console(c, &name).await?;
+        }
+        VmCmd::Vnc { name, listen, once } => crate::streams::vnc(c, &name, listen, once).await?,
+        VmCmd::Console { name, follow, .. } => {
             use std::io::Write;
             let mut offset = 0;
             loop {

@@ -82,6 +82,9 @@ fn hostile_defs() -> Vec<(&'static str, Value)> {
         ("workload", with("workload", json!("idle init=/bin/sh"))),
         ("vcpus", with("vcpus", json!(100000))),
         ("memory_mib", with("memory_mib", json!(0))),
+        ("ssh_keys", with("ssh_keys", json!(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\nruncmd: [reboot]"]))),
+        ("ssh_keys", with("ssh_keys", json!(["command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"]))),
+        ("firmware", with("firmware", json!("uefi,file=/etc/shadow"))),
         ("romfile", extra),
     ]
 }
@@ -183,6 +186,11 @@ async fn the_controller_refuses_hostile_vm_requests_and_creates_nothing() {
         ("vcpus", with("vcpus", json!(0))),
         ("vcpus", with("vcpus", json!(257))),
         ("memory_mib", with("memory_mib", json!(1))),
+        (
+            "ssh_keys",
+            with("ssh_keys", json!(["ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW"])),
+        ),
+        ("firmware", with("firmware", json!("efi"))),
         ("unknown field `mac`", extra),
     ] {
         let (s, doc) = post(&c, "/v1/vms", &body.to_string()).await;
@@ -191,11 +199,35 @@ async fn the_controller_refuses_hostile_vm_requests_and_creates_nothing() {
     let (s, doc) = post(&c, "/v1/clusters", &json!({ "name": "../c", "profile": "p", "size": 1 }).to_string()).await;
     refused(s, &doc, "name", "a cluster named ../c");
     // Names in the path are checked as well.
-    for path in ["/v1/vms/a;touch%20%2Ftmp%2Fx;b", "/v1/vms/..%2Fx", "/v1/hosts/..%2F..%2Fetc"] {
+    for path in [
+        "/v1/vms/a;touch%20%2Ftmp%2Fx;b",
+        "/v1/vms/..%2Fx",
+        "/v1/hosts/..%2F..%2Fetc",
+        "/v1/vms/..%2Fx/streams/console",
+    ] {
         let r = reqwest::Client::new().get(format!("{}{path}", c.url)).bearer_auth(TOKEN).send().await.expect("answer");
         let s = r.status().as_u16();
         let doc: Value = r.json().await.unwrap_or(Value::Null);
         refused(s, &doc, "invalid name", path);
+    }
+    // A stream that does not exist, and one of a VM that does not.
+    for (path, status, says) in
+        [("/v1/vms/web1/streams/shell", 422, "console or vnc"), ("/v1/vms/web1/streams/console", 404, "web1")]
+    {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", c.url))
+            .bearer_auth(TOKEN)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .expect("answer");
+        let s = r.status().as_u16();
+        let doc: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(s, status, "{path}: {doc}");
+        assert!(doc["error"].as_str().unwrap_or_default().contains(says), "{path}: {doc}");
     }
     let vms: Value = reqwest::Client::new()
         .get(format!("{}/v1/vms", c.url))

@@ -17,6 +17,8 @@ mod clusters;
 mod control;
 #[path = "lab/drs.rs"]
 mod drs;
+#[path = "lab/guests.rs"]
+mod guests;
 #[path = "lab/ha.rs"]
 mod ha;
 #[path = "lab/migration.rs"]
@@ -576,6 +578,9 @@ fn main() {
         ),
         t("cluster_bad_input_changes_nothing", clusters::cluster_bad_input_changes_nothing),
         t("api_needs_token_and_serves_openapi", clusters::api_needs_the_token_and_describes_itself),
+        // The Debian trials share their cluster: the second one removes it.
+        tn("guest_debian_cluster_configured_by_cloud_init", guests::debian_cluster_is_configured_by_cloud_init),
+        t("guest_debian_boots_under_uefi_and_bios", guests::the_image_boots_under_uefi_and_bios),
         // The network trials share their clusters: they run in this order, without cleanup
         // between them, and the last one removes everything.
         tn("network_members_reach_each_other_across_hosts", networks::members_reach_each_other_across_hosts),

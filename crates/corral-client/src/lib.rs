@@ -121,6 +121,11 @@ impl ControllerClient {
         self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The bearer token it sends, if any (for a connection made outside it, e.g. a websocket).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn set_leader(&self, url: &str) {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = url.to_string();
     }

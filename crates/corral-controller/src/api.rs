@@ -72,6 +72,7 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(vm, delete))
         .routes(routes!(exec))
         .routes(routes!(console))
+        .routes(routes!(stream))
         .routes(routes!(action))
         .routes(routes!(profiles, create_profile))
         .routes(routes!(profile, replace_profile, delete_profile))
@@ -262,6 +263,21 @@ async fn exec(State(c): C, Path(name): Path<Name>, Json(req): Json<ExecRequest>)
     params(("offset" = Option<u64>, Query, description = "byte offset to read from")), responses((status = 200, body = ConsoleChunk)))]
 async fn console(State(c): C, Path(name): Path<Name>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
     Ok(Json(c.console(&name, q.offset).await?))
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",
+    params(("kind" = String, Path, description = "console or vnc")),
+    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// A live stream into a running VM as a websocket: its serial console (read and write; the
+/// recent output first), or its VNC display. The controller carries it to the VM's agent.
+async fn stream(
+    State(c): C,
+    Path((name, kind)): Path<(Name, corral_api::image::StreamKind)>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    let upstream = c.stream(&name, kind).await?;
+    Ok(ws.on_upgrade(move |ws| crate::streams::relay(ws, upstream)))
 }
 
 #[utoipa::path(get, path = "/v1/profiles", tag = "profiles", responses((status = 200, body = Vec<Profile>)))]

@@ -60,7 +60,13 @@ impl Controller {
         if let Some(w) = &req.workload {
             corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
         }
-        self.check_template(&req.template)?;
+        let t = self.check_template(&req.template)?;
+        if req.firmware.is_some() && t.boot == corral_api::image::Boot::Direct {
+            return Err(ApiError::bad_request(format!(
+                "template {} boots directly (kernel and initrd), not from firmware: leave --firmware unset",
+                t.name
+            )));
+        }
         Ok(())
     }
 

@@ -21,6 +21,7 @@ pub mod power;
 pub mod profiles;
 pub mod retention;
 pub mod service;
+pub mod streams;
 pub mod tables;
 pub mod templates;
 #[cfg(test)]

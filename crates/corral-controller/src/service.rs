@@ -276,6 +276,16 @@ impl Controller {
         let vm = self.vm(name)?;
         self.agent(&vm.host)?.console(name, offset).await
     }
+
+    /// Opens a live stream into a VM at its agent.
+    pub async fn stream(
+        &self,
+        name: &str,
+        kind: corral_api::image::StreamKind,
+    ) -> Result<crate::agents::AgentStream, ApiError> {
+        let vm = self.vm(name)?;
+        self.agent(&vm.host)?.stream(name, kind).await
+    }
 }
 
 pub(crate) fn apply_status(vm: &mut Vm, st: &VmStatus) {

@@ -1,6 +1,9 @@
 //! Reaching into a VM from outside: running a command in the guest and reading its serial
 //! console log.
 
+use std::path::PathBuf;
+
+use corral_api::image::StreamKind;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmState};
 
 use super::{internal, Manager};
@@ -21,6 +24,27 @@ impl Manager {
             .exec(&req.argv, req.stdin.as_deref(), req.timeout_ms)
             .await
             .map_err(|err| ApiError::unavailable(err.to_string()))
+    }
+
+    /// The socket of a live stream into a running VM, and its console log (for replay).
+    pub fn stream_socket(&self, name: &str, kind: StreamKind) -> Result<(PathBuf, PathBuf), ApiError> {
+        let e = self.entry(name)?;
+        let state = e.snapshot().state;
+        if !state.has_process() || state == VmState::Starting && !e.paths.console_sock().exists() {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is {state}: its {kind} is there only while it runs (start it first)"
+            )));
+        }
+        let sock = match kind {
+            StreamKind::Console => e.paths.console_sock(),
+            StreamKind::Vnc => e.paths.vnc(),
+        };
+        if !sock.exists() {
+            return Err(ApiError::not_found(format!(
+                "VM {name:?} has no {kind}: only VMs that boot from firmware have a graphical display"
+            )));
+        }
+        Ok((sock, e.paths.console_log()))
     }
 
     /// Reads the serial console log from `offset` (at most 64 KiB).

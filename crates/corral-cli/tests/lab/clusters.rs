@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{check, corral, fails, json, kill9, lab, lab_up, pid_alive, text, wait_for};
 
 /// Writes a profile file and creates the profile.
-fn profile(name: &str, toml: &str) -> Result<(), Failed> {
+pub(super) fn profile(name: &str, toml: &str) -> Result<(), Failed> {
     let f = lab().dir.join(format!("{name}.toml"));
     std::fs::write(&f, toml)?;
     let o = corral(&["profile", "create", name, "--file", &f.display().to_string()]);

@@ -459,6 +459,10 @@ impl AgentApi for FakeAgent {
         .await
     }
 
+    async fn stream(&self, name: &str, kind: corral_api::image::StreamKind) -> Result<super::AgentStream, ApiError> {
+        Err(ApiError::unavailable(format!("the fake agent has no {kind} stream for {name}")))
+    }
+
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError> {
         self.call(Op::Pull, format!("pull {name}"), |s| {
             s.templates.insert(name.to_string());

@@ -9,6 +9,7 @@ use corral_api::agent::{
     ConsoleQuery, CreateRequest, DeleteQuery, ImportRequest, NetworkSpec, ProbeReply, ProbeRequest, PullRequest,
     Register, UuidQuery, VmDefinition, VmStatus,
 };
+use corral_api::image::StreamKind;
 use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
 use corral_api::{ApiError, ConsoleChunk, ErrorBody, ErrorKind, ExecRequest, ExecResult, VmAction};
 
@@ -109,6 +110,39 @@ impl AgentApi for AgentClient {
     async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError> {
         let q = ConsoleQuery { offset };
         self.send(self.http.get(self.url_of(&format!("/v1/vms/{name}/console"))).query(&q)).await
+    }
+
+    async fn stream(&self, name: &str, kind: StreamKind) -> Result<super::AgentStream, ApiError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.url_of(&format!("/v1/vms/{name}/streams/{kind}"));
+        let ws_url = match url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", url.trim_start_matches("http://")),
+        };
+        let mut req = ws_url.into_client_request().map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(t) = &self.token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ApiError::internal("the token is not a valid header value"))?;
+            req.headers_mut().insert("authorization", v);
+        }
+        let connect = tokio_tungstenite::connect_async(req);
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Err(_) => Err(ApiError::unavailable(format!("host {} did not open the {kind} within 10 s", self.host))),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let code = resp.status().as_u16();
+                let body = resp.body().as_deref().and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+                Err(match body {
+                    Some(b) => ApiError::from_body(code, b),
+                    None => ApiError::new(
+                        ErrorKind::from_status(code),
+                        format!("host {} answered {}", self.host, resp.status()),
+                    ),
+                })
+            }
+            Ok(Err(e)) => Err(ApiError::unavailable(format!("host {} is unreachable ({e})", self.host))),
+        }
     }
 
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError> {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use corral_api::agent::{NetworkSpec, ProbeReply, ProbeRequest, Register, VmDefinition, VmStatus};
+use corral_api::image::StreamKind;
 use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
 
@@ -18,6 +19,9 @@ pub use http::AgentClient;
 /// One agent, as the controller sees it. Every call has a total deadline; an error's
 /// [`kind`](corral_api::ErrorKind) says what happened (`unavailable`: the agent could not be
 /// reached or did not answer in time).
+/// A websocket to an agent, carrying a VM's stream.
+pub type AgentStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 #[async_trait::async_trait]
 pub trait AgentApi: Send + Sync + std::fmt::Debug {
     /// The agent's base URL (another agent fetches a VM's files from it).
@@ -36,6 +40,8 @@ pub trait AgentApi: Send + Sync + std::fmt::Debug {
     async fn delete_copy(&self, name: &str, uuid: &uuid::Uuid) -> Result<(), ApiError>;
     async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError>;
     async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError>;
+    /// Opens a live stream into a running VM (its console or VNC display).
+    async fn stream(&self, name: &str, kind: StreamKind) -> Result<AgentStream, ApiError>;
     /// Fetches a template from the controller's library; answers the host's new inventory.
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError>;
     /// Sets a virtual network on the host as given.

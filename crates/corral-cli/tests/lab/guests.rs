@@ -1,0 +1,118 @@
+//! Real guest operating systems: the project's Debian 12 cloud image, booted from its own disk
+//! under BIOS and UEFI firmware, configured by cloud-init from Corral's NoCloud seed, and
+//! reached through the standard QEMU guest agent. These guests take about a minute to boot
+//! under TCG, so there are few of them: one 2-member cluster shared by the first trials, and
+//! one UEFI VM.
+
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use super::clusters::profile;
+use super::{check, corral, fails, json, lab, text};
+
+/// The throwaway SSH key pair the trials give the guests (made once per lab).
+fn ssh_key() -> Result<String, Failed> {
+    let key = lab().dir.join("id_ed25519");
+    if !key.exists() {
+        let o = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "corral-test", "-f"])
+            .arg(&key)
+            .output()?;
+        check(o.status.success(), format!("ssh-keygen: {}", String::from_utf8_lossy(&o.stderr)))?;
+    }
+    Ok(format!("{}.pub", key.display()))
+}
+
+/// Runs a command in a guest; returns (exit code, stdout, stderr).
+fn exec(vm: &str, cmd: &[&str]) -> Result<(i32, String, String), Failed> {
+    let mut a = vec!["vm", "exec", vm, "--"];
+    a.extend(cmd);
+    let o = corral(&a);
+    let code = o.status.code().ok_or("exec ended by a signal")?;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    Ok((code, out, err))
+}
+
+fn ok(vm: &str, cmd: &[&str]) -> Result<String, Failed> {
+    let (code, out, err) = exec(vm, cmd)?;
+    check(code == 0, format!("{vm}: {} exited {code}: {out}{err}", cmd.join(" ")))?;
+    Ok(out)
+}
+
+/// The cluster's members, as `cluster show` lists them.
+fn members(name: &str) -> Result<Vec<Value>, Failed> {
+    Ok(json(&["cluster", "show", name])?["members"].as_array().cloned().unwrap_or_default())
+}
+
+/// A 2-member Debian cluster from a profile, with an SSH key given at creation: cloud-init
+/// finishes, each member has the name and static address Corral assigned, the key is
+/// installed, commands run through qemu-guest-agent with their exit codes and output, and the
+/// members reach each other by name across hosts. The cluster stays for the next trial.
+pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
+    profile("debian-small", "template = \"debian12\"\nvcpus = 1\nmemory = \"1G\"\n")?;
+    let key = ssh_key()?;
+    let op = json(&["cluster", "create", "deb", "--profile", "debian-small", "--size", "2", "--ssh-key", &key])?;
+    check(op["state"] == "succeeded", format!("the cluster deployed: {op}"))?;
+    let ms = members("deb")?;
+    check(ms.len() == 2, format!("2 members: {ms:?}"))?;
+    let pubkey = std::fs::read_to_string(&key)?;
+    for m in &ms {
+        let name = m["name"].as_str().ok_or("member name")?;
+        check(m["state"] == "running", format!("{name} runs: {m}"))?;
+        check(m["error"].is_null(), format!("{name}'s guest agent answered at boot: {m}"))?;
+        // cloud-init's last stage may still run when the guest agent first answers.
+        let status = ok(name, &["cloud-init", "status", "--wait"])?;
+        check(status.contains("done"), format!("{name}: cloud-init finished: {status}"))?;
+        check(ok(name, &["hostname"])?.trim() == name, format!("{name}: its hostname is its name"))?;
+        let ip = m["ip"].as_str().ok_or("member address")?;
+        let addrs = ok(name, &["ip", "-4", "-o", "addr", "show", "eth0"])?;
+        check(addrs.contains(&format!("inet {ip}")), format!("{name}: eth0 has {ip}: {addrs}"))?;
+        let keys = ok(name, &["cat", "/home/debian/.ssh/authorized_keys"])?;
+        check(keys.contains(pubkey.trim()), format!("{name}: the SSH key is installed for debian: {keys}"))?;
+        let id = ok(name, &["cat", "/var/lib/cloud/data/instance-id"])?;
+        check(id.trim() == m["uuid"].as_str().unwrap_or_default(), format!("{name}: instance-id is its UUID: {id}"))?;
+    }
+    let (code, out, err) = exec("deb-1", &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    check(
+        (code, out.as_str(), err.as_str()) == (3, "out\n", "err\n"),
+        format!("exit code and streams: {code} {out:?} {err:?}"),
+    )?;
+    let (code, _, err) = exec("deb-1", &["no-such-program"])?;
+    check(code != 0 && !err.is_empty(), format!("a missing program is an error, not a hang: {code} {err}"))?;
+    // Corral keeps the members' /etc/hosts (through the guest agent): they find each other by
+    // name, over the cluster's network across hosts.
+    let ip2 = ms[1]["ip"].as_str().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+    let found = super::wait_for("deb-1 to resolve deb-2", Duration::from_secs(60), || {
+        ok("deb-1", &["getent", "hosts", "deb-2"]).ok().filter(|s| s.contains(&ip2))
+    })?;
+    check(found.contains("deb-2"), format!("deb-2 resolves: {found}"))?;
+    ok("deb-1", &["ping", "-c", "2", "-W", "5", "deb-2"]).map(|_| ())
+}
+
+/// The same image boots under UEFI (OVMF) when asked, and under BIOS by default; asking a
+/// directly booted image for firmware, or an unknown firmware, is refused before anything is
+/// made.
+pub fn the_image_boots_under_uefi_and_bios() -> Result<(), Failed> {
+    let v = json(&["vm", "create", "deb-uefi", "--template", "debian12", "--memory", "1G", "--firmware", "uefi"])?;
+    check(v["state"] == "running" && v["error"].is_null(), format!("the UEFI VM runs, its agent answered: {v}"))?;
+    let (code, _, _) = exec("deb-uefi", &["test", "-d", "/sys/firmware/efi"])?;
+    check(code == 0, "the UEFI VM booted through UEFI firmware (/sys/firmware/efi exists)")?;
+    let (code, _, _) = exec("deb-1", &["test", "-d", "/sys/firmware/efi"])?;
+    check(code == 1, format!("the default (BIOS) member has no EFI firmware: exit {code}"))?;
+    let msg = fails(&["vm", "create", "bad-fw", "--template", "base", "--firmware", "uefi"])?;
+    check(msg.contains("boots directly"), format!("firmware for a direct-boot image is refused: {msg}"))?;
+    let msg = fails(&["vm", "create", "bad-fw", "--template", "debian12", "--firmware", "efi"])?;
+    check(msg.contains("bios or uefi"), format!("an unknown firmware is refused: {msg}"))?;
+    let msg = fails(&["vm", "create", "bad-fw", "--template", "debian12", "--ssh-key", "/nonexistent.pub"])?;
+    check(msg.contains("cannot read it"), format!("a missing key file is refused: {msg}"))?;
+    let list = json(&["vm", "list"])?;
+    check(
+        !list.as_array().into_iter().flatten().any(|v| v["name"] == "bad-fw"),
+        "nothing was made by the refused requests",
+    )?;
+    let o = corral(&["vm", "stop", "deb-uefi"]);
+    check(o.status.success(), format!("a Debian VM stops cleanly: {}", text(&o)))
+}
