@@ -77,6 +77,117 @@ pub enum StreamKind {
 
 words!(wire StreamKind, "stream", "console or vnc", { Console => "console", Vnc => "vnc" });
 
+/// The query of `PUT /v1/images/{name}` (the body is the image file itself).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImage {
+    /// The file's format (qcow2, raw, vmdk, vhdx, vpc, vdi); probed when absent.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub format: Option<DiskFormat>,
+    /// How it boots: bios (default) or uefi.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub boot: Option<Boot>,
+    /// Every firmware it boots under, comma-separated (e.g. `bios,uefi`); `boot`'s when absent.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub firmware: Option<FirmwareList>,
+    /// The agent in its guests: qemu (default), none or corral.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub guest_agent: Option<GuestAgentKind>,
+    /// The file's SHA-256 (64 hex digits): the import is refused if it differs.
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub sha256: Option<Sha256Hex>,
+    /// What it is, shown in lists (printable, at most 64 characters).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub os: Option<Label>,
+}
+
+/// A disk image format Corral imports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFormat(String);
+
+impl std::ops::Deref for DiskFormat {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The formats [`DiskFormat`] takes (`qemu-img`'s names).
+pub const DISK_FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"];
+
+/// Several firmware, as `bios,uefi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareList(pub Vec<Firmware>);
+
+/// A SHA-256 as 64 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(pub String);
+
+/// A short printable label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label(pub String);
+
+macro_rules! string_type {
+    ($t:ty, $parse:expr, $show:expr) => {
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                ($parse)(s)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&($show)(self))
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_type!(
+    DiskFormat,
+    |s: &str| if DISK_FORMATS.contains(&s) {
+        Ok(DiskFormat(s.to_string()))
+    } else {
+        Err(format!("unknown disk format {s:?}: use one of {}", DISK_FORMATS.join(", ")))
+    },
+    |d: &DiskFormat| d.0.clone()
+);
+string_type!(
+    FirmwareList,
+    |s: &str| s.split(',').map(|f| f.trim().parse::<Firmware>()).collect::<Result<Vec<_>, _>>().map(FirmwareList),
+    |l: &FirmwareList| l.0.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+);
+string_type!(
+    Sha256Hex,
+    |s: &str| if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Sha256Hex(s.to_ascii_lowercase()))
+    } else {
+        Err("a SHA-256 is 64 hex digits (as sha256sum prints it)".to_string())
+    },
+    |h: &Sha256Hex| h.0.clone()
+);
+string_type!(
+    Label,
+    |s: &str| if !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control) {
+        Ok(Label(s.to_string()))
+    } else {
+        Err("a label is 1 to 64 printable characters".to_string())
+    },
+    |l: &Label| l.0.clone()
+);
+
 /// The public key types an SSH key may have.
 const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",

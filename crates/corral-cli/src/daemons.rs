@@ -95,6 +95,14 @@ pub struct ControllerArgs {
     /// Events, migrations and operations that ended longer ago than this are removed.
     #[arg(long, default_value = "30d", value_parser = duration_arg)]
     keep_for: Duration,
+    /// The largest image file `image import` takes (e.g. 64G).
+    #[arg(long, default_value = "64G", value_parser = size_arg)]
+    max_image_size: u64,
+}
+
+/// A size in bytes: `512M`, `64G`.
+fn size_arg(s: &str) -> Result<u64, String> {
+    corral_api::size::parse_mib(s).map(|m| m << 20)
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,6 +219,7 @@ impl ControllerArgs {
                 cpu_overcommit: self.cpu_overcommit,
                 memory_overcommit: self.memory_overcommit,
                 templates_dir: Some(self.templates.unwrap_or_else(|| cache_dir().join("guest"))),
+                max_image_bytes: self.max_image_size,
                 migrations_out: self.migrations_out,
                 migrations_in: self.migrations_in,
                 standby_command: self.standby_command,

@@ -73,8 +73,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: hosts::HostCmd,
     },
-    /// Templates (disk images with an OS preinstalled).
-    Template {
+    /// The image library: disk images with an OS preinstalled, which VMs are made from.
+    #[command(alias = "template")]
+    Image {
         #[command(subcommand)]
         cmd: templates::TemplateCmd,
     },
@@ -128,7 +129,7 @@ enum Cmd {
 }
 
 fn main() {
-    default_sigpipe();
+    default_sigpipe(stream_command(&std::env::args().collect::<Vec<_>>()));
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -159,7 +160,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Lab { cmd } => return lab::lab(cmd, o).await,
         Cmd::Sim { args } => sim::sim(args)?,
         Cmd::Host { cmd } => return hosts::host(cmd, &client()?, o).await,
-        Cmd::Template { cmd } => templates::template(cmd, &client()?, o).await?,
+        Cmd::Image { cmd } => templates::template(cmd, &client()?, o).await?,
         Cmd::Vm { cmd } => return vms::vm(cmd, &client()?, o).await,
         Cmd::Drs { cmd } => drs::drs(cmd, &client()?, o == Output::Json).await?,
         Cmd::Ha { cmd } => ha::ha(cmd, &client()?, o).await?,
@@ -187,11 +188,22 @@ fn init_logs(default: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// Whether the command streams over the network (an upload, a console, a VNC display): a
+/// peer that closes its socket must be an error it reports, not a SIGPIPE that ends it
+/// without a word.
+fn stream_command(args: &[String]) -> bool {
+    let words: Vec<&str> = args.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    matches!(words.as_slice(), ["image" | "template", "import" | "export", ..] | ["vm", "console" | "vnc", ..])
+}
+
 /// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the
 /// reader goes away, as Unix tools do (Rust ignores SIGPIPE, which turns it into a panic in
-/// `println!`).
+/// `println!`). Streaming commands keep it ignored (see [`stream_command`]).
 #[allow(unsafe_code)]
-fn default_sigpipe() {
+fn default_sigpipe(streaming: bool) {
+    if streaming {
+        return;
+    }
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid
     // disposition for SIGPIPE.
     let _ =

@@ -68,6 +68,8 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(uncordon))
         .routes(routes!(labels))
         .routes(routes!(templates))
+        .routes(routes!(images))
+        .routes(routes!(image, import_image, delete_image))
         .routes(routes!(vms, create))
         .routes(routes!(vm, delete))
         .routes(routes!(exec))
@@ -190,6 +192,45 @@ async fn labels(State(c): C, Path(name): Path<Name>, Json(l): Json<BTreeMap<Stri
 #[utoipa::path(get, path = "/v1/templates", tag = "templates", responses((status = 200, body = Vec<Template>)))]
 async fn templates(State(c): C) -> R<Vec<Template>> {
     Ok(Json(c.templates()?))
+}
+
+#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = Vec<Template>)))]
+/// The image library (templates are its images).
+async fn images(State(c): C) -> R<Vec<Template>> {
+    Ok(Json(c.templates()?))
+}
+
+#[utoipa::path(get, path = "/v1/images/{name}", tag = "images", responses((status = 200, body = Template), (status = 404, body = ErrorBody)))]
+async fn image(State(c): C, Path(name): Path<Name>) -> R<Template> {
+    c.templates()?
+        .into_iter()
+        .find(|t| t.name == name.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no image named {name:?} (see `corral image list`)")).into())
+}
+
+#[utoipa::path(put, path = "/v1/images/{name}", tag = "images", params(corral_api::image::ImportImage),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the image file"),
+    responses((status = 201, body = Template), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// Imports a disk image (qcow2, raw, vmdk, vhdx, vpc, vdi) into the library: checked,
+/// converted to qcow2, then usable as a template.
+async fn import_image(
+    State(c): C,
+    Path(name): Path<Name>,
+    Query(q): Query<corral_api::image::ImportImage>,
+    body: Body,
+) -> Result<(StatusCode, Json<Template>), HttpError> {
+    use futures::StreamExt;
+    let stream = body.into_data_stream().map(|r| r.map_err(|e| e.to_string()));
+    Ok((StatusCode::CREATED, Json(c.import_image(&name, &q, Box::pin(stream)).await?)))
+}
+
+#[utoipa::path(delete, path = "/v1/images/{name}", tag = "images",
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// Removes an image from the library (refused while VMs use it).
+async fn delete_image(State(c): C, Path(name): Path<Name>) -> Result<StatusCode, HttpError> {
+    c.delete_image(&name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A part of a library template (`meta`, `kernel`, `initrd`, `disk`), streamed to an agent.

@@ -43,6 +43,8 @@ pub struct Settings {
     pub memory_overcommit: f64,
     /// The template library hosts receive templates from.
     pub templates_dir: Option<PathBuf>,
+    /// The largest image file an import takes, bytes.
+    pub max_image_bytes: u64,
     /// Live migrations a host may send at once (more wait in a queue).
     pub migrations_out: usize,
     /// Live migrations a host may receive at once.
@@ -158,6 +160,7 @@ mod tests {
                 cpu_overcommit: 4.0,
                 memory_overcommit: 1.0,
                 templates_dir: None,
+                max_image_bytes: 64 << 30,
                 migrations_out: 2,
                 migrations_in: 2,
                 standby_command: None,

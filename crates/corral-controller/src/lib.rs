@@ -11,6 +11,7 @@ pub mod drs;
 pub mod ha;
 pub mod ha_policy;
 pub mod hosts;
+pub mod images;
 pub mod ipam;
 pub mod leader;
 pub mod migrate;

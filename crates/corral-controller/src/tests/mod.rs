@@ -48,6 +48,7 @@ pub(crate) fn settings() -> Settings {
         ha_reserve_hosts: 0,
         ha_admission: corral_api::HaAdmission::Refuse,
         retention: Default::default(),
+        max_image_bytes: 1 << 30,
     }
 }
 

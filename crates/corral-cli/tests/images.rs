@@ -1,0 +1,154 @@
+//! The image library against a real controller process and the real `qemu-img`: disk images
+//! in every format Corral takes are imported through `corral image import` and come out as the
+//! same disk; corrupt files, files that are no disk, images that would make QEMU open other
+//! host files, and checksum mismatches are refused with the reason, leaving nothing behind.
+//! (Booting an imported image is a lab trial.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+mod common;
+use common::{start, Daemon, TOKEN};
+
+fn corral(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .env("CORRAL_URL", &d.url)
+        .env("CORRAL_TOKEN", TOKEN)
+        .output()
+        .expect("run corral")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn qemu_img(args: &[&str]) {
+    let o = Command::new("qemu-img").args(args).output().expect("qemu-img runs");
+    assert!(o.status.success(), "qemu-img {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+}
+
+/// A small raw disk: an MBR partition table and some data.
+fn raw_disk(dir: &Path) -> PathBuf {
+    let p = dir.join("disk.raw");
+    let mut b = vec![0u8; 4 << 20];
+    b[446] = 0x80;
+    b[450] = 0x83;
+    b[510] = 0x55;
+    b[511] = 0xAA;
+    for (i, x) in b[1 << 20..(1 << 20) + 4096].iter_mut().enumerate() {
+        *x = (i % 251) as u8;
+    }
+    std::fs::write(&p, b).expect("raw disk");
+    p
+}
+
+fn library(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.dir.path().join("library"))
+        .expect("library")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn images_in_every_format_import_and_export_as_the_same_disk() {
+    let c = start("controller").await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let raw = raw_disk(tmp.path());
+    let raw_s = raw.display().to_string();
+    for fmt in ["raw", "qcow2", "vmdk", "vhdx", "vdi", "vpc"] {
+        let file = if fmt == "raw" {
+            raw.clone()
+        } else {
+            let f = tmp.path().join(format!("disk.{fmt}"));
+            qemu_img(&["convert", "-f", "raw", "-O", fmt, &raw_s, &f.display().to_string()]);
+            f
+        };
+        let name = format!("img-{fmt}");
+        let o = corral(&c, &["image", "import", &name, &file.display().to_string(), "--output", "json"]);
+        assert!(o.status.success(), "import {fmt}: {}", text(&o));
+        let t: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the image as JSON");
+        assert_eq!(t["name"], name.as_str());
+        assert_eq!(t["boot"], "bios", "{t}");
+        assert_eq!(t["guest_agent"], "qemu", "{t}");
+        assert!(t["size_bytes"].as_u64().unwrap_or(0) >= 4 << 20, "{fmt}: virtual size {t}");
+        let out = tmp.path().join(format!("out-{fmt}.qcow2"));
+        let o = corral(&c, &["image", "export", &name, &out.display().to_string()]);
+        assert!(o.status.success(), "export {fmt}: {}", text(&o));
+        // vpc rounds its size up to its own geometry; the data is the same.
+        let o = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2", &raw_s])
+            .arg(&out)
+            .output()
+            .expect("qemu-img");
+        assert!(o.status.success(), "{fmt}: the exported disk holds the imported data: {}", text(&o));
+    }
+    let list = text(&corral(&c, &["image", "list"]));
+    assert!(list.contains("img-vmdk") && list.contains("img-vhdx"), "{list}");
+    // The old command name still works.
+    assert!(text(&corral(&c, &["template", "list"])).contains("img-qcow2"));
+    let o = corral(&c, &["image", "import", "img-raw", &raw_s]);
+    assert!(!o.status.success() && text(&o).contains("already has an image"), "{}", text(&o));
+    let o = corral(&c, &["image", "delete", "img-raw"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!library(&c).iter().any(|f| f.starts_with("img-raw")), "{:?}", library(&c));
+    let o = corral(&c, &["image", "delete", "img-raw"]);
+    assert!(!o.status.success() && text(&o).contains("no image"), "{}", text(&o));
+}
+
+#[tokio::test]
+async fn bad_images_are_refused_with_the_reason_and_leave_nothing() {
+    let c = start("controller").await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let raw = raw_disk(tmp.path());
+    let raw_s = raw.display().to_string();
+    let p = |n: &str| tmp.path().join(n).display().to_string();
+
+    let text_file = p("notes.txt");
+    std::fs::write(&text_file, "not a disk at all\n".repeat(100)).expect("write");
+    let backed = p("backed.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &raw_s, &backed]);
+    let corrupt = p("corrupt.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &raw_s, &corrupt]);
+    {
+        // Point the L1 table past the end of the file.
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&corrupt).expect("open");
+        f.seek(SeekFrom::Start(40)).expect("seek");
+        f.write_all(&0x7fff_0000_0000u64.to_be_bytes()).expect("write");
+    }
+    let descriptor = p("desc.vmdk");
+    std::fs::write(
+        &descriptor,
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/passwd\" 0\n",
+    )
+    .expect("write");
+    let wrong_sum = "0".repeat(64);
+    for (name, args, says) in [
+        ("t-text", vec![text_file.as_str()], "no partition table"),
+        ("t-backed", vec![backed.as_str()], "backing file"),
+        ("t-corrupt", vec![corrupt.as_str()], "refused"),
+        ("t-desc", vec![descriptor.as_str()], "VMDK descriptor"),
+        ("t-sum", vec![raw_s.as_str(), "--sha256", wrong_sum.as_str()], "checksum mismatch"),
+        ("t-sumfmt", vec![raw_s.as_str(), "--sha256", "abc"], "64 hex digits"),
+        ("t-fmt", vec![raw_s.as_str(), "--format", "iso"], "unknown disk format"),
+        ("t-missing", vec!["/nonexistent.qcow2"], "cannot open"),
+        ("t-direct", vec![raw_s.as_str(), "--boot", "direct"], "kernel and an initrd"),
+        ("../etc", vec![raw_s.as_str()], "invalid"),
+    ] {
+        let mut a = vec!["image", "import", name];
+        a.extend(args);
+        let o = corral(&c, &a);
+        assert!(!o.status.success(), "{name} was imported: {}", text(&o));
+        assert!(text(&o).contains(says), "{name}: the refusal says {says:?}: {}", text(&o));
+    }
+    assert_eq!(library(&c), Vec::<String>::new(), "nothing is left in the library");
+    // The right checksum is taken.
+    let sum = Command::new("sha256sum").arg(&raw).output().expect("sha256sum");
+    let sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let o = corral(&c, &["image", "import", "t-ok", &raw_s, "--sha256", &sum]);
+    assert!(o.status.success(), "{}", text(&o));
+}
