@@ -21,7 +21,7 @@ use corral_api::agent::{
 use corral_api::image::StreamKind;
 use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
 use corral_api::types::Name;
-use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmAction};
+use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, ResizeDisk, VmAction};
 
 use corral_http::{HttpError, Json, Path, Query};
 
@@ -56,6 +56,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .routes(routes!(exec))
         .routes(routes!(console))
         .routes(routes!(stream))
+        .routes(routes!(resize_disk))
         .routes(routes!(pull))
         .routes(routes!(import))
         .routes(routes!(put_network, delete_network))
@@ -140,6 +141,13 @@ async fn console(
     Query(q): Query<ConsoleQuery>,
 ) -> R<ConsoleChunk> {
     Ok(Json(a.vms.console(&name, q.offset)?))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/disk/resize", tag = "vms", request_body = ResizeDisk,
+    responses((status = 200, body = VmStatus), (status = 400, body = corral_api::ErrorBody)))]
+/// Grows the VM's root disk (online while it runs).
+async fn resize_disk(State(a): State<Arc<Agent>>, Path(name): Path<Name>, Json(req): Json<ResizeDisk>) -> R<VmStatus> {
+    Ok(Json(a.vms.resize_disk(&name, &req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",

@@ -20,6 +20,7 @@ use corral_api::{Accel, ApiError};
 
 mod access;
 mod define;
+mod disk;
 mod lifecycle;
 mod migrate;
 mod monitor;

@@ -201,6 +201,9 @@ pub struct VmStatus {
     #[serde(default)]
     pub boot_ms: Option<u64>,
     pub disk: String,
+    /// Its root disk's size when grown past the template's, MiB.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
     #[serde(default)]
     pub pid: Option<u32>,
     #[serde(default)]

@@ -329,6 +329,37 @@ pub struct VmUsage {
     pub disk_bytes: u64,
 }
 
+/// `POST /v1/vms/{name}/disk/resize`: a new size for a VM's root disk, as a total or as
+/// growth (exactly one). Disks only grow: shrinking would cut the guest's file system.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeDisk {
+    /// The new virtual size, MiB.
+    #[serde(default, deserialize_with = "types::disk_mib")]
+    pub size_mib: Option<u64>,
+    /// MiB to add to the current size.
+    #[serde(default, deserialize_with = "types::disk_mib")]
+    pub grow_mib: Option<u64>,
+}
+
+impl ResizeDisk {
+    /// The new size given the current one (MiB), or why there is none.
+    pub fn target(&self, current_mib: u64) -> Result<u64, String> {
+        let new = match (self.size_mib, self.grow_mib) {
+            (Some(s), None) => s,
+            (None, Some(g)) => current_mib.saturating_add(g),
+            _ => return Err("give either the new size or the growth (--size 20G or --size +5G)".into()),
+        };
+        types::check_disk_mib(new)?;
+        if new < current_mib {
+            return Err(format!(
+                "the disk is {current_mib} MiB and cannot shrink to {new} MiB (that would cut its file system)"
+            ));
+        }
+        Ok(new)
+    }
+}
+
 /// A command to run in the guest through the guest agent.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

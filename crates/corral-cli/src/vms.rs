@@ -13,6 +13,18 @@ use crate::output::{self, print, Output};
 use crate::{migrate, name_arg};
 
 #[derive(Debug, Subcommand)]
+pub enum DiskCmd {
+    /// Grow a VM's root disk, online while it runs (cloud images grow their partition and
+    /// file system at the next boot; `growpart`/`resize2fs` do it at once).
+    Resize {
+        name: String,
+        /// The new size (20G), or growth (+5G).
+        #[arg(long, allow_hyphen_values = true)]
+        size: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// Create a VM from a template (copy-on-write disk) and start it.
     Create {
@@ -90,6 +102,11 @@ pub enum VmCmd {
         #[arg(long, short)]
         interactive: bool,
     },
+    /// A VM's disks.
+    Disk {
+        #[command(subcommand)]
+        cmd: DiskCmd,
+    },
     /// Serve a VM's graphical display on a local port for a VNC viewer.
     Vnc {
         name: String,
@@ -156,6 +173,20 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             if interactive || std::io::IsTerminal::is_terminal(&std::io::stdin()) =>
         {
             crate::streams::console(c, &name).await?;
+        }
+        VmCmd::Disk { cmd: DiskCmd::Resize { name, size } } => {
+            let name = name_arg("VM", &name)?;
+            let (grow, text) = match size.strip_prefix('+') {
+                Some(rest) => (true, rest),
+                None => (false, size.as_str()),
+            };
+            let mib = corral_api::size::parse_mib(text).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+            let req = if grow {
+                corral_api::ResizeDisk { size_mib: None, grow_mib: Some(mib) }
+            } else {
+                corral_api::ResizeDisk { size_mib: Some(mib), grow_mib: None }
+            };
+            show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/disk/resize"), &req).await?)?;
         }
         VmCmd::Vnc { name, listen, once } => crate::streams::vnc(c, &name, listen, once).await?,
         VmCmd::Console { name, follow, .. } => {

@@ -326,6 +326,36 @@ fn stop_and_start() -> Result<(), Failed> {
     delete("t-stop")
 }
 
+/// The guest's disk size in bytes, as its kernel sees it.
+fn guest_disk_bytes(name: &str) -> Result<u64, Failed> {
+    let o = corral(&["vm", "exec", name, "--", "cat", "/sys/block/vda/size"]);
+    check(o.status.success(), format!("read {name}'s disk size: {}", text(&o)))?;
+    let sectors: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().map_err(|e| format!("disk size: {e}"))?;
+    Ok(sectors * 512)
+}
+
+fn disk_grows_online_and_offline_never_shrinks() -> Result<(), Failed> {
+    create("t-grow", &[])?;
+    let before = guest_disk_bytes("t-grow")?;
+    let v = json(&["vm", "disk", "resize", "t-grow", "--size", "+64M"])?;
+    check(v["state"] == "running", format!("still running after growing: {v}"))?;
+    let want = before + (64 << 20);
+    check(v["disk_mib"].as_u64() == Some(want >> 20), format!("the new size is recorded: {v}"))?;
+    // The guest sees it without a reboot.
+    let seen = wait_for("the guest to see the larger disk", Duration::from_secs(10), || {
+        guest_disk_bytes("t-grow").ok().filter(|b| *b == want)
+    })?;
+    check(seen == want, "guest disk size")?;
+    let msg = fails(&["vm", "disk", "resize", "t-grow", "--size", "64M"])?;
+    check(msg.contains("cannot shrink"), format!("shrinking is refused: {msg}"))?;
+    json(&["vm", "stop", "t-grow"])?;
+    let v = json(&["vm", "disk", "resize", "t-grow", "--size", &format!("{}M", (want >> 20) + 32)])?;
+    check(v["state"] == "inactive", format!("a stopped VM's disk grows too: {v}"))?;
+    json(&["vm", "start", "t-grow"])?;
+    check(guest_disk_bytes("t-grow")? == want + (32 << 20), "the stopped VM boots with the grown disk")?;
+    delete("t-grow")
+}
+
 fn workload_and_usage_are_reported() -> Result<(), Failed> {
     create("t-load", &["--workload", "cpu"])?;
     // The guest spins a CPU: its QEMU process shows it, as measured by the agent.
@@ -559,6 +589,7 @@ fn main() {
         t("suspend_resume_keeps_guest_state", suspend_resume_keeps_guest_state),
         t("stop_and_start", stop_and_start),
         t("workload_and_usage_are_reported", workload_and_usage_are_reported),
+        t("disk_grows_online_and_offline_never_shrinks", disk_grows_online_and_offline_never_shrinks),
         t("delete_leaves_no_files", delete_leaves_no_files),
         t("guest_floods_stay_bounded", guest_floods_stay_bounded),
         t("agent_sigkill_then_restart_reattaches", agent_sigkill_then_restart_reattaches),

@@ -75,6 +75,7 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(exec))
         .routes(routes!(console))
         .routes(routes!(stream))
+        .routes(routes!(resize_disk))
         .routes(routes!(action))
         .routes(routes!(profiles, create_profile))
         .routes(routes!(profile, replace_profile, delete_profile))
@@ -304,6 +305,13 @@ async fn exec(State(c): C, Path(name): Path<Name>, Json(req): Json<ExecRequest>)
     params(("offset" = Option<u64>, Query, description = "byte offset to read from")), responses((status = 200, body = ConsoleChunk)))]
 async fn console(State(c): C, Path(name): Path<Name>, Query(q): Query<Offset>) -> R<ConsoleChunk> {
     Ok(Json(c.console(&name, q.offset).await?))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/disk/resize", tag = "vms", request_body = corral_api::ResizeDisk,
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// Grows a VM's root disk: online while it runs (the guest sees it at once), else on its file.
+async fn resize_disk(State(c): C, Path(name): Path<Name>, Json(req): Json<corral_api::ResizeDisk>) -> R<Vm> {
+    Ok(Json(c.resize_disk(&name, &req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",

@@ -277,6 +277,22 @@ impl Controller {
         self.agent(&vm.host)?.console(name, offset).await
     }
 
+    /// Grows a VM's root disk (online while it runs) and records its new size.
+    pub async fn resize_disk(&self, name: &str, req: &corral_api::ResizeDisk) -> Result<Vm, ApiError> {
+        let vm = self.vm(name)?;
+        if vm.migration.is_some() || self.is_busy(name) {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is being moved or changed: grow its disk when that is done"
+            )));
+        }
+        let st = self.agent(&vm.host)?.resize_disk(name, req).await?;
+        let mut vm = self.vm(name)?;
+        vm.def.disk_mib = st.disk_mib.or(vm.def.disk_mib);
+        self.put_vm(&vm)?;
+        self.event("vm.disk.resized", name, format!("VM {name}'s disk is now {} MiB", vm.def.disk_mib.unwrap_or(0)));
+        Ok(vm)
+    }
+
     /// Opens a live stream into a VM at its agent.
     pub async fn stream(
         &self,

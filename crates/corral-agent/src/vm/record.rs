@@ -91,6 +91,7 @@ impl Entry {
             ended: r.ended,
             boot_ms: r.boot_ms,
             disk: self.paths.disk().display().to_string(),
+            disk_mib: r.def.disk_mib,
             pid: r.pid,
             usage: lock(&self.usage).0.clone(),
         }

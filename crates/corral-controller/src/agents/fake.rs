@@ -325,6 +325,7 @@ fn status_of(def: &VmDefinition, state: VmState, pid: Option<u32>) -> VmStatus {
         ended: None,
         boot_ms: (state == VmState::Running).then_some(100),
         disk: format!("/fake/{}/disk.qcow2", def.name),
+        disk_mib: def.disk_mib,
         pid,
         usage: Default::default(),
     }
@@ -457,6 +458,10 @@ impl AgentApi for FakeAgent {
             Ok(ConsoleChunk { offset, next: offset, data: String::new() })
         })
         .await
+    }
+
+    async fn resize_disk(&self, name: &str, _req: &corral_api::ResizeDisk) -> Result<VmStatus, ApiError> {
+        Err(ApiError::unavailable(format!("the fake agent cannot resize {name}'s disk")))
     }
 
     async fn stream(&self, name: &str, kind: corral_api::image::StreamKind) -> Result<super::AgentStream, ApiError> {

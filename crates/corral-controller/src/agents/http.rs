@@ -112,6 +112,10 @@ impl AgentApi for AgentClient {
         self.send(self.http.get(self.url_of(&format!("/v1/vms/{name}/console"))).query(&q)).await
     }
 
+    async fn resize_disk(&self, name: &str, req: &corral_api::ResizeDisk) -> Result<VmStatus, ApiError> {
+        self.send(self.http.post(self.url_of(&format!("/v1/vms/{name}/disk/resize"))).timeout(SLOW).json(req)).await
+    }
+
     async fn stream(&self, name: &str, kind: StreamKind) -> Result<super::AgentStream, ApiError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = self.url_of(&format!("/v1/vms/{name}/streams/{kind}"));

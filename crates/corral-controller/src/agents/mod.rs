@@ -40,6 +40,8 @@ pub trait AgentApi: Send + Sync + std::fmt::Debug {
     async fn delete_copy(&self, name: &str, uuid: &uuid::Uuid) -> Result<(), ApiError>;
     async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ApiError>;
     async fn console(&self, name: &str, offset: u64) -> Result<ConsoleChunk, ApiError>;
+    /// Grows a VM's root disk.
+    async fn resize_disk(&self, name: &str, req: &corral_api::ResizeDisk) -> Result<VmStatus, ApiError>;
     /// Opens a live stream into a running VM (its console or VNC display).
     async fn stream(&self, name: &str, kind: StreamKind) -> Result<AgentStream, ApiError>;
     /// Fetches a template from the controller's library; answers the host's new inventory.
