@@ -31,16 +31,21 @@ pub fn network_config(def: &VmDefinition) -> Value {
     json!({ "version": 2, "ethernets": { "eth0": nic } })
 }
 
-/// `user-data`: a cloud-config with the host name and the SSH keys (for the image's default
-/// user), and no password logins over SSH.
+/// `user-data`: the user's cloud-config (if any) with Corral's settings merged in: the host
+/// name is the VM's, its SSH keys are added to the user's, and SSH takes no passwords unless
+/// the user's cloud-config says otherwise.
 pub fn user_data(def: &VmDefinition) -> String {
-    let keys: Vec<String> = def.ssh_keys.iter().map(|k| k.line()).collect();
-    let doc = json!({
-        "hostname": def.name.as_str(),
-        "ssh_authorized_keys": keys,
-        "ssh_pwauth": false,
-    });
-    format!("#cloud-config\n{doc}\n")
+    let mut doc = def.user_data.as_ref().map(|c| c.settings().clone()).unwrap_or_default();
+    doc.insert("hostname".into(), json!(def.name.as_str()));
+    let mut keys: Vec<Value> = match doc.remove("ssh_authorized_keys") {
+        Some(Value::Array(a)) => a,
+        Some(Value::String(s)) => vec![Value::String(s)],
+        _ => vec![],
+    };
+    keys.extend(def.ssh_keys.iter().map(|k| Value::String(k.line())));
+    doc.insert("ssh_authorized_keys".into(), Value::Array(keys));
+    doc.entry("ssh_pwauth").or_insert(json!(false));
+    format!("#cloud-config\n{}\n", Value::Object(doc))
 }
 
 /// Seed failures.
@@ -113,6 +118,23 @@ mod tests {
         let mut no_ip = def();
         no_ip.ip = None;
         assert_eq!(network_config(&no_ip)["ethernets"]["eth0"]["dhcp4"], true);
+    }
+
+    #[test]
+    fn the_user_s_cloud_config_is_kept_and_corral_s_identity_and_keys_merged_in() {
+        let mut d = def();
+        d.user_data = Some(
+            "#cloud-config\nhostname: evil\npackages: [htop]\nssh_authorized_keys: [ssh-rsa AAAAB3 mine]\n"
+                .parse()
+                .unwrap(),
+        );
+        let u = user_data(&d);
+        let doc: Value = serde_json::from_str(u.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(doc["hostname"], "web-1", "the VM's name wins");
+        assert_eq!(doc["packages"][0], "htop");
+        assert_eq!(doc["ssh_authorized_keys"][0], "ssh-rsa AAAAB3 mine");
+        assert!(doc["ssh_authorized_keys"][1].as_str().unwrap().ends_with("alice@laptop"));
+        assert_eq!(doc["ssh_pwauth"], false);
     }
 
     #[tokio::test]

@@ -54,6 +54,10 @@ pub struct VmDefinition {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub ssh_keys: Vec<crate::image::SshKey>,
+    /// A cloud-config merged into its cloud-init user-data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub user_data: Option<crate::cloud_config::CloudConfig>,
 }
 
 /// Which virtual network a NIC joins.

@@ -87,6 +87,10 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<String>)]
     pub ssh_keys: Vec<crate::image::SshKey>,
+    /// A cloud-config for members (`user_data = """#cloud-config ..."""`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub user_data: Option<crate::cloud_config::CloudConfig>,
     /// The TOML the profile was made from, as the user wrote it.
     pub source: String,
 }

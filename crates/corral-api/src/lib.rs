@@ -8,6 +8,7 @@
 mod words;
 
 pub mod agent;
+pub mod cloud_config;
 pub mod cluster;
 pub mod drs;
 pub mod error;

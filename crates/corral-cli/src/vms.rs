@@ -61,6 +61,9 @@ pub enum VmCmd {
         /// (repeatable).
         #[arg(long = "ssh-key", value_name = "FILE")]
         ssh_keys: Vec<std::path::PathBuf>,
+        /// A cloud-config file merged into its cloud-init user-data.
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<std::path::PathBuf>,
     },
     /// List VMs.
     List,
@@ -131,7 +134,20 @@ pub enum VmCmd {
 pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
     let show = |v: &Vm| print(o, v, output::vm);
     match cmd {
-        VmCmd::Create { name, template, vcpus, memory, host, workload, no_start, ha, storage, firmware, ssh_keys } => {
+        VmCmd::Create {
+            name,
+            template,
+            vcpus,
+            memory,
+            host,
+            workload,
+            no_start,
+            ha,
+            storage,
+            firmware,
+            ssh_keys,
+            user_data,
+        } => {
             let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
             let m = anyhow::Error::msg;
             let req = CreateVm {
@@ -146,6 +162,13 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
                 storage,
                 firmware: firmware.map(|f| f.parse()).transpose().map_err(|e: String| m(format!("--firmware: {e}")))?,
                 ssh_keys: crate::keys::read(&ssh_keys)?,
+                user_data: user_data
+                    .map(|f| -> anyhow::Result<corral_api::cloud_config::CloudConfig> {
+                        let text = std::fs::read_to_string(&f)
+                            .map_err(|e| anyhow::anyhow!("--user-data {}: cannot read it: {e}", f.display()))?;
+                        text.parse().map_err(|e: String| anyhow::anyhow!("--user-data {}: {e}", f.display()))
+                    })
+                    .transpose()?,
             };
             show(&c.post::<_, Vm>("/v1/vms", &req).await?)?;
         }

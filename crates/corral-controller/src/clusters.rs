@@ -110,6 +110,7 @@ impl Controller {
                     ha: p.ha,
                     firmware: p.firmware,
                     ssh_keys: p.ssh_keys.clone(),
+                    user_data: p.user_data.clone(),
                 },
                 state: VmState::Starting,
                 host: String::new(),

@@ -123,6 +123,7 @@ impl Controller {
                     ha,
                     firmware: req.firmware,
                     ssh_keys: req.ssh_keys.clone(),
+                    user_data: req.user_data.clone(),
                 },
                 state: if req.start { VmState::Starting } else { VmState::Inactive },
                 host,

@@ -53,6 +53,8 @@ struct ProfileToml {
     firmware: Option<String>,
     #[serde(default)]
     ssh_keys: Vec<String>,
+    #[serde(default)]
+    user_data: Option<String>,
 }
 
 impl Controller {
@@ -140,10 +142,17 @@ impl Controller {
             .enumerate()
             .map(|(i, k)| k.parse().map_err(|e: String| bad(format!("field `ssh_keys`, key {}: {e}", i + 1))))
             .collect::<Result<Vec<_>, _>>()?;
+        let user_data = t
+            .user_data
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| bad(format!("field `user_data`: {e}")))?;
         Ok(Profile {
             ha,
             firmware,
             ssh_keys,
+            user_data,
             storage,
             name: name.to_string(),
             template: t.template,

@@ -268,6 +268,11 @@ impl FakeAgent {
         lock(&self.state).vms.iter().map(|(k, v)| (k.clone(), v.status.clone())).collect()
     }
 
+    /// The definition this host was given for a VM.
+    pub fn def_of(&self, name: &str) -> Option<VmDefinition> {
+        lock(&self.state).vms.get(name).map(|v| v.def.clone())
+    }
+
     pub fn state_of(&self, name: &str) -> Option<VmState> {
         lock(&self.state).vms.get(name).map(|v| v.status.state)
     }

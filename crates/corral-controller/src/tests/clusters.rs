@@ -239,3 +239,41 @@ async fn a_deployment_cut_short_by_a_controller_crash_is_finished_by_the_reconci
     }
     let _ = op;
 }
+
+const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW a@x";
+
+#[tokio::test]
+async fn members_get_the_profile_s_keys_and_cloud_config_and_the_cluster_s_keys() {
+    let h = Harness::new(&["a", "b"]);
+    let toml =
+        format!("{SMALL}ssh_keys = [\"{KEY_A}\"]\nuser_data = \"\"\"\n#cloud-config\npackages: [htop]\n\"\"\"\n");
+    profile(&h, "keyed", &toml);
+    let extra: corral_api::image::SshKey =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW b@y".parse().unwrap();
+    let op = deployed(&h, CreateCluster { ssh_keys: vec![extra.clone()], ..cluster("k", "keyed", 2) }).await;
+    assert_eq!(op.state, OpState::Succeeded, "{:?}", op.messages);
+    for m in h.c.cluster_view("k").unwrap().members {
+        let def = h.host(&m.host).def_of(&m.name).expect("the member's definition reached its host");
+        let keys: Vec<String> = def.ssh_keys.iter().map(|k| k.line()).collect();
+        assert_eq!(keys, vec![KEY_A.to_string(), extra.line()], "the profile's key, then the cluster's");
+        assert_eq!(def.user_data.expect("user-data").settings()["packages"][0], "htop");
+    }
+}
+
+#[tokio::test]
+async fn profiles_with_bad_keys_user_data_or_firmware_are_refused_naming_the_field() {
+    let h = Harness::new(&["a"]);
+    for (extra, says) in [
+        ("ssh_keys = [\"ssh-ed25519 nope\"]\n", "field `ssh_keys`, key 1"),
+        ("user_data = \"#cloud-config\\npackages: [htop\\n\"\n", "field `user_data`: user-data line"),
+        ("user_data = \"packages: []\"\n", "#cloud-config"),
+        ("firmware = \"uefi\"\n", "boots directly"),
+        ("firmware = \"efi\"\n", "bios or uefi"),
+    ] {
+        let src = ProfileSource { name: "bad".parse().unwrap(), toml: format!("{SMALL}{extra}") };
+        let e = h.c.create_profile(src, false).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{extra}: {e:?}");
+        assert!(e.message.contains(says), "{extra}: {}", e.message);
+    }
+    assert!(h.c.profiles().unwrap().is_empty(), "no profile was made");
+}

@@ -153,6 +153,7 @@ pub(crate) fn create(name: &str) -> CreateVm {
         storage: Default::default(),
         firmware: None,
         ssh_keys: vec![],
+        user_data: None,
     }
 }
 
