@@ -331,6 +331,12 @@ pub struct VmUsage {
     /// Allocated bytes of the copy-on-write overlay.
     #[serde(default)]
     pub disk_bytes: u64,
+    /// The guest's OS, as its QEMU guest agent names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_os: Option<String>,
+    /// The guest's own IPv4 addresses (with prefix), as its QEMU guest agent reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_addresses: Vec<String>,
 }
 
 /// `POST /v1/vms/{name}/disk/resize`: a new size for a VM's root disk, as a total or as

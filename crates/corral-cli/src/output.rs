@@ -157,8 +157,20 @@ pub fn vm(v: &Vm) {
     println!("storage:   {}", v.def.storage);
     println!("disk:      {}", opt(&v.disk));
     println!("boot time: {}", v.boot_ms.map(|b| format!("{b} ms")).unwrap_or_else(|| "-".into()));
+    if let Some(m) = v.def.disk_mib {
+        println!("disk size: {}", mib(m));
+    }
+    if let Some(f) = v.def.firmware {
+        println!("firmware:  {f}");
+    }
     if let Some(u) = &v.usage {
         println!("usage:     cpu {:.1}%, rss {} MiB, disk {} KiB allocated", u.cpu_pct, u.rss_mib, u.disk_bytes / 1024);
+        if let Some(os) = &u.guest_os {
+            println!("guest os:  {os}");
+        }
+        if !u.guest_addresses.is_empty() {
+            println!("guest ips: {}", u.guest_addresses.join(", "));
+        }
     }
 }
 

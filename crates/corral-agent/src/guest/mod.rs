@@ -58,6 +58,14 @@ impl Guest {
         }
     }
 
+    /// The guest's OS name and IPv4 addresses (QEMU's guest agent only).
+    pub async fn facts(&self) -> Option<(Option<String>, Vec<String>)> {
+        match self.kind {
+            GuestAgentKind::Qemu => qga::facts(&self.sock, Duration::from_secs(2)).await.ok(),
+            _ => None,
+        }
+    }
+
     /// Memory the guest says it uses, MiB (Corral's agent only).
     pub async fn mem_used_mib(&self) -> Option<u64> {
         match self.kind {

@@ -222,16 +222,38 @@ pub async fn exec(
     }
 }
 
-/// What the guest says about itself: its OS and its addresses (for `vm show`).
-pub async fn facts(sock: &Path, timeout: Duration) -> Result<(Value, Value), GuestError> {
-    with_conn(sock, timeout, |c| {
+/// What the guest says about itself (for `vm show`): its OS's name and its IPv4 addresses
+/// (loopback left out).
+pub async fn facts(sock: &Path, timeout: Duration) -> Result<(Option<String>, Vec<String>), GuestError> {
+    let (os, nics) = with_conn(sock, timeout, |c| {
         Box::pin(async move {
             let os = command(c, "guest-get-osinfo", None).await?;
             let nics = command(c, "guest-network-get-interfaces", None).await?;
             Ok((os, nics))
         })
     })
-    .await
+    .await?;
+    Ok(read_facts(&os, &nics))
+}
+
+fn read_facts(os: &Value, nics: &Value) -> (Option<String>, Vec<String>) {
+    let name = os.get("pretty-name").or_else(|| os.get("name")).and_then(Value::as_str).map(|s| {
+        // Bounded: it is the guest's word.
+        s.chars().filter(|c| !c.is_control()).take(80).collect::<String>()
+    });
+    let mut addrs = Vec::new();
+    for nic in nics.as_array().into_iter().flatten() {
+        for a in nic.get("ip-addresses").and_then(Value::as_array).into_iter().flatten() {
+            let ip = a.get("ip-address").and_then(Value::as_str).and_then(|s| s.parse::<std::net::Ipv4Addr>().ok());
+            let prefix = a.get("prefix").and_then(Value::as_u64).filter(|p| *p <= 32);
+            if let (Some(ip), Some(p)) = (ip, prefix) {
+                if !ip.is_loopback() && addrs.len() < 16 {
+                    addrs.push(format!("{ip}/{p}"));
+                }
+            }
+        }
+    }
+    (name, addrs)
 }
 
 #[cfg(test)]
@@ -319,6 +341,22 @@ mod tests {
         assert!(matches!(err, GuestError::Timeout(_)), "{err}");
         let err = ping(&dir.path().join("missing.sock"), Duration::from_millis(300)).await.unwrap_err();
         assert!(matches!(err, GuestError::Unreachable(_)), "{err}");
+    }
+
+    #[test]
+    fn facts_keep_ipv4_addresses_and_a_bounded_os_name() {
+        let os = json!({"pretty-name": "Debian GNU/Linux 12 (bookworm)\u{1b}[2J", "name": "Debian"});
+        let nics = json!([
+            {"name": "lo", "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]},
+            {"name": "eth0", "ip-addresses": [
+                {"ip-address": "100.64.0.2", "ip-address-type": "ipv4", "prefix": 24},
+                {"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64},
+                {"ip-address": "not an address", "prefix": 24}
+            ]}
+        ]);
+        let (name, addrs) = read_facts(&os, &nics);
+        assert_eq!(name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)[2J"));
+        assert_eq!(addrs, vec!["100.64.0.2/24".to_string()]);
     }
 
     #[test]

@@ -5,6 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How often a guest's own facts (OS, addresses) are asked for.
+const FACTS_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 use corral_api::agent::Ended;
 use corral_api::{VmState, VmUsage};
 
@@ -91,7 +94,19 @@ impl Manager {
                 lock(&e.usage).1 = Some(mark);
             }
             if r.state == VmState::Running {
-                u.guest_mem_used_mib = e.guest().mem_used_mib().await;
+                let guest = e.guest();
+                u.guest_mem_used_mib = guest.mem_used_mib().await;
+                // The guest's own facts change rarely: asked again every 15 s.
+                let prev = lock(&e.usage).0.clone();
+                let due = lock(&e.facts_at).is_none_or(|t| t.elapsed() >= FACTS_EVERY);
+                if due {
+                    if let Some((os, addrs)) = guest.facts().await {
+                        (u.guest_os, u.guest_addresses) = (os, addrs);
+                        *lock(&e.facts_at) = Some(Instant::now());
+                    }
+                } else {
+                    (u.guest_os, u.guest_addresses) = (prev.guest_os, prev.guest_addresses);
+                }
             }
             lock(&e.usage).0 = u;
             if let Err(err) = rotate_console(&e.paths.console_log(), CONSOLE_MAX) {

@@ -45,6 +45,7 @@ impl Manager {
                 usage: Mutex::new((VmUsage::default(), None)),
                 outgoing: Mutex::new(None),
                 cancel: Default::default(),
+                facts_at: Default::default(),
             });
             lock(&m.vms).insert(name, entry.clone());
             if let Err(err) = m.reattach(&entry).await {

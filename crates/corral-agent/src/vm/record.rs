@@ -48,6 +48,8 @@ pub(super) struct Entry {
     pub(super) outgoing: Mutex<Option<corral_api::migration::OutgoingStatus>>,
     /// Set to ask the running outgoing migration to stop.
     pub(super) cancel: std::sync::atomic::AtomicBool,
+    /// When the guest last told its facts (OS, addresses).
+    pub(super) facts_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// What [`Manager::register`](super::Manager::register) found.

@@ -81,6 +81,7 @@ impl Manager {
             usage: Mutex::new((VmUsage::default(), None)),
             outgoing: Mutex::new(None),
             cancel: Default::default(),
+            facts_at: Default::default(),
         });
         vms.insert(def.name.clone(), e.clone());
         Ok(Registered::New(e))

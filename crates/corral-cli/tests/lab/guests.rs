@@ -12,6 +12,23 @@ use serde_json::Value;
 use super::clusters::profile;
 use super::{check, corral, fails, json, lab, text};
 
+/// The Debian profile: its cloud-config sets a console password for the default user (so
+/// the serial console trial can log in) and writes a file.
+const DEBIAN_PROFILE: &str = r#"template = "debian12"
+vcpus = 1
+memory = "1G"
+user_data = """
+#cloud-config
+chpasswd:
+  expire: false
+  users:
+    - {name: debian, password: corral-console, type: text}
+write_files:
+  - path: /etc/corral-user-data
+    content: "from the profile\n"
+"""
+"#;
+
 /// The throwaway SSH key pair the trials give the guests (made once per lab).
 fn ssh_key() -> Result<String, Failed> {
     let key = lab().dir.join("id_ed25519");
@@ -52,7 +69,7 @@ fn members(name: &str) -> Result<Vec<Value>, Failed> {
 /// installed, commands run through qemu-guest-agent with their exit codes and output, and the
 /// members reach each other by name across hosts. The cluster stays for the next trial.
 pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
-    profile("debian-small", "template = \"debian12\"\nvcpus = 1\nmemory = \"1G\"\n")?;
+    profile("debian-small", DEBIAN_PROFILE)?;
     let key = ssh_key()?;
     let op = json(&["cluster", "create", "deb", "--profile", "debian-small", "--size", "2", "--ssh-key", &key])?;
     check(op["state"] == "succeeded", format!("the cluster deployed: {op}"))?;
@@ -75,6 +92,28 @@ pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
         let id = ok(name, &["cat", "/var/lib/cloud/data/instance-id"])?;
         check(id.trim() == m["uuid"].as_str().unwrap_or_default(), format!("{name}: instance-id is its UUID: {id}"))?;
     }
+    // Its disk grows online; the guest sees the new size at once (lsblk).
+    let size = |vm: &str| -> Result<u64, Failed> {
+        let out = ok(vm, &["lsblk", "-b", "-d", "-n", "-o", "SIZE", "/dev/vda"])?;
+        out.trim().parse::<u64>().map_err(|e| format!("lsblk said {out:?}: {e}").into())
+    };
+    let before = size("deb-2")?;
+    json(&["vm", "disk", "resize", "deb-2", "--size", "+1G"])?;
+    let after = super::wait_for("deb-2 to see its grown disk", Duration::from_secs(20), || {
+        size("deb-2").ok().filter(|s| *s == before + (1 << 30))
+    })?;
+    check(after == before + (1 << 30), "lsblk shows the grown disk")?;
+    let written = ok("deb-2", &["cat", "/etc/corral-user-data"])?;
+    check(written == "from the profile\n", format!("the profile's cloud-config ran: {written:?}"))?;
+    // What the guest says of itself shows in `vm show`.
+    let ip1 = ms[0]["ip"].as_str().unwrap_or_default().to_string();
+    let shown = super::wait_for("deb-1's guest facts in vm show", Duration::from_secs(60), || {
+        json(&["vm", "show", "deb-1"]).ok().filter(|v| v["usage"]["guest_os"].as_str().is_some_and(|o| o.contains("Debian")))
+    })?;
+    check(
+        shown["usage"]["guest_addresses"].as_array().is_some_and(|a| a.iter().any(|x| x == ip1.as_str())),
+        format!("the guest reports its address {ip1}: {shown}"),
+    )?;
     let (code, out, err) = exec("deb-1", &["sh", "-c", "echo out; echo err >&2; exit 3"])?;
     check(
         (code, out.as_str(), err.as_str()) == (3, "out\n", "err\n"),
@@ -115,4 +154,76 @@ pub fn the_image_boots_under_uefi_and_bios() -> Result<(), Failed> {
     )?;
     let o = corral(&["vm", "stop", "deb-uefi"]);
     check(o.status.success(), format!("a Debian VM stops cleanly: {}", text(&o)))
+}
+
+/// Runs `tmux ARGS`.
+fn tmux(args: &[&str]) -> Result<String, Failed> {
+    let o = std::process::Command::new("tmux").args(args).output()?;
+    check(o.status.success(), format!("tmux {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr)))?;
+    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+}
+
+/// Waits until the tmux pane shows `what`.
+fn pane_shows(session: &str, what: &str, timeout: Duration) -> Result<String, Failed> {
+    super::wait_for(&format!("the console to show {what:?}"), timeout, || {
+        tmux(&["capture-pane", "-p", "-t", session, "-S", "-200"]).ok().filter(|s| s.contains(what))
+    })
+}
+
+/// The serial console driven as a person would, in a terminal (tmux): attach, log in with
+/// the password the profile's cloud-config set, run a command and see its output, leave with
+/// Ctrl-]. Then the VNC display answers a VNC client's handshake through `vm vnc`.
+pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
+    let l = lab();
+    let session = format!("corral-con-{}", l.index);
+    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).output();
+    let cmd = format!(
+        "CORRAL_URL={} CORRAL_LAB_DIR={} {} vm console deb-1",
+        l.url(),
+        l.dir.display(),
+        super::exe()
+    );
+    tmux(&["new-session", "-d", "-s", &session, "-x", "160", "-y", "48", &cmd])?;
+    let run = || -> Result<(), Failed> {
+        pane_shows(&session, "Ctrl-] leaves", Duration::from_secs(20))?;
+        tmux(&["send-keys", "-t", &session, "Enter"])?;
+        pane_shows(&session, "login:", Duration::from_secs(30))?;
+        tmux(&["send-keys", "-t", &session, "debian", "Enter"])?;
+        pane_shows(&session, "Password:", Duration::from_secs(30))?;
+        tmux(&["send-keys", "-t", &session, "corral-console", "Enter"])?;
+        pane_shows(&session, "debian@deb-1", Duration::from_secs(60))?;
+        tmux(&["send-keys", "-t", &session, "echo console-$((6*7))", "Enter"])?;
+        pane_shows(&session, "console-42", Duration::from_secs(30))?;
+        tmux(&["send-keys", "-t", &session, "exit", "Enter"])?;
+        tmux(&["send-keys", "-t", &session, "C-]"])?;
+        pane_shows(&session, "left deb-1's console", Duration::from_secs(10)).map(|_| ())
+    };
+    let r = run();
+    let screen = tmux(&["capture-pane", "-p", "-t", &session, "-S", "-60"]).unwrap_or_default();
+    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).output();
+    r.map_err(|e| format!("{}\nthe terminal showed:\n{screen}", e.message().unwrap_or_default()))?;
+
+    // VNC: a local port carried to QEMU's VNC server; a client first reads the RFB version.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut vnc = std::process::Command::new(super::exe())
+        .args(["vm", "vnc", "deb-1", "--once", "--listen", &listen])
+        .env("CORRAL_URL", l.url())
+        .env("CORRAL_LAB_DIR", &l.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let greeting = super::wait_for("vm vnc to listen", Duration::from_secs(20), || {
+        let mut s = std::net::TcpStream::connect(&listen).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut b = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut b).ok()?;
+        Some(String::from_utf8_lossy(&b).to_string())
+    });
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+    let greeting = greeting?;
+    check(greeting.starts_with("RFB 003."), format!("the VNC server's greeting: {greeting:?}"))?;
+    let msg = fails(&["vm", "vnc", "no-such-vm"])?;
+    check(msg.contains("no-such-vm"), format!("a missing VM is named: {msg}"))
 }
