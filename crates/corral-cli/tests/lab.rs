@@ -612,6 +612,7 @@ fn main() {
         // The Debian trials share their cluster: the second one removes it.
         tn("guest_debian_cluster_configured_by_cloud_init", guests::debian_cluster_is_configured_by_cloud_init),
         tn("guest_debian_console_and_vnc", guests::console_and_vnc_reach_the_guest),
+        tn("guest_debian_migrates_live_without_a_reboot", guests::debian_vm_migrates_live_without_a_reboot),
         t("guest_debian_boots_under_uefi_and_bios", guests::the_image_boots_under_uefi_and_bios),
         // The network trials share their clusters: they run in this order, without cleanup
         // between them, and the last one removes everything.

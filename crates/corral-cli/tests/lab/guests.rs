@@ -29,6 +29,9 @@ write_files:
 """
 "#;
 
+/// The `vm create` of the UEFI VM, started by the first trial.
+static UEFI: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+
 /// The throwaway SSH key pair the trials give the guests (made once per lab).
 fn ssh_key() -> Result<String, Failed> {
     let key = lab().dir.join("id_ed25519");
@@ -71,6 +74,16 @@ fn members(name: &str) -> Result<Vec<Value>, Failed> {
 pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
     profile("debian-small", DEBIAN_PROFILE)?;
     let key = ssh_key()?;
+    // The UEFI VM of the next trials boots meanwhile: these guests boot slowly under TCG.
+    let l = lab();
+    let uefi = std::process::Command::new(super::exe())
+        .args(["vm", "create", "deb-uefi", "--template", "debian12", "--memory", "1G", "--firmware", "uefi", "-o", "json"])
+        .env("CORRAL_URL", l.url())
+        .env("CORRAL_LAB_DIR", &l.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    *UEFI.lock().unwrap_or_else(|p| p.into_inner()) = Some(uefi);
     let op = json(&["cluster", "create", "deb", "--profile", "debian-small", "--size", "2", "--ssh-key", &key])?;
     check(op["state"] == "succeeded", format!("the cluster deployed: {op}"))?;
     let ms = members("deb")?;
@@ -135,7 +148,10 @@ pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
 /// directly booted image for firmware, or an unknown firmware, is refused before anything is
 /// made.
 pub fn the_image_boots_under_uefi_and_bios() -> Result<(), Failed> {
-    let v = json(&["vm", "create", "deb-uefi", "--template", "debian12", "--memory", "1G", "--firmware", "uefi"])?;
+    let child = UEFI.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or("the UEFI VM was not started")?;
+    let o = child.wait_with_output()?;
+    check(o.status.success(), format!("vm create deb-uefi: {}", text(&o)))?;
+    let v: Value = serde_json::from_slice(&o.stdout)?;
     check(v["state"] == "running" && v["error"].is_null(), format!("the UEFI VM runs, its agent answered: {v}"))?;
     let (code, _, _) = exec("deb-uefi", &["test", "-d", "/sys/firmware/efi"])?;
     check(code == 0, "the UEFI VM booted through UEFI firmware (/sys/firmware/efi exists)")?;
@@ -226,4 +242,37 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
     check(greeting.starts_with("RFB 003."), format!("the VNC server's greeting: {greeting:?}"))?;
     let msg = fails(&["vm", "vnc", "no-such-vm"])?;
     check(msg.contains("no-such-vm"), format!("a missing VM is named: {msg}"))
+}
+
+/// A Debian member moves live to another host: same identity, no reboot (its uptime goes on),
+/// cloud-init does not run again (same instance, its last boot unchanged), and it still
+/// reaches its peer by name.
+pub fn debian_vm_migrates_live_without_a_reboot() -> Result<(), Failed> {
+    let before = json(&["vm", "show", "deb-1"])?;
+    let from = before["host"].as_str().unwrap_or_default().to_string();
+    let peer_host = json(&["vm", "show", "deb-2"])?["host"].as_str().unwrap_or_default().to_string();
+    let to = ["lab-1", "lab-2", "lab-3"]
+        .into_iter()
+        .find(|h| *h != from && *h != peer_host)
+        .or_else(|| ["lab-1", "lab-2", "lab-3"].into_iter().find(|h| *h != from))
+        .ok_or("another host")?;
+    let up = |vm: &str| -> Result<f64, Failed> {
+        let out = ok(vm, &["cat", "/proc/uptime"])?;
+        out.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| format!("uptime {out:?}").into())
+    };
+    let up0 = up("deb-1")?;
+    let booted = ok("deb-1", &["stat", "-c", "%Y", "/var/lib/cloud/instance/boot-finished"])?;
+    let m = json(&["vm", "migrate", "deb-1", "--to", to])?;
+    check(m["state"] == "completed", format!("the migration completed: {m}"))?;
+    let after = json(&["vm", "show", "deb-1"])?;
+    check(after["host"] == to && after["state"] == "running", format!("deb-1 runs on {to}: {after}"))?;
+    for k in ["uuid", "mac", "ip"] {
+        check(after[k] == before[k], format!("deb-1 keeps its {k}"))?;
+    }
+    let up1 = up("deb-1")?;
+    check(up1 > up0, format!("no reboot: uptime {up0} s -> {up1} s"))?;
+    let again = ok("deb-1", &["stat", "-c", "%Y", "/var/lib/cloud/instance/boot-finished"])?;
+    check(again == booted, "cloud-init did not run again")?;
+    check(ok("deb-1", &["hostname"])?.trim() == "deb-1", "same hostname")?;
+    ok("deb-1", &["ping", "-c", "2", "-W", "5", "deb-2"]).map(|_| ())
 }
