@@ -17,6 +17,7 @@ build: setup
 
 guest: setup
 	@bash scripts/build-guest.sh
+	@bash scripts/build-debian.sh
 
 demo: build guest
 	@bash scripts/demo.sh

@@ -6,7 +6,12 @@ set -euo pipefail
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in qemu-system-x86 qemu-utils busybox-static iproute2 e2fsprogs cpio protobuf-compiler etcd-server xz-utils curl nftables iputils-ping jq; do
+# The second line is for the Debian cloud image (scripts/build-debian.sh: mmdebstrap, GRUB for
+# BIOS and UEFI, partitioning, the FAT ESP without mounting it) and for firmware-booted VMs
+# (OVMF for UEFI, genisoimage for cloud-init's NoCloud seed); tmux drives the console trial, and
+# ssh-keygen (openssh-client) makes its keys.
+for p in qemu-system-x86 qemu-utils busybox-static iproute2 e2fsprogs cpio protobuf-compiler etcd-server xz-utils curl nftables iputils-ping jq \
+  mmdebstrap fdisk dosfstools mtools grub-pc-bin grub-efi-amd64-bin zstd ovmf genisoimage tmux openssh-client; do
   have "$p" || need+=("$p")
 done
 # qemu-img and qemu-system must come from the same QEMU release.

@@ -117,9 +117,13 @@ pub fn command_line(
         // The busybox guest panics rather than hangs; its QEMU then ends.
         a.extend(["-no-reboot".into(), "-append".into(), append]);
     }
+    // The root disk is the boot device (SeaBIOS tries only the first disk it finds otherwise,
+    // which may be the seed), and the first virtio disk (vda).
     a.extend([
         "-drive".into(),
-        format!("file={},if=virtio,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+        format!("file={},if=none,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={DISK_ID},bootindex=0"),
     ]);
     if boot.firmware() {
         // A display for the graphical console, served as VNC on a socket only root reaches.

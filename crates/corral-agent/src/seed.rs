@@ -17,13 +17,14 @@ pub fn meta_data(def: &VmDefinition) -> Value {
     json!({ "instance-id": def.uuid.to_string(), "local-hostname": def.name.as_str() })
 }
 
-/// `network-config` (version 2): the NIC, found by its MAC, with its address and MTU; DHCP
-/// when Corral assigned no address.
+/// `network-config` (version 2): the NIC, found by its MAC, with its address and MTU. Without
+/// an address from Corral the NIC stays unconfigured (no DHCP: nothing would answer, and the
+/// boot would wait for it).
 pub fn network_config(def: &VmDefinition) -> Value {
     let mut nic = json!({ "match": { "macaddress": def.mac.to_string() }, "set-name": "eth0" });
     match &def.ip {
         Some(ip) => nic["addresses"] = json!([ip.to_string()]),
-        None => nic["dhcp4"] = json!(true),
+        None => nic["dhcp4"] = json!(false),
     }
     if let Some(n) = def.network {
         nic["mtu"] = json!(n.mtu);
@@ -117,7 +118,7 @@ mod tests {
         assert!(doc["ssh_authorized_keys"][0].as_str().unwrap().ends_with("alice@laptop"));
         let mut no_ip = def();
         no_ip.ip = None;
-        assert_eq!(network_config(&no_ip)["ethernets"]["eth0"]["dhcp4"], true);
+        assert_eq!(network_config(&no_ip)["ethernets"]["eth0"]["dhcp4"], false);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{check, corral, fails, json, lab, text};
 const DEBIAN_PROFILE: &str = r#"template = "debian12"
 vcpus = 1
 memory = "1G"
-user_data = """
+user_data = '''
 #cloud-config
 chpasswd:
   expire: false
@@ -26,7 +26,7 @@ chpasswd:
 write_files:
   - path: /etc/corral-user-data
     content: "from the profile\n"
-"""
+'''
 "#;
 
 /// The `vm create` of the UEFI VM, started by the first trial.
@@ -193,8 +193,9 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
     let l = lab();
     let session = format!("corral-con-{}", l.index);
     let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).output();
+    // The pane stays after the console ends, to show how it ended.
     let cmd = format!(
-        "CORRAL_URL={} CORRAL_LAB_DIR={} {} vm console deb-1",
+        "CORRAL_URL={} CORRAL_LAB_DIR={} {} vm console deb-1; echo console-exit-$?; sleep 60",
         l.url(),
         l.dir.display(),
         super::exe()
@@ -212,7 +213,8 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
         pane_shows(&session, "console-42", Duration::from_secs(30))?;
         tmux(&["send-keys", "-t", &session, "exit", "Enter"])?;
         tmux(&["send-keys", "-t", &session, "C-]"])?;
-        pane_shows(&session, "left deb-1's console", Duration::from_secs(10)).map(|_| ())
+        pane_shows(&session, "left deb-1's console", Duration::from_secs(10))?;
+        pane_shows(&session, "console-exit-0", Duration::from_secs(10)).map(|_| ())
     };
     let r = run();
     let screen = tmux(&["capture-pane", "-p", "-t", &session, "-S", "-60"]).unwrap_or_default();
