@@ -77,7 +77,19 @@ pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
     // The UEFI VM of the next trials boots meanwhile: these guests boot slowly under TCG.
     let l = lab();
     let uefi = std::process::Command::new(super::exe())
-        .args(["vm", "create", "deb-uefi", "--template", "debian12", "--memory", "1G", "--firmware", "uefi", "-o", "json"])
+        .args([
+            "vm",
+            "create",
+            "deb-uefi",
+            "--template",
+            "debian12",
+            "--memory",
+            "1G",
+            "--firmware",
+            "uefi",
+            "-o",
+            "json",
+        ])
         .env("CORRAL_URL", l.url())
         .env("CORRAL_LAB_DIR", &l.dir)
         .stdout(std::process::Stdio::piped())
@@ -121,7 +133,9 @@ pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
     // What the guest says of itself shows in `vm show`.
     let ip1 = ms[0]["ip"].as_str().unwrap_or_default().to_string();
     let shown = super::wait_for("deb-1's guest facts in vm show", Duration::from_secs(60), || {
-        json(&["vm", "show", "deb-1"]).ok().filter(|v| v["usage"]["guest_os"].as_str().is_some_and(|o| o.contains("Debian")))
+        json(&["vm", "show", "deb-1"])
+            .ok()
+            .filter(|v| v["usage"]["guest_os"].as_str().is_some_and(|o| o.contains("Debian")))
     })?;
     check(
         shown["usage"]["guest_addresses"].as_array().is_some_and(|a| a.iter().any(|x| x == ip1.as_str())),
