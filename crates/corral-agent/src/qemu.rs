@@ -117,13 +117,15 @@ pub fn command_line(
         // The busybox guest panics rather than hangs; its QEMU then ends.
         a.extend(["-no-reboot".into(), "-append".into(), append]);
     }
-    // The root disk is the boot device (SeaBIOS tries only the first disk it finds otherwise,
-    // which may be the seed), and the first virtio disk (vda).
+    // The root disk is the first virtio disk (vda) and, under firmware, the boot device:
+    // SeaBIOS otherwise tries only the first disk it finds, which may be the seed. (A direct
+    // boot's kernel loader holds boot index 0 itself.)
+    let boot_device = if boot.firmware() { ",bootindex=0" } else { "" };
     a.extend([
         "-drive".into(),
         format!("file={},if=none,id={DISK_ID},format=qcow2,cache=writeback,discard=unmap", s(&p.disk())),
         "-device".into(),
-        format!("virtio-blk-pci,drive={DISK_ID},bootindex=0"),
+        format!("virtio-blk-pci,drive={DISK_ID}{boot_device}"),
     ]);
     if boot.firmware() {
         // A display for the graphical console, served as VNC on a socket only root reaches.
@@ -205,7 +207,9 @@ pub async fn spawn(qemu: &str, args: &[String], p: &VmPaths) -> Result<u32, Stri
         .await
         .map_err(|e| format!("cannot run {qemu}: {e}"))?;
     if !status.success() {
-        let err = std::fs::read_to_string(p.qemu_log()).unwrap_or_default();
+        // With -D, QEMU reports errors in that log rather than on its standard error.
+        let mut err = std::fs::read_to_string(p.qemu_log()).unwrap_or_default();
+        err.push_str(&std::fs::read_to_string(p.dir.join("qemu-trace.log")).unwrap_or_default());
         return Err(format!("QEMU failed to start: {}", err.trim()));
     }
     let pid = std::fs::read_to_string(p.pidfile())
@@ -324,6 +328,31 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn def() -> VmDefinition {
+        serde_json::from_value(serde_json::json!({
+            "name": "web-1", "uuid": "8d6c6a53-6e4e-4a55-9d3c-0a4c6ea1c001", "template": "img", "vcpus": 1,
+            "memory_mib": 512, "mac": "02:00:00:00:00:01", "workload": "idle"
+        }))
+        .expect("definition")
+    }
+
+    #[test]
+    fn a_direct_boot_leaves_the_boot_index_to_the_kernel_loader_and_firmware_boots_the_disk() {
+        let p = VmPaths::new("/vms/web-1".into());
+        let direct = Plan::Direct { kernel: "/t/k".into(), initrd: "/t/i".into() };
+        let a = command_line(&def(), &direct, GuestAgentKind::Corral, &p, Accel::Tcg, false).join(" ");
+        // QEMU refuses a second boot index 0 next to -kernel's loader.
+        assert!(!a.contains("bootindex"), "{a}");
+        assert!(a.contains("-kernel /t/k") && a.contains("org.corral.guest.0") && !a.contains("seed.iso"), "{a}");
+        let a = command_line(&def(), &Plan::Bios, GuestAgentKind::Qemu, &p, Accel::Tcg, false).join(" ");
+        assert!(a.contains("virtio-blk-pci,drive=disk0,bootindex=0"), "{a}");
+        // The disk comes before the seed (vda), and the seed is read-only.
+        let (disk, seed) = (a.find("drive=disk0").unwrap_or(usize::MAX), a.find("seed.iso").unwrap_or(0));
+        assert!(disk < seed && a.contains("readonly=on"), "{a}");
+        assert!(a.contains("org.qemu.guest_agent.0") && a.contains("vnc.sock") && !a.contains("-kernel"), "{a}");
+        assert!(a.contains("tcg,tb-size=256") && a.contains("-machine q35"), "{a}");
+    }
 
     #[test]
     fn tcg_ram_is_never_a_whole_number_of_dirty_bitmap_words() {

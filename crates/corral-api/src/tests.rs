@@ -106,6 +106,7 @@ fn vm_json() -> serde_json::Value {
         "ha": "restart",
         "storage": "shared",
         "firmware": "uefi",
+        "user_data": "#cloud-config\npackages: [htop]\n",
         "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW alice@laptop"],
     })
 }
