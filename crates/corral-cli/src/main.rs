@@ -192,8 +192,25 @@ fn init_logs(default: &str) {
 /// peer that closes its socket must be an error it reports, not a SIGPIPE that ends it
 /// without a word.
 fn stream_command(args: &[String]) -> bool {
+    // Flags and their values may come first (`--output json image import ...`).
     let words: Vec<&str> = args.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
-    matches!(words.as_slice(), ["image" | "template", "import" | "export", ..] | ["vm", "console" | "vnc", ..])
+    words.windows(2).any(|w| matches!(w, ["image" | "template", "import" | "export"] | ["vm", "console" | "vnc"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_command;
+
+    #[test]
+    fn streaming_commands_are_recognised_wherever_the_flags_are() {
+        let args = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+        assert!(stream_command(&args("corral image import x f.qcow2")));
+        assert!(stream_command(&args("corral --output json image import x f.qcow2")));
+        assert!(stream_command(&args("corral vm console web-1")));
+        assert!(stream_command(&args("corral --url http://a:7700 vm vnc web-1")));
+        assert!(!stream_command(&args("corral vm list")));
+        assert!(!stream_command(&args("corral image list")));
+    }
 }
 
 /// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the
