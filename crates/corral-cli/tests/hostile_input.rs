@@ -210,6 +210,37 @@ async fn the_controller_refuses_hostile_vm_requests_and_creates_nothing() {
         let doc: Value = r.json().await.unwrap_or(Value::Null);
         refused(s, &doc, "invalid name", path);
     }
+    // Image imports: the name in the path and every query value are checked before a byte of
+    // the body is kept.
+    for (path, field) in [
+        ("/v1/images/..%2Fetc", "invalid name"),
+        ("/v1/images/img?format=iso", "unknown disk format"),
+        ("/v1/images/img?sha256=zz", "64 hex digits"),
+        ("/v1/images/img?firmware=bios,efi", "bios or uefi"),
+        ("/v1/images/img?os=a%0Ab", "printable"),
+        ("/v1/images/img?backing=/etc/shadow", "unknown field"),
+    ] {
+        let r = reqwest::Client::new()
+            .put(format!("{}{path}", c.url))
+            .bearer_auth(TOKEN)
+            .body(vec![0u8; 4096])
+            .send()
+            .await
+            .expect("answer");
+        let s = r.status().as_u16();
+        let doc: Value = r.json().await.unwrap_or(Value::Null);
+        refused(s, &doc, field, path);
+    }
+    assert_eq!(tree(&c.dir.path().join("library")), Vec::<String>::new(), "nothing reached the library");
+    // Disk growth: sizes are checked, and unknown fields refused.
+    for (body, field) in [
+        (json!({ "size_mib": 0 }), "disk size"),
+        (json!({ "grow_mib": u64::MAX }), "disk size"),
+        (json!({ "size_mib": 1024, "shrink": true }), "unknown field"),
+    ] {
+        let (s, doc) = post(&c, "/v1/vms/web1/disk/resize", &body.to_string()).await;
+        refused(s, &doc, field, &format!("disk resize {body}"));
+    }
     // A stream that does not exist, and one of a VM that does not.
     for (path, status, says) in
         [("/v1/vms/web1/streams/shell", 422, "console or vnc"), ("/v1/vms/web1/streams/console", 404, "web1")]
