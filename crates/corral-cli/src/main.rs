@@ -197,6 +197,20 @@ fn stream_command(args: &[String]) -> bool {
     words.windows(2).any(|w| matches!(w, ["image" | "template", "import" | "export"] | ["vm", "console" | "vnc"]))
 }
 
+/// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the
+/// reader goes away, as Unix tools do (Rust ignores SIGPIPE, which turns it into a panic in
+/// `println!`). Streaming commands keep it ignored (see [`stream_command`]).
+#[allow(unsafe_code)]
+fn default_sigpipe(streaming: bool) {
+    if streaming {
+        return;
+    }
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid
+    // disposition for SIGPIPE.
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::stream_command;
@@ -211,18 +225,4 @@ mod tests {
         assert!(!stream_command(&args("corral vm list")));
         assert!(!stream_command(&args("corral image list")));
     }
-}
-
-/// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the
-/// reader goes away, as Unix tools do (Rust ignores SIGPIPE, which turns it into a panic in
-/// `println!`). Streaming commands keep it ignored (see [`stream_command`]).
-#[allow(unsafe_code)]
-fn default_sigpipe(streaming: bool) {
-    if streaming {
-        return;
-    }
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always a valid
-    // disposition for SIGPIPE.
-    let _ =
-        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
