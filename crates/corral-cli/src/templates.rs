@@ -77,14 +77,14 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
             if q.boot == Some(corral_api::image::Boot::Direct) {
                 bail!("--boot direct needs a kernel and an initrd, which an import does not carry: use bios or uefi");
             }
-            let have: Vec<Template> = c.get("/v1/images").await?;
+            let (leader, have) = raw(c).await?;
             if have.iter().any(|t| t.name == name.as_str()) {
                 bail!("the library already has an image {name:?}: delete it first or choose another name");
             }
             if q.os.is_none() {
                 q.os = Some(corral_api::image::Label(name.to_string()));
             }
-            let t = upload(c, name.as_str(), &file, &q, o == Output::Table).await?;
+            let t = upload(c, &leader, name.as_str(), &file, &q, o == Output::Table).await?;
             print(o, &t, |t| output::templates(std::slice::from_ref(t)))?;
         }
         TemplateCmd::Export { name, out } => {
@@ -102,10 +102,11 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
 }
 
 /// An HTTP client and the leading controller's URL, for transfers made outside the JSON
-/// client.
-async fn raw(c: &Client) -> Result<(reqwest::Client, String)> {
-    let _: Vec<Template> = c.get("/v1/images").await?;
-    Ok((reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build()?, c.leader()))
+/// client, and the library's images (listing them is how the leader is found).
+async fn raw(c: &Client) -> Result<((reqwest::Client, String), Vec<Template>)> {
+    let images: Vec<Template> = c.get("/v1/images").await?;
+    let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).build()?;
+    Ok(((http, c.leader()), images))
 }
 
 async fn refused(resp: reqwest::Response) -> anyhow::Error {
@@ -118,6 +119,7 @@ async fn refused(resp: reqwest::Response) -> anyhow::Error {
 
 async fn upload(
     c: &Client,
+    (http, base): &(reqwest::Client, String),
     name: &str,
     file: &PathBuf,
     q: &corral_api::image::ImportImage,
@@ -127,7 +129,6 @@ async fn upload(
         .await
         .with_context(|| format!("cannot open {} (give the path of a disk image file)", file.display()))?;
     let len = f.metadata().await?.len();
-    let (http, base) = raw(c).await?;
     let pb = if bar { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
@@ -159,7 +160,10 @@ async fn upload(
 
 async fn download(c: &Client, name: &str, out: &PathBuf) -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let (http, base) = raw(c).await?;
+    if out.exists() {
+        bail!("{} exists: choose another file or remove it", out.display());
+    }
+    let ((http, base), _) = raw(c).await?;
     let mut req = http.get(format!("{}/v1/templates/{name}/files/disk", base.trim_end_matches('/')));
     if let Some(t) = c.token() {
         req = req.bearer_auth(t);
@@ -167,9 +171,6 @@ async fn download(c: &Client, name: &str, out: &PathBuf) -> Result<()> {
     let resp = req.send().await?;
     if !resp.status().is_success() {
         return Err(refused(resp).await);
-    }
-    if out.exists() {
-        bail!("{} exists: choose another file or remove it", out.display());
     }
     let tmp = out.with_extension("partial");
     let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;

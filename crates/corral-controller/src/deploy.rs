@@ -61,12 +61,8 @@ impl Controller {
             corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
         }
         let t = self.check_template(&req.template)?;
-        if req.firmware.is_some() && t.boot == corral_api::image::Boot::Direct {
-            return Err(ApiError::bad_request(format!(
-                "template {} boots directly (kernel and initrd), not from firmware: leave --firmware unset",
-                t.name
-            )));
-        }
+        Self::check_firmware(&t, req.firmware)
+            .map_err(|e| ApiError::bad_request(format!("{e}: leave --firmware unset")))?;
         Ok(())
     }
 

@@ -13,15 +13,12 @@ use serde::Deserialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
-use corral_api::image::{Boot, ImportImage};
+use corral_api::image::{Boot, DiskFormat, ImportImage, DISK_FORMATS};
 use corral_api::template_dir::Meta;
 use corral_api::{ApiError, Template};
 
 use crate::service::{store_err, Controller};
 use crate::tables::VMS;
-
-/// The disk formats an import may be in (what `qemu-img info` calls them).
-const FORMATS: &[&str] = &["qcow2", "raw", "vmdk", "vhdx", "vpc", "vdi"];
 
 /// How long examining or converting one image may take.
 const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -84,7 +81,7 @@ pub enum ImageError {
 
 /// Checks what `qemu-img info` found: a known format, and no other file it would open.
 pub fn check_info(info: &ImgInfo, path: &Path) -> Result<(), ImageError> {
-    if !FORMATS.contains(&info.format.as_str()) {
+    if !DISK_FORMATS.contains(&info.format.as_str()) {
         return Err(ImageError::Format(info.format.clone()));
     }
     if let Some(b) = &info.backing_filename {
@@ -135,12 +132,9 @@ pub async fn info(path: &Path, format: Option<&str>) -> Result<ImgInfo, ImageErr
     serde_json::from_slice(&out).map_err(|e| ImageError::Unreadable(format!("unexpected qemu-img info output: {e}")))
 }
 
-/// Examines a received file and converts it to the library's qcow2 at `out`; answers its
-/// virtual size.
-pub async fn examine_and_convert(path: &Path, format: Option<&str>, out: &Path) -> Result<u64, ImageError> {
-    if let Some(f) = format.filter(|f| !FORMATS.contains(f)) {
-        return Err(ImageError::Format(f.to_string()));
-    }
+/// Examines a received file (as `format`, a checked one, or probed) and converts it to the
+/// library's qcow2 at `out`; answers its virtual size.
+pub async fn examine_and_convert(path: &Path, format: Option<&DiskFormat>, out: &Path) -> Result<u64, ImageError> {
     // A text VMDK descriptor names its data files; qemu-img would open them to read it.
     let mut head = vec![0u8; 1024];
     let n = std::io::Read::read(
@@ -152,7 +146,7 @@ pub async fn examine_and_convert(path: &Path, format: Option<&str>, out: &Path) 
     if head.starts_with(b"# Disk DescriptorFile") {
         return Err(ImageError::Descriptor);
     }
-    let info = info(path, format).await?;
+    let info = info(path, format.map(|f| &**f)).await?;
     check_info(&info, path)?;
     if info.format == "raw" && !looks_like_a_disk(head) {
         return Err(ImageError::NotADisk);
@@ -245,7 +239,7 @@ impl Controller {
             cleanup();
             return Err(e);
         }
-        let size = match examine_and_convert(&tmp, req.format.as_deref(), &converted).await {
+        let size = match examine_and_convert(&tmp, req.format.as_ref(), &converted).await {
             Ok(s) => s,
             Err(e) => {
                 cleanup();

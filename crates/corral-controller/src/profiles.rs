@@ -130,12 +130,7 @@ impl Controller {
             .map(str::parse)
             .transpose()
             .map_err(|e: String| bad(format!("field `firmware`: {e}")))?;
-        if firmware.is_some() && tpl.boot == corral_api::image::Boot::Direct {
-            return Err(bad(format!(
-                "field `firmware`: template {} boots directly (kernel and initrd), not from firmware: remove the field",
-                tpl.name
-            )));
-        }
+        Self::check_firmware(&tpl, firmware).map_err(|e| bad(format!("field `firmware`: {e}: remove the field")))?;
         let ssh_keys = t
             .ssh_keys
             .iter()

@@ -96,6 +96,15 @@ impl Controller {
         })
     }
 
+    /// Whether a VM from template `t` may ask for firmware: only an image booting from its disk
+    /// has any (the agent checks which the image supports).
+    pub(crate) fn check_firmware(t: &Template, firmware: Option<corral_api::image::Firmware>) -> Result<(), String> {
+        if firmware.is_some() && t.boot == corral_api::image::Boot::Direct {
+            return Err(format!("template {} boots directly (kernel and initrd), not from firmware", t.name));
+        }
+        Ok(())
+    }
+
     /// Makes sure `host` holds `template`, sending it from the library if not. Concurrent
     /// callers for the same host and template share one transfer.
     pub(crate) async fn ensure_template(&self, host: &str, template: &str) -> Result<(), ApiError> {

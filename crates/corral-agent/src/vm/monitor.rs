@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// How often a guest's own facts (OS, addresses) are asked for.
-const FACTS_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
-
 use corral_api::agent::Ended;
 use corral_api::{VmState, VmUsage};
 
 use super::{lock, Entry, Manager};
 use crate::{hostinfo, qemu};
+
+/// How often a guest's own facts (OS, addresses) are asked for.
+const FACTS_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A QEMU process's CPU counters at one instant: used time (clock ticks) and used plus
 /// run-queue waiting time of all its threads (ns), for the demand of the next sample.
@@ -96,8 +96,7 @@ impl Manager {
             if r.state == VmState::Running {
                 let guest = e.guest();
                 u.guest_mem_used_mib = guest.mem_used_mib().await;
-                // The guest's own facts change rarely: asked again every 15 s.
-                let prev = lock(&e.usage).0.clone();
+                // The guest's own facts change rarely: asked again every 15 s, kept between.
                 let due = lock(&e.facts_at).is_none_or(|t| t.elapsed() >= FACTS_EVERY);
                 if due {
                     if let Some((os, addrs)) = guest.facts().await {
@@ -105,7 +104,8 @@ impl Manager {
                         *lock(&e.facts_at) = Some(Instant::now());
                     }
                 } else {
-                    (u.guest_os, u.guest_addresses) = (prev.guest_os, prev.guest_addresses);
+                    let prev = &lock(&e.usage).0;
+                    (u.guest_os, u.guest_addresses) = (prev.guest_os.clone(), prev.guest_addresses.clone());
                 }
             }
             lock(&e.usage).0 = u;
