@@ -141,6 +141,7 @@ mod tests {
             kernel_version: String::new(),
             os: String::new(),
             size_bytes: 0,
+            ..Default::default()
         };
         Template {
             info: corral_api::agent::TemplateInfo {

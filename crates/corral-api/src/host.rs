@@ -177,6 +177,12 @@ pub struct Template {
     /// The agent in its guests: `corral`, `qemu` or `none`.
     #[serde(default)]
     pub guest_agent: crate::image::GuestAgentKind,
+    /// The vCPUs its VMs are meant to have (from an imported OVA), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// The memory its VMs are meant to have, MiB (from an imported OVA), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
     /// Hosts that hold this template.
     #[serde(default)]
     pub hosts: Vec<String>,

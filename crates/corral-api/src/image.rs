@@ -82,10 +82,11 @@ words!(wire StreamKind, "stream", "console or vnc", { Console => "console", Vnc 
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportImage {
-    /// The file's format (qcow2, raw, vmdk, vhdx, vpc, vdi); probed when absent.
+    /// The file's format (qcow2, raw, vmdk, vhdx, vpc, vdi, or ova: a tar of an OVF
+    /// descriptor and its disks); probed when absent.
     #[serde(default)]
     #[param(value_type = Option<String>)]
-    pub format: Option<DiskFormat>,
+    pub format: Option<ImportFormat>,
     /// How it boots: bios (default) or uefi.
     #[serde(default)]
     #[param(value_type = Option<String>)]
@@ -106,6 +107,19 @@ pub struct ImportImage {
     #[serde(default)]
     #[param(value_type = Option<String>)]
     pub os: Option<Label>,
+    /// The file's size in bytes, when the sender knows it: an import larger than the
+    /// controller takes is refused before any of it is sent, and one that arrives shorter is
+    /// refused as cut.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// What an import is: a disk image in one of [`DISK_FORMATS`], or an OVA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportFormat {
+    Disk(DiskFormat),
+    /// An OVA: a tar holding an OVF descriptor (first), an optional manifest and the disks.
+    Ova,
 }
 
 /// A disk image format Corral imports.
@@ -163,6 +177,20 @@ string_type!(
         Err(format!("unknown disk format {s:?}: use one of {}", DISK_FORMATS.join(", ")))
     },
     |d: &DiskFormat| d.0.clone()
+);
+string_type!(
+    ImportFormat,
+    |s: &str| if s == "ova" {
+        Ok(ImportFormat::Ova)
+    } else if DISK_FORMATS.contains(&s) {
+        Ok(ImportFormat::Disk(DiskFormat(s.to_string())))
+    } else {
+        Err(format!("unknown disk format {s:?}: use one of {}, ova", DISK_FORMATS.join(", ")))
+    },
+    |f: &ImportFormat| match f {
+        ImportFormat::Disk(d) => d.0.clone(),
+        ImportFormat::Ova => "ova".to_string(),
+    }
 );
 string_type!(
     FirmwareList,
@@ -357,5 +385,14 @@ mod tests {
         assert_eq!(Boot::from(Firmware::Bios), Boot::Bios);
         assert!("efi".parse::<Boot>().unwrap_err().contains("direct, bios or uefi"));
         assert_eq!(serde_json::to_string(&GuestAgentKind::Qemu).unwrap(), "\"qemu\"");
+    }
+
+    #[test]
+    fn import_formats_are_disk_formats_or_ova() {
+        assert_eq!("ova".parse::<ImportFormat>().unwrap(), ImportFormat::Ova);
+        assert!(matches!("vmdk".parse::<ImportFormat>().unwrap(), ImportFormat::Disk(d) if &*d == "vmdk"));
+        let err = "iso".parse::<ImportFormat>().unwrap_err();
+        assert!(err.contains("unknown disk format") && err.contains("ova"), "{err}");
+        assert_eq!(serde_json::to_string(&ImportFormat::Ova).unwrap(), "\"ova\"");
     }
 }

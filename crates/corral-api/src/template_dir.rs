@@ -11,7 +11,7 @@ use crate::agent::TemplateInfo;
 use crate::image::{Boot, Firmware, GuestAgentKind};
 
 /// A template's metadata file.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Meta {
     pub name: String,
     /// The kernel and initrd QEMU loads (`boot = direct` only).
@@ -35,6 +35,12 @@ pub struct Meta {
     pub os: String,
     #[serde(default)]
     pub size_bytes: u64,
+    /// The vCPUs its VMs are meant to have (an OVA's virtual hardware), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// The memory its VMs are meant to have, MiB (an OVA's virtual hardware), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
 }
 
 /// A template with absolute paths to its parts.

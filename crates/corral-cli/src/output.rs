@@ -108,12 +108,23 @@ pub fn host(h: &Host) {
     }
 }
 
+/// Images, with the vCPUs and memory their VMs are meant to have when the image says (an
+/// imported OVA's).
 pub fn templates(ts: &[Template]) {
     table(
-        &["NAME", "SIZE", "KERNEL", "OS", "HOSTS"],
+        &["NAME", "SIZE", "BOOT", "VCPUS", "MEMORY", "KERNEL", "OS", "HOSTS"],
         ts.iter()
             .map(|t| {
-                vec![t.name.clone(), mib(t.size_bytes >> 20), t.kernel_version.clone(), t.os.clone(), t.hosts.join(",")]
+                vec![
+                    t.name.clone(),
+                    mib(t.size_bytes >> 20),
+                    t.boot.to_string(),
+                    opt(&t.vcpus),
+                    opt(&t.memory_mib.map(mib)),
+                    t.kernel_version.clone(),
+                    t.os.clone(),
+                    t.hosts.join(","),
+                ]
             })
             .collect(),
     );

@@ -1,6 +1,6 @@
 //! `corral image` (alias `template`): the image library VMs are made from: list and show it,
-//! import a disk image into it (streamed to the controller with a progress bar), export one,
-//! delete one.
+//! import a disk image or OVA into it (streamed to the controller with a progress bar), export
+//! one, delete one.
 
 use std::path::PathBuf;
 
@@ -19,16 +19,22 @@ pub enum TemplateCmd {
     List,
     /// Show one image.
     Show { name: String },
-    /// Import a disk image file (qcow2, raw, vmdk, vhdx, vpc, vdi) into the library.
+    /// Import a disk image (qcow2, raw, vmdk, vhdx, vpc, vdi) or an OVA file into the library.
+    ///
+    /// The controller checks it (size, --sha256, format, corruption, no other files opened)
+    /// and converts it to qcow2; a refused import leaves nothing in the library. An OVA's first
+    /// disk is imported, and its OVF's vCPUs, memory and firmware become the image's defaults
+    /// (an OVF with EFI firmware boots uefi unless --boot says otherwise).
     Import {
         name: String,
+        /// The disk image or OVA file to upload.
         file: PathBuf,
-        /// The file's format (default: probed).
+        /// Its format: qcow2, raw, vmdk, vhdx, vpc, vdi or ova (default: probed).
         #[arg(long)]
         format: Option<String>,
-        /// How it boots: bios or uefi.
-        #[arg(long, default_value = "bios")]
-        boot: String,
+        /// How it boots: bios or uefi (default: an OVA's firmware, else bios).
+        #[arg(long)]
+        boot: Option<String>,
         /// Every firmware it boots under, comma-separated (e.g. bios,uefi; default: --boot's).
         #[arg(long)]
         firmware: Option<String>,
@@ -64,7 +70,7 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
             // Checked here as the controller checks them, so a typo costs no upload.
             let mut q = corral_api::image::ImportImage {
                 format: format.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
-                boot: Some(boot.parse().map_err(anyhow::Error::msg)?),
+                boot: boot.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
                 firmware: firmware.as_deref().map(str::parse).transpose().map_err(anyhow::Error::msg)?,
                 guest_agent: Some(guest_agent.parse().map_err(anyhow::Error::msg)?),
                 sha256: sha256
@@ -73,6 +79,7 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
                     .transpose()
                     .map_err(|e: String| anyhow::anyhow!("--sha256: {e}"))?,
                 os: os.as_deref().map(str::parse).transpose().map_err(|e: String| anyhow::anyhow!("--os: {e}"))?,
+                size: None,
             };
             if q.boot == Some(corral_api::image::Boot::Direct) {
                 bail!("--boot direct needs a kernel and an initrd, which an import does not carry: use bios or uefi");
@@ -127,8 +134,10 @@ async fn upload(
 ) -> Result<Template> {
     let f = tokio::fs::File::open(file)
         .await
-        .with_context(|| format!("cannot open {} (give the path of a disk image file)", file.display()))?;
+        .with_context(|| format!("cannot open {} (give the path of a disk image or OVA file)", file.display()))?;
     let len = f.metadata().await?.len();
+    // The size goes with it, so the controller refuses a too large image before it comes.
+    let q = corral_api::image::ImportImage { size: Some(len), ..q.clone() };
     let pb = if bar { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
@@ -143,7 +152,7 @@ async fn upload(
     });
     let mut req = http
         .put(format!("{}/v1/images/{name}", base.trim_end_matches('/')))
-        .query(q)
+        .query(&q)
         .header("content-type", "application/octet-stream")
         .header("content-length", len)
         .body(reqwest::Body::wrap_stream(stream));

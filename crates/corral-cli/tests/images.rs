@@ -2,6 +2,7 @@
 //! in every format Corral takes are imported through `corral image import` and come out as the
 //! same disk; corrupt files, files that are no disk, images that would make QEMU open other
 //! host files, and checksum mismatches are refused with the reason, leaving nothing behind.
+//! An OVA's disk is imported with its descriptor's vCPUs, memory and firmware.
 //! (Booting an imported image is a lab trial.)
 
 use std::path::{Path, PathBuf};
@@ -151,4 +152,143 @@ async fn bad_images_are_refused_with_the_reason_and_leave_nothing() {
     let sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
     let o = corral(&c, &["image", "import", "t-ok", &raw_s, "--sha256", &sum]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+fn sha256(p: &Path) -> String {
+    let o = Command::new("sha256sum").arg(p).output().expect("sha256sum");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// An OVF descriptor for one VM of 2 vCPUs, 1536 MiB and EFI firmware, whose disk is
+/// `disk1.vmdk`, as VMware writes one.
+const OVF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf">
+  <References>
+    <File ovf:href="disk1.vmdk" ovf:id="file1"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="4" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="appliance">
+    <Info>A virtual machine</Info>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System><vssd:VirtualSystemType>vmx-14</vssd:VirtualSystemType></System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>2</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>1536</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#;
+
+/// Tars `files` of `dir` (in that order, the descriptor first) into `out` as ustar.
+fn tar(dir: &Path, out: &Path, files: &[&str]) {
+    let o = Command::new("tar").args(["--format=ustar", "-cf"]).arg(out).arg("-C").arg(dir).args(files).output();
+    let o = o.expect("tar runs");
+    assert!(o.status.success(), "tar: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test]
+async fn an_ova_imports_its_disk_with_its_cpus_memory_and_firmware() {
+    let c = start("controller").await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let raw = raw_disk(tmp.path());
+    let dir = tmp.path().join("appliance");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let vmdk = dir.join("disk1.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        &raw.display().to_string(),
+        &vmdk.display().to_string(),
+    ]);
+    std::fs::write(dir.join("appliance.ovf"), OVF).expect("ovf");
+    let manifest = format!(
+        "SHA256(appliance.ovf)= {}\nSHA256(disk1.vmdk)= {}\n",
+        sha256(&dir.join("appliance.ovf")),
+        sha256(&vmdk)
+    );
+    std::fs::write(dir.join("appliance.mf"), manifest).expect("mf");
+    let ova = tmp.path().join("appliance.ova");
+    tar(&dir, &ova, &["appliance.ovf", "appliance.mf", "disk1.vmdk"]);
+
+    // Probed as an OVA (no --format).
+    let o = corral(&c, &["image", "import", "appliance", &ova.display().to_string(), "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = corral(&c, &["image", "show", "appliance", "--output", "json"]);
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the image as JSON");
+    assert_eq!((&t["boot"], &t["vcpus"], &t["memory_mib"]), (&"uefi".into(), &2.into(), &1536.into()), "{t}");
+    let shown = text(&corral(&c, &["image", "show", "appliance"]));
+    assert!(shown.contains("uefi") && shown.contains("1536M"), "{shown}");
+    let out = tmp.path().join("out.qcow2");
+    let o = corral(&c, &["image", "export", "appliance", &out.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&raw).arg(&out).output();
+    let o = o.expect("qemu-img");
+    assert!(o.status.success(), "the image holds the OVA's disk: {}", text(&o));
+    // An explicit --boot wins over the OVF's firmware.
+    let o = corral(
+        &c,
+        &[
+            "image",
+            "import",
+            "appliance-bios",
+            &ova.display().to_string(),
+            "--format",
+            "ova",
+            "--boot",
+            "bios",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the image as JSON");
+    assert_eq!(t["boot"], "bios", "{t}");
+
+    // Refusals: a manifest that disagrees, an OVF naming a disk the tar lacks, a tar without
+    // an OVF; each leaves nothing.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    std::fs::copy(&vmdk, bad.join("disk1.vmdk")).expect("copy");
+    std::fs::write(bad.join("appliance.ovf"), OVF).expect("ovf");
+    std::fs::write(bad.join("appliance.mf"), format!("SHA256(disk1.vmdk)= {}\n", "0".repeat(64))).expect("mf");
+    std::fs::write(bad.join("other.ovf"), OVF.replace("disk1.vmdk", "disk9.vmdk")).expect("ovf");
+    let p = |n: &str| tmp.path().join(n);
+    tar(&bad, &p("mismatch.ova"), &["appliance.ovf", "appliance.mf", "disk1.vmdk"]);
+    tar(&bad, &p("lacking.ova"), &["other.ovf", "disk1.vmdk"]);
+    tar(&bad, &p("no-ovf.ova"), &["disk1.vmdk"]);
+    let before = library(&c);
+    for (name, file, says) in [
+        ("o-mismatch", "mismatch.ova", "the manifest gives SHA256"),
+        ("o-lacking", "lacking.ova", "lacks the disk file \"disk9.vmdk\""),
+        ("o-no-ovf", "no-ovf.ova", "no .ovf descriptor"),
+    ] {
+        let o = corral(&c, &["image", "import", name, &p(file).display().to_string(), "--format", "ova"]);
+        assert!(!o.status.success(), "{name} was imported: {}", text(&o));
+        assert!(text(&o).contains(says), "{name}: the refusal says {says:?}: {}", text(&o));
+    }
+    assert_eq!(library(&c), before, "the refusals left nothing");
 }

@@ -4,6 +4,10 @@
 //! Corral takes, when it is corrupt (`qemu-img check`), or when it would make QEMU open other
 //! host files (a backing file, an external data file, VMDK extents outside it); then it is
 //! converted to qcow2 and its metadata written last, so a cut import never looks like an image.
+//! An OVA (see [`ova`]) is unpacked first: its first disk goes through the same checks, and
+//! its descriptor's vCPUs, memory and firmware become the image's defaults.
+
+pub mod ova;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +17,7 @@ use serde::Deserialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
-use corral_api::image::{Boot, DiskFormat, ImportImage, DISK_FORMATS};
+use corral_api::image::{Boot, DiskFormat, ImportFormat, ImportImage, DISK_FORMATS};
 use corral_api::template_dir::Meta;
 use corral_api::{ApiError, Template};
 
@@ -77,6 +81,32 @@ pub enum ImageError {
     Corrupt(String),
     #[error("qemu-img cannot read the file: {0}")]
     Unreadable(String),
+    #[error(transparent)]
+    Ova(#[from] ova::OvaError),
+}
+
+/// Scratch files of one import, removed however it ends (refused, failed, or abandoned when
+/// the client goes away mid-upload and the request is dropped).
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The first bytes of a file (up to 1 KiB).
+fn head(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut head = vec![0u8; 1024];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(path).map_err(|e| ImageError::Unreadable(e.to_string()))?,
+        &mut head,
+    )
+    .map_err(|e| ImageError::Unreadable(e.to_string()))?;
+    head.truncate(n);
+    Ok(head)
 }
 
 /// Checks what `qemu-img info` found: a known format, and no other file it would open.
@@ -136,13 +166,7 @@ pub async fn info(path: &Path, format: Option<&str>) -> Result<ImgInfo, ImageErr
 /// library's qcow2 at `out`; answers its virtual size.
 pub async fn examine_and_convert(path: &Path, format: Option<&DiskFormat>, out: &Path) -> Result<u64, ImageError> {
     // A text VMDK descriptor names its data files; qemu-img would open them to read it.
-    let mut head = vec![0u8; 1024];
-    let n = std::io::Read::read(
-        &mut std::fs::File::open(path).map_err(|e| ImageError::Unreadable(e.to_string()))?,
-        &mut head,
-    )
-    .map_err(|e| ImageError::Unreadable(e.to_string()))?;
-    let head = &head[..n];
+    let head = &head(path)?;
     if head.starts_with(b"# Disk DescriptorFile") {
         return Err(ImageError::Descriptor);
     }
@@ -182,7 +206,8 @@ impl Controller {
             .ok_or_else(|| ApiError::unavailable("this controller has no image library: start it with --templates DIR"))
     }
 
-    /// Imports an image from `body` into the library as `req.name`.
+    /// Imports an image from `body` into the library as `req.name`: a disk image, or an OVA
+    /// (`format = ova`, or a tar when no format is given) whose first disk is imported.
     pub async fn import_image(
         &self,
         name: &corral_api::types::Name,
@@ -191,6 +216,12 @@ impl Controller {
     ) -> Result<Template, ApiError> {
         let dir = self.library_dir()?;
         let name = name.as_str();
+        let limit = self.settings.max_image_bytes;
+        let too_large = || {
+            ApiError::bad_request(format!(
+                "the image is larger than this controller takes ({limit} bytes, --max-image-size)"
+            ))
+        };
         if self.library().iter().any(|t| t.name == name) {
             return Err(ApiError::already_exists(format!(
                 "the library already has an image {name:?}: delete it first or choose another name"
@@ -201,54 +232,69 @@ impl Controller {
                 "boot = direct needs a kernel and an initrd, which an import does not carry: use bios or uefi",
             ));
         }
-        let tmp = dir.join(format!(".import-{name}.partial"));
-        let converted = dir.join(format!(".import-{name}.qcow2.partial"));
-        let cleanup = || {
+        if req.size.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        // Named apart per import, so two imports of one name never share a scratch file.
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = dir.join(format!(".import-{name}-{id}.partial"));
+        let disk_tmp = dir.join(format!(".import-{name}-{id}.disk.partial"));
+        let converted = dir.join(format!(".import-{name}-{id}.qcow2.partial"));
+        let _scratch = Scratch(vec![tmp.clone(), disk_tmp.clone(), converted.clone()]);
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut hash = sha2::Sha256::new();
+        let mut n: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload was cut: {e}")))?;
+            n += chunk.len() as u64;
+            if n > limit {
+                return Err(too_large());
+            }
+            hash.update(&chunk);
+            f.write_all(&chunk).await.map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        f.sync_all().await.map_err(|e| ApiError::internal(e.to_string()))?;
+        drop(f);
+        if let Some(want) = req.size.filter(|want| *want != n) {
+            return Err(ApiError::bad_request(format!(
+                "the upload was cut: {n} of its {want} bytes arrived; nothing was imported"
+            )));
+        }
+        let got = format!("{:x}", hash.finalize());
+        if let Some(want) = req.sha256.as_ref().map(|s| &s.0) {
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(ApiError::bad_request(format!(
+                    "checksum mismatch: the file's SHA-256 is {got}, not {want}; nothing was imported"
+                )));
+            }
+        }
+        let refused = |e: ImageError| ApiError::bad_request(format!("image {name:?} refused: {e}"));
+        let is_ova = match &req.format {
+            Some(ImportFormat::Ova) => true,
+            Some(ImportFormat::Disk(_)) => false,
+            None => ova::is_ova(&head(&tmp).map_err(refused)?),
+        };
+        let (disk, format, ovf) = if is_ova {
+            let (from, to) = (tmp.clone(), disk_tmp.clone());
+            let ovf = tokio::task::spawn_blocking(move || ova::extract_disk(&from, &to, limit))
+                .await
+                .map_err(|e| ApiError::internal(format!("the OVA's unpacking failed: {e}")))?
+                .map_err(|e| refused(e.into()))?;
+            // Its disk is out: the archive's room is given back before the conversion.
             let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&converted);
+            (&disk_tmp, None, Some(ovf))
+        } else {
+            let format = match &req.format {
+                Some(ImportFormat::Disk(d)) => Some(d),
+                _ => None,
+            };
+            (&tmp, format, None)
         };
-        let received = async {
-            let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| ApiError::internal(e.to_string()))?;
-            let mut hash = sha2::Sha256::new();
-            let mut n: u64 = 0;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload was cut: {e}")))?;
-                n += chunk.len() as u64;
-                if n > self.settings.max_image_bytes {
-                    return Err(ApiError::bad_request(format!(
-                        "the image is larger than this controller takes ({} bytes, --max-image-size)",
-                        self.settings.max_image_bytes
-                    )));
-                }
-                hash.update(&chunk);
-                f.write_all(&chunk).await.map_err(|e| ApiError::internal(e.to_string()))?;
-            }
-            f.sync_all().await.map_err(|e| ApiError::internal(e.to_string()))?;
-            let got = format!("{:x}", hash.finalize());
-            if let Some(want) = req.sha256.as_ref().map(|s| &s.0) {
-                if !got.eq_ignore_ascii_case(want) {
-                    return Err(ApiError::bad_request(format!(
-                        "checksum mismatch: the file's SHA-256 is {got}, not {want}; nothing was imported"
-                    )));
-                }
-            }
-            Ok(n)
-        }
-        .await;
-        if let Err(e) = received {
-            cleanup();
-            return Err(e);
-        }
-        let size = match examine_and_convert(&tmp, req.format.as_ref(), &converted).await {
-            Ok(s) => s,
-            Err(e) => {
-                cleanup();
-                return Err(ApiError::bad_request(format!("image {name:?} refused: {e}")));
-            }
-        };
-        let _ = std::fs::remove_file(&tmp);
-        let disk = format!("{name}.qcow2");
-        let boot = req.boot.unwrap_or(Boot::Bios);
+        let size = examine_and_convert(disk, format, &converted).await.map_err(refused)?;
+        let _ = std::fs::remove_file(disk);
+        let file = format!("{name}.qcow2");
+        // An explicit --boot wins over what the OVF says.
+        let boot = req.boot.or(ovf.as_ref().and_then(|o| o.firmware).map(Boot::from)).unwrap_or(Boot::Bios);
         let mut firmware = req.firmware.clone().map(|f| f.0).unwrap_or_default();
         if let Some(f) = boot.firmware().filter(|f| !firmware.contains(f)) {
             firmware.insert(0, f);
@@ -257,26 +303,32 @@ impl Controller {
             name: name.to_string(),
             kernel: None,
             initrd: None,
-            disk: disk.clone(),
+            disk: file.clone(),
             boot,
             firmware,
             guest_agent: req.guest_agent.unwrap_or(corral_api::image::GuestAgentKind::Qemu),
             kernel_version: String::new(),
             os: req.os.as_ref().map(|o| o.0.clone()).unwrap_or_else(|| "imported".into()),
             size_bytes: size,
+            vcpus: ovf.as_ref().and_then(|o| o.vcpus),
+            memory_mib: ovf.as_ref().and_then(|o| o.memory_mib),
         };
         let done = (|| -> std::io::Result<()> {
-            std::fs::rename(&converted, dir.join(&disk))?;
-            let m = dir.join(format!(".{name}.json.partial"));
-            std::fs::write(&m, serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&m, dir.join(format!("{name}.json")))
+            std::fs::rename(&converted, dir.join(&file))?;
+            let m = dir.join(format!(".{name}-{id}.json.partial"));
+            let written = std::fs::write(&m, serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?)
+                .and_then(|()| std::fs::rename(&m, dir.join(format!("{name}.json"))));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&m);
+            }
+            written
         })();
         if let Err(e) = done {
-            cleanup();
-            let _ = std::fs::remove_file(dir.join(&disk));
+            let _ = std::fs::remove_file(dir.join(&file));
             return Err(ApiError::internal(format!("cannot store image {name:?}: {e}")));
         }
-        self.event("image.imported", name, format!("image {name} imported ({size} bytes virtual)"));
+        let from = if ovf.is_some() { " from an OVA" } else { "" };
+        self.event("image.imported", name, format!("image {name} imported{from} ({size} bytes virtual)"));
         self.templates()?
             .into_iter()
             .find(|t| t.name == name)

@@ -61,6 +61,8 @@ impl Controller {
                     os: t.os.clone(),
                     boot: t.t.meta.boot,
                     guest_agent: t.t.meta.guest_agent,
+                    vcpus: t.t.meta.vcpus,
+                    memory_mib: t.t.meta.memory_mib,
                     hosts: vec![],
                 },
             );
@@ -75,6 +77,8 @@ impl Controller {
                         os: t.os.clone(),
                         boot: t.boot,
                         guest_agent: t.guest_agent,
+                        vcpus: None,
+                        memory_mib: None,
                         hosts: vec![],
                     })
                     .hosts
