@@ -1,8 +1,11 @@
 //! `corral image` (alias `template`): the image library VMs are made from: list and show it,
-//! import a disk image or OVA into it (streamed to the controller with a progress bar), export
-//! one, delete one.
+//! import a disk image or OVA into it from a file or an http(s) URL (streamed to the
+//! controller with a progress bar, see [`source`]), export one, delete one.
+
+mod source;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -12,6 +15,7 @@ use corral_api::{ErrorBody, Template};
 
 use crate::client::Client;
 use crate::output::{self, print, Output};
+use source::{Source, SourceUrl};
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCmd {
@@ -19,16 +23,31 @@ pub enum TemplateCmd {
     List,
     /// Show one image.
     Show { name: String },
-    /// Import a disk image (qcow2, raw, vmdk, vhdx, vpc, vdi) or an OVA file into the library.
+    /// Import a disk image (qcow2, raw, vmdk, vhdx, vpc, vdi) or an OVA into the library, from
+    /// a file or an http(s) URL.
     ///
     /// The controller checks it (size, --sha256, format, corruption, no other files opened)
-    /// and converts it to qcow2; a refused import leaves nothing in the library. An OVA's first
-    /// disk is imported, and its OVF's vCPUs, memory and firmware become the image's defaults
-    /// (an OVF with EFI firmware boots uefi unless --boot says otherwise).
+    /// and converts it to qcow2; a refused or failed import leaves nothing in the library. An
+    /// OVA's first disk is imported, and its OVF's vCPUs, memory and firmware become the
+    /// image's defaults (an OVF with EFI firmware boots uefi unless --boot says otherwise).
+    #[command(after_help = "Examples:\n  corral image import debian ./debian-12.qcow2 --boot uefi\n  \
+        corral image import noble --from-url https://HOST/noble-server-cloudimg-amd64.img --sha256 HEX\n  \
+        corral image import appliance ./appliance.ova")]
+    #[command(
+        group(clap::ArgGroup::new("source").required(true).args(["file", "from_url"])),
+        override_usage = "corral image import [OPTIONS] <NAME> <FILE | --from-url URL>"
+    )]
     Import {
         name: String,
         /// The disk image or OVA file to upload.
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Download it from this http:// or https:// URL instead, streamed straight to the
+        /// controller (nothing is written here). (`--url` is the controller's address.)
+        #[arg(long, value_name = "URL")]
+        from_url: Option<SourceUrl>,
+        /// With --from-url: give up when the server sends nothing for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        stall_timeout: u64,
         /// Its format: qcow2, raw, vmdk, vhdx, vpc, vdi or ova (default: probed).
         #[arg(long)]
         format: Option<String>,
@@ -65,7 +84,18 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
                 output::templates(std::slice::from_ref(t))
             })?;
         }
-        TemplateCmd::Import { name, file, format, boot, firmware, guest_agent, sha256, os } => {
+        TemplateCmd::Import {
+            name,
+            file,
+            from_url,
+            stall_timeout,
+            format,
+            boot,
+            firmware,
+            guest_agent,
+            sha256,
+            os,
+        } => {
             let name = crate::name_arg("image", &name)?;
             // Checked here as the controller checks them, so a typo costs no upload.
             let mut q = corral_api::image::ImportImage {
@@ -91,7 +121,12 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
             if q.os.is_none() {
                 q.os = Some(corral_api::image::Label(name.to_string()));
             }
-            let t = upload(c, &leader, name.as_str(), &file, &q, o == Output::Table).await?;
+            let src = match (&file, &from_url) {
+                (Some(f), _) => source::file(f).await?,
+                (None, Some(u)) => source::url(u, Duration::from_secs(stall_timeout)).await?,
+                (None, None) => bail!("give the image's FILE or --from-url URL"),
+            };
+            let t = upload(c, &leader, name.as_str(), src, &q, o == Output::Table).await?;
             print(o, &t, |t| output::templates(std::slice::from_ref(t)))?;
         }
         TemplateCmd::Export { name, out } => {
@@ -124,43 +159,56 @@ async fn refused(resp: reqwest::Response) -> anyhow::Error {
     }
 }
 
+/// Streams `src` as the body of the import of `name`, with a progress bar when `bar`.
 async fn upload(
     c: &Client,
     (http, base): &(reqwest::Client, String),
     name: &str,
-    file: &PathBuf,
+    src: Source,
     q: &corral_api::image::ImportImage,
     bar: bool,
 ) -> Result<Template> {
-    let f = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("cannot open {} (give the path of a disk image or OVA file)", file.display()))?;
-    let len = f.metadata().await?.len();
-    // The size goes with it, so the controller refuses a too large image before it comes.
-    let q = corral_api::image::ImportImage { size: Some(len), ..q.clone() };
-    let pb = if bar { indicatif::ProgressBar::new(len) } else { indicatif::ProgressBar::hidden() };
+    let pb = match (bar, src.len) {
+        (false, _) => indicatif::ProgressBar::hidden(),
+        (true, Some(n)) => indicatif::ProgressBar::new(n),
+        (true, None) => indicatif::ProgressBar::new_spinner(),
+    };
+    let style = if src.len.is_some() {
+        "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+    } else {
+        "{msg} {spinner} {bytes} {bytes_per_sec}"
+    };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(style).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    pb.set_message(format!("uploading {name}"));
+    pb.set_message(format!("importing {name}"));
     let counted = pb.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).inspect(move |chunk| {
+    let Source { what, len, body, failed } = src;
+    let stream = body.inspect(move |chunk| {
         if let Ok(b) = chunk {
             counted.inc(b.len() as u64);
         }
     });
+    // The size goes with it, so the controller refuses a too large image before it comes.
+    let q = corral_api::image::ImportImage { size: len, ..q.clone() };
     let mut req = http
         .put(format!("{}/v1/images/{name}", base.trim_end_matches('/')))
         .query(&q)
         .header("content-type", "application/octet-stream")
-        .header("content-length", len)
         .body(reqwest::Body::wrap_stream(stream));
+    if let Some(n) = len {
+        req = req.header("content-length", n);
+    }
     if let Some(t) = c.token() {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.context("the upload failed")?;
+    let resp = req.send().await;
     pb.finish_and_clear();
+    // The source's own failure says more than the controller's view of a cut upload.
+    if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        bail!("{why}");
+    }
+    let resp = resp.with_context(|| format!("the upload of {what} to the controller failed"))?;
     if !resp.status().is_success() {
         return Err(refused(resp).await);
     }

@@ -2,7 +2,9 @@
 //! in every format Corral takes are imported through `corral image import` and come out as the
 //! same disk; corrupt files, files that are no disk, images that would make QEMU open other
 //! host files, and checksum mismatches are refused with the reason, leaving nothing behind.
-//! An OVA's disk is imported with its descriptor's vCPUs, memory and firmware.
+//! Images are imported from a URL of a small HTTP server the test runs (a 404, a stall, a cut
+//! download, a refused connection and other schemes refused, nothing left); an OVA's disk is
+//! imported with its descriptor's vCPUs, memory and firmware.
 //! (Booting an imported image is a lab trial.)
 
 use std::path::{Path, PathBuf};
@@ -154,9 +156,158 @@ async fn bad_images_are_refused_with_the_reason_and_leave_nothing() {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// What the test HTTP server does for a path.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// 200 with Content-Length and the whole file.
+    File,
+    /// 200 without Content-Length: the file, then the connection closes.
+    Unsized,
+    /// 404.
+    Missing,
+    /// 200 claiming a size, 64 KiB of it, then nothing (the connection held open for 30 s).
+    Stall,
+    /// 200 claiming the whole file, half of it, then the connection closes.
+    Cut,
+    /// 200 claiming 100 GiB (more than the controller takes), then nothing.
+    Huge,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 serving `body` as the routes of [`Answer`] say
+/// (`/file`, `/unsized`, `/missing`, `/stall`, `/cut`, `/huge`). It runs on its own threads
+/// until the test process ends; each connection is answered once. Answers its base URL.
+fn serve(body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a test HTTP port");
+    let base = format!("http://{}", listener.local_addr().expect("its address"));
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                // The rest of the head.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or_default();
+                let answer = match path {
+                    "/file" => Answer::File,
+                    "/unsized" => Answer::Unsized,
+                    "/stall" => Answer::Stall,
+                    "/cut" => Answer::Cut,
+                    "/huge" => Answer::Huge,
+                    _ => Answer::Missing,
+                };
+                let mut w = conn;
+                let ok = |len: u64| {
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+                };
+                let _ = match answer {
+                    Answer::File => w.write_all(ok(body.len() as u64).as_bytes()).and_then(|()| w.write_all(&body)),
+                    Answer::Unsized => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").and_then(|()| w.write_all(&body))
+                    }
+                    Answer::Missing => w.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+                    ),
+                    Answer::Stall | Answer::Huge => {
+                        let len = if matches!(answer, Answer::Huge) { 100 << 30 } else { body.len() as u64 };
+                        let r = w.write_all(ok(len).as_bytes()).and_then(|()| w.write_all(&body[..64 << 10]));
+                        std::thread::sleep(std::time::Duration::from_secs(30));
+                        r
+                    }
+                    Answer::Cut => w
+                        .write_all(ok(body.len() as u64).as_bytes())
+                        .and_then(|()| w.write_all(&body[..body.len() / 2])),
+                };
+            });
+        }
+    });
+    base
+}
+
+/// The library's images, as `image list` gives them.
+fn listed(c: &Daemon) -> Vec<serde_json::Value> {
+    let o = corral(c, &["image", "list", "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("the list as JSON")
+}
+
+/// Waits (a few seconds at most) for the library directory to hold nothing: a cut upload's
+/// scratch files go when the controller sees the connection end.
+fn library_empties(c: &Daemon) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && !library(c).is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    library(c)
+}
+
 fn sha256(p: &Path) -> String {
     let o = Command::new("sha256sum").arg(p).output().expect("sha256sum");
     String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn images_import_from_an_http_url_and_bad_downloads_leave_nothing() {
+    let c = start("controller").await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let raw = raw_disk(tmp.path());
+    let disk = tmp.path().join("disk.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &raw.display().to_string(), &disk.display().to_string()]);
+    let base = serve(std::fs::read(&disk).expect("the disk"));
+
+    // Streamed from the URL with its checksum checked; with and without a Content-Length.
+    let sum = sha256(&disk);
+    for (name, path) in [("from-url", "/file"), ("from-unsized", "/unsized")] {
+        let url = format!("{base}{path}");
+        let o = corral(&c, &["image", "import", name, "--from-url", &url, "--sha256", &sum, "--output", "json"]);
+        assert!(o.status.success(), "import {url}: {}", text(&o));
+        let t: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the image as JSON");
+        assert_eq!(t["size_bytes"], 4 << 20, "{t}");
+    }
+    let names: Vec<_> = listed(&c).iter().map(|t| t["name"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(names, ["from-unsized", "from-url"]);
+    let out = tmp.path().join("out.qcow2");
+    let o = corral(&c, &["image", "export", "from-url", &out.display().to_string()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&raw).arg(&out).output();
+    assert!(o.expect("qemu-img").status.success(), "the image holds the served disk");
+    for name in ["from-url", "from-unsized"] {
+        assert!(corral(&c, &["image", "delete", name]).status.success());
+    }
+
+    // A wrong checksum of a download is refused like a file's.
+    let wrong = "1".repeat(64);
+    let url = format!("{base}/file");
+    let refused_port = format!("http://127.0.0.1:{}/x.qcow2", common::free_port());
+    let started = std::time::Instant::now();
+    for (name, url, extra, says) in [
+        ("u-sum", url.as_str(), vec!["--sha256", wrong.as_str()], "checksum mismatch".to_string()),
+        ("u-404", &format!("{base}/missing"), vec![], format!("{base}/missing answered 404 Not Found")),
+        ("u-stall", &format!("{base}/stall"), vec!["--stall-timeout", "2"], format!("{base}/stall stalled")),
+        ("u-cut", &format!("{base}/cut"), vec![], "broke off".to_string()),
+        ("u-huge", &format!("{base}/huge"), vec![], "larger than this controller takes".to_string()),
+        ("u-refused", refused_port.as_str(), vec![], format!("cannot connect to {refused_port}")),
+        ("u-scheme", "ftp://127.0.0.1/x.qcow2", vec![], "only http:// and https://".to_string()),
+        ("u-both", url.as_str(), vec!["/etc/hostname"], "cannot be used with".to_string()),
+    ] {
+        let mut a = vec!["image", "import", name, "--from-url", url];
+        a.extend(extra);
+        let o = corral(&c, &a);
+        assert!(!o.status.success(), "{name} was imported: {}", text(&o));
+        assert!(text(&o).contains(&says), "{name}: the refusal says {says:?}: {}", text(&o));
+    }
+    // The stall was given up on after its 2 s, the huge file at once: not after 30 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(25), "took {:?}", started.elapsed());
+    assert_eq!(listed(&c), Vec::<serde_json::Value>::new(), "no image is listed");
+    assert_eq!(library_empties(&c), Vec::<String>::new(), "no scratch file is left");
 }
 
 /// An OVF descriptor for one VM of 2 vCPUs, 1536 MiB and EFI firmware, whose disk is
