@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -56,6 +55,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .routes(routes!(exec))
         .routes(routes!(console))
         .routes(routes!(stream))
+        .routes(routes!(tcp))
         .routes(routes!(resize_disk))
         .routes(routes!(pull))
         .routes(routes!(import))
@@ -152,12 +152,13 @@ async fn resize_disk(State(a): State<Arc<Agent>>, Path(name): Path<Name>, Json(r
 
 #[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",
     params(("kind" = String, Path, description = "console or vnc")),
-    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"), (status = 409, body = corral_api::ErrorBody)))]
+    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"), (status = 400, body = corral_api::ErrorBody), (status = 404, body = corral_api::ErrorBody),
+        (status = 409, body = corral_api::ErrorBody), (status = 422, body = corral_api::ErrorBody)))]
 /// A live stream into a running VM (its serial console, or its VNC display) as a websocket.
 async fn stream(
     State(a): State<Arc<Agent>>,
     Path((name, kind)): Path<(Name, StreamKind)>,
-    ws: WebSocketUpgrade,
+    corral_http::WebSocket(ws): corral_http::WebSocket,
 ) -> Result<axum::response::Response, HttpError> {
     let (sock, log) = a.vms.stream_socket(&name, kind)?;
     Ok(ws.on_upgrade(move |ws| async move {
@@ -165,6 +166,29 @@ async fn stream(
             StreamKind::Console => crate::streams::console(ws, sock, log).await,
             StreamKind::Vnc => crate::streams::vnc(ws, sock).await,
         }
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/tcp/{port}", tag = "vms",
+    params(("port" = String, Path, description = "a TCP port of the guest, 1 to 65535"), corral_api::tunnel::TunnelQuery),
+    responses((status = 101, description = "a websocket carrying the connection's bytes both ways"),
+        (status = 400, body = corral_api::ErrorBody), (status = 404, body = corral_api::ErrorBody),
+        (status = 409, body = corral_api::ErrorBody), (status = 422, body = corral_api::ErrorBody),
+        (status = 500, body = corral_api::ErrorBody), (status = 503, body = corral_api::ErrorBody)))]
+/// A TCP connection to a port of a running guest, made from this host's address `via` on the
+/// guest's network, as a websocket. It is connected before the websocket is accepted, so a
+/// refusal is an ordinary error answer.
+async fn tcp(
+    State(a): State<Arc<Agent>>,
+    Path((name, port)): Path<(Name, corral_api::tunnel::GuestPort)>,
+    Query(q): Query<corral_api::tunnel::TunnelQuery>,
+    corral_http::WebSocket(ws): corral_http::WebSocket,
+) -> Result<axum::response::Response, HttpError> {
+    let (network, guest) = a.vms.tunnel_target(&name)?;
+    let (tcp, open) = a.tunnels.connect(net(&a)?, network.vni, network.mtu, q.via, guest, port).await?;
+    Ok(ws.on_upgrade(move |ws| async move {
+        crate::streams::pump(ws, tcp).await;
+        drop(open);
     }))
 }
 
@@ -248,6 +272,7 @@ async fn delete_network(State(a): State<Arc<Agent>>, Path(vni): Path<u32>) -> Re
         ))
         .into());
     }
+    a.tunnels.forget(vni).await;
     net(&a)?.remove(vni).await.map_err(|e| ApiError::internal(e.to_string()))?;
     a.vms.set_network_peers(vni, None).await;
     Ok(StatusCode::NO_CONTENT)

@@ -18,6 +18,7 @@ pub mod qmp;
 pub mod seed;
 pub mod streams;
 pub mod templates;
+pub mod tunnel;
 pub mod uplink;
 pub mod vm;
 pub mod watchdog;
@@ -49,6 +50,8 @@ pub struct Agent {
     pub fencer: Arc<fence::Fencer>,
     /// The client of `--controller`'s controllers; it knows which one leads.
     pub controller: ControllerClient,
+    /// This host's ends of tunnels into guests.
+    pub tunnels: tunnel::Tunnels,
 }
 
 impl Agent {
@@ -126,7 +129,7 @@ impl Agent {
             let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
             hostinfo::usage(&mut s, &self.cfg.data_dir)
         };
-        Heartbeat { usage, vms: self.vms.list(), networks: netdev::Net::present() }
+        Heartbeat { usage, vms: self.vms.list(), networks: netdev::Net::present(), tunnels: self.tunnels.in_use() }
     }
 }
 
@@ -212,6 +215,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pulling: tokio::sync::Mutex::new(()),
         fencer: fencer.clone(),
         controller,
+        tunnels: tunnel::Tunnels::default(),
     });
 
     let listener =

@@ -15,9 +15,10 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVlan, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan};
 
 use corral_api::agent::NetworkSpec;
+use corral_api::types::{Ipv4Cidr, Mac};
 
 use crate::filter::VXLAN_PORT;
 
@@ -51,6 +52,17 @@ pub fn bridge_name(vni: u32) -> String {
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("cvx{vni}")
+}
+
+/// The bridge port of a network's tunnel end (see [`crate::tunnel`]); not `ct...`, which the
+/// guest filter treats as a VM's tap.
+pub fn tunnel_port_name(vni: u32) -> String {
+    format!("cgw{vni}")
+}
+
+/// The other end of that veth pair, inside the tunnel's network namespace.
+pub fn tunnel_peer_name(vni: u32) -> String {
+    format!("cgp{vni}")
 }
 
 /// The VLAN device of a bridged network.
@@ -137,7 +149,7 @@ impl Net {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(String::from))
-            .filter(|n| n != "lo" && !["cbr", "cvx", "cvl", "ct"].iter().any(|p| n.starts_with(p)))
+            .filter(|n| n != "lo" && !["cbr", "cvx", "cvl", "ct", "cgw", "cgp"].iter().any(|p| n.starts_with(p)))
             .collect();
         out.sort();
         out
@@ -173,8 +185,69 @@ impl Net {
         self.h.link().set(set).execute().await.map_err(|e| err(tap, e))
     }
 
+    /// Opens a netlink connection in the network namespace `ns` (a thread enters it to make
+    /// the socket, which stays there).
+    pub fn open_in(ns: &std::fs::File) -> Result<Self, NetError> {
+        let rt = tokio::runtime::Handle::current();
+        let ns = ns.try_clone().map_err(|e| err("netns", e))?;
+        let made = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| err("netns", e))?;
+            let _rt = rt.enter();
+            rtnetlink::new_connection().map_err(|e| err("netlink", e))
+        })
+        .join()
+        .map_err(|_| err("netns", "the thread entering the namespace panicked"))?;
+        let (conn, h, _) = made?;
+        tokio::spawn(conn);
+        Ok(Self { h })
+    }
+
+    /// Makes a veth pair for a network's tunnel end: `cgw<VNI>` a port of the network's bridge
+    /// (up, the network's MTU, no IPv6), its peer `cgp<VNI>` with MAC `mac` moved into the
+    /// network namespace `ns`. A pair left from before is replaced.
+    pub async fn tunnel_veth(&self, vni: u32, mtu: u32, mac: Mac, ns: &std::fs::File) -> Result<(), NetError> {
+        use std::os::fd::AsRawFd;
+        let (port, peer) = (tunnel_port_name(vni), tunnel_peer_name(vni));
+        self.remove_tunnel_veth(vni).await?;
+        let br_idx = self.ensure_bridge(vni, mtu).await?;
+        self.h.link().add(LinkVeth::new(&port, &peer).mtu(mtu).build()).execute().await.map_err(|e| err(&port, e))?;
+        let peer_idx = self.index(&peer).await?.ok_or_else(|| err(&peer, "created but not found"))?;
+        let set = LinkUnspec::new_with_index(peer_idx)
+            .address(mac.bytes().to_vec())
+            .mtu(mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        self.h.link().set(set).execute().await.map_err(|e| err(&peer, e))?;
+        let port_idx = self.index(&port).await?.ok_or_else(|| err(&port, "created but not found"))?;
+        no_ipv6(&port);
+        let set = LinkUnspec::new_with_index(port_idx).controller(br_idx).mtu(mtu).up().build();
+        self.h.link().set(set).execute().await.map_err(|e| err(&port, e))
+    }
+
+    /// Inside a tunnel's namespace (a `Net` opened there): loopback up, and `cgp<VNI>` up with
+    /// the address `via`.
+    pub async fn tunnel_address(&self, vni: u32, via: Ipv4Cidr) -> Result<(), NetError> {
+        let peer = tunnel_peer_name(vni);
+        if let Some(lo) = self.index("lo").await? {
+            self.h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(|e| err("lo", e))?;
+        }
+        let idx = self.index(&peer).await?.ok_or_else(|| err(&peer, "not in the tunnel's namespace"))?;
+        self.h.address().add(idx, IpAddr::V4(via.addr()), via.prefix()).execute().await.map_err(|e| err(&peer, e))?;
+        self.h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(|e| err(&peer, e))
+    }
+
+    /// Removes a network's tunnel veth pair (gone already is fine).
+    pub async fn remove_tunnel_veth(&self, vni: u32) -> Result<(), NetError> {
+        let port = tunnel_port_name(vni);
+        if let Some(i) = self.index(&port).await? {
+            self.h.link().del(i).execute().await.map_err(|e| err(&port, e))?;
+        }
+        Ok(())
+    }
+
     /// Removes a network's devices (gone already is fine).
     pub async fn remove(&self, vni: u32) -> Result<(), NetError> {
+        self.remove_tunnel_veth(vni).await?;
         for name in [vxlan_name(vni), vlan_name(vni), bridge_name(vni)] {
             if let Some(i) = self.index(&name).await? {
                 self.h.link().del(i).execute().await.map_err(|e| err(&name, e))?;

@@ -1,6 +1,7 @@
 //! Live byte streams into a VM, carried over websockets: its serial console and its VNC
-//! display. QEMU serves each on a Unix socket in the VM's directory. The console socket takes
-//! one client at a time, so the agent holds that one connection and shares it: every viewer
+//! display (and the bytes of a tunnel into the guest, see [`crate::tunnel`]). QEMU serves the
+//! console and display on Unix sockets in the VM's directory. The console socket takes one
+//! client at a time, so the agent holds that one connection and shares it: every viewer
 //! gets the same output (after the recent output, replayed from the console log on attach),
 //! and what any viewer types goes to the guest. A VNC client gets a connection of its own
 //! (QEMU's VNC server takes several).
@@ -128,9 +129,10 @@ pub async fn vnc(mut ws: WebSocket, sock: PathBuf) {
     pump(ws, stream).await;
 }
 
-/// Copies bytes both ways between a websocket and a stream until either side ends.
-pub async fn pump(ws: WebSocket, stream: UnixStream) {
-    let (mut read, mut write) = stream.into_split();
+/// Copies bytes both ways between a websocket and a stream (QEMU's VNC socket, a TCP
+/// connection into a guest) until either side ends.
+pub async fn pump<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(ws: WebSocket, stream: S) {
+    let (mut read, mut write) = tokio::io::split(stream);
     let (mut tx, mut rx) = ws.split();
     let up = async {
         while let Some(Ok(msg)) = rx.next().await {

@@ -283,6 +283,11 @@ pub struct Heartbeat {
     /// VNIs of the virtual networks whose devices exist on the host.
     #[serde(default)]
     pub networks: Vec<u32>,
+    /// VNIs of the networks with tunnel connections open from this host (`vm ssh`,
+    /// `vm port-forward`): the host keeps such a network while they last, even with no
+    /// member left on it, so a session survives its VM's migration away.
+    #[serde(default)]
+    pub tunnels: Vec<u32>,
 }
 
 /// Why a VM's QEMU process ended without an operation asking for it.

@@ -166,6 +166,11 @@ pub struct Network {
     pub hosts: Vec<String>,
     /// Members: name, IP, MAC, host.
     pub members: Vec<Member>,
+    /// The address each host uses on the network to reach members (`vm ssh`,
+    /// `vm port-forward`): host -> address.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub tunnels: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
 }
 
 /// One member as `cluster show` lists it.

@@ -19,6 +19,7 @@ pub mod migration;
 pub mod names;
 pub mod size;
 pub mod template_dir;
+pub mod tunnel;
 pub mod types;
 mod vm;
 

@@ -15,6 +15,7 @@ mod lab;
 mod migrate;
 mod output;
 mod sim;
+mod ssh;
 mod store;
 mod streams;
 mod templates;
@@ -194,7 +195,9 @@ fn init_logs(default: &str) {
 fn stream_command(args: &[String]) -> bool {
     // Flags and their values may come first (`--output json image import ...`).
     let words: Vec<&str> = args.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
-    words.windows(2).any(|w| matches!(w, ["image" | "template", "import" | "export"] | ["vm", "console" | "vnc"]))
+    words.windows(2).any(|w| {
+        matches!(w, ["image" | "template", "import" | "export"] | ["vm", "console" | "vnc" | "port-forward" | "tunnel"])
+    })
 }
 
 /// Restores the default SIGPIPE action, so `corral vm list | head` ends quietly when the

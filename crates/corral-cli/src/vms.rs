@@ -120,6 +120,18 @@ pub enum VmCmd {
         #[arg(long)]
         once: bool,
     },
+    /// Log in to the guest with your ssh, through the controller (works wherever corral does).
+    Ssh(crate::ssh::SshArgs),
+    /// Forward local ports to ports of the guest: `[ADDRESS:]LOCAL:REMOTE`, e.g. `8080:80`
+    /// (`:80` picks a free local port); every connection is carried through the controller.
+    PortForward {
+        name: String,
+        #[arg(required = true)]
+        forwards: Vec<crate::streams::Forward>,
+    },
+    /// Carry standard input and output to a TCP port of the guest (what `vm ssh` uses as
+    /// ssh's ProxyCommand).
+    Tunnel { name: String, port: corral_api::tunnel::GuestPort },
     /// Run a command in the guest; its exit code becomes corral's.
     Exec {
         name: String,
@@ -212,6 +224,15 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/disk/resize"), &req).await?)?;
         }
         VmCmd::Vnc { name, listen, once } => crate::streams::vnc(c, &name, listen, once).await?,
+        VmCmd::Ssh(a) => {
+            let name = name_arg("VM", &a.name)?;
+            let vm: Vm = c.get(&format!("/v1/vms/{name}")).await?;
+            match crate::ssh::exec_ssh(&a, &vm, &c.leader(), c.token())? {}
+        }
+        VmCmd::PortForward { name, forwards } => {
+            crate::streams::port_forward(c, name_arg("VM", &name)?.as_str(), &forwards).await?
+        }
+        VmCmd::Tunnel { name, port } => crate::streams::tunnel(c, name_arg("VM", &name)?.as_str(), port).await?,
         VmCmd::Console { name, follow, .. } => {
             use std::io::Write;
             let mut offset = 0;

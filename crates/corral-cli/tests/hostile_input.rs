@@ -157,6 +157,45 @@ async fn the_agent_refuses_bridged_networks_on_interfaces_not_allowed() {
     refused(s, &doc, "uplink.interface", "an interface name with a space");
 }
 
+/// A websocket upgrade request to `path`: its status and JSON error.
+async fn upgrade(d: &Daemon, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", d.url))
+        .bearer_auth(TOKEN)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("answer");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_agent_refuses_hostile_tunnel_requests() {
+    let a = start("agent").await;
+    let before = tree(&a.data);
+    for (path, says) in [
+        ("/v1/vms/web1/tcp/0?via=100.64.0.254/24", "1 to 65535"),
+        ("/v1/vms/web1/tcp/65536?via=100.64.0.254/24", "1 to 65535"),
+        ("/v1/vms/web1/tcp/22;reboot?via=100.64.0.254/24", "1 to 65535"),
+        ("/v1/vms/web1/tcp/22?via=100.64.0.254", "prefix length"),
+        ("/v1/vms/web1/tcp/22?via=100.64.0.254/24%0Aflush", "prefix length"),
+        ("/v1/vms/web1/tcp/22", "via"),
+        ("/v1/vms/web1/tcp/22?via=100.64.0.254/24&dev=eth0", "unknown field"),
+        ("/v1/vms/..%2Fx/tcp/22?via=100.64.0.254/24", "invalid name"),
+    ] {
+        let (s, doc) = upgrade(&a, path).await;
+        refused(s, &doc, says, path);
+    }
+    // Well formed, for a VM the host does not have.
+    let (s, doc) = upgrade(&a, "/v1/vms/web1/tcp/22?via=100.64.0.254%2F24").await;
+    assert_eq!(s, 404, "{doc}");
+    assert_eq!(tree(&a.data), before, "the agent's data directory is unchanged");
+}
+
 async fn post_put(d: &Daemon, path: &str, body: &Value) -> (u16, Value) {
     let r = reqwest::Client::new().put(format!("{}{path}", d.url)).bearer_auth(TOKEN).json(body).send().await;
     let r = r.expect("answer");
@@ -257,6 +296,18 @@ async fn the_controller_refuses_hostile_vm_requests_and_creates_nothing() {
             .expect("answer");
         let s = r.status().as_u16();
         let doc: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(s, status, "{path}: {doc}");
+        assert!(doc["error"].as_str().unwrap_or_default().contains(says), "{path}: {doc}");
+    }
+    // Tunnels: the port is checked, and a VM that does not exist is named.
+    for (path, status, says) in [
+        ("/v1/vms/web1/tcp/0", 422, "1 to 65535"),
+        ("/v1/vms/web1/tcp/99999", 422, "1 to 65535"),
+        ("/v1/vms/web1/tcp/22%0A", 422, "1 to 65535"),
+        ("/v1/vms/..%2Fx/tcp/22", 422, "invalid name"),
+        ("/v1/vms/web1/tcp/22", 404, "web1"),
+    ] {
+        let (s, doc) = upgrade(&c, path).await;
         assert_eq!(s, status, "{path}: {doc}");
         assert!(doc["error"].as_str().unwrap_or_default().contains(says), "{path}: {doc}");
     }

@@ -609,11 +609,13 @@ fn main() {
         ),
         t("cluster_bad_input_changes_nothing", clusters::cluster_bad_input_changes_nothing),
         t("api_needs_token_and_serves_openapi", clusters::api_needs_the_token_and_describes_itself),
-        // The Debian trials share their cluster: the second one removes it.
+        // The Debian trials share their cluster and UEFI VM: the last one removes them.
         tn("guest_debian_cluster_configured_by_cloud_init", guests::debian_cluster_is_configured_by_cloud_init),
         tn("guest_debian_console_and_vnc", guests::console_and_vnc_reach_the_guest),
+        tn("guest_debian_ssh_and_port_forward", guests::ssh_and_port_forward_reach_the_guest),
         tn("guest_debian_migrates_live_without_a_reboot", guests::debian_vm_migrates_live_without_a_reboot),
         t("guest_debian_boots_under_uefi_and_bios", guests::the_image_boots_under_uefi_and_bios),
+        tn("guest_debian_restarts_fresh_elsewhere", guests::debian_vm_restarts_fresh_elsewhere_with_its_identity),
         // The network trials share their clusters: they run in this order, without cleanup
         // between them, and the last one removes everything.
         tn("network_members_reach_each_other_across_hosts", networks::members_reach_each_other_across_hosts),

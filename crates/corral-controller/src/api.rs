@@ -75,6 +75,7 @@ pub fn router(c: Arc<Controller>) -> axum::Router {
         .routes(routes!(exec))
         .routes(routes!(console))
         .routes(routes!(stream))
+        .routes(routes!(tcp))
         .routes(routes!(resize_disk))
         .routes(routes!(action))
         .routes(routes!(profiles, create_profile))
@@ -161,7 +162,14 @@ async fn register(State(c): C, Json(r): Json<Register>) -> Result<StatusCode, Ht
     responses((status = 200, body = HeartbeatReply, description = "the lease, renewed"),
         (status = 404, body = ErrorBody, description = "unknown host: register")))]
 async fn heartbeat(State(c): C, Path(name): Path<String>, Json(hb): Json<Heartbeat>) -> R<HeartbeatReply> {
-    Ok(Json(c.heartbeat(&name, hb)?))
+    let tunnels = c.reported_tunnels(&name);
+    let reply = c.heartbeat(&name, hb)?;
+    if c.reported_tunnels(&name) != tunnels {
+        // A network kept for a tunnel may go now (or must stay).
+        let c = c.clone();
+        tokio::spawn(async move { c.sync_networks().await });
+    }
+    Ok(Json(reply))
 }
 
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts", responses((status = 200, body = Vec<Host>)))]
@@ -316,16 +324,34 @@ async fn resize_disk(State(c): C, Path(name): Path<Name>, Json(req): Json<corral
 
 #[utoipa::path(get, path = "/v1/vms/{name}/streams/{kind}", tag = "vms",
     params(("kind" = String, Path, description = "console or vnc")),
-    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 101, description = "a websocket carrying the stream's bytes both ways"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 /// A live stream into a running VM as a websocket: its serial console (read and write; the
 /// recent output first), or its VNC display. The controller carries it to the VM's agent.
 async fn stream(
     State(c): C,
     Path((name, kind)): Path<(Name, corral_api::image::StreamKind)>,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    corral_http::WebSocket(ws): corral_http::WebSocket,
 ) -> Result<Response, HttpError> {
     let upstream = c.stream(&name, kind).await?;
+    Ok(ws.on_upgrade(move |ws| crate::streams::relay(ws, upstream)))
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/tcp/{port}", tag = "vms",
+    params(("port" = String, Path, description = "a TCP port of the guest, 1 to 65535")),
+    responses((status = 101, description = "a websocket carrying the connection's bytes both ways"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+/// A TCP connection to a port of a running cluster member, as a websocket (what `corral vm
+/// ssh` and `corral vm port-forward` use). The VM's host connects from its address on the
+/// cluster's network.
+async fn tcp(
+    State(c): C,
+    Path((name, port)): Path<(Name, corral_api::tunnel::GuestPort)>,
+    corral_http::WebSocket(ws): corral_http::WebSocket,
+) -> Result<Response, HttpError> {
+    let upstream = c.tunnel(&name, port).await?;
     Ok(ws.on_upgrade(move |ws| crate::streams::relay(ws, upstream)))
 }
 

@@ -429,8 +429,12 @@ impl Controller {
         let Ok(all) = CLUSTERS.list(&*self.store) else { return };
         for c in all.into_iter().filter(|c| c.state == ClusterState::Deleting) {
             if self.members(&c.name).is_ok_and(|m| m.is_empty()) {
-                let _ = CLUSTERS.delete(&*self.store, &c.name);
-                self.event("cluster.deleted", &c.name, "all members removed");
+                // The cluster goes with the addresses its hosts used for tunnels.
+                let Ok(mut ops) = self.free_tunnels(&c.name) else { continue };
+                ops.push(CLUSTERS.delete_op(&c.name));
+                if self.store.apply(ops).is_ok() {
+                    self.event("cluster.deleted", &c.name, "all members removed");
+                }
             }
         }
     }

@@ -21,6 +21,8 @@ pub(crate) struct Live {
     pub vms: Vec<VmStatus>,
     /// VNIs of the networks present on the host.
     pub networks: Vec<u32>,
+    /// VNIs of the networks with tunnel connections open from the host.
+    pub tunnels: Vec<u32>,
 }
 
 /// A host's state with its HA flags applied: failed until it is back, then recovering for a
@@ -41,7 +43,14 @@ impl Controller {
         HOSTS.put(&*self.store, &r.name, &r).map_err(store_err)?;
         lock(&self.live).insert(
             r.name.clone(),
-            Live { last: Instant::now(), last_ms: now_ms(), usage: Default::default(), vms: vec![], networks: vec![] },
+            Live {
+                last: Instant::now(),
+                last_ms: now_ms(),
+                usage: Default::default(),
+                vms: vec![],
+                networks: vec![],
+                tunnels: vec![],
+            },
         );
         self.drs_host_on(&r.name);
         tracing::info!("host {} registered ({}, {})", r.name, r.url, r.accel.as_str());
@@ -85,7 +94,14 @@ impl Controller {
         }
         lock(&self.live).insert(
             host.to_string(),
-            Live { last: Instant::now(), last_ms: now_ms(), usage: hb.usage, vms: hb.vms, networks: hb.networks },
+            Live {
+                last: Instant::now(),
+                last_ms: now_ms(),
+                usage: hb.usage,
+                vms: hb.vms,
+                networks: hb.networks,
+                tunnels: hb.tunnels,
+            },
         );
         Ok(reply)
     }
@@ -112,6 +128,15 @@ impl Controller {
             .get(host)
             .filter(|l| l.last.elapsed() < self.settings.host_timeout)
             .map(|l| l.networks.clone())
+            .unwrap_or_default()
+    }
+
+    /// VNIs of the networks with tunnel connections open from `host`, as it last said.
+    pub(crate) fn reported_tunnels(&self, host: &str) -> Vec<u32> {
+        lock(&self.live)
+            .get(host)
+            .filter(|l| l.last.elapsed() < self.settings.host_timeout)
+            .map(|l| l.tunnels.clone())
             .unwrap_or_default()
     }
 

@@ -105,15 +105,29 @@ impl Controller {
 
     /// Free addresses of a subnet, lowest first.
     pub(crate) fn free_addresses(&self, c: &Cluster, net: &Ipv4Net, n: usize) -> Result<Vec<Ipv4Cidr>, ApiError> {
+        self.free(c, net, n, false)
+    }
+
+    /// One free address of a subnet, the highest (tunnel addresses keep out of the members'
+    /// way, which are given the lowest).
+    pub(crate) fn free_address_from_top(&self, c: &Cluster, net: &Ipv4Net) -> Result<Ipv4Cidr, ApiError> {
+        self.free(c, net, 1, true)?.pop().ok_or_else(|| ApiError::internal("no address chosen"))
+    }
+
+    fn free(&self, c: &Cluster, net: &Ipv4Net, n: usize, from_top: bool) -> Result<Vec<Ipv4Cidr>, ApiError> {
         let taken: BTreeSet<String> = IPAM.keys(&*self.store, "").map_err(store_err)?.into_iter().collect();
-        let pool: Box<dyn Iterator<Item = Ipv4Addr>> = match &c.profile.bridged {
+        let mut pool: Vec<Ipv4Addr> = match &c.profile.bridged {
             Some(b) => {
                 let (_, first, last) = bridged_range(b).map_err(ApiError::bad_request)?;
-                Box::new((u32::from(first)..=u32::from(last)).map(Ipv4Addr::from))
+                (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).collect()
             }
-            None => Box::new(vm_addresses(net)),
+            None => vm_addresses(net).collect(),
         };
+        if from_top {
+            pool.reverse();
+        }
         let free: Vec<Ipv4Cidr> = pool
+            .into_iter()
             .filter(|a| !taken.contains(&a.to_string()))
             .take(n)
             .map(|a| Ipv4Cidr::new(a, net.prefix_len()))

@@ -27,6 +27,7 @@ pub mod tables;
 pub mod templates;
 #[cfg(test)]
 mod tests;
+pub mod tunnels;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -101,6 +101,7 @@ impl Controller {
                     .map(|g| g.to_string())
                     .unwrap_or_default();
                 Network {
+                    tunnels: self.cluster_tunnels(&c.name).unwrap_or_default(),
                     name: c.name.clone(),
                     vni: c.vni,
                     subnet: c.subnet.clone(),
@@ -127,12 +128,17 @@ impl Controller {
         else {
             return;
         };
+        let Ok(tunnels) = self.tunnel_addresses() else { return };
+        let tunnel_hosts: Vec<(String, Vec<u32>)> =
+            self.ready_hosts().into_iter().map(|h| (h.clone(), self.reported_tunnels(&h))).collect();
         let mut wanted: BTreeSet<(String, u32)> = BTreeSet::new();
         let mut pushes = Vec::new();
         for c in clusters.iter().filter(|c| c.vni != 0) {
             let members: Vec<&Vm> =
                 vms.iter().filter(|v| v.cluster.as_deref() == Some(&c.name) && on_network(v)).collect();
-            let hosts: BTreeSet<&str> = members.iter().flat_map(|v| network_hosts(v)).collect();
+            let mut hosts: BTreeSet<&str> = members.iter().flat_map(|v| network_hosts(v)).collect();
+            // Hosts with tunnel connections open into the network keep it while they last.
+            hosts.extend(tunnel_hosts.iter().filter(|(_, vnis)| vnis.contains(&c.vni)).map(|(h, _)| h.as_str()));
             for h in &hosts {
                 wanted.insert((h.to_string(), c.vni));
                 let uplink = c
@@ -150,6 +156,12 @@ impl Controller {
                         .iter()
                         .filter(|v| overlay && v.host != *h)
                         .filter_map(|v| Some((v.def.mac, *under.get(&v.host)?)))
+                        // The other hosts' tunnel addresses, which reach members wherever
+                        // they run.
+                        .chain(
+                            crate::tunnels::tunnel_macs(&tunnels, &c.name, |o| overlay && o != *h && hosts.contains(o))
+                                .filter_map(|(m, o)| Some((m, *under.get(&o)?))),
+                        )
                         .collect(),
                 };
                 let key = (h.to_string(), c.vni);

@@ -1,5 +1,6 @@
-//! Carrying a live stream (a VM's console or VNC display) between a client's websocket and
-//! the websocket the VM's agent serves it on, frame by frame, until either side ends.
+//! Carrying a live stream (a VM's console, its VNC display, or a tunnel to a guest port)
+//! between a client's websocket and the websocket the VM's agent serves it on, frame by frame,
+//! until either side ends.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};

@@ -10,6 +10,7 @@
 //! | `profiles`   | profile name                   | [`Profile`](corral_api::cluster::Profile)               |
 //! | `clusters`   | cluster name                   | [`Cluster`](corral_api::cluster::Cluster)               |
 //! | `ipam`       | IPv4 address, without prefix   | the name of the VM holding it (a JSON string)           |
+//! | `tunnels`    | `<cluster>/<host>`             | the address (with prefix) the host uses on the cluster's network for tunnels |
 //! | `ops`        | `op-<ms:013>-<hex8>`           | [`Operation`](corral_api::cluster::Operation)           |
 //! | `migrations` | `mig-<ms:013>-<hex6>`          | [`Migration`](corral_api::migration::Migration)         |
 //! | `drs`        | `settings`                     | [`DrsSettings`](corral_api::drs::DrsSettings)           |
@@ -39,6 +40,9 @@ pub(crate) const PROFILES: Table<Profile> = Table::new("profiles");
 pub(crate) const CLUSTERS: Table<Cluster> = Table::new("clusters");
 /// Address management: address -> the name of the VM holding it.
 pub(crate) const IPAM: Table<Name> = Table::new("ipam");
+/// Tunnel addresses: `<cluster>/<host>` -> the address that host uses on the cluster's
+/// network to reach members (`vm ssh`, `vm port-forward`); also held in `ipam`.
+pub(crate) const TUNNELS: Table<corral_api::types::Ipv4Cidr> = Table::new("tunnels");
 /// Long operations: operation id -> `Operation`.
 pub(crate) const OPS: Table<Operation> = Table::new("ops");
 /// Live migrations and cold moves: migration id -> `Migration`.

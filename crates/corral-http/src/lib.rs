@@ -135,6 +135,24 @@ fn query_refusal(r: &QueryRejection) -> ApiError {
     ApiError::invalid(format!("invalid query string: {}", r.body_text()))
 }
 
+/// A websocket upgrade; a request that is not one (no `Upgrade: websocket` and its headers)
+/// is answered 400 with the error document, like every other refusal.
+pub struct WebSocket(pub axum::extract::ws::WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocket {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        match axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state).await {
+            Ok(ws) => Ok(WebSocket(ws)),
+            Err(r) => Err(HttpError(ApiError::bad_request(format!(
+                "this endpoint is a websocket ({}): connect with a websocket client",
+                r.body_text()
+            )))),
+        }
+    }
+}
+
 /// Runs `work` to completion even if the client goes away: axum drops a handler's future
 /// when its connection closes, which would cut a lifecycle operation off half-way.
 pub async fn detached<T: Send + 'static>(

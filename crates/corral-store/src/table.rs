@@ -72,6 +72,21 @@ impl<T: Serialize + DeserializeOwned> Table<T> {
         Ok(s.scan(self.name, prefix)?.into_iter().map(|(k, _)| k).collect())
     }
 
+    /// The entries, in key order, whose key starts with `prefix`.
+    pub fn entries<S: Store + ?Sized>(&self, s: &S, prefix: &str) -> Result<Vec<(String, T)>> {
+        s.scan(self.name, prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let t = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
+                    table: self.name.into(),
+                    key: k.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok((k, t))
+            })
+            .collect()
+    }
+
     /// The write of `value` under `key`, for a batch ([`Store::apply`]).
     pub fn put_op(&self, key: &str, value: &T) -> Result<Op> {
         let value = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;

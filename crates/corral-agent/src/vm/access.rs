@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use corral_api::image::StreamKind;
+use corral_api::types::Ipv4Cidr;
 use corral_api::{ApiError, ConsoleChunk, ExecRequest, ExecResult, VmState};
 
 use super::{internal, Manager};
@@ -45,6 +46,23 @@ impl Manager {
             )));
         }
         Ok((sock, e.paths.console_log()))
+    }
+
+    /// The network and address of running VM `name`, for a tunnel to one of its ports.
+    pub fn tunnel_target(&self, name: &str) -> Result<(corral_api::agent::NetAttach, Ipv4Cidr), ApiError> {
+        let r = self.entry(name)?.snapshot();
+        if r.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "VM {name:?} is {}: a tunnel reaches only a running guest (start it first)",
+                r.state
+            )));
+        }
+        match (r.def.network, r.def.ip) {
+            (Some(n), Some(ip)) => Ok((n, ip)),
+            _ => {
+                Err(ApiError::conflict(format!("VM {name:?} has no address on a network: nothing can reach its ports")))
+            }
+        }
     }
 
     /// Reads the serial console log from `offset` (at most 64 KiB).

@@ -261,9 +261,36 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
 }
 
 /// A Debian member moves live to another host: same identity, no reboot (its uptime goes on),
-/// cloud-init does not run again (same instance, its last boot unchanged), and it still
-/// reaches its peer by name.
+/// cloud-init does not run again (same instance, its last boot unchanged), it still reaches
+/// its peer by name, and an SSH session open through `vm ssh` all along goes on.
 pub fn debian_vm_migrates_live_without_a_reboot() -> Result<(), Failed> {
+    // An SSH session that echoes what it is sent, open across the migration.
+    // (ssh joins its arguments into one command line for the guest's shell.)
+    let mut session = ssh_cmd("deb-1", &[], &["echo open; while read l; do echo \"got $l\"; done"])?
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut to_session = session.stdin.take().ok_or("the session's input")?;
+    let from_session = lines_of(session.stdout.take().ok_or("the session's output")?);
+    let errors = session.stderr.take().ok_or("the session's errors")?;
+    let mut session = Started(session);
+    let mut say = |line: &str| -> Result<(), Failed> {
+        use std::io::Write;
+        writeln!(to_session, "{line}")?;
+        to_session.flush()?;
+        let want = format!("got {line}");
+        let got = from_session.recv_timeout(Duration::from_secs(60));
+        check(got.as_deref() == Ok(want.as_str()), format!("the SSH session answered {got:?} to {line:?}"))
+    };
+    let opened = from_session.recv_timeout(Duration::from_secs(90));
+    if opened.as_deref() != Ok("open") {
+        let _ = session.0.kill();
+        let mut e = String::new();
+        let _ = std::io::Read::read_to_string(&mut { errors }, &mut e);
+        return Err(format!("the SSH session did not open: {opened:?} {e}").into());
+    }
+    say("before")?;
     let before = json(&["vm", "show", "deb-1"])?;
     let from = before["host"].as_str().unwrap_or_default().to_string();
     let peer_host = json(&["vm", "show", "deb-2"])?["host"].as_str().unwrap_or_default().to_string();
@@ -290,5 +317,203 @@ pub fn debian_vm_migrates_live_without_a_reboot() -> Result<(), Failed> {
     let again = ok("deb-1", &["stat", "-c", "%Y", "/var/lib/cloud/instance/boot-finished"])?;
     check(again == booted, "cloud-init did not run again")?;
     check(ok("deb-1", &["hostname"])?.trim() == "deb-1", "same hostname")?;
-    ok("deb-1", &["ping", "-c", "2", "-W", "5", "deb-2"]).map(|_| ())
+    ok("deb-1", &["ping", "-c", "2", "-W", "5", "deb-2"])?;
+    say("after the migration")?;
+    // Its end of input ends the session.
+    drop(to_session);
+    let status = session.0.wait()?;
+    check(status.success(), format!("the SSH session ended cleanly when its input did: {status}"))
+}
+
+/// `corral` with the lab's environment, to start in the background.
+fn corral_cmd(args: &[&str]) -> std::process::Command {
+    let l = lab();
+    let mut c = std::process::Command::new(super::exe());
+    c.args(args).env("CORRAL_URL", l.url()).env("CORRAL_LAB_DIR", &l.dir);
+    c
+}
+
+/// A process this trial started, ended by its PID when the trial ends (passed or not).
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a child prints, as they come.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The `vm ssh` options of these trials: the lab's key, its own known-hosts file, no prompts.
+fn ssh_opts() -> Result<Vec<String>, Failed> {
+    let key = ssh_key()?;
+    let key = key.trim_end_matches(".pub").to_string();
+    let known = lab().dir.join("known_hosts").display().to_string();
+    Ok([
+        "-l",
+        "debian",
+        "-i",
+        &key,
+        "--ssh-option",
+        &format!("UserKnownHostsFile={known}"),
+        "--ssh-option",
+        "BatchMode=yes",
+        "--ssh-option",
+        "IdentitiesOnly=yes",
+        "--ssh-option",
+        "ConnectTimeout=60",
+    ]
+    .map(String::from)
+    .to_vec())
+}
+
+/// `corral vm ssh NAME [ssh_opts] [extra] -- cmd`.
+fn ssh_cmd(name: &str, extra: &[&str], cmd: &[&str]) -> Result<std::process::Command, Failed> {
+    let opts = ssh_opts()?;
+    let mut a: Vec<&str> = vec!["vm", "ssh", name];
+    a.extend(opts.iter().map(String::as_str));
+    a.extend(extra);
+    a.push("--");
+    a.extend(cmd);
+    Ok(corral_cmd(&a))
+}
+
+/// SSH and TCP from the operator's shell to a Debian member, through the controller and the
+/// member's agent (the lab's hosts are network namespaces the shell cannot reach): `vm ssh`
+/// runs a command; with the operator's key forwarded, the member logs in to the other member
+/// by name; `vm port-forward` serves the guest's port 22 on a local port, to several clients
+/// at once; a port nothing listens on, a bad port and an unknown VM are refused, saying why.
+pub fn ssh_and_port_forward_reach_the_guest() -> Result<(), Failed> {
+    let _ = std::fs::remove_file(lab().dir.join("known_hosts"));
+    let o = ssh_cmd("deb-1", &[], &["hostname"])?.output()?;
+    check(o.status.success(), format!("vm ssh deb-1 -- hostname: {}", text(&o)))?;
+    check(String::from_utf8_lossy(&o.stdout).trim() == "deb-1", format!("it ran in deb-1: {}", text(&o)))?;
+    // Debian's ssh hashes the names in known_hosts: ssh-keygen finds one.
+    let uuid = json(&["vm", "show", "deb-1"])?["uuid"].as_str().unwrap_or_default().to_string();
+    let found = std::process::Command::new("ssh-keygen")
+        .args(["-F", &format!("corral-vm-{uuid}"), "-f"])
+        .arg(lab().dir.join("known_hosts"))
+        .output()?;
+    check(found.status.success(), format!("the host key is kept under the VM's identity: {}", text(&found)))?;
+
+    // The operator's key, forwarded by an agent of the trial's own, logs deb-1 in to deb-2.
+    let sock = lab().dir.join("ssh-agent.sock");
+    let _ = std::fs::remove_file(&sock);
+    let _agent = Started(std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn()?);
+    super::wait_for("the ssh agent's socket", Duration::from_secs(10), || sock.exists().then_some(()))?;
+    let key = ssh_key()?;
+    let added =
+        std::process::Command::new("ssh-add").arg(key.trim_end_matches(".pub")).env("SSH_AUTH_SOCK", &sock).output()?;
+    check(added.status.success(), format!("ssh-add: {}", text(&added)))?;
+    let hop = ["ssh", "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes", "deb-2", "hostname"];
+    let o = ssh_cmd("deb-1", &["-A"], &hop)?.env("SSH_AUTH_SOCK", &sock).output()?;
+    check(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "deb-2",
+        format!("deb-1 logs in to deb-2 with the forwarded key: {}", text(&o)),
+    )?;
+
+    // A local port to the guest's port 22, two clients at once.
+    let mut fwd = corral_cmd(&["vm", "port-forward", "deb-1", ":22"]).stdout(std::process::Stdio::piped()).spawn()?;
+    let out = fwd.stdout.take().ok_or("port-forward's output")?;
+    let _fwd = Started(fwd);
+    let first = lines_of(out).recv_timeout(Duration::from_secs(30)).map_err(|_| "port-forward said nothing")?;
+    let local: std::net::SocketAddr = first
+        .strip_prefix("Forwarding from ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("port-forward printed {first:?}"))?;
+    let banner = |_: usize| -> Result<String, Failed> {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(local)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| banner(1).map_err(|e| format!("{e:?}")));
+        let b = s.spawn(|| banner(2).map_err(|e| format!("{e:?}")));
+        (a.join(), b.join())
+    });
+    for got in [a, b] {
+        let got = got.map_err(|_| "a client thread panicked")??;
+        check(got.starts_with("SSH-2.0-OpenSSH"), format!("the guest's sshd answered through the forward: {got:?}"))?;
+    }
+    let net = json(&["network", "show", "deb"])?;
+    let host = json(&["vm", "show", "deb-1"])?["host"].as_str().unwrap_or_default().to_string();
+    check(net["tunnels"][&host].is_string(), format!("the network lists {host}'s tunnel address: {net}"))?;
+
+    // Refusals that say what is wrong.
+    let msg = fails(&["vm", "tunnel", "deb-1", "2"])?;
+    check(msg.contains("refused a connection to port 2"), format!("nothing listens on port 2: {msg}"))?;
+    let msg = fails(&["vm", "port-forward", "deb-1", "8080:70000"])?;
+    check(msg.contains("1 to 65535"), format!("a bad port: {msg}"))?;
+    let msg = fails(&["vm", "ssh", "no-such-vm"])?;
+    check(msg.contains("no-such-vm"), format!("an unknown VM is named: {msg}"))
+}
+
+/// A Debian member with `ha = "restart-fresh"` whose host loses power is restarted on another
+/// host with the same identity: name, UUID, MAC and address; cloud-init configures the fresh
+/// disk from a seed with the same instance id (its host name, address and key), and SSH
+/// reaches it there.
+pub fn debian_vm_restarts_fresh_elsewhere_with_its_identity() -> Result<(), Failed> {
+    let r = restart_fresh();
+    super::ha::restore();
+    // The last Debian trial: the guests of all of them go.
+    for c in ["deb-ha", "deb"] {
+        let _ = corral(&["cluster", "delete", c]);
+    }
+    let _ = corral(&["vm", "delete", "deb-uefi"]);
+    r
+}
+
+fn restart_fresh() -> Result<(), Failed> {
+    let key = ssh_key()?;
+    profile("debian-ha", &format!("{DEBIAN_PROFILE}ha = \"restart-fresh\"\n"))?;
+    let op = json(&["cluster", "create", "deb-ha", "--profile", "debian-ha", "--size", "1", "--ssh-key", &key])?;
+    check(op["state"] == "succeeded", format!("the cluster deployed: {op}"))?;
+    let before = json(&["vm", "show", "deb-ha-1"])?;
+    let h = before["host"].as_str().ok_or("its host")?.to_string();
+    check(ok("deb-ha-1", &["touch", "/root/before-the-failure"]).is_ok(), "a file on the first disk")?;
+    super::ha::lab_cmd(&["kill", &h])?;
+    super::wait_for(&format!("{h} to be declared failed"), Duration::from_secs(30), || {
+        (super::ha::host_state(&h).as_deref() == Some("failed")).then_some(())
+    })?;
+    let after = super::wait_for("deb-ha-1 to run on another host", Duration::from_secs(240), || {
+        json(&["vm", "show", "deb-ha-1"]).ok().filter(|v| v["state"] == "running" && v["host"] != h.as_str())
+    })?;
+    for k in ["uuid", "mac", "ip"] {
+        check(after[k] == before[k], format!("deb-ha-1 keeps its {k}: {} -> {}", before[k], after[k]))?;
+    }
+    let (code, _, _) = exec("deb-ha-1", &["test", "-e", "/root/before-the-failure"])?;
+    check(code != 0, "a fresh disk (restart-fresh)")?;
+    let status = ok("deb-ha-1", &["cloud-init", "status", "--wait"])?;
+    check(status.contains("done"), format!("cloud-init configured the fresh disk: {status}"))?;
+    check(ok("deb-ha-1", &["hostname"])?.trim() == "deb-ha-1", "the same host name")?;
+    let ip = before["ip"].as_str().unwrap_or_default();
+    let addrs = ok("deb-ha-1", &["ip", "-4", "-o", "addr", "show", "eth0"])?;
+    check(addrs.contains(&format!("inet {ip}")), format!("the same address {ip}: {addrs}"))?;
+    let id = ok("deb-ha-1", &["cat", "/var/lib/cloud/data/instance-id"])?;
+    check(id.trim() == before["uuid"].as_str().unwrap_or_default(), format!("the same instance id: {id}"))?;
+    // A new host key (a fresh disk): the trial's known-hosts file forgets the old one.
+    let known = lab().dir.join("known_hosts");
+    let _ = std::fs::remove_file(&known);
+    let o = ssh_cmd("deb-ha-1", &[], &["hostname"])?.output()?;
+    check(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "deb-ha-1",
+        format!("vm ssh reaches it on its new host: {}", text(&o)),
+    )
 }

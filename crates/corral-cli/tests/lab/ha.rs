@@ -16,14 +16,14 @@ use super::{
     vm, wait_for,
 };
 
-fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
+pub(super) fn lab_cmd(args: &[&str]) -> Result<(), Failed> {
     let mut a = vec!["lab"];
     a.extend(args);
     let o = corral(&a);
     check(o.status.success(), format!("corral {}: {}", a.join(" "), text(&o)))
 }
 
-fn host_state(name: &str) -> Option<String> {
+pub(super) fn host_state(name: &str) -> Option<String> {
     json(&["host", "show", name]).ok().and_then(|h| h["state"].as_str().map(String::from))
 }
 

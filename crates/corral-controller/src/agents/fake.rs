@@ -29,6 +29,7 @@ pub(crate) enum Op {
     Delete,
     Exec,
     Console,
+    Tcp,
     Pull,
     PutNetwork,
     DeleteNetwork,
@@ -206,6 +207,7 @@ impl FakeAgent {
             usage: HostUsage::default(),
             vms: s.vms.values().map(|v| v.status.clone()).collect(),
             networks: s.networks.keys().copied().collect(),
+            tunnels: vec![],
         }
     }
 
@@ -286,6 +288,11 @@ impl FakeAgent {
     }
 
     /// How many calls of this operation the agent has answered (or failed), e.g. `create web-1`.
+    /// Every call made, in order, as `calls` counts them.
+    pub fn call_log(&self) -> Vec<String> {
+        lock(&self.state).calls.clone()
+    }
+
     pub fn calls(&self, prefix: &str) -> usize {
         lock(&self.state).calls.iter().filter(|c| c.starts_with(prefix)).count()
     }
@@ -471,6 +478,16 @@ impl AgentApi for FakeAgent {
 
     async fn stream(&self, name: &str, kind: corral_api::image::StreamKind) -> Result<super::AgentStream, ApiError> {
         Err(ApiError::unavailable(format!("the fake agent has no {kind} stream for {name}")))
+    }
+
+    async fn tcp(
+        &self,
+        name: &str,
+        port: corral_api::tunnel::GuestPort,
+        via: corral_api::types::Ipv4Cidr,
+    ) -> Result<super::AgentStream, ApiError> {
+        self.call(Op::Tcp, format!("tcp {name} {port} via {via}"), |_| Ok(())).await?;
+        Err(ApiError::unavailable(format!("the fake agent has no guest to connect to in {name}")))
     }
 
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError> {

@@ -11,6 +11,8 @@ use corral_api::agent::{
 };
 use corral_api::image::StreamKind;
 use corral_api::migration::{Incoming, IncomingReady, Outgoing, OutgoingStatus};
+use corral_api::tunnel::GuestPort;
+use corral_api::types::Ipv4Cidr;
 use corral_api::{ApiError, ConsoleChunk, ErrorBody, ErrorKind, ExecRequest, ExecResult, VmAction};
 
 use super::AgentApi;
@@ -28,6 +30,44 @@ pub struct AgentClient {
 const SLOW: Duration = Duration::from_secs(600);
 
 impl AgentClient {
+    /// Opens a websocket at `path` of the agent, within `limit`.
+    async fn websocket(&self, path: &str, what: &str, limit: Duration) -> Result<super::AgentStream, ApiError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.url_of(path);
+        let ws_url = match url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", url.trim_start_matches("http://")),
+        };
+        let mut req = ws_url.into_client_request().map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(t) = &self.token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ApiError::internal("the token is not a valid header value"))?;
+            req.headers_mut().insert("authorization", v);
+        }
+        let connect = tokio_tungstenite::connect_async(req);
+        match tokio::time::timeout(limit, connect).await {
+            Err(_) => Err(ApiError::unavailable(format!(
+                "host {} did not open {what} within {} s",
+                self.host,
+                limit.as_secs()
+            ))),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let code = resp.status().as_u16();
+                let body = resp.body().as_deref().and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+                Err(match body {
+                    Some(b) => ApiError::from_body(code, b),
+                    None => ApiError::new(
+                        ErrorKind::from_status(code),
+                        format!("host {} answered {}", self.host, resp.status()),
+                    ),
+                })
+            }
+            Ok(Err(e)) => Err(ApiError::unavailable(format!("host {} is unreachable ({e})", self.host))),
+        }
+    }
+
     pub fn new(http: reqwest::Client, host: &str, url: &str, token: Option<String>) -> Self {
         Self { http, base: url.trim_end_matches('/').to_string(), host: host.to_string(), token }
     }
@@ -117,36 +157,13 @@ impl AgentApi for AgentClient {
     }
 
     async fn stream(&self, name: &str, kind: StreamKind) -> Result<super::AgentStream, ApiError> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = self.url_of(&format!("/v1/vms/{name}/streams/{kind}"));
-        let ws_url = match url.strip_prefix("https://") {
-            Some(rest) => format!("wss://{rest}"),
-            None => format!("ws://{}", url.trim_start_matches("http://")),
-        };
-        let mut req = ws_url.into_client_request().map_err(|e| ApiError::internal(e.to_string()))?;
-        if let Some(t) = &self.token {
-            let v = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| ApiError::internal("the token is not a valid header value"))?;
-            req.headers_mut().insert("authorization", v);
-        }
-        let connect = tokio_tungstenite::connect_async(req);
-        match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Err(_) => Err(ApiError::unavailable(format!("host {} did not open the {kind} within 10 s", self.host))),
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                let code = resp.status().as_u16();
-                let body = resp.body().as_deref().and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
-                Err(match body {
-                    Some(b) => ApiError::from_body(code, b),
-                    None => ApiError::new(
-                        ErrorKind::from_status(code),
-                        format!("host {} answered {}", self.host, resp.status()),
-                    ),
-                })
-            }
-            Ok(Err(e)) => Err(ApiError::unavailable(format!("host {} is unreachable ({e})", self.host))),
-        }
+        self.websocket(&format!("/v1/vms/{name}/streams/{kind}"), &format!("the {kind}"), Duration::from_secs(10)).await
+    }
+
+    async fn tcp(&self, name: &str, port: GuestPort, via: Ipv4Cidr) -> Result<super::AgentStream, ApiError> {
+        // The agent connects to the guest (within 8 s) before it answers.
+        let path = format!("/v1/vms/{name}/tcp/{port}?via={}", via.to_string().replace('/', "%2F"));
+        self.websocket(&path, &format!("a tunnel to port {port}"), Duration::from_secs(15)).await
     }
 
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError> {

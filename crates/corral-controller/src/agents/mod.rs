@@ -44,6 +44,14 @@ pub trait AgentApi: Send + Sync + std::fmt::Debug {
     async fn resize_disk(&self, name: &str, req: &corral_api::ResizeDisk) -> Result<VmStatus, ApiError>;
     /// Opens a live stream into a running VM (its console or VNC display).
     async fn stream(&self, name: &str, kind: StreamKind) -> Result<AgentStream, ApiError>;
+    /// Opens a TCP connection to `port` of a running guest, made from the host's address `via`
+    /// on the guest's network.
+    async fn tcp(
+        &self,
+        name: &str,
+        port: corral_api::tunnel::GuestPort,
+        via: corral_api::types::Ipv4Cidr,
+    ) -> Result<AgentStream, ApiError>;
     /// Fetches a template from the controller's library; answers the host's new inventory.
     async fn pull_template(&self, name: &str) -> Result<Register, ApiError>;
     /// Sets a virtual network on the host as given.

@@ -11,6 +11,7 @@ mod drs;
 mod ha;
 mod hosts;
 mod migrate;
+mod tunnels;
 
 use std::sync::Arc;
 use std::time::Duration;
