@@ -312,6 +312,16 @@ pub fn memory_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     check_memory_mib(u64::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
+/// serde `deserialize_with` for an optional vCPU count.
+pub fn opt_vcpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u32>::deserialize(d)?.map(check_vcpus).transpose().map_err(serde::de::Error::custom)
+}
+
+/// serde `deserialize_with` for an optional memory size in MiB.
+pub fn opt_memory_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<u64>::deserialize(d)?.map(check_memory_mib).transpose().map_err(serde::de::Error::custom)
+}
+
 /// serde `deserialize_with` for an optional disk size in MiB.
 pub fn disk_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     Option::<u64>::deserialize(d)?.map(check_disk_mib).transpose().map_err(serde::de::Error::custom)

@@ -188,12 +188,12 @@ pub struct CreateVm {
     pub name: types::Name,
     #[schema(value_type = String)]
     pub template: types::Name,
-    /// 1 to 256.
-    #[serde(deserialize_with = "types::vcpus")]
-    pub vcpus: u32,
-    /// Memory in MiB (32 MiB to 4 TiB).
-    #[serde(deserialize_with = "types::memory_mib")]
-    pub memory_mib: u64,
+    /// 1 to 256; absent: the image's default (an imported OVA's), else 1.
+    #[serde(default, deserialize_with = "types::opt_vcpus")]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB (32 MiB to 4 TiB); absent: the image's default, else 256 MiB.
+    #[serde(default, deserialize_with = "types::opt_memory_mib")]
+    pub memory_mib: Option<u64>,
     /// Host to place it on; the scheduler chooses when absent.
     #[serde(default)]
     #[schema(value_type = Option<String>)]

@@ -31,11 +31,12 @@ pub enum VmCmd {
         name: String,
         #[arg(long, default_value = "base")]
         template: String,
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
-        /// Memory, e.g. 256M or 1G.
-        #[arg(long, default_value = "256M")]
-        memory: String,
+        /// vCPUs (default: the image's, else 1).
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Memory, e.g. 256M or 1G (default: the image's, else 256M).
+        #[arg(long)]
+        memory: Option<String>,
         /// Host to place it on (default: the scheduler chooses).
         #[arg(long)]
         host: Option<String>,
@@ -160,13 +161,13 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             ssh_keys,
             user_data,
         } => {
-            let memory_mib = corral_api::size::parse_mib(&memory).map_err(anyhow::Error::msg)?;
+            let memory_mib = memory.map(|m| corral_api::size::parse_mib(&m)).transpose().map_err(anyhow::Error::msg)?;
             let m = anyhow::Error::msg;
             let req = CreateVm {
                 name: name_arg("VM", &name)?,
                 template: name_arg("template", &template)?,
-                vcpus: corral_api::types::check_vcpus(vcpus).map_err(m)?,
-                memory_mib: corral_api::types::check_memory_mib(memory_mib).map_err(m)?,
+                vcpus: vcpus.map(corral_api::types::check_vcpus).transpose().map_err(m)?,
+                memory_mib: memory_mib.map(corral_api::types::check_memory_mib).transpose().map_err(m)?,
                 host: host.map(|h| name_arg("host", &h)).transpose()?,
                 workload: workload.map(corral_api::types::Workload::try_from).transpose().map_err(m)?,
                 start: !no_start,

@@ -21,6 +21,11 @@ use crate::ipam::ipam_key;
 use crate::service::{lock, mac_for, store_err, Controller};
 use crate::tables::{IPAM, VMS};
 
+/// A VM's vCPUs when neither its request nor its image says.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// A VM's memory (MiB) when neither its request nor its image says.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
 /// How many hosts a cluster member is tried on before the deployment gives up on it.
 const MAX_HOSTS_TRIED: usize = 3;
 
@@ -46,29 +51,32 @@ impl Backoff {
 }
 
 impl Controller {
-    fn validate_create(&self, req: &CreateVm) -> Result<(), ApiError> {
+    /// Checks a request; answers its vCPUs and memory: the request's, else the image's
+    /// defaults (an imported OVA's), else [`DEFAULT_VCPUS`] and [`DEFAULT_MEMORY_MIB`].
+    fn validate_create(&self, req: &CreateVm) -> Result<(u32, u64), ApiError> {
         corral_api::names::validate_name("VM", &req.name).map_err(ApiError::bad_request)?;
-        if req.vcpus == 0 {
-            return Err(ApiError::bad_request("a VM needs at least 1 vCPU"));
-        }
-        if req.memory_mib < 32 {
-            return Err(ApiError::bad_request(format!(
-                "{} MiB of memory is too little: a guest needs at least 32 MiB",
-                req.memory_mib
-            )));
-        }
         if let Some(w) = &req.workload {
             corral_api::validate_workload(w).map_err(ApiError::bad_request)?;
         }
         let t = self.check_template(&req.template)?;
         Self::check_firmware(&t, req.firmware)
             .map_err(|e| ApiError::bad_request(format!("{e}: leave --firmware unset")))?;
-        Ok(())
+        let vcpus = req.vcpus.or(t.vcpus).unwrap_or(DEFAULT_VCPUS);
+        let memory_mib = req.memory_mib.or(t.memory_mib).unwrap_or(DEFAULT_MEMORY_MIB);
+        if vcpus == 0 {
+            return Err(ApiError::bad_request("a VM needs at least 1 vCPU"));
+        }
+        if memory_mib < 32 {
+            return Err(ApiError::bad_request(format!(
+                "{memory_mib} MiB of memory is too little: a guest needs at least 32 MiB"
+            )));
+        }
+        Ok((vcpus, memory_mib))
     }
 
     /// Creates a single VM: validate, place, record (with its pending work), then bring it up.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<Vm, ApiError> {
-        self.validate_create(&req)?;
+        let (vcpus, memory_mib) = self.validate_create(&req)?;
         let ha = crate::ha_policy::resolve_ha(req.ha, req.storage)?;
         let vm = {
             let mut p = Some(self.placing.lock().await);
@@ -83,8 +91,8 @@ impl Controller {
             };
             unique()?;
             let request = Request {
-                vcpus: req.vcpus,
-                memory_mib: req.memory_mib,
+                vcpus,
+                memory_mib,
                 template: req.template.to_string(),
                 host: req.host.as_ref().map(|h| h.to_string()),
                 cpu_overcommit: self.settings.cpu_overcommit,
@@ -97,7 +105,7 @@ impl Controller {
                     unique()?;
                     let host = place_one(&self.views_for_storage(req.storage)?, &request).map_err(place_error)?;
                     if ha != corral_api::HaPolicy::Off {
-                        self.admit_ha(&[(host.clone(), req.vcpus, req.memory_mib)])?;
+                        self.admit_ha(&[(host.clone(), vcpus, memory_mib)])?;
                     }
                     Ok(host)
                 })
@@ -108,8 +116,8 @@ impl Controller {
                     name: req.name.clone(),
                     uuid,
                     template: req.template.clone(),
-                    vcpus: req.vcpus,
-                    memory_mib: req.memory_mib,
+                    vcpus,
+                    memory_mib,
                     mac: self.unique_mac(&uuid)?,
                     ip: None,
                     workload: req.workload.clone().unwrap_or_default(),

@@ -32,7 +32,7 @@ async fn a_second_vm_of_the_same_name_is_refused_as_already_existing() {
 #[tokio::test]
 async fn a_vm_larger_than_any_host_is_refused_for_capacity_and_nothing_is_recorded() {
     let h = Harness::new(&["a"]);
-    let big = corral_api::CreateVm { vcpus: 8, ..create("big") };
+    let big = corral_api::CreateVm { vcpus: Some(8), ..create("big") };
     let e = h.c.create_vm(big).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NoCapacity, "{e}");
     assert!(h.c.vm("big").is_err(), "no record is left");
@@ -226,4 +226,26 @@ async fn the_reconciler_removes_a_copy_the_store_does_not_know() {
     until("the orphan is gone", || h.host("a").state_of("ghost").is_none()).await;
     assert_eq!(h.host("a").state_of("v"), Some(VmState::Running), "the known VM stays");
     assert_eq!(h.events("vm.orphan-removed").len(), 1);
+}
+
+#[tokio::test]
+async fn a_vm_without_sizes_gets_its_image_s_defaults_and_the_request_wins() {
+    let lib = tempfile::tempdir().unwrap();
+    std::fs::write(lib.path().join("appliance.qcow2"), b"disk").unwrap();
+    let meta = serde_json::json!({"name": "appliance", "disk": "appliance.qcow2", "boot": "uefi",
+                                  "vcpus": 2, "memory_mib": 1536});
+    std::fs::write(lib.path().join("appliance.json"), meta.to_string()).unwrap();
+    let h = Harness::with(&["a"], super::Settings { templates_dir: Some(lib.path().into()), ..super::settings() });
+    h.host("a").hold_template("appliance");
+    h.join("a");
+    let from_image =
+        corral_api::CreateVm { template: "appliance".parse().unwrap(), vcpus: None, memory_mib: None, ..create("o1") };
+    let v = h.c.create_vm(from_image.clone()).await.unwrap();
+    assert_eq!((v.def.vcpus, v.def.memory_mib), (2, 1536), "the image's defaults (an imported OVA's)");
+    let asked = corral_api::CreateVm { name: "o2".parse().unwrap(), vcpus: Some(1), ..from_image };
+    let v = h.c.create_vm(asked).await.unwrap();
+    assert_eq!((v.def.vcpus, v.def.memory_mib), (1, 1536), "what the request gives wins");
+    let plain = corral_api::CreateVm { vcpus: None, memory_mib: None, ..create("p1") };
+    let v = h.c.create_vm(plain).await.unwrap();
+    assert_eq!((v.def.vcpus, v.def.memory_mib), (1, 256), "an image without defaults: 1 vCPU, 256 MiB");
 }

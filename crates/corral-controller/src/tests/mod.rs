@@ -145,8 +145,8 @@ pub(crate) fn create(name: &str) -> CreateVm {
     CreateVm {
         name: name.parse::<Name>().expect("name"),
         template: "tiny".parse().expect("template"),
-        vcpus: 1,
-        memory_mib: 512,
+        vcpus: Some(1),
+        memory_mib: Some(512),
         host: None,
         workload: None,
         start: true,
