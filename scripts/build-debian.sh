@@ -346,7 +346,7 @@ size=$(qemu-img info -U --output=json "$DST" | jq -er '."virtual-size"') ||
 json=$(jq -cn --arg name "$NAME" --arg disk "$NAME.qcow2" --arg os "$OS" --arg kver "$kver" \
 	--argjson size "$size" \
 	'{name: $name, disk: $disk, boot: "bios", firmware: ["bios", "uefi"], guest_agent: "qemu",
-	  os: $os, kernel_version: $kver, size_bytes: $size}')
+	  default_user: "debian", os: $os, kernel_version: $kver, size_bytes: $size}')
 if [ -n "$changed" ] || [ "$(cat "$OUT/$NAME.json" 2>/dev/null)" != "$json" ]; then
 	printf '%s\n' "$json" >"$OUT/.$NAME.json.tmp"
 	mv -f "$OUT/.$NAME.json.tmp" "$OUT/$NAME.json"

@@ -183,6 +183,10 @@ pub struct Template {
     /// The memory its VMs are meant to have, MiB (from an imported OVA), if it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// The user cloud-init makes in its guests (`vm ssh` logs in as it by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub default_user: Option<crate::image::LoginUser>,
     /// Hosts that hold this template.
     #[serde(default)]
     pub hosts: Vec<String>,

@@ -112,6 +112,10 @@ pub struct ImportImage {
     /// refused as cut.
     #[serde(default)]
     pub size: Option<u64>,
+    /// The user cloud-init makes in its guests (`vm ssh` logs in as it by default).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub default_user: Option<LoginUser>,
 }
 
 /// What an import is: a disk image in one of [`DISK_FORMATS`], or an OVA.
@@ -147,6 +151,11 @@ pub struct Sha256Hex(pub String);
 /// A short printable label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label(pub String);
+
+/// A login name in a guest (an image's default user, as cloud-init makes it): 1 to 32 of
+/// `a-z`, `0-9`, `_` and `-`, not starting with a digit or `-`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginUser(pub String);
 
 macro_rules! string_type {
     ($t:ty, $parse:expr, $show:expr) => {
@@ -205,6 +214,20 @@ string_type!(
         Err("a SHA-256 is 64 hex digits (as sha256sum prints it)".to_string())
     },
     |h: &Sha256Hex| h.0.clone()
+);
+string_type!(
+    LoginUser,
+    |s: &str| {
+        let ok = (1..=32).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            && !s.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(LoginUser(s.to_string()))
+        } else {
+            Err(format!("invalid user name {s:?}: use 1 to 32 of a-z, 0-9, _ and -, not starting with a digit or -"))
+        }
+    },
+    |u: &LoginUser| u.0.clone()
 );
 string_type!(
     Label,
@@ -338,6 +361,17 @@ mod tests {
     use super::*;
 
     const ED: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILfUQEzughetgDvdmwK77bJ3sR54hgv2Ny+epH6/C9yW alice@laptop";
+
+    #[test]
+    fn login_users_are_plain_lower_case_names() {
+        for good in ["debian", "ubuntu", "cloud-user", "_svc", "a1"] {
+            assert_eq!(good.parse::<LoginUser>().unwrap().0, good);
+        }
+        for bad in ["", "Root", "1abc", "-x", "a b", "root;id", "a\nb", "ab/c", &"a".repeat(33)] {
+            let e = bad.parse::<LoginUser>().unwrap_err();
+            assert!(e.contains("invalid user name"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn a_public_key_line_round_trips() {

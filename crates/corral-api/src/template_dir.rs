@@ -41,6 +41,10 @@ pub struct Meta {
     /// The memory its VMs are meant to have, MiB (an OVA's virtual hardware), if it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// The user cloud-init makes in its guests (`vm ssh` logs in as it by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub default_user: Option<crate::image::LoginUser>,
 }
 
 /// A template with absolute paths to its parts.

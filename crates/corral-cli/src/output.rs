@@ -112,7 +112,7 @@ pub fn host(h: &Host) {
 /// imported OVA's).
 pub fn templates(ts: &[Template]) {
     table(
-        &["NAME", "SIZE", "BOOT", "VCPUS", "MEMORY", "KERNEL", "OS", "HOSTS"],
+        &["NAME", "SIZE", "BOOT", "VCPUS", "MEMORY", "USER", "KERNEL", "OS", "HOSTS"],
         ts.iter()
             .map(|t| {
                 vec![
@@ -121,6 +121,7 @@ pub fn templates(ts: &[Template]) {
                     t.boot.to_string(),
                     opt(&t.vcpus),
                     opt(&t.memory_mib.map(mib)),
+                    opt(&t.default_user.as_ref().map(|u| u.0.clone())),
                     t.kernel_version.clone(),
                     t.os.clone(),
                     t.hosts.join(","),

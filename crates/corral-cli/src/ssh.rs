@@ -17,7 +17,7 @@ use corral_api::Vm;
 pub struct SshArgs {
     /// The VM.
     pub name: String,
-    /// The user to log in as (ssh's default when absent: your local user name).
+    /// The user to log in as (default: the image's default user, e.g. debian; else ssh's).
     #[arg(short = 'l', long = "login")]
     pub user: Option<String>,
     /// A private key to log in with.

@@ -66,6 +66,10 @@ pub enum TemplateCmd {
         /// What it is, shown in lists (e.g. "Debian 12").
         #[arg(long)]
         os: Option<String>,
+        /// The user cloud-init makes in its guests (e.g. debian, ubuntu): `vm ssh` logs in
+        /// as it unless told otherwise.
+        #[arg(long)]
+        default_user: Option<String>,
     },
     /// Write an image's disk (qcow2) to a file.
     Export { name: String, out: PathBuf },
@@ -95,6 +99,7 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
             guest_agent,
             sha256,
             os,
+            default_user,
         } => {
             let name = crate::name_arg("image", &name)?;
             // Checked here as the controller checks them, so a typo costs no upload.
@@ -110,6 +115,11 @@ pub async fn template(cmd: TemplateCmd, c: &Client, o: Output) -> Result<()> {
                     .map_err(|e: String| anyhow::anyhow!("--sha256: {e}"))?,
                 os: os.as_deref().map(str::parse).transpose().map_err(|e: String| anyhow::anyhow!("--os: {e}"))?,
                 size: None,
+                default_user: default_user
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("--default-user: {e}"))?,
             };
             if q.boot == Some(corral_api::image::Boot::Direct) {
                 bail!("--boot direct needs a kernel and an initrd, which an import does not carry: use bios or uefi");

@@ -225,9 +225,14 @@ pub async fn vm(cmd: VmCmd, c: &Client, o: Output) -> Result<i32> {
             show(&c.post::<_, Vm>(&format!("/v1/vms/{name}/disk/resize"), &req).await?)?;
         }
         VmCmd::Vnc { name, listen, once } => crate::streams::vnc(c, &name, listen, once).await?,
-        VmCmd::Ssh(a) => {
+        VmCmd::Ssh(mut a) => {
             let name = name_arg("VM", &a.name)?;
             let vm: Vm = c.get(&format!("/v1/vms/{name}")).await?;
+            if a.user.is_none() {
+                // The image's default user (cloud-init's), when it names one.
+                let image = c.get::<corral_api::Template>(&format!("/v1/images/{}", vm.def.template)).await;
+                a.user = image.ok().and_then(|t| t.default_user).map(|u| u.0);
+            }
             match crate::ssh::exec_ssh(&a, &vm, &c.leader(), c.token())? {}
         }
         VmCmd::PortForward { name, forwards } => {

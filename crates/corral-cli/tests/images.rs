@@ -100,6 +100,15 @@ async fn images_in_every_format_import_and_export_as_the_same_disk() {
     assert!(!library(&c).iter().any(|f| f.starts_with("img-raw")), "{:?}", library(&c));
     let o = corral(&c, &["image", "delete", "img-raw"]);
     assert!(!o.status.success() && text(&o).contains("no image"), "{}", text(&o));
+    // The user cloud-init makes in its guests is kept with the image (`vm ssh` logs in as it).
+    let o = corral(&c, &["image", "import", "img-user", &raw_s, "--default-user", "ubuntu", "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown: serde_json::Value =
+        serde_json::from_slice(&corral(&c, &["image", "show", "img-user", "--output", "json"]).stdout)
+            .expect("image show's JSON");
+    assert_eq!(shown["default_user"], "ubuntu", "{shown}");
+    let o = corral(&c, &["image", "import", "img-bad-user", &raw_s, "--default-user", "root;id"]);
+    assert!(!o.status.success() && text(&o).contains("invalid user name"), "{}", text(&o));
 }
 
 #[tokio::test]

@@ -312,6 +312,7 @@ impl Controller {
             size_bytes: size,
             vcpus: ovf.as_ref().and_then(|o| o.vcpus),
             memory_mib: ovf.as_ref().and_then(|o| o.memory_mib),
+            default_user: req.default_user.clone(),
         };
         let done = (|| -> std::io::Result<()> {
             std::fs::rename(&converted, dir.join(&file))?;

@@ -63,6 +63,7 @@ impl Controller {
                     guest_agent: t.t.meta.guest_agent,
                     vcpus: t.t.meta.vcpus,
                     memory_mib: t.t.meta.memory_mib,
+                    default_user: t.t.meta.default_user.clone(),
                     hosts: vec![],
                 },
             );
@@ -79,6 +80,7 @@ impl Controller {
                         guest_agent: t.guest_agent,
                         vcpus: None,
                         memory_mib: None,
+                        default_user: None,
                         hosts: vec![],
                     })
                     .hosts
