@@ -67,6 +67,8 @@ pub enum BootError {
     Unsupported { image: String, firmware: Firmware, boots: String },
     #[error("image {0:?} boots directly (kernel and initrd), not from firmware: leave --firmware unset")]
     DirectOnly(String),
+    #[error("image {0} boots directly but has no kernel and initrd: import it again")]
+    NoKernel(String),
     #[error("UEFI boot needs OVMF, but {0} is missing: install the Debian package ovmf (make setup does)")]
     NoOvmf(String),
     #[error("cannot make the VM's UEFI variable store {0}: {1}")]
@@ -96,11 +98,8 @@ fn plan_with(def: &VmDefinition, t: &Template, paths: &VmPaths, code: &Path, var
     match boot {
         Boot::Direct => match &t.direct {
             Some((kernel, initrd)) => Ok(Plan::Direct { kernel: kernel.clone(), initrd: initrd.clone() }),
-            None => Err(BootError::Unsupported {
-                image: t.info.name.clone(),
-                firmware: Firmware::Bios,
-                boots: "none".into(),
-            }),
+            // Meta::check refuses such an image when it is read; said plainly if one gets here.
+            None => Err(BootError::NoKernel(t.info.name.clone())),
         },
         Boot::Bios => Ok(Plan::Bios),
         Boot::Uefi => {
