@@ -24,10 +24,27 @@ const STATE_FD: &str = "corral-state";
 /// open file, never a path in a shell command.
 async fn migrate_fd(qmp: &Path, file: &std::fs::File, command: &str) -> Result<(), ApiError> {
     let mut c = qmp::QmpClient::connect(qmp).await.map_err(internal)?;
+    if command == "migrate" {
+        // A live migration (in or out) leaves its settings in QEMU: postcopy wants a return
+        // path, which a file opened for writing cannot give ("Bad file descriptor"), and
+        // pause-before-switchover would hold the save forever. A save takes QEMU's defaults.
+        let off: Vec<_> = ["postcopy-ram", "pause-before-switchover", "xbzrle", "auto-converge"]
+            .iter()
+            .map(|cap| json!({"capability": cap, "state": false}))
+            .collect();
+        c.execute("migrate-set-capabilities", Some(json!({ "capabilities": off }))).await.map_err(internal)?;
+        c.execute("migrate-set-parameters", Some(json!({ "max-bandwidth": DEFAULT_MAX_BANDWIDTH })))
+            .await
+            .map_err(internal)?;
+    }
     c.send_fd(STATE_FD, std::os::fd::AsFd::as_fd(file)).await.map_err(internal)?;
     c.execute(command, Some(json!({ "uri": format!("fd:{STATE_FD}") }))).await.map_err(internal)?;
     Ok(())
 }
+
+/// QEMU's own migration bandwidth limit (128 MiB/s), which a save goes back to whatever a
+/// live migration set.
+const DEFAULT_MAX_BANDWIDTH: u64 = 128 << 20;
 
 /// How long saving a VM's memory to disk (suspend) may take before it is called off.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
