@@ -256,6 +256,8 @@ impl Controller {
     pub(crate) fn host_views(&self) -> Result<Vec<HostView>, ApiError> {
         let regs: Vec<Register> = HOSTS.list(&*self.store).map_err(store_err)?;
         let vms = self.vms()?;
+        // Every host may take a VM of an image in the library: it is sent there first.
+        let library: Vec<String> = self.library().into_iter().map(|t| t.name).collect();
         regs.into_iter()
             .map(|r| {
                 let (state, _, usage) = self.host_state(&r.name);
@@ -276,7 +278,14 @@ impl Controller {
                     used_vcpus: held.clone().map(|v| v.def.vcpus).sum(),
                     used_memory_mib: held.map(|v| v.def.memory_mib).sum(),
                     cpu_load: usage.cpu_pct / 100.0,
-                    templates: r.templates.into_iter().map(|t| t.name).collect(),
+                    templates: r
+                        .templates
+                        .into_iter()
+                        .map(|t| t.name)
+                        .chain(library.iter().cloned())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                     labels: flags.labels,
                 })
             })

@@ -288,11 +288,6 @@ impl FakeAgent {
     }
 
     /// How many calls of this operation the agent has answered (or failed), e.g. `create web-1`.
-    /// The host holds template `name` too (register it again to tell the controller).
-    pub fn hold_template(&self, name: &str) {
-        lock(&self.state).templates.insert(name.to_string());
-    }
-
     /// Every call made, in order, as `calls` counts them.
     pub fn call_log(&self) -> Vec<String> {
         lock(&self.state).calls.clone()

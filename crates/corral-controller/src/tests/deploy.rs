@@ -229,19 +229,19 @@ async fn the_reconciler_removes_a_copy_the_store_does_not_know() {
 }
 
 #[tokio::test]
-async fn a_vm_without_sizes_gets_its_image_s_defaults_and_the_request_wins() {
+async fn a_vm_of_a_library_image_no_host_holds_gets_it_sent_and_its_defaults() {
     let lib = tempfile::tempdir().unwrap();
     std::fs::write(lib.path().join("appliance.qcow2"), b"disk").unwrap();
     let meta = serde_json::json!({"name": "appliance", "disk": "appliance.qcow2", "boot": "uefi",
                                   "vcpus": 2, "memory_mib": 1536});
     std::fs::write(lib.path().join("appliance.json"), meta.to_string()).unwrap();
     let h = Harness::with(&["a"], super::Settings { templates_dir: Some(lib.path().into()), ..super::settings() });
-    h.host("a").hold_template("appliance");
-    h.join("a");
+    // No host holds the image yet: it is sent to the one chosen.
     let from_image =
         corral_api::CreateVm { template: "appliance".parse().unwrap(), vcpus: None, memory_mib: None, ..create("o1") };
     let v = h.c.create_vm(from_image.clone()).await.unwrap();
     assert_eq!((v.def.vcpus, v.def.memory_mib), (2, 1536), "the image's defaults (an imported OVA's)");
+    assert_eq!(h.host("a").calls("pull appliance"), 1, "the image was sent to the host");
     let asked = corral_api::CreateVm { name: "o2".parse().unwrap(), vcpus: Some(1), ..from_image };
     let v = h.c.create_vm(asked).await.unwrap();
     assert_eq!((v.def.vcpus, v.def.memory_mib), (1, 1536), "what the request gives wins");
