@@ -614,8 +614,10 @@ fn main() {
         tn("guest_debian_console_and_vnc", guests::console_and_vnc_reach_the_guest),
         tn("guest_debian_ssh_and_port_forward", guests::ssh_and_port_forward_reach_the_guest),
         tn("guest_debian_migrates_live_without_a_reboot", guests::debian_vm_migrates_live_without_a_reboot),
+        tn("guest_debian_cluster_suspends_and_resumes", guests::debian_cluster_suspends_and_resumes),
         t("guest_debian_boots_under_uefi_and_bios", guests::the_image_boots_under_uefi_and_bios),
         tn("guest_debian_restarts_fresh_elsewhere", guests::debian_vm_restarts_fresh_elsewhere_with_its_identity),
+        t("guest_debian_imported_as_an_ova_boots", guests::debian_imported_as_an_ova_boots),
         // The network trials share their clusters: they run in this order, without cleanup
         // between them, and the last one removes everything.
         tn("network_members_reach_each_other_across_hosts", networks::members_reach_each_other_across_hosts),

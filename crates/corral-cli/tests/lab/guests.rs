@@ -202,11 +202,12 @@ fn pane_shows(session: &str, what: &str, timeout: Duration) -> Result<String, Fa
 
 /// The serial console driven as a person would, in a terminal (tmux): attach, log in with
 /// the password the profile's cloud-config set, run a command and see its output, leave with
-/// Ctrl-]. Then the VNC display answers a VNC client's handshake through `vm vnc`.
+/// Ctrl-]. A second viewer attached meanwhile is shown the recent output first, then sees what
+/// the first one runs, and may type too. Then the VNC display answers a VNC client's handshake
+/// through `vm vnc`.
 pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
     let l = lab();
-    let session = format!("corral-con-{}", l.index);
-    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).output();
+    let (session, second) = (format!("corral-con-{}", l.index), format!("corral-con2-{}", l.index));
     // The pane stays after the console ends, to show how it ended.
     let cmd = format!(
         "CORRAL_URL={} CORRAL_LAB_DIR={} {} vm console deb-1; echo console-exit-$?; sleep 60",
@@ -214,6 +215,9 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
         l.dir.display(),
         super::exe()
     );
+    for s in [&session, &second] {
+        let _ = std::process::Command::new("tmux").args(["kill-session", "-t", s]).output();
+    }
     tmux(&["new-session", "-d", "-s", &session, "-x", "160", "-y", "48", &cmd])?;
     let run = || -> Result<(), Failed> {
         pane_shows(&session, "Ctrl-] leaves", Duration::from_secs(20))?;
@@ -223,8 +227,17 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
         pane_shows(&session, "Password:", Duration::from_secs(30))?;
         tmux(&["send-keys", "-t", &session, "corral-console", "Enter"])?;
         pane_shows(&session, "debian@deb-1", Duration::from_secs(60))?;
+        // A second viewer: the recent output (the prompt) first, then the same console.
+        tmux(&["new-session", "-d", "-s", &second, "-x", "160", "-y", "48", &cmd])?;
+        pane_shows(&second, "Ctrl-] leaves", Duration::from_secs(20))?;
+        pane_shows(&second, "debian@deb-1", Duration::from_secs(20))?;
         tmux(&["send-keys", "-t", &session, "echo console-$((6*7))", "Enter"])?;
         pane_shows(&session, "console-42", Duration::from_secs(30))?;
+        pane_shows(&second, "console-42", Duration::from_secs(30))?;
+        tmux(&["send-keys", "-t", &second, "echo second-$((2*3))", "Enter"])?;
+        pane_shows(&session, "second-6", Duration::from_secs(30))?;
+        tmux(&["send-keys", "-t", &second, "C-]"])?;
+        pane_shows(&second, "console-exit-0", Duration::from_secs(10))?;
         tmux(&["send-keys", "-t", &session, "exit", "Enter"])?;
         tmux(&["send-keys", "-t", &session, "C-]"])?;
         pane_shows(&session, "left deb-1's console", Duration::from_secs(10))?;
@@ -232,8 +245,16 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
     };
     let r = run();
     let screen = tmux(&["capture-pane", "-p", "-t", &session, "-S", "-60"]).unwrap_or_default();
-    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).output();
-    r.map_err(|e| format!("{}\nthe terminal showed:\n{screen}", e.message().unwrap_or_default()))?;
+    let screen2 = tmux(&["capture-pane", "-p", "-t", &second, "-S", "-60"]).unwrap_or_default();
+    for s in [&session, &second] {
+        let _ = std::process::Command::new("tmux").args(["kill-session", "-t", s]).output();
+    }
+    r.map_err(|e| {
+        format!(
+            "{}\nthe terminal showed:\n{screen}\nthe second viewer's showed:\n{screen2}",
+            e.message().unwrap_or_default()
+        )
+    })?;
 
     // VNC: a local port carried to QEMU's VNC server; a client first reads the RFB version.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -357,14 +378,13 @@ fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiv
     rx
 }
 
-/// The `vm ssh` options of these trials: the lab's key, its own known-hosts file, no prompts.
+/// The `vm ssh` options of these trials: the lab's key, its own known-hosts file, no prompts
+/// (no user: the image's default user, `debian`).
 fn ssh_opts() -> Result<Vec<String>, Failed> {
     let key = ssh_key()?;
     let key = key.trim_end_matches(".pub").to_string();
     let known = lab().dir.join("known_hosts").display().to_string();
     Ok([
-        "-l",
-        "debian",
         "-i",
         &key,
         "--ssh-option",
@@ -398,9 +418,12 @@ fn ssh_cmd(name: &str, extra: &[&str], cmd: &[&str]) -> Result<std::process::Com
 /// at once; a port nothing listens on, a bad port and an unknown VM are refused, saying why.
 pub fn ssh_and_port_forward_reach_the_guest() -> Result<(), Failed> {
     let _ = std::fs::remove_file(lab().dir.join("known_hosts"));
-    let o = ssh_cmd("deb-1", &[], &["hostname"])?.output()?;
+    let o = ssh_cmd("deb-1", &[], &["hostname; whoami"])?.output()?;
     check(o.status.success(), format!("vm ssh deb-1 -- hostname: {}", text(&o)))?;
-    check(String::from_utf8_lossy(&o.stdout).trim() == "deb-1", format!("it ran in deb-1: {}", text(&o)))?;
+    check(
+        String::from_utf8_lossy(&o.stdout) == "deb-1\ndebian\n",
+        format!("it ran in deb-1 as the image's default user: {}", text(&o)),
+    )?;
     // Debian's ssh hashes the names in known_hosts: ssh-keygen finds one.
     let uuid = json(&["vm", "show", "deb-1"])?["uuid"].as_str().unwrap_or_default().to_string();
     let found = std::process::Command::new("ssh-keygen")
@@ -412,7 +435,14 @@ pub fn ssh_and_port_forward_reach_the_guest() -> Result<(), Failed> {
     // The operator's key, forwarded by an agent of the trial's own, logs deb-1 in to deb-2.
     let sock = lab().dir.join("ssh-agent.sock");
     let _ = std::fs::remove_file(&sock);
-    let _agent = Started(std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn()?);
+    let _agent = Started(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
     super::wait_for("the ssh agent's socket", Duration::from_secs(10), || sock.exists().then_some(()))?;
     let key = ssh_key()?;
     let added =
@@ -516,4 +546,116 @@ fn restart_fresh() -> Result<(), Failed> {
         o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "deb-ha-1",
         format!("vm ssh reaches it on its new host: {}", text(&o)),
     )
+}
+
+/// The Debian cluster suspends whole (memory and device state to disk, no QEMU left) and
+/// resumes as it was: no reboot (uptime goes on), same identity, the members reach each other
+/// by name, and `vm ssh` reaches them again.
+pub fn debian_cluster_suspends_and_resumes() -> Result<(), Failed> {
+    let up = |vm: &str| -> Result<f64, Failed> {
+        let out = ok(vm, &["cat", "/proc/uptime"])?;
+        out.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| format!("uptime {out:?}").into())
+    };
+    let before = members("deb")?;
+    let up0 = up("deb-2")?;
+    let op = json(&["cluster", "suspend", "deb"])?;
+    check(op["state"] == "succeeded", format!("the cluster suspended: {op}"))?;
+    let v = json(&["cluster", "show", "deb"])?;
+    check(v["state"] == "suspended", format!("the cluster is suspended: {}", v["state"]))?;
+    check(
+        members("deb")?.iter().all(|m| m["state"] == "suspended"),
+        format!("every member is suspended: {:?}", members("deb")?),
+    )?;
+    let op = json(&["cluster", "resume", "deb"])?;
+    check(op["state"] == "succeeded", format!("the cluster resumed: {op}"))?;
+    let after = members("deb")?;
+    for (a, b) in after.iter().zip(&before) {
+        let n = a["name"].as_str().unwrap_or_default();
+        check(a["state"] == "running", format!("{n} runs again: {a}"))?;
+        for k in ["uuid", "mac", "ip"] {
+            check(a[k] == b[k], format!("{n} keeps its {k}"))?;
+        }
+    }
+    let up1 = up("deb-2")?;
+    check(up1 > up0, format!("no reboot: uptime {up0} s -> {up1} s"))?;
+    ok("deb-2", &["ping", "-c", "2", "-W", "5", "deb-1"])?;
+    let o = ssh_cmd("deb-2", &[], &["hostname"])?.output()?;
+    check(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "deb-2",
+        format!("vm ssh reaches a resumed member: {}", text(&o)),
+    )
+}
+
+/// An OVF descriptor for the Debian image as an appliance: 1 vCPU, 1024 MiB, EFI firmware,
+/// its disk `debian.vmdk`.
+const OVF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf">
+  <References><File ovf:href="debian.vmdk" ovf:id="file1"/></References>
+  <DiskSection>
+    <Info>Virtual disks</Info>
+    <Disk ovf:capacity="2" ovf:capacityAllocationUnits="byte * 2^30" ovf:diskId="vmdisk1" ovf:fileRef="file1"/>
+  </DiskSection>
+  <VirtualSystem ovf:id="debian">
+    <Info>Debian 12</Info>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware</Info>
+      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
+      <Item><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#;
+
+/// The Debian image exported as an appliance (an OVA: its OVF and a streamOptimized VMDK, as
+/// VMware writes them) imports into the library with the OVF's sizes and firmware and boots:
+/// a VM created from it without sizes gets the OVF's vCPU and memory, boots under UEFI, runs
+/// cloud-init from its seed and answers through its guest agent.
+pub fn debian_imported_as_an_ova_boots() -> Result<(), Failed> {
+    let r = ova_boots();
+    let _ = corral(&["vm", "delete", "deb-ova-1"]);
+    let _ = corral(&["image", "delete", "deb-ova"]);
+    r
+}
+
+fn ova_boots() -> Result<(), Failed> {
+    // The lab controller's library holds the project's image.
+    let image = lab().dir.join("library").join("debian12.qcow2");
+    let dir = lab().dir.join("ova");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let vmdk = dir.join("debian.vmdk");
+    let o = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized"])
+        .arg(&image)
+        .arg(&vmdk)
+        .output()?;
+    check(o.status.success(), format!("qemu-img convert: {}", text(&o)))?;
+    std::fs::write(dir.join("debian.ovf"), OVF)?;
+    let ova = dir.join("debian.ova");
+    let o = std::process::Command::new("tar")
+        .args(["--format=ustar", "-cf"])
+        .arg(&ova)
+        .arg("-C")
+        .arg(&dir)
+        .args(["debian.ovf", "debian.vmdk"])
+        .output()?;
+    check(o.status.success(), format!("tar: {}", text(&o)))?;
+    let ova_s = ova.display().to_string();
+    let img = json(&["image", "import", "deb-ova", &ova_s, "--default-user", "debian"])?;
+    check(
+        img["boot"] == "uefi" && img["vcpus"] == 1 && img["memory_mib"] == 1024,
+        format!("the OVF's defaults: {img}"),
+    )?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let key = ssh_key()?;
+    let v = json(&["vm", "create", "deb-ova-1", "--template", "deb-ova", "--ssh-key", &key])?;
+    check(v["state"] == "running" && v["error"].is_null(), format!("it boots and its agent answers: {v}"))?;
+    check(v["vcpus"] == 1 && v["memory_mib"] == 1024, format!("the image's sizes: {v}"))?;
+    let (code, _, _) = exec("deb-ova-1", &["test", "-d", "/sys/firmware/efi"])?;
+    check(code == 0, "it booted under UEFI, as its OVF says")?;
+    check(ok("deb-ova-1", &["hostname"])?.trim() == "deb-ova-1", "cloud-init named it from its seed")?;
+    let keys = ok("deb-ova-1", &["cat", "/home/debian/.ssh/authorized_keys"])?;
+    check(keys.contains(std::fs::read_to_string(&key)?.trim()), "its key is installed for the default user")
 }
