@@ -1,21 +1,20 @@
 //! The image library's imports and deletions. An uploaded disk image is received into a
-//! temporary file (its size bounded, its SHA-256 checked when one was given), examined with
-//! `qemu-img info` (typed, see [`ImgInfo`]) and refused when its format is not a disk format
-//! Corral takes, when it is corrupt (`qemu-img check`), or when it would make QEMU open other
-//! host files (a backing file, an external data file, VMDK extents outside it); then it is
-//! converted to qcow2 and its metadata written last, so a cut import never looks like an image.
+//! temporary file (see [`receive`]: its size bounded, its SHA-256 checked when one was
+//! given), examined with `qemu-img info` (typed, see [`ImgInfo`]) and refused when its format
+//! is not a disk format Corral takes, when it is corrupt (`qemu-img check`), or when it would
+//! make QEMU open other host files (a backing file, an external data file, VMDK extents
+//! outside it); then it is converted to qcow2 and its metadata written last, so a cut import
+//! never looks like an image.
 //! An OVA (see [`ova`]) is unpacked first: its first disk goes through the same checks, and
 //! its descriptor's vCPUs, memory and firmware become the image's defaults.
 
 pub mod ova;
+mod receive;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::Deserialize;
-use sha2::Digest;
-use tokio::io::AsyncWriteExt;
 
 use corral_api::image::{Boot, DiskFormat, ImportFormat, ImportImage, DISK_FORMATS};
 use corral_api::template_dir::Meta;
@@ -241,27 +240,18 @@ impl Controller {
         let disk_tmp = dir.join(format!(".import-{name}-{id}.disk.partial"));
         let converted = dir.join(format!(".import-{name}-{id}.qcow2.partial"));
         let _scratch = Scratch(vec![tmp.clone(), disk_tmp.clone(), converted.clone()]);
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut hash = sha2::Sha256::new();
-        let mut n: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the upload was cut: {e}")))?;
-            n += chunk.len() as u64;
-            if n > limit {
-                return Err(too_large());
-            }
-            hash.update(&chunk);
-            f.write_all(&chunk).await.map_err(|e| ApiError::internal(e.to_string()))?;
-        }
-        f.sync_all().await.map_err(|e| ApiError::internal(e.to_string()))?;
-        drop(f);
+        let got = receive::receive(&mut body, &tmp, limit, req.sha256.is_some()).await.map_err(|e| match e {
+            receive::ReceiveError::TooLarge(_) => too_large(),
+            receive::ReceiveError::Cut(_) => ApiError::bad_request(e.to_string()),
+            receive::ReceiveError::Io(_) => ApiError::internal(e.to_string()),
+        })?;
+        let n = got.bytes;
         if let Some(want) = req.size.filter(|want| *want != n) {
             return Err(ApiError::bad_request(format!(
                 "the upload was cut: {n} of its {want} bytes arrived; nothing was imported"
             )));
         }
-        let got = format!("{:x}", hash.finalize());
-        if let Some(want) = req.sha256.as_ref().map(|s| &s.0) {
+        if let (Some(want), Some(got)) = (req.sha256.as_ref().map(|s| &s.0), got.sha256) {
             if !got.eq_ignore_ascii_case(want) {
                 return Err(ApiError::bad_request(format!(
                     "checksum mismatch: the file's SHA-256 is {got}, not {want}; nothing was imported"
