@@ -111,33 +111,28 @@ impl Controller {
         lock(&self.live).get(host).map(|l| (l.last, l.last_ms))
     }
 
+    /// `f` of a host's last heartbeat, if the host is ready (that heartbeat is recent).
+    fn if_ready<T>(&self, host: &str, f: impl FnOnce(&Live) -> T) -> Option<T> {
+        lock(&self.live).get(host).filter(|l| l.last.elapsed() < self.settings.host_timeout).map(f)
+    }
+
     pub(crate) fn host_ready(&self, name: &str) -> bool {
-        lock(&self.live).get(name).is_some_and(|l| l.last.elapsed() < self.settings.host_timeout)
+        self.if_ready(name, |_| ()).is_some()
     }
 
     /// VMs a ready host reported in its last heartbeat (None if the host is not ready).
     pub(crate) fn reported(&self, host: &str) -> Option<Vec<VmStatus>> {
-        let live = lock(&self.live);
-        let l = live.get(host)?;
-        (l.last.elapsed() < self.settings.host_timeout).then(|| l.vms.clone())
+        self.if_ready(host, |l| l.vms.clone())
     }
 
     /// VNIs a ready host reported in its last heartbeat.
     pub(crate) fn reported_networks(&self, host: &str) -> Vec<u32> {
-        lock(&self.live)
-            .get(host)
-            .filter(|l| l.last.elapsed() < self.settings.host_timeout)
-            .map(|l| l.networks.clone())
-            .unwrap_or_default()
+        self.if_ready(host, |l| l.networks.clone()).unwrap_or_default()
     }
 
     /// VNIs of the networks with tunnel connections open from `host`, as it last said.
     pub(crate) fn reported_tunnels(&self, host: &str) -> Vec<u32> {
-        lock(&self.live)
-            .get(host)
-            .filter(|l| l.last.elapsed() < self.settings.host_timeout)
-            .map(|l| l.tunnels.clone())
-            .unwrap_or_default()
+        self.if_ready(host, |l| l.tunnels.clone()).unwrap_or_default()
     }
 
     pub(crate) fn ready_hosts(&self) -> Vec<String> {

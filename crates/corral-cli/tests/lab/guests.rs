@@ -62,6 +62,12 @@ fn ok(vm: &str, cmd: &[&str]) -> Result<String, Failed> {
     Ok(out)
 }
 
+/// The guest's uptime, seconds (it goes on across a migration or a suspend, not a reboot).
+fn uptime(vm: &str) -> Result<f64, Failed> {
+    let out = ok(vm, &["cat", "/proc/uptime"])?;
+    out.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| format!("uptime {out:?}").into())
+}
+
 /// The cluster's members, as `cluster show` lists them.
 fn members(name: &str) -> Result<Vec<Value>, Failed> {
     Ok(json(&["cluster", "show", name])?["members"].as_array().cloned().unwrap_or_default())
@@ -75,26 +81,22 @@ pub fn debian_cluster_is_configured_by_cloud_init() -> Result<(), Failed> {
     profile("debian-small", DEBIAN_PROFILE)?;
     let key = ssh_key()?;
     // The UEFI VM of the next trials boots meanwhile: these guests boot slowly under TCG.
-    let l = lab();
-    let uefi = std::process::Command::new(super::exe())
-        .args([
-            "vm",
-            "create",
-            "deb-uefi",
-            "--template",
-            "debian12",
-            "--memory",
-            "1G",
-            "--firmware",
-            "uefi",
-            "-o",
-            "json",
-        ])
-        .env("CORRAL_URL", l.url())
-        .env("CORRAL_LAB_DIR", &l.dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    let uefi = corral_cmd(&[
+        "vm",
+        "create",
+        "deb-uefi",
+        "--template",
+        "debian12",
+        "--memory",
+        "1G",
+        "--firmware",
+        "uefi",
+        "-o",
+        "json",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
     *UEFI.lock().unwrap_or_else(|p| p.into_inner()) = Some(uefi);
     let op = json(&["cluster", "create", "deb", "--profile", "debian-small", "--size", "2", "--ssh-key", &key])?;
     check(op["state"] == "succeeded", format!("the cluster deployed: {op}"))?;
@@ -259,10 +261,7 @@ pub fn console_and_vnc_reach_the_guest() -> Result<(), Failed> {
     // VNC: a local port carried to QEMU's VNC server; a client first reads the RFB version.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let listen = format!("127.0.0.1:{port}");
-    let mut vnc = std::process::Command::new(super::exe())
-        .args(["vm", "vnc", "deb-1", "--once", "--listen", &listen])
-        .env("CORRAL_URL", l.url())
-        .env("CORRAL_LAB_DIR", &l.dir)
+    let mut vnc = corral_cmd(&["vm", "vnc", "deb-1", "--once", "--listen", &listen])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -320,11 +319,7 @@ pub fn debian_vm_migrates_live_without_a_reboot() -> Result<(), Failed> {
         .find(|h| *h != from && *h != peer_host)
         .or_else(|| ["lab-1", "lab-2", "lab-3"].into_iter().find(|h| *h != from))
         .ok_or("another host")?;
-    let up = |vm: &str| -> Result<f64, Failed> {
-        let out = ok(vm, &["cat", "/proc/uptime"])?;
-        out.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| format!("uptime {out:?}").into())
-    };
-    let up0 = up("deb-1")?;
+    let up0 = uptime("deb-1")?;
     let booted = ok("deb-1", &["stat", "-c", "%Y", "/var/lib/cloud/instance/boot-finished"])?;
     let m = json(&["vm", "migrate", "deb-1", "--to", to])?;
     check(m["state"] == "completed", format!("the migration completed: {m}"))?;
@@ -333,7 +328,7 @@ pub fn debian_vm_migrates_live_without_a_reboot() -> Result<(), Failed> {
     for k in ["uuid", "mac", "ip"] {
         check(after[k] == before[k], format!("deb-1 keeps its {k}"))?;
     }
-    let up1 = up("deb-1")?;
+    let up1 = uptime("deb-1")?;
     check(up1 > up0, format!("no reboot: uptime {up0} s -> {up1} s"))?;
     let again = ok("deb-1", &["stat", "-c", "%Y", "/var/lib/cloud/instance/boot-finished"])?;
     check(again == booted, "cloud-init did not run again")?;
@@ -552,12 +547,8 @@ fn restart_fresh() -> Result<(), Failed> {
 /// resumes as it was: no reboot (uptime goes on), same identity, the members reach each other
 /// by name, and `vm ssh` reaches them again.
 pub fn debian_cluster_suspends_and_resumes() -> Result<(), Failed> {
-    let up = |vm: &str| -> Result<f64, Failed> {
-        let out = ok(vm, &["cat", "/proc/uptime"])?;
-        out.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| format!("uptime {out:?}").into())
-    };
     let before = members("deb")?;
-    let up0 = up("deb-2")?;
+    let up0 = uptime("deb-2")?;
     let op = json(&["cluster", "suspend", "deb"])?;
     check(op["state"] == "succeeded", format!("the cluster suspended: {op}"))?;
     let v = json(&["cluster", "show", "deb"])?;
@@ -576,7 +567,7 @@ pub fn debian_cluster_suspends_and_resumes() -> Result<(), Failed> {
             check(a[k] == b[k], format!("{n} keeps its {k}"))?;
         }
     }
-    let up1 = up("deb-2")?;
+    let up1 = uptime("deb-2")?;
     check(up1 > up0, format!("no reboot: uptime {up0} s -> {up1} s"))?;
     ok("deb-2", &["ping", "-c", "2", "-W", "5", "deb-1"])?;
     let o = ssh_cmd("deb-2", &[], &["hostname"])?.output()?;
